@@ -1,0 +1,106 @@
+"""validate and plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagekit.digests import DigestCache
+from imagekit.errors import Problem, SpecError
+from imagekit.plan import CacheLookup, ImagePlan, StaleCheck, plan
+from imagekit.spec import LoadedSpec, load_spec
+
+
+def check_files(loaded: LoadedSpec, cache: DigestCache | None = None) -> list[Problem]:
+    """Problems with the files a spec names: missing sources, weights whose digest differs from the pin."""
+    cache = cache or DigestCache()
+    problems: list[Problem] = []
+    file = loaded.file
+    for name, layer in loaded.spec.layers.items():
+        for i, item in enumerate(layer.copy_):
+            if not loaded.local(item.src).exists():
+                problems.append(
+                    Problem(
+                        file,
+                        loaded.line_of("layers", name, "copy", i, "src"),
+                        f"layers.{name}.copy[{i}].src",
+                        f"{item.src!r} does not exist",
+                    )
+                )
+        if layer.requirements and not loaded.local(layer.requirements).is_file():
+            problems.append(
+                Problem(
+                    file,
+                    loaded.line_of("layers", name, "requirements"),
+                    f"layers.{name}.requirements",
+                    f"{layer.requirements!r} does not exist",
+                )
+            )
+        for i, model in enumerate(layer.models):
+            if model.is_remote:
+                continue
+            path = loaded.local(model.src)
+            key = f"layers.{name}.models[{i}]"
+            line = loaded.line_of("layers", name, "models", i, "sha256")
+            if not path.is_file():
+                problems.append(
+                    Problem(
+                        file,
+                        line,
+                        f"{key}.src",
+                        f"{model.src!r} does not exist",
+                        "create the weights file or fix the path",
+                    )
+                )
+                continue
+            found = cache.digest(path)
+            if found != model.sha256:
+                problems.append(
+                    Problem(
+                        file,
+                        line,
+                        f"{key}.sha256",
+                        f"{model.src} has sha256 {found}, the spec pins {model.sha256}",
+                        "update the pin if the new weights are intended",
+                    )
+                )
+    return problems
+
+
+def validate(path: Path | str | None, *, check_compat: bool = True) -> LoadedSpec:
+    """Load a spec, check its files and versions against the compatibility matrix; raise on any problem."""
+    loaded = load_spec(path)
+    problems = check_files(loaded)
+    if check_compat:
+        from imagekit.compat import check_spec
+
+        problems += check_spec(loaded)
+    if problems:
+        raise SpecError(problems)
+    return loaded
+
+
+def plan_spec(
+    path: Path | str | None,
+    *,
+    target: str = "all",
+    images: list[str] | None = None,
+    lookup: CacheLookup | None = None,
+    stale_check: StaleCheck | None = None,
+) -> tuple[LoadedSpec, list[ImagePlan]]:
+    """Validate a spec and plan its layers."""
+    loaded = validate(path)
+    if images:
+        unknown = [i for i in images if i not in loaded.spec.images]
+        if unknown:
+            raise SpecError(
+                [
+                    Problem(
+                        loaded.file,
+                        loaded.line_of("images"),
+                        "images",
+                        f"unknown image {unknown[0]!r}",
+                        f"images: {', '.join(loaded.spec.images)}",
+                    )
+                ]
+            )
+    return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)

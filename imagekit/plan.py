@@ -1,0 +1,184 @@
+"""Layer hashing and staleness: which layers of which image and target need a build, and why."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from imagekit.digests import DigestCache, tree_digest
+from imagekit.errors import Problem, SpecError
+from imagekit.spec import Layer, LoadedSpec
+
+# Bump when what a layer's build does changes for the same spec (new provisioning steps), so builds redo.
+RECIPE_VERSION = "1"
+Target = Literal["docker", "ami"]
+TARGETS: tuple[Target, ...] = ("docker", "ami")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer of an image's chain for one target."""
+
+    name: str
+    hash: str
+    status: Literal["stale", "cached"]
+    reason: str
+    parent: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """An image's chain for one target, root first."""
+
+    name: str
+    target: Target
+    layers: list[LayerPlan]
+
+    def to_json(self) -> dict[str, object]:
+        """The `plan --json` shape of this image."""
+        return {
+            "name": self.name,
+            "target": self.target,
+            "layers": [
+                {"name": lp.name, "hash": lp.hash, "status": lp.status, "reason": lp.reason}
+                for lp in self.layers
+            ],
+        }
+
+
+# (image, target, layer name, layer hash) -> reason it is cached, or None when it is not
+CacheLookup = Callable[[str, str, str, str], str | None]
+# (image, target, layer name, layer hash) -> a reason to rebuild anyway (refresh, upstream drift), or None
+StaleCheck = Callable[[str, str, str, str], str | None]
+
+
+def layer_inputs(loaded: LoadedSpec, name: str, layer: Layer, cache: DigestCache) -> dict[str, str]:
+    """Digests of every file a layer brings in: copied sources, the requirements lock, local weights."""
+    inputs: dict[str, str] = {}
+    problems: list[Problem] = []
+    file = loaded.file
+
+    def digest(kind: str, rel: str, key: tuple[str | int, ...]) -> None:
+        path = loaded.local(rel)
+        if not path.exists():
+            problems.append(
+                Problem(
+                    file,
+                    loaded.line_of(*key),
+                    ".".join(str(k) for k in key),
+                    f"{rel!r} does not exist (looked in {loaded.root})",
+                )
+            )
+            return
+        inputs[f"{kind}:{rel}"] = tree_digest(path, cache)
+
+    for i, item in enumerate(layer.copy_):
+        digest("copy", item.src, ("layers", name, "copy", i, "src"))
+    if layer.requirements:
+        digest("requirements", layer.requirements, ("layers", name, "requirements"))
+    for i, model in enumerate(layer.models):
+        if model.is_remote:
+            inputs[f"model:{model.src}"] = model.sha256
+        else:
+            digest("model", model.src, ("layers", name, "models", i, "src"))
+    if problems:
+        raise SpecError(problems)
+    return inputs
+
+
+def layer_hash(layer: Layer, parent_hash: str | None, target: str, inputs: dict[str, str]) -> str:
+    """Content hash over the layer's definition, its parent's hash, the target and its input files."""
+    doc = {
+        "recipe": RECIPE_VERSION,
+        "target": target,
+        "parent": parent_hash,
+        # refresh and budget decide when and whether to build, not what is built
+        "layer": layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"}),
+        "inputs": inputs,
+    }
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def plan_image(
+    loaded: LoadedSpec,
+    image: str,
+    target: Target,
+    *,
+    cache: DigestCache | None = None,
+    lookup: CacheLookup | None = None,
+    stale_check: StaleCheck | None = None,
+) -> ImagePlan:
+    """Hash every layer of an image's chain for a target and decide cached or stale."""
+    cache = cache or DigestCache()
+    layers: list[LayerPlan] = []
+    parent_hash: str | None = None
+    parent_stale = False
+    parent_name: str | None = None
+    for name, layer in loaded.chain(image):
+        inputs = layer_inputs(loaded, name, layer, cache)
+        digest = layer_hash(layer, parent_hash, target, inputs)
+        status: Literal["stale", "cached"] = "stale"
+        reason = "not built yet"
+        hit = lookup(image, target, name, digest) if lookup else None
+        forced = stale_check(image, target, name, digest) if stale_check else None
+        if parent_stale:
+            reason = f"parent {parent_name} is stale"
+        elif forced:
+            reason = forced
+        elif hit:
+            status, reason = "cached", hit
+        layers.append(LayerPlan(name, digest, status, reason, parent_name, inputs))
+        parent_stale = status == "stale"
+        parent_hash, parent_name = digest, name
+    return ImagePlan(image, target, layers)
+
+
+def plan(
+    loaded: LoadedSpec,
+    *,
+    target: str = "all",
+    images: list[str] | None = None,
+    cache: DigestCache | None = None,
+    lookup: CacheLookup | None = None,
+    stale_check: StaleCheck | None = None,
+) -> list[ImagePlan]:
+    """Plans for every (image, target) the spec builds, filtered by target and image names."""
+    cache = cache or DigestCache()
+    out: list[ImagePlan] = []
+    for name, image in loaded.spec.images.items():
+        if images and name not in images:
+            continue
+        for tgt in image.targets:
+            if target not in ("all", tgt):
+                continue
+            out.append(plan_image(loaded, name, tgt, cache=cache, lookup=lookup, stale_check=stale_check))
+    return out
+
+
+def plan_json(plans: list[ImagePlan]) -> dict[str, object]:
+    """The `plan --json` document."""
+    return {"images": [p.to_json() for p in plans]}
+
+
+def as_dict(lp: LayerPlan) -> dict[str, object]:
+    """A layer plan as plain data (for manifests and reports)."""
+    return asdict(lp)
+
+
+def spec_hash(loaded: LoadedSpec) -> str:
+    """sha256 of the spec file's bytes, as recorded in manifests."""
+    return hashlib.sha256(loaded.text.encode("utf-8")).hexdigest()
+
+
+def relative_to_spec(loaded: LoadedSpec, path: Path) -> str:
+    """A path as the spec would name it, for messages."""
+    try:
+        return path.resolve().relative_to(loaded.root).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,0 +1,93 @@
+"""YAML reading that remembers where every key came from, so errors can say file:line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """Plain Python data from a YAML document plus the line of every key path in it."""
+
+    data: Any
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    duplicates: list[tuple[KeyPath, int]] = field(default_factory=list)
+
+    def line_of(self, path: KeyPath) -> int:
+        """Line of the longest prefix of `path` that the document has (1 when none)."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return 1
+
+
+class YamlSyntaxError(Exception):
+    """The text is not YAML; carries the 1-based line and the parser's message."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line = line
+        self.message = message
+        super().__init__(f"{line}: {message}")
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, out: Located) -> Any:
+    out.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                key = str(key)
+            child: KeyPath = (*path, key if isinstance(key, str | int) else str(key))
+            if key in result:
+                out.duplicates.append((child, key_node.start_mark.line + 1))
+            out.lines[child] = key_node.start_mark.line + 1
+            result[key] = _construct(loader, value_node, child, out)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            out.lines[child] = item.start_mark.line + 1
+            items.append(_construct(loader, item, child, out))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def load_located(text: str) -> Located:
+    """Parse one YAML document, recording the line of every mapping key and list item."""
+    loader = yaml.SafeLoader(text)
+    try:
+        return _load(loader)
+    finally:
+        loader.dispose()
+
+
+def _load(loader: yaml.SafeLoader) -> Located:
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        message = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        raise YamlSyntaxError(line, message) from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(1, str(exc).splitlines()[0] if str(exc) else "invalid YAML") from exc
+    out = Located(data=None)
+    if node is None:
+        return out
+    try:
+        out.data = _construct(loader, node, (), out)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise YamlSyntaxError(mark.line + 1 if mark else 1, exc.problem or "invalid YAML value") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # Timestamps, huge numbers and deep aliases can make PyYAML's constructors raise plain errors.
+        raise YamlSyntaxError(1, f"cannot read value: {exc}") from exc
+    return out
