@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian (bookworm) machine, as root, for imagekit and its tests:
+# apt packages (Docker Engine, Packer, debootstrap, a local registry), a running dockerd, and the venv in .venv.
+# Safe to run again: every step checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pair in dockerd:docker.io packer:packer debootstrap:debootstrap docker-registry:docker-registry \
+            curl:curl git:git; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || need_apt+=("$pkg")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" ca-certificates
+fi
+
+# Debian's client at /usr/bin/docker drives BuildKit; the newer client some images put first on PATH has no buildx.
+if ! /usr/bin/docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd" >&2
+  mkdir -p /var/log
+  (setsid dockerd >/var/log/imagekit-dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
+  /usr/bin/docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/imagekit-dockerd.log" >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/imagekit ] || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "setup: creating .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch .venv/.installed
+fi
+echo "setup: ready (docker $(/usr/bin/docker version --format '{{.Server.Version}}'), $(packer version | head -1))" >&2
