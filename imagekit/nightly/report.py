@@ -1,0 +1,175 @@
+"""The nightly job's outputs: report.md for people, report.json for tools, junit.xml for CI systems."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagekit.fsutil import atomic_write
+
+
+@dataclass
+class Check:
+    """One pass/fail check of one image and target (build, verify, size budget, promote...)."""
+
+    name: str
+    passed: bool
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Rebuilt:
+    """A layer the run rebuilt, and why."""
+
+    image: str
+    target: str
+    layer: str
+    reason: str
+
+
+@dataclass
+class ImageRun:
+    """What the nightly job did for one image and target."""
+
+    image: str
+    target: str
+    status: str = "unchanged"  # unchanged | ok | failed
+    built: list[Rebuilt] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    manifest_id: str | None = None
+    previous_id: str | None = None
+    channels: list[str] = field(default_factory=list)
+    size_bytes: int | None = None
+    previous_size_bytes: int | None = None
+    diff: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True when any check failed."""
+        return self.status == "failed" or any(not c.passed for c in self.checks)
+
+
+@dataclass
+class NightlyResult:
+    """A whole nightly run."""
+
+    spec: str
+    started: str
+    finished: str = ""
+    runs: list[ImageRun] = field(default_factory=list)
+    gc: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """True when any image or target failed."""
+        return any(r.failed for r in self.runs)
+
+    def built(self) -> list[Rebuilt]:
+        """Every layer rebuilt in this run."""
+        return [b for r in self.runs for b in r.built]
+
+
+def to_json(result: NightlyResult) -> dict[str, Any]:
+    """report.json: `built` lists (image, target, layer) rebuilt, plus every run's checks and figures."""
+    return {
+        "spec": result.spec,
+        "started": result.started,
+        "finished": result.finished,
+        "ok": not result.failed,
+        "built": [asdict(b) for b in result.built()],
+        "runs": [{**asdict(r), "failed": r.failed} for r in result.runs],
+        "gc": result.gc,
+    }
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _change(new: int | None, old: int | None) -> str:
+    if new is None or old is None or old == 0:
+        return ""
+    pct = (new - old) * 100.0 / old
+    return f" ({pct:+.1f}%)"
+
+
+def to_markdown(result: NightlyResult) -> str:
+    """report.md: what rebuilt and why, version changes, verification figures, sizes and their change."""
+    lines = [f"# imagekit nightly — {'FAILED' if result.failed else 'ok'}", ""]
+    lines += [f"- spec: `{result.spec}`", f"- started: {result.started}", f"- finished: {result.finished}", ""]
+    lines += ["| image | target | status | rebuilt | manifest | size | channels |", "|---|---|---|---|---|---|---|"]
+    for r in result.runs:
+        status = "FAILED" if r.failed else r.status
+        rebuilt = ", ".join(b.layer for b in r.built) or "nothing"
+        size = _size(r.size_bytes) + _change(r.size_bytes, r.previous_size_bytes)
+        lines.append(
+            f"| {r.image} | {r.target} | {status} | {rebuilt} | {(r.manifest_id or '—')[:12]} | {size} | "
+            f"{', '.join(r.channels) or '—'} |"
+        )
+    built = result.built()
+    if built:
+        lines += ["", "## Rebuilt layers", ""]
+        lines += [f"- {b.image}/{b.target}/{b.layer}: {b.reason}" for b in built]
+    for r in result.runs:
+        failed = [c for c in r.checks if not c.passed]
+        if failed or r.error:
+            lines += ["", f"## Failures: {r.image}/{r.target}", ""]
+            if r.error:
+                lines.append(f"- {r.error}")
+            lines += [f"- {c.name}: {c.message}" for c in failed]
+        if r.verification:
+            figures = ", ".join(f"{k}: {v}" for k, v in sorted(r.verification.items()))
+            lines += ["", f"## Verification: {r.image}/{r.target}", "", f"- {figures}"]
+        if r.diff:
+            lines += ["", f"## Changes since the previous build: {r.image}/{r.target}", ""]
+            for key, value in sorted(r.diff.items()):
+                if value:
+                    lines.append(f"- {key}: {json.dumps(value, sort_keys=True, ensure_ascii=False)[:400]}")
+    if result.gc:
+        lines += ["", "## Retention (gc)", ""]
+        lines += [f"- {json.dumps(g, sort_keys=True)}" for g in result.gc]
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(result: NightlyResult) -> str:
+    """junit.xml: one test case per image, target and check; a failure element per failed check."""
+    suites = ET.Element("testsuites", name="imagekit-nightly")
+    total = sum(len(r.checks) for r in result.runs)
+    failures = sum(1 for r in result.runs for c in r.checks if not c.passed)
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="imagekit-nightly",
+        tests=str(total),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        timestamp=result.started,
+    )
+    for r in result.runs:
+        for c in r.checks:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{r.image}.{r.target}", name=c.name, time=f"{c.seconds:.3f}"
+            )
+            if not c.passed:
+                fail = ET.SubElement(case, "failure", message=c.message[:500], type="imagekit")
+                fail.text = c.message
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def write_reports(result: NightlyResult, out_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.json and junit.xml atomically; returns their paths."""
+    paths = {"markdown": out_dir / "report.md", "json": out_dir / "report.json", "junit": out_dir / "junit.xml"}
+    atomic_write(paths["markdown"], to_markdown(result))
+    atomic_write(paths["json"], json.dumps(to_json(result), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write(paths["junit"], to_junit(result))
+    return paths
