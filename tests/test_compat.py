@@ -1,0 +1,178 @@
+"""The compatibility matrix: generated data matches the script, coverage, lookups and the checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from imagekit import compat
+from imagekit.compat import check_versions, cuda_key, gpu_problems, gpu_row, matrix, torch_releases, vkey
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "gen_compat.py"
+DATA = REPO / "imagekit" / "compat" / "data"
+
+
+def _gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_compat", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_data_is_what_the_script_generates() -> None:
+    files = _gen().generate()
+    assert sorted(files) == sorted(p.name for p in DATA.glob("*.yaml"))
+    for name, text in files.items():
+        assert (DATA / name).read_text() == text, f"{name} was edited by hand or the script changed; rerun it"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_fails_on_a_hand_edit(tmp_path: Path) -> None:
+    for name, text in _gen().generate().items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "cuda.yaml").write_text((tmp_path / "cuda.yaml").read_text().replace("550.54.14", "540.0"))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--out", str(tmp_path)], check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "cuda.yaml is not what scripts/gen_compat.py generates" in done.stderr
+
+
+def test_wheel_listing_adds_observed_rows(tmp_path: Path) -> None:
+    gen = _gen()
+    listing = (
+        '<a href="/whl/cu128/torch-2.10.0%2Bcu128-cp312-cp312-manylinux_2_28_x86_64.whl#sha256=ab">x</a>\n'
+        "torch-2.10.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl\n"
+        "torch-2.10.0+cpu-cp311-cp311-win_amd64.whl\n"
+        "torch-2.5.1+cu124-cp313-cp313-linux_x86_64.whl\n"
+    )
+    observed = tmp_path / "observed.txt"
+    added = gen.add_observed(listing, observed)
+    assert len(added) == 3  # Linux wheels only: the matrix is about Linux images
+    rows = {r["version"]: r for r in gen.torch_doc(gen.read_observed(observed))["releases"]}
+    assert rows["2.10.0"]["cuda"] == ["12.8"]
+    assert rows["2.10.0"]["python"] == ["3.11", "3.12"]
+    assert rows["2.10.0"]["complete"] is False
+    assert rows["2.10.0"]["source"].startswith("observed: ")
+    assert "observed: " in rows["2.5.1"]["source"]
+    assert gen.add_observed(listing, observed) == []  # idempotent
+
+
+def test_every_row_names_a_source_and_confidence() -> None:
+    m = matrix()
+    rows: list[object] = [*m.torch, *m.cuda.values(), *m.gpus.values()]
+    for row in rows:
+        assert getattr(row, "source", "").strip(), row
+        assert getattr(row, "confidence", "") in {"verified", "unverified", "observed"}, row
+
+
+def test_coverage() -> None:
+    m = matrix()
+    lines = {r.minor for r in m.torch if r.complete}
+    assert {"1.12", "1.13", *(f"2.{i}" for i in range(10))} <= lines
+    assert {"11.3", "11.4", "11.5", "11.6", "11.7", "11.8", "12.0", "12.4", "12.8", "12.9", "13.0"} <= set(m.cuda)
+    assert all(v in m.cudnn for v in m.cuda)
+    assert {"sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"} <= set(m.gpus)
+    # The seeds pin torch 1.13.1 with CUDA 11.6 and 11.7.
+    assert torch_releases("1.13.1")[0].cuda == ("11.6", "11.7")
+    observed = [r for r in m.torch if r.version == "2.13.0"]
+    assert observed and observed[0].confidence == "observed" and observed[0].python == ("3.11",)
+    assert "torch-2.13.0+cpu-cp311" in observed[0].source
+    # Minimum driver branches only ever rise with the CUDA version.
+    branches = [m.cuda[v].min_driver_branch for v in sorted(m.cuda, key=vkey)]
+    assert branches == sorted(branches)
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [("12.4", "12.4"), ("12.4.1", "12.4"), ("cu124", "12.4"), ("cu118", "11.8"), ("13.0", "13.0"), ("12", None)],
+)
+def test_cuda_key(given: str, want: str | None) -> None:
+    assert cuda_key(given) == want
+
+
+def test_torch_matching() -> None:
+    assert [r.version for r in torch_releases("2.5.1")] == ["2.5.1"]
+    assert [r.version for r in torch_releases("2.5")] == ["2.5.0", "2.5.1"]
+    assert [r.version for r in torch_releases("2.5.1+cu124")] == ["2.5.1"]
+    assert torch_releases("2.5.7") == []
+    assert compat.torch_cuda_builds("2.5.1") == ["11.8", "12.1", "12.4"]
+
+
+def _one(**kw: str) -> compat.Finding:
+    found = check_versions(**kw)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_issue_examples_are_rejected() -> None:
+    f = _one(cuda="11.6", torch="2.5.1")
+    assert (f.key, f.severity) == ("torch", "error")
+    assert f.message == "torch 2.5.1 is built for CUDA 11.8, 12.1, 12.4, not CUDA 11.6"
+    assert f.hint == "torch releases built for CUDA 11.6: 1.12.x, 1.13.x"
+    f = _one(cuda="12.4", torch="2.4", python="3.13")
+    assert f.key == "python"
+    assert f.message == "Python 3.13 has no torch 2.4 wheels; torch 2.4 supports Python 3.8, 3.9, 3.10, 3.11, 3.12"
+    f = _one(cuda="12.4", driver="535")
+    assert f.key == "driver"
+    assert f.message == "driver branch 535 is too old for CUDA 12.4, which needs 550 or newer (>= 550.54.14)"
+    f = _one(cuda="11.6", cudnn="9")
+    assert f.message == "cuDNN 9 is not shipped for CUDA 11.6; it has cuDNN 8"
+
+
+@pytest.mark.parametrize(
+    "pins",
+    [
+        {"cuda": "12.4", "cudnn": "9", "driver": "550", "python": "3.11", "torch": "2.5.1"},
+        {"cuda": "11.7", "cudnn": "8", "python": "3.10", "torch": "1.13.1"},
+        {"cuda": "11.6", "python": "3.9", "torch": "1.13.1"},
+        {"cuda": "12.8", "driver": "570.124.06", "python": "3.12", "torch": "2.7"},
+        {"cuda": "13.0", "python": "3.14", "torch": "2.9.0"},
+        {"cuda": "none", "python": "3.11", "torch": "2.13.0"},
+        {"cuda": "none", "python": "3.13", "torch": "2.5.1"},  # experimental 3.13 wheels exist
+        {"cuda": "none", "driver": "390"},  # cuda none is always allowed
+        {"cuda": "12.4", "torch": "2.5.1+cu124"},
+    ],
+)
+def test_good_combinations(pins: dict[str, str]) -> None:
+    assert check_versions(**pins) == []
+
+
+def test_unknown_versions() -> None:
+    f = _one(cuda="12.7")
+    assert f.message == "unknown CUDA version 12.7" and "13.0" in f.hint
+    f = _one(cuda="12.4", torch="2.10.0")
+    assert f.severity == "error" and f.message == "unknown torch version 2.10.0 for CUDA 12.4"
+    assert "1.12.0 to 2.9.1" in f.hint
+    f = _one(cuda="none", torch="2.14.0")
+    assert f.severity == "note" and "newer than the compatibility matrix" in f.message
+    f = _one(cuda="12.8", torch="2.13.0")
+    assert f.severity == "error" and "known only as a CPU build" in f.message
+    f = _one(cuda="none", torch="2.13.0", python="3.12")
+    assert f.severity == "note"
+    assert _one(torch="1.5").message == "unknown torch version 1.5"
+    assert _one(cuda="twelve").message == "'twelve' is not a CUDA version"
+    assert _one(cuda="12.4", driver="latest").key == "driver"
+    assert _one(cuda="12.4", torch="2.5.1+cpu").message == "torch 2.5.1+cpu is the CPU build, but cuda is 12.4"
+
+
+def test_gpu_lookups() -> None:
+    row = gpu_row("sm_86")
+    assert row is not None and row.min_cuda == "11.1"
+    assert gpu_row("8.6") == row == gpu_row(86) == gpu_row((8, 6)) == gpu_row(8.6)
+    assert gpu_problems("sm_86", "12.4", "2.5.1") == []
+    assert gpu_problems("sm_90", "11.7", "1.13.1") == [
+        "sm_90 (H100 / H200 (p5)) needs CUDA 11.8 or newer, not 11.7",
+        "sm_90 (H100 / H200 (p5)) needs torch 2.0 or newer, not 1.13.1",
+    ]
+    assert gpu_problems("sm_70", "13.0") == ["sm_70 (V100 (p3)) is not supported after CUDA 12.9, not 13.0"]
+    assert gpu_problems("sm_120", "12.8", "2.7.0") == []
+    assert "not in the compatibility matrix" in gpu_problems("sm_99", "12.4")[0]
