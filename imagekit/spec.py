@@ -26,9 +26,7 @@ def _version(value: Any) -> Any:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        raise ValueError(
-            f'write versions as quoted strings, e.g. "{value}" (YAML reads 3.10 as the number 3.1)'
-        )
+        raise ValueError(f'write versions as quoted strings such as "3.10": YAML read this one as the number {value}')
     return value
 
 
@@ -431,11 +429,7 @@ def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> lis
             parent = _model_at(loc[:-1])
             known = _fields_of(parent) if parent else []
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean {close[0]!r}?"
-                if close
-                else (f"known keys: {', '.join(known)}" if known else "")
-            )
+            hint = f"did you mean {close[0]!r}?" if close else (f"known keys: {', '.join(known)}" if known else "")
             message = "unknown key"
         elif etype == "missing":
             message = "required key is missing"
@@ -445,6 +439,7 @@ def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> lis
             message = str(err["msg"]).removeprefix("Value error, ")
         else:
             message = str(err["msg"])
+            message = message[:1].lower() + message[1:]  # pydantic capitalises; the rest of the line is lowercase
             if "input" in err and etype.endswith("_type"):
                 message += f", got {type(err['input']).__name__}"
         line = located.line_of(loc)
