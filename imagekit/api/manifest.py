@@ -1,0 +1,427 @@
+"""manifest list/show/verify/diff, promote, rollback, revoke, resolve, keygen."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import SignatureError, StoreError, UsageError
+from imagekit.manifest.channels import (
+    CHANNEL_TYPE,
+    REVOCATION_TYPE,
+    Record,
+    append_signed,
+    assignments,
+    channel_log,
+    now_iso,
+    who_default,
+)
+from imagekit.manifest.dsse import envelope_payload
+from imagekit.manifest.keys import KeyType, keygen, load_signer
+from imagekit.manifest.ledger import Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
+from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
+from imagekit.manifest.store import REVOCATIONS
+from imagekit.spec import NAME_RE, LoadedSpec, find_spec, load_spec
+
+
+def generate_key(out: Path | None, kind: KeyType = "ecdsa-p256") -> tuple[Path, Path]:
+    """`imagekit keygen`: write imagekit.key and imagekit.pub into out (default: the config folder)."""
+    from imagekit.paths import config_dir
+
+    return keygen(out or config_dir(), kind)
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    """The `manifest list --json` shape of one manifest."""
+    b = e.build
+    return {
+        "id": e.id,
+        "image": b.image if b else e.key.split("/", 1)[0],
+        "target": b.target if b else None,
+        "created": b.created if b else None,
+        "subjects": b.subject_names if b else [],
+        "verified": bool(b and b.passed),
+        "signature": "ok" if e.signed_ok else e.problem,
+        "revoked": e.revoked,
+        "rehearsal": bool(b and b.rehearsal),
+        "channels": sorted(e.channels),
+        "location": e.location,
+    }
+
+
+def list_manifests(
+    path: Path | str | None, image: str | None = None, trust: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every manifest in the spec's store (of one image), oldest first."""
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust, require_trust=False)
+    return [entry_json(e) for e in ledger.entries(image)]
+
+
+def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> dict[str, Any]:
+    """One manifest in full: summary, layers, dependencies, builder, verification report."""
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust, require_trust=False)
+    e = ledger.entry(ref)
+    problem = e.problem
+    if e.build is None:
+        # show what it claims, with the signature problem in front: the content is not to be trusted
+        e.build = parse_statement(e.id, envelope_payload(e.raw))
+    doc = entry_json(e)
+    doc["signature"] = "ok" if problem is None else problem
+    b = e.build
+    assert b is not None
+    doc.update(
+        layers=[{"name": n, "hash": h} for n, h in b.layers],
+        artifact=b.artifact(),
+        models=b.models,
+        builder=b.builder,
+        started=b.started,
+        failures=b.failures,
+        size_bytes=b.size_bytes,
+        dependencies=b.predicate.get("buildDefinition", {}).get("resolvedDependencies", []),
+        spec=b.params.get("spec"),
+        report=b.report(),
+        key=(e.key_used.source if e.key_used else None),
+    )
+    return doc
+
+
+@dataclass
+class VerifyOutcome:
+    """What `manifest verify` established."""
+
+    id: str
+    image: str
+    key_source: str
+    keyid: str
+    passed: bool
+    revocation_checked: bool
+    cosign: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _cosign_command(entry_path: str, key: Path | None, kind: str) -> str | None:
+    if kind != "ecdsa-p256":
+        return None
+    key_arg = str(key) if key else "cosign.pub"
+    return (
+        f"cosign verify-blob-attestation --key {key_arg} --type {PREDICATE_TYPE} --insecure-ignore-tlog "
+        f"--check-claims=false --signature {entry_path}"
+    )
+
+
+def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> VerifyOutcome:
+    """Offline check: a trusted key signed it, the payload parses, and the build is not revoked."""
+    ref_path = Path(ref)
+    loaded: LoadedSpec | None = None
+    if path is not None or find_spec(None).exists():
+        loaded = load_spec(path)
+    notes: list[str] = []
+    if loaded is None:
+        if not ref_path.is_file():
+            raise UsageError(f"{ref} is not a file, and there is no spec (-f) to find a manifest id in")
+        if trust is None:
+            raise UsageError("without a spec, pass --trust FILE (a trust file or a public key PEM)")
+        tr: Trust = trust_from_file(trust)
+        build, key = check_envelope(None, ref_path.read_bytes(), tr)
+        notes.append("revocation not checked: no spec (-f) locates the store")
+        return VerifyOutcome(
+            build.id, build.image, key.source, key.keyid, build.passed, False,
+            _cosign_command(str(ref_path), key.path, key.kind), notes,
+        )  # fmt: skip
+    ledger = open_ledger(loaded, trust)
+    assert ledger.trust is not None
+    if ref_path.is_file() and ref_path.name.endswith(".json"):
+        build, key = check_envelope(None, ref_path.read_bytes(), ledger.trust)
+        location = str(ref_path)
+    else:
+        e = ledger.build(ref)
+        assert e.build is not None and e.key_used is not None
+        build, key, location = e.build, e.key_used, e.location
+    reason = ledger.revocations.reason(build)
+    if reason:
+        raise SignatureError(f"manifest {build.id} is revoked: {reason}")
+    if not build.passed:
+        notes.append(f"the signature is good, but this build FAILED verification: {'; '.join(build.failures)}")
+    if build.rehearsal:
+        notes.append("this is a rehearsal build")
+    return VerifyOutcome(
+        build.id, build.image, key.source, key.keyid, build.passed, True,
+        _cosign_command(location, key.path, key.kind), notes,
+    )  # fmt: skip
+
+
+# --- diff --------------------------------------------------------------------------------------------
+
+
+def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(doc, list) and doc and all(isinstance(x, dict) for x in doc):
+        for i, v in enumerate(doc):
+            key = v.get("name") or v.get("path") or i
+            out.update(_flatten(v, f"{prefix}[{key}]"))
+    else:
+        out[prefix] = doc
+    return out
+
+
+# Report fields that differ on every run and say nothing about what changed in the image.
+_NOISE = ("time", "started", "finished", "duration", "seconds", "elapsed", "container", "host", "path", "log")
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append({"key": key, "old": a.get(key), "new": b.get(key)})
+    return out
+
+
+def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
+    """What changed between two builds, by section."""
+    ra, rb = a.report() or {}, b.report() or {}
+    fa = {k: v for k, v in _flatten(ra).items() if not any(n in k.lower() for n in _NOISE)}
+    fb = {k: v for k, v in _flatten(rb).items() if not any(n in k.lower() for n in _NOISE)}
+
+    def section(*words: str) -> list[dict[str, Any]]:
+        keys = {k for k in set(fa) | set(fb) if any(w in k.lower() for w in words)}
+        return _changes({k: fa.get(k) for k in keys if k in fa}, {k: fb.get(k) for k in keys if k in fb})
+
+    packages = section("pip", "dpkg", "package")
+    versions = [c for c in section("version", "cuda", "cudnn", "torch", "python", "driver") if c not in packages]
+    used = {c["key"] for c in packages + versions}
+    figures = [c for c in _changes(fa, fb) if c["key"] not in used]
+    return {
+        "old": a.id,
+        "new": b.id,
+        "layers": _changes(dict(a.layers), dict(b.layers)),
+        "weights": _changes(a.models, b.models),
+        "versions": versions,
+        "packages": packages,
+        "verification": _changes(
+            {"passed": a.passed, "failures": a.failures}, {"passed": b.passed, "failures": b.failures}
+        )
+        + figures,
+        "size": {"old": a.size_bytes, "new": b.size_bytes} if a.size_bytes != b.size_bytes else None,
+        "artifact": _changes(a.artifact(), b.artifact()),
+        "builder": _changes(a.builder, b.builder),
+    }
+
+
+def diff_manifests(path: Path | str | None, old: str, new: str, trust: Path | None = None) -> dict[str, Any]:
+    """`manifest diff ID1 ID2`."""
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust, require_trust=False)
+    builds = []
+    for ref in (old, new):
+        e = ledger.entry(ref)
+        if e.build is None:
+            raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
+        builds.append(e.build)
+    return diff_builds(builds[0], builds[1])
+
+
+# --- channels ----------------------------------------------------------------------------------------
+
+
+def _check_channel(channel: str) -> None:
+    if not NAME_RE.match(channel):
+        raise UsageError(f"channel {channel!r}: use lowercase letters, digits, '.', '_' or '-'")
+
+
+def _check_image(loaded: LoadedSpec, image: str) -> None:
+    if image not in loaded.spec.images:
+        raise UsageError(f"unknown image {image!r}; the spec has {', '.join(sorted(loaded.spec.images))}")
+
+
+def promotable(ledger: Ledger, ref: str, image: str, *, allow_rehearsal: bool = False) -> Entry:
+    """The build if it may be promoted; UsageError/SignatureError saying why not."""
+    e = ledger.entry(ref)
+    if e.build is None:
+        raise SignatureError(
+            f"refusing to promote {e.id}: it is unsigned or its signature does not verify ({e.problem})"
+        )
+    b = e.build
+    if b.image != image:
+        raise UsageError(f"manifest {b.id} is a build of {b.image!r}, not {image!r}")
+    if e.revoked:
+        raise StoreError(f"refusing to promote {b.id}: it is revoked ({e.revoked})")
+    if not b.passed:
+        why = "; ".join(b.failures) or "not verified"
+        raise StoreError(f"refusing to promote {b.id}: its verification failed ({why})")
+    if b.rehearsal and not allow_rehearsal:
+        raise UsageError(f"refusing to promote {b.id}: it is a rehearsal build (pass --allow-rehearsal)")
+    if not b.artifact():
+        raise StoreError(f"refusing to promote {b.id}: it records no image digest or AMI")
+    return e
+
+
+def _context(path: Path | str | None, trust: Path | None, key: str | None) -> tuple[LoadedSpec, Ledger, Any]:
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust)
+    signer, _created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
+    return loaded, ledger, signer
+
+
+def promote(
+    path: Path | str | None,
+    image: str,
+    ref: str,
+    channel: str,
+    *,
+    why: str = "",
+    who: str | None = None,
+    allow_rehearsal: bool = False,
+    trust: Path | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Point a channel at a verified build, as a new signed record of the channel's log."""
+    _check_channel(channel)
+    loaded, ledger, signer = _context(path, trust, key)
+    _check_image(loaded, image)
+    e = promotable(ledger, ref, image, allow_rehearsal=allow_rehearsal)
+    assert e.build is not None
+    build = e.build
+
+    def make(records: list[Record], seq: int) -> dict[str, Any]:
+        return {
+            "action": "promote",
+            "image": image,
+            "channel": channel,
+            "manifest": build.id,
+            "artifact": build.artifact(),
+            "who": who or who_default(),
+            "when": now_iso(),
+            "why": why,
+        }
+
+    rec = append_signed(ledger.store, channel_log(image, channel), signer=signer, trusted=ledger.keys,
+                        expect=CHANNEL_TYPE, build=make)  # fmt: skip
+    return {"image": image, "channel": channel, "manifest": build.id, "seq": rec.seq, "record": rec.location}
+
+
+def rollback(
+    path: Path | str | None,
+    image: str,
+    channel: str,
+    *,
+    why: str = "",
+    who: str | None = None,
+    trust: Path | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Point a channel back at its previous assignment (skipping revoked builds)."""
+    _check_channel(channel)
+    loaded, ledger, signer = _context(path, trust, key)
+    _check_image(loaded, image)
+    revoked = ledger.revocations
+    chosen: dict[str, str] = {}
+
+    def make(records: list[Record], seq: int) -> dict[str, Any]:
+        stack = assignments(records)
+        if not stack:
+            raise UsageError(f"channel {channel} of {image} has no assignment to roll back")
+        current, earlier = stack[-1], stack[:-1]
+        target = None
+        for mid in reversed(earlier):
+            b = ledger.entry(mid).build
+            if b is not None and not revoked.reason(b):
+                target = b
+                break
+        if target is None:
+            raise UsageError(
+                f"channel {channel} of {image} has no earlier, non-revoked build to roll back to (now {current})"
+            )
+        chosen.update(old=current, new=target.id)
+        return {
+            "action": "rollback",
+            "image": image,
+            "channel": channel,
+            "manifest": target.id,
+            "from": current,
+            "artifact": target.artifact(),
+            "who": who or who_default(),
+            "when": now_iso(),
+            "why": why,
+        }
+
+    rec = append_signed(ledger.store, channel_log(image, channel), signer=signer, trusted=ledger.keys,
+                        expect=CHANNEL_TYPE, build=make)  # fmt: skip
+    return {"image": image, "channel": channel, "manifest": chosen["new"], "from": chosen["old"], "seq": rec.seq,
+            "record": rec.location}  # fmt: skip
+
+
+def revoke(
+    path: Path | str | None,
+    ref: str,
+    *,
+    reason: str,
+    layer: str | None = None,
+    who: str | None = None,
+    trust: Path | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Revoke a build (or one layer of its chain): every build whose chain has a revoked layer hash is revoked."""
+    if not reason.strip():
+        raise UsageError("revoke needs --reason TEXT (it goes into the signed record)")
+    _loaded, ledger, signer = _context(path, trust, key)
+    e = ledger.build(ref)
+    assert e.build is not None
+    build = e.build
+    names = [n for n, _ in build.layers]
+    if layer is None:
+        layer = names[-1]
+    if layer not in names:
+        raise UsageError(f"build {build.id} has no layer {layer!r} (its layers: {', '.join(names)})")
+    # the named layer and everything built from it: its hash and every hash after it in this chain
+    start = names.index(layer)
+    hashes = [h for _, h in build.layers[start:]]
+
+    def make(records: list[Record], seq: int) -> dict[str, Any]:
+        return {
+            "manifest": build.id,
+            "image": build.image,
+            "layer": layer,
+            "layers": hashes,
+            "who": who or who_default(),
+            "when": now_iso(),
+            "why": reason,
+        }
+
+    rec = append_signed(ledger.store, REVOCATIONS, signer=signer, trusted=ledger.keys, expect=REVOCATION_TYPE,
+                        build=make)  # fmt: skip
+    # what the revocation reaches now (more builds may come to share the hash later; those are revoked too)
+    ledger.__dict__.pop("revocations", None)
+    affected = [x.id for x in ledger.entries(with_channels=False) if x.revoked]
+    return {"manifest": build.id, "layer": layer, "hash": hashes[0], "seq": rec.seq, "revoked": affected,
+            "record": rec.location}  # fmt: skip
+
+
+def resolve(path: Path | str | None, image: str, channel: str, trust: Path | None = None) -> dict[str, Any]:
+    """What a channel points at now: the image digest reference and/or AMI per region, from verified records."""
+    _check_channel(channel)
+    loaded = load_spec(path)
+    _check_image(loaded, image)
+    ledger = open_ledger(loaded, trust)
+    stack = assignments(ledger.channel_records(image, channel))
+    if not stack:
+        raise StoreError(f"channel {channel} of {image} points at nothing (promote a build first)")
+    e = ledger.build(stack[-1])
+    assert e.build is not None
+    if e.revoked:
+        raise StoreError(
+            f"channel {channel} of {image} points at {e.id}, which is revoked ({e.revoked}); "
+            f"run `imagekit rollback {image} --channel {channel}`"
+        )
+    return {"image": image, "channel": channel, "manifest": e.id, **e.build.artifact()}
+
+
+def dumps(doc: Any) -> str:
+    """JSON text for messages."""
+    return json.dumps(doc, sort_keys=True)

@@ -1,0 +1,259 @@
+"""manifest list/show/verify/diff; promote, rollback, revoke, resolve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from imagekit.cli import app, run
+from imagekit.cli.console import err, escape, out, print_json
+
+manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, diff.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+
+SpecOpt = typer.Option(None, "-f", "--file", help="The spec file (locates the store and trust file).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+TrustOpt = typer.Option(None, "--trust", help="A trust file or a public key PEM (default: the spec's trust file).")
+KeyOpt = typer.Option(None, "--key", help="Signing key: a file path or awskms:<id|arn|alias> (default: the spec's).")
+WhoOpt = typer.Option(None, "--who", help="Who to record (default: $USER@hostname).")
+
+
+@manifest_app.command("list")
+def list_cmd(
+    image: str | None = typer.Argument(None, help="Only builds of this image."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Every recorded build: id, image, target, created, subjects, verified, channels."""
+    from imagekit.api.manifest import list_manifests
+
+    rows = run(lambda: list_manifests(file, image, trust))
+    if json_out:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("id", "image", "target", "created", "verified", "channels", "subjects")
+    for r in rows:
+        if r["signature"] != "ok":
+            state = "[red]bad signature[/]"
+        elif r["revoked"]:
+            state = "[red]revoked[/]"
+        else:
+            state = "[green]yes[/]" if r["verified"] else "[red]failed[/]"
+        if r["rehearsal"]:
+            state += " (rehearsal)"
+        subjects = ", ".join(s for s in r["subjects"] if s.startswith(("oci:", "aws:")))
+        table.add_row(r["id"], r["image"], r["target"] or "?", r["created"] or "?", state, ", ".join(r["channels"]),
+                      escape(subjects))  # fmt: skip
+    out.print(table)
+    if not rows:
+        err.print("no manifests recorded yet")
+
+
+def _figures(report: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key in sorted(report):
+        value = report[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and len(value) <= 12:
+            rows += _figures(value, name + ".")
+        elif isinstance(value, dict):
+            rows.append((name, f"{len(value)} entries"))
+        elif isinstance(value, list):
+            rows.append((name, ", ".join(map(str, value[:6])) + (" …" if len(value) > 6 else "") if value else "—"))
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
+@manifest_app.command("show")
+def show(
+    ref: str = typer.Argument(..., help="Manifest id (or a unique prefix)."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """One build: subjects, layers, dependencies, builder and the verification figures."""
+    from imagekit.api.manifest import show_manifest
+
+    doc = run(lambda: show_manifest(file, ref, trust))
+    if json_out:
+        print_json(doc)
+        return
+    sig = "[green]ok[/]" if doc["signature"] == "ok" else f"[red]{escape(str(doc['signature']))}[/]"
+    out.print(f"[bold]manifest {doc['id']}[/]  {doc['image']} ({doc['target']})  {doc['location']}")
+    out.print(f"  signature     {sig}" + (f" (key {escape(doc['key'])})" if doc.get("key") else ""))
+    verdict = "[green]passed[/]" if doc["verified"] else "[red]FAILED[/] " + escape("; ".join(doc["failures"]))
+    out.print(f"  verification  {verdict}" + ("  [yellow]rehearsal[/]" if doc["rehearsal"] else ""))
+    if doc["revoked"]:
+        out.print(f"  [red]revoked[/]       {escape(doc['revoked'])}")
+    out.print(f"  built         {doc['started']} → {doc['created']}")
+    out.print(f"  channels      {', '.join(doc['channels']) or '—'}")
+    for k, v in sorted(doc["artifact"].items()):
+        out.print(f"  {k:<13} {escape(str(v))}")
+    if doc["size_bytes"]:
+        out.print(f"  size          {doc['size_bytes'] / 1e6:.1f} MB")
+    out.print("  layers")
+    for layer in doc["layers"]:
+        out.print(f"    {layer['name']:<12} {layer['hash']}")
+    if doc["models"]:
+        out.print("  weights")
+        for name, digest in sorted(doc["models"].items()):
+            out.print(f"    {escape(name)}  sha256:{digest}")
+    out.print("  builder       " + ", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items())))
+    report = doc.get("report")
+    if report:
+        out.print("  verification figures")
+        for key, value in _figures(report):
+            out.print(f"    {escape(key):<32} {escape(value)}")
+
+
+@manifest_app.command("verify")
+def verify(
+    ref: str = typer.Argument(..., help="Manifest id, or an envelope file (.intoto.json)."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Offline: exit 0 only if a trusted key signed it, the payload parses and the build is not revoked."""
+    from dataclasses import asdict
+
+    from imagekit.api.manifest import verify_manifest
+
+    res = run(lambda: verify_manifest(file, ref, trust))
+    if json_out:
+        print_json({"ok": True, **asdict(res)})
+        return
+    err.print(f"[green]ok[/] manifest {res.id} ({res.image}) signed by {escape(res.key_source)} "
+              f"(keyid {res.keyid[:16]}…)" + ("; not revoked" if res.revocation_checked else ""))  # fmt: skip
+    for note in res.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    if res.cosign:
+        err.print("the same check with cosign:")
+        out.print(res.cosign)
+
+
+@manifest_app.command("diff")
+def diff(
+    old: str = typer.Argument(..., help="The older manifest id."),
+    new: str = typer.Argument(..., help="The newer manifest id."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """What changed between two builds: layers, versions, packages, weights, verification figures, size."""
+    from imagekit.api.manifest import diff_manifests
+
+    doc = run(lambda: diff_manifests(file, old, new, trust))
+    if json_out:
+        print_json(doc)
+        return
+    out.print(f"[bold]{doc['old']} → {doc['new']}[/]")
+    any_change = False
+    for section in ("layers", "versions", "packages", "weights", "verification", "artifact", "builder"):
+        changes = doc[section]
+        if not changes:
+            continue
+        any_change = True
+        out.print(f"[bold]{section}[/]")
+        for c in changes:
+            out.print(f"  {escape(c['key'])}: {escape(str(c['old']))} → {escape(str(c['new']))}")
+    if doc["size"]:
+        any_change = True
+        o, n = doc["size"]["old"], doc["size"]["new"]
+        pct = f" ({(n - o) / o * 100:+.1f}%)" if o and n else ""
+        out.print(f"[bold]size[/]\n  {o} → {n} bytes{pct}")
+    if not any_change:
+        out.print("no differences")
+
+
+@app.command()
+def promote(  # noqa: PLR0917 - typer maps each parameter to an option
+    image: str = typer.Argument(..., help="The image name in the spec."),
+    ref: str = typer.Argument(..., help="Manifest id to promote."),
+    channel: str = typer.Option(..., "--channel", help="Channel name, e.g. stable."),
+    why: str = typer.Option("", "--why", help="Why (goes into the signed record)."),
+    allow_rehearsal: bool = typer.Option(False, "--allow-rehearsal", help="Allow a rehearsal build."),
+    who: str | None = WhoOpt,
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    key: str | None = KeyOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Point a channel at a verified build (refuses unverified, failed, unsigned or revoked builds)."""
+    from imagekit.api.manifest import promote as api_promote
+
+    res = run(lambda: api_promote(file, image, ref, channel, why=why, who=who, allow_rehearsal=allow_rehearsal,
+                                  trust=trust, key=key))  # fmt: skip
+    if json_out:
+        print_json(res)
+    else:
+        err.print(f"[green]ok[/] {image} {channel} → {res['manifest']} (record #{res['seq']})")
+
+
+@app.command()
+def rollback(  # noqa: PLR0917 - typer maps each parameter to an option
+    image: str = typer.Argument(..., help="The image name in the spec."),
+    channel: str = typer.Option(..., "--channel", help="Channel name."),
+    why: str = typer.Option("", "--why", help="Why (goes into the signed record)."),
+    who: str | None = WhoOpt,
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    key: str | None = KeyOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Point a channel back at its previous assignment."""
+    from imagekit.api.manifest import rollback as api_rollback
+
+    res = run(lambda: api_rollback(file, image, channel, why=why, who=who, trust=trust, key=key))
+    if json_out:
+        print_json(res)
+    else:
+        err.print(f"[green]ok[/] {image} {channel}: {res['from']} → {res['manifest']} (record #{res['seq']})")
+
+
+@app.command()
+def revoke(  # noqa: PLR0917 - typer maps each parameter to an option
+    ref: str = typer.Argument(..., help="Manifest id to revoke."),
+    reason: str = typer.Option(..., "--reason", help="Why (goes into the signed record)."),
+    layer: str | None = typer.Option(None, "--layer", help="Revoke this layer of the build's chain (default: leaf)."),
+    who: str | None = WhoOpt,
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    key: str | None = KeyOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Revoke a build; every build whose chain contains the revoked layer is revoked with it."""
+    from imagekit.api.manifest import revoke as api_revoke
+
+    res = run(lambda: api_revoke(file, ref, reason=reason, layer=layer, who=who, trust=trust, key=key))
+    if json_out:
+        print_json(res)
+        return
+    err.print(f"[green]ok[/] revoked layer {res['layer']} ({res['hash'][:12]}) of {res['manifest']}")
+    err.print(f"   builds revoked now: {', '.join(res['revoked'])}")
+
+
+@app.command()
+def resolve(
+    image: str = typer.Argument(..., help="The image name in the spec."),
+    channel: str = typer.Option(..., "--channel", help="Channel name."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Print what a channel points at: the image digest reference, or the AMI id per region."""
+    from imagekit.api.manifest import resolve as api_resolve
+
+    res = run(lambda: api_resolve(file, image, channel, trust))
+    if json_out:
+        print_json(res)
+        return
+    if "image" in res:
+        out.print(res["image"])
+    for region, ami in sorted(res.get("amis", {}).items()):
+        out.print(f"{region} {ami}")

@@ -1,0 +1,189 @@
+"""A spec's view of its store: trust resolution, manifests with their signature, revocation and channel state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import SignatureError, StoreError
+from imagekit.manifest.channels import (
+    CHANNEL_TYPE,
+    Record,
+    Revocations,
+    assignments,
+    channel_log,
+    channel_names,
+    read_revocations,
+    read_verified,
+)
+from imagekit.manifest.dsse import parse_envelope, verify_envelope
+from imagekit.manifest.keys import PUBLIC_NAME, TrustedKey, load_trust, trusted_from_pem
+from imagekit.manifest.statement import BuildRecord, manifest_id_of, parse_statement
+from imagekit.manifest.store import MANIFEST_SUFFIX, Store, open_store
+from imagekit.paths import config_dir
+from imagekit.spec import LoadedSpec
+
+
+def spec_store(loaded: LoadedSpec, *, s3_client: Any = None) -> Store:
+    """The store a spec names (`store:`, default manifests/ next to the spec)."""
+    return open_store(loaded.spec.store, base=loaded.root, s3_client=s3_client)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The keys verification accepts and where they came from (for messages)."""
+
+    keys: list[TrustedKey]
+    source: str
+
+
+def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, kms_client: Any = None) -> Trust:
+    """--trust FILE (a trust YAML or a single PEM), else the spec's trust file, else the local default public key."""
+    if override is not None:
+        return trust_from_file(override, kms_client=kms_client)
+    if loaded is not None:
+        path = loaded.local(loaded.spec.signing.trust)
+        if path.exists():
+            return trust_from_file(path, kms_client=kms_client)
+    default_pub = config_dir() / PUBLIC_NAME
+    if default_pub.exists():
+        # No trust file yet: the local default flow (build, verify on the same machine) trusts the local key.
+        return Trust([trusted_from_pem(default_pub, f"the local default key {default_pub}")], str(default_pub))
+    where = loaded.local(loaded.spec.signing.trust) if loaded else Path("imagekit.trust.yaml")
+    raise SignatureError(f"no trusted keys: create {where} (keys: [{{pem: imagekit.pub}}]) or pass --trust FILE")
+
+
+def trust_from_file(path: Path, *, kms_client: Any = None) -> Trust:
+    """A trust YAML file, or a bare PEM public key (cosign.pub, imagekit.pub)."""
+    try:
+        head = path.read_bytes()[:64]
+    except FileNotFoundError:
+        raise SignatureError(f"trust file {path} does not exist") from None
+    if head.lstrip().startswith(b"-----BEGIN"):
+        return Trust([trusted_from_pem(path)], str(path))
+    return Trust(load_trust(path, kms_client=kms_client), str(path))
+
+
+@dataclass
+class Entry:
+    """One stored manifest with what reading it found."""
+
+    key: str
+    location: str
+    raw: bytes
+    build: BuildRecord | None = None
+    key_used: TrustedKey | None = None
+    problem: str | None = None
+    revoked: str | None = None
+    channels: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """The manifest id (from the file name)."""
+        return self.key.rsplit("/", 1)[-1][: -len(MANIFEST_SUFFIX)]
+
+    @property
+    def signed_ok(self) -> bool:
+        """True when a trusted key signed it and the payload parsed."""
+        return self.build is not None and self.problem is None
+
+
+def check_envelope(manifest_id: str | None, raw: bytes, trust: Trust) -> tuple[BuildRecord, TrustedKey]:
+    """Verify one manifest envelope against the trusted keys and parse its statement."""
+    verified = verify_envelope(parse_envelope(raw), trust.keys)
+    mid = manifest_id_of(verified.payload)
+    if manifest_id is not None and mid != manifest_id:
+        raise SignatureError(f"manifest {manifest_id}: its payload hashes to id {mid} (renamed or replaced)")
+    return parse_statement(mid, verified.payload), verified.key
+
+
+class Ledger:
+    """Everything in one store as seen through one set of trusted keys. Reads happen on first use."""
+
+    def __init__(self, store: Store, trust: Trust | None, *, trust_error: str | None = None) -> None:
+        self.store = store
+        self.trust = trust
+        self.trust_error = trust_error
+
+    @property
+    def keys(self) -> list[TrustedKey]:
+        """Trusted keys; SignatureError when there are none."""
+        if self.trust is None:
+            raise SignatureError(self.trust_error or "no trusted keys")
+        return self.trust.keys
+
+    @cached_property
+    def revocations(self) -> Revocations:
+        """The verified revocation log."""
+        return read_revocations(self.store, self.keys) if self.trust else Revocations({}, {})
+
+    def channel_records(self, image: str, channel: str) -> list[Record]:
+        """The verified log of one channel."""
+        return read_verified(self.store, channel_log(image, channel), self.keys, CHANNEL_TYPE)
+
+    def channels_of(self, image: str) -> dict[str, str]:
+        """channel -> manifest id it currently points at, for one image."""
+        out = {}
+        for ch in channel_names(self.store, image):
+            stack = assignments(self.channel_records(image, ch))
+            if stack:
+                out[ch] = stack[-1]
+        return out
+
+    def read_entry(self, key: str) -> Entry:
+        """One manifest: verify, parse, revocation."""
+        entry = Entry(key, self.store.location(key), self.store.read(key))
+        if self.trust is None:
+            entry.problem = self.trust_error or "no trusted keys"
+            return entry
+        try:
+            entry.build, entry.key_used = check_envelope(entry.id, entry.raw, self.trust)
+        except SignatureError as exc:
+            entry.problem = str(exc)
+            return entry
+        entry.revoked = self.revocations.reason(entry.build)
+        return entry
+
+    def entries(self, image: str | None = None, *, with_channels: bool = True) -> list[Entry]:
+        """Every manifest (of one image), oldest first, with channel names filled in."""
+        out = [self.read_entry(k) for k in self.store.manifest_keys(image)]
+        if with_channels and self.trust is not None:
+            for img in sorted({e.key.split("/", 1)[0] for e in out}):
+                for ch, mid in self.channels_of(img).items():
+                    for e in out:
+                        if e.id == mid and e.key.startswith(img + "/"):
+                            e.channels.append(ch)
+        out.sort(key=lambda e: (e.build.created if e.build else "", e.id))
+        return out
+
+    def entry(self, ref: str) -> Entry:
+        """The manifest with id (or unique id prefix) ref."""
+        return self.read_entry(self.store.find(ref))
+
+    def build(self, ref: str) -> Entry:
+        """A manifest that must verify; SignatureError with why otherwise."""
+        e = self.entry(ref)
+        if e.build is None:
+            raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
+        return e
+
+
+def open_ledger(loaded: LoadedSpec, trust: Path | None = None, *, require_trust: bool = True) -> Ledger:
+    """The ledger of a spec's store; without require_trust a missing trust file only marks entries unverified."""
+    store = spec_store(loaded)
+    try:
+        return Ledger(store, resolve_trust(loaded, trust))
+    except SignatureError as exc:
+        if require_trust:
+            raise
+        return Ledger(store, None, trust_error=str(exc))
+
+
+def ensure_store_readable(store: Store) -> None:
+    """Fail early with the store's location when it cannot be listed."""
+    try:
+        store.manifest_keys()
+    except StoreError as exc:
+        raise StoreError(f"store {store.url}: {exc}") from None

@@ -1,0 +1,195 @@
+"""record_build: turn a finished build (and its verification) into a signed manifest in the store; plan lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from imagekit import __version__
+from imagekit.errors import SignatureError, StoreError
+from imagekit.events import Event, Reporter, silent
+from imagekit.manifest.dsse import envelope_bytes, sign_envelope
+from imagekit.manifest.keys import load_signer
+from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
+from imagekit.manifest.statement import BuildFacts, build_statement, canonical_json, manifest_id_of
+from imagekit.manifest.store import Store
+from imagekit.plan import CacheLookup, spec_hash
+from imagekit.spec import LoadedSpec
+
+
+class LayerRef(Protocol):
+    """Anything with a layer name and hash (plan.LayerPlan fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def hash(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a build's manifest went and what signed it."""
+
+    id: str
+    location: str
+    passed: bool
+    key_ref: str
+    keyid: str
+    key_created: Path | None = None
+    trusted: bool | None = None
+
+
+def _iso(t: datetime | str) -> str:
+    if isinstance(t, str):
+        return t
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _git_commit(root: Path) -> str | None:
+    import subprocess
+
+    from imagekit.errors import ToolMissing
+    from imagekit.runners.process import capture
+
+    try:
+        res = capture(["git", "-C", str(root), "rev-parse", "HEAD"], timeout=10)
+    except (ToolMissing, OSError, subprocess.TimeoutExpired):
+        # a build outside git (or without git installed) is still recorded, just without a commit
+        return None
+    sha = res.output.strip()
+    return sha if res.ok and len(sha) == 40 else None
+
+
+def _report_passed(report: Mapping[str, Any] | None, failure: str | None) -> tuple[bool, list[str]]:
+    failures: list[str] = [failure] if failure else []
+    if report is None:
+        return False, failures or ["not verified"]
+    listed = report.get("failures")
+    if isinstance(listed, list):
+        failures += [str(f) for f in listed]
+    flag = report.get("passed", report.get("ok"))
+    return (not failures and flag is not False), failures
+
+
+def record_build(
+    loaded: LoadedSpec,
+    image: str,
+    target: str,
+    layers: Sequence[LayerRef] | Sequence[tuple[str, str]],
+    *,
+    started: datetime | str,
+    finished: datetime | str,
+    image_ref: str | None = None,
+    image_digest: str | None = None,
+    amis: Sequence[Mapping[str, Any]] = (),
+    base: str | None = None,
+    report: Mapping[str, Any] | None = None,
+    failure: str | None = None,
+    passed: bool | None = None,
+    builders: Mapping[str, str] | None = None,
+    rehearsal: bool = False,
+    size_bytes: int | None = None,
+    inputs: Mapping[str, str] | None = None,
+    key: str | None = None,
+    store: Store | None = None,
+    reporter: Reporter = silent,
+) -> Recorded:
+    """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
+    pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
+    if not pairs:
+        raise ValueError("record_build needs the image's layers (name, hash), root first")
+    ok, failures = _report_passed(report, failure)
+    if passed is not None:
+        ok = passed and not failure
+    collected: dict[str, str] = dict(inputs or {})
+    if inputs is None:
+        from imagekit.digests import DigestCache
+        from imagekit.plan import layer_inputs
+
+        cache = DigestCache()
+        for name, layer in loaded.chain(image):
+            collected.update(layer_inputs(loaded, name, layer, cache))
+    models = [
+        {"name": m.dest, "src": m.src, "sha256": m.sha256} for _, layer in loaded.chain(image) for m in layer.models
+    ]
+    spec_path = loaded.path.name
+    facts = BuildFacts(
+        image=image,
+        target=target,
+        spec_path=spec_path,
+        spec_sha256=spec_hash(loaded),
+        layers=pairs,
+        started=_iso(started),
+        finished=_iso(finished),
+        builder={"imagekit": __version__, **dict(builders or {})},
+        image_ref=image_ref,
+        image_digest=image_digest,
+        amis=list(amis),
+        base=base,
+        models=models,
+        inputs=collected,
+        git_commit=_git_commit(loaded.root),
+        report=report,
+        passed=ok,
+        failures=failures,
+        rehearsal=rehearsal,
+        size_bytes=size_bytes,
+    )
+    payload = canonical_json(build_statement(facts))
+    signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
+    if created:
+        reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
+    envelope = sign_envelope(payload, signer)
+    mid = manifest_id_of(payload)
+    store = store or spec_store(loaded)
+    location = store.put_manifest(image, mid, envelope_bytes(envelope))
+    trusted: bool | None
+    try:
+        trusted = signer.keyid in {t.keyid for t in resolve_trust(loaded).keys}
+    except SignatureError:
+        trusted = None
+    if trusted is False:
+        reporter(Event("warn", f"key {signer.ref} is not in the trust file; `manifest verify` will reject {mid}"))
+    reporter(Event("done", f"manifest {mid} ({'verified' if ok else 'FAILED verification'}) -> {location}", image))
+    return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted)
+
+
+def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLookup:
+    """A plan lookup: cached when the store holds a verified, signed, not revoked build with that layer hash."""
+    index: dict[tuple[str, str], str] | None = None
+
+    def build_index() -> dict[tuple[str, str], str]:
+        s = store or spec_store(loaded)
+        try:
+            trust = resolve_trust(loaded)
+        except SignatureError:
+            return {}  # nothing can count as verified without a trusted key
+        ledger = Ledger(s, trust)
+        out: dict[tuple[str, str], str] = {}
+        try:
+            entries = ledger.entries(with_channels=False)
+        except (StoreError, SignatureError):
+            return {}
+        for e in entries:
+            b = e.build
+            if b is None or e.revoked or not b.passed or b.rehearsal:
+                continue
+            for _, h in b.layers:
+                # newest wins: entries are oldest first
+                out[(b.target, h)] = b.id
+        return out
+
+    def lookup(image: str, target: str, layer: str, digest: str) -> str | None:
+        nonlocal index
+        if index is None:
+            index = build_index()
+        hit = index.get((target, digest))
+        return f"verified build {hit}" if hit else None
+
+    return lookup
