@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def _missing(what: str) -> None:
 def require_docker() -> str:
     """The Debian docker client path, once the engine answers; fails under CI, skips locally."""
     try:
-        ok = subprocess.run([DOCKER, "info"], capture_output=True, timeout=30).returncode == 0
+        ok = subprocess.run([DOCKER, "info"], check=False, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
@@ -65,3 +66,55 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     # Keep digest caches and logs of tests out of the user's ~/.cache, one folder per session.
     if "IMAGEKIT_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("IMAGEKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "imagekit-cache"))
+    # and the default signing key out of the user's ~/.config: a fresh config folder per test
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on 127.0.0.1 (a free port) for the session; sets AWS_ENDPOINT_URL and dummy credentials."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        _missing("moto_server (pip install 'moto[server]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on {url}")
+                time.sleep(0.2)
+        os.environ.update(
+            AWS_ENDPOINT_URL=url,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE")
