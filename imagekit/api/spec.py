@@ -103,4 +103,9 @@ def plan_spec(
                     )
                 ]
             )
+    if lookup is None:
+        # default: a layer is cached when the store holds a verified, signed, not revoked build with its hash
+        from imagekit.manifest.record import store_lookup
+
+        lookup = store_lookup(loaded)
     return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)
