@@ -1,0 +1,508 @@
+"""build: spec -> images. The docker target lives here; the ami target is dispatched to imagekit.ami."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from imagekit.errors import BuildFailed, Problem, SpecError, UsageError
+from imagekit.events import Event, Reporter, silent
+from imagekit.fetch import fetch_model, stage
+from imagekit.fsutil import atomic_write
+from imagekit.paths import log_dir
+from imagekit.plan import LayerPlan, plan_image
+from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
+from imagekit.spec import LoadedSpec
+
+DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Context-relative folders the docker build uses (the build context is the spec folder).
+RENDER_DIR = ".imagekit/render"
+SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
+WHEELHOUSE_DIR = ".imagekit/wheelhouse"
+MODELS_DIR = ".imagekit/models"
+LOG_TAIL = 25
+
+
+@dataclass
+class LayerResult:
+    """One layer of a built image: its hash, tag, and whether this run built it or reused the tagged image."""
+
+    name: str
+    hash: str
+    tag: str
+    status: Literal["built", "reused"]
+    seconds: float
+    image_id: str = ""
+    reason: str = ""
+
+
+@dataclass
+class BaseResult:
+    """Where the root layer started: a bootstrapped base or a docker reference, with what it resolved to."""
+
+    kind: Literal["bootstrap", "docker"]
+    ref: str
+    image_id: str
+    digest: str = ""
+    built: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class ImageResult:
+    """One image built for one target."""
+
+    image: str
+    target: str
+    layers: list[LayerResult] = field(default_factory=list)
+    ref: str = ""
+    tags: list[str] = field(default_factory=list)
+    image_id: str = ""
+    size: int = 0
+    repo_digest: str = ""
+    pushed: str = ""
+    base: BaseResult | None = None
+    log_path: str = ""
+    verify_report: str = ""
+    started: str = ""
+    finished: str = ""
+    seconds: float = 0.0
+
+    @property
+    def built_layers(self) -> list[str]:
+        """Names of the layers this run built (not reused)."""
+        return [lr.name for lr in self.layers if lr.status == "built"]
+
+
+@dataclass
+class BuildResult:
+    """What `imagekit build` did, as data (the CLI prints it; `--json` dumps `to_json()`)."""
+
+    spec: str
+    target: str
+    images: list[ImageResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return asdict(self)
+
+    def image(self, name: str) -> ImageResult:
+        """The result of one image by name."""
+        return next(r for r in self.images if r.image == name)
+
+
+def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, force, push, reporter))
+    path: Path | str | None,
+    target: str,
+    images: list[str] | None = None,
+    force: bool = False,
+    push: str | None = None,
+    reporter: Reporter = silent,
+    *,
+    verify: bool = True,
+    engine: DockerEngine | None = None,
+) -> BuildResult:
+    """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
+    from imagekit.api.spec import validate
+
+    if target not in ("docker", "ami"):
+        raise UsageError(f"--target must be docker or ami, not {target!r}")
+    loaded = validate(path)
+    selected = select_images(loaded, target, images)
+    if target == "ami":
+        if push:
+            raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
+        # the AMI helper owns this path: Packer amazon-ebs per layer (imagekit/ami)
+        from imagekit.ami import build_ami  # type: ignore[attr-defined,unused-ignore]
+
+        result: BuildResult = build_ami(loaded, images=selected, force=force, reporter=reporter, verify=verify)
+        return result
+    if push and len(selected) > 1:
+        raise UsageError(f"--push takes one image; pick it with --image ({', '.join(selected)})")
+    engine = engine or DockerEngine()
+    out = BuildResult(spec=str(loaded.path), target=target)
+    for name in selected:
+        res = build_docker_image(loaded, name, engine=engine, force=force, push=push, reporter=reporter)
+        out.images.append(res)
+        if verify:
+            res.verify_report = _verify(loaded, res, reporter)
+    return out
+
+
+def select_images(loaded: LoadedSpec, target: str, images: list[str] | None) -> list[str]:
+    """The images to build: the named ones (each must build for target), else all that build for target."""
+    spec = loaded.spec
+    if images:
+        unknown = [i for i in images if i not in spec.images]
+        if unknown:
+            raise SpecError(
+                [
+                    Problem(
+                        loaded.file,
+                        loaded.line_of("images"),
+                        "images",
+                        f"unknown image {unknown[0]!r}",
+                        f"images: {', '.join(spec.images)}",
+                    )
+                ]
+            )
+        wrong = [i for i in images if target not in spec.images[i].targets]
+        if wrong:
+            raise UsageError(f"image {wrong[0]} does not list target {target} (images.{wrong[0]}.targets)")
+        return list(images)
+    chosen = [n for n, img in spec.images.items() if target in img.targets]
+    if not chosen:
+        raise UsageError(f"no image in {loaded.file} lists target {target}")
+    return chosen
+
+
+def layer_repository(loaded: LoadedSpec, layer: str) -> str:
+    """`imagekit/<spec name>-<layer>`: where a layer's image is tagged by its hash."""
+    return f"imagekit/{loaded.spec.name}-{layer}"
+
+
+def layer_tag(loaded: LoadedSpec, layer: str, digest: str) -> str:
+    """`imagekit/<spec name>-<layer>:<hash16>`."""
+    return f"{layer_repository(loaded, layer)}:{digest[:16]}"
+
+
+def parent_arg(layer: str) -> str:
+    """The build arg that points a child stage at its parent layer's tagged image."""
+    return "IMAGEKIT_PARENT_" + "".join(c if c.isalnum() else "_" for c in layer.upper())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_docker_image(
+    loaded: LoadedSpec,
+    image: str,
+    *,
+    engine: DockerEngine,
+    force: bool = False,
+    push: str | None = None,
+    reporter: Reporter = silent,
+) -> ImageResult:
+    """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image."""
+    t0 = time.monotonic()
+    res = ImageResult(image=image, target="docker", started=_now())
+    log_path = log_dir() / f"build-{loaded.spec.name}-{image}-docker-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    res.log_path = str(log_path)
+    reporter(Event("info", f"full log: {log_path}", image, "", "docker"))
+
+    def lookup(_img: str, _tgt: str, layer: str, digest: str) -> str | None:
+        tag = layer_tag(loaded, layer, digest)
+        return None if force or not engine.exists(tag) else f"image {tag} exists"
+
+    plan = plan_image(loaded, image, "docker", lookup=lookup)
+    root = loaded.root
+    with log_path.open("a", encoding="utf-8") as log, _secrets(loaded) as secrets:
+        log.write(f"# imagekit build {loaded.path} image={image} target=docker started={res.started}\n")
+        # 1. every remote model is fetched and checked before anything is built
+        _stage_models(loaded, image, reporter)
+        # 2. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
+        root_name, _root_layer = loaded.chain(image)[0]
+        res.base = _ensure_base(loaded, image, root_name, engine, force=force, reporter=reporter, log=log)
+        # 3. render the Dockerfile and scripts into the context
+        wheelhouse = _stage_wheelhouse(loaded, image, reporter)
+        dockerfile = _render(loaded, image, wheelhouse)
+        build_args = {"BASE_IMAGE": res.base.ref}
+        tags: dict[str, str] = {}
+        for lp in plan.layers:
+            tag = layer_tag(loaded, lp.name, lp.hash)
+            if lp.status == "cached":
+                info = engine.inspect(tag)
+                reporter(Event("cached", f"{tag} ({lp.reason})", image, lp.name, "docker"))
+                res.layers.append(LayerResult(lp.name, lp.hash, tag, "reused", 0.0, info.id if info else "", lp.reason))
+            else:
+                res.layers.append(
+                    _build_layer(
+                        loaded, image, lp, tag, engine=engine, dockerfile=dockerfile, context=root,
+                        build_args={**build_args, **{parent_arg(p): t for p, t in tags.items()}},
+                        secrets=secrets, force=force, log=log, log_path=log_path, reporter=reporter,
+                    )
+                )  # fmt: skip
+            tags[lp.name] = tag
+        leaf = res.layers[-1]
+        repo = loaded.spec.images[image].repository or image
+        final = f"{repo}:{leaf.hash[:16]}"
+        engine.tag(leaf.tag, repo, leaf.hash[:16])
+        engine.tag(leaf.tag, repo, "latest")
+        res.ref, res.tags = final, [final, f"{repo}:latest"]
+        info = engine.inspect(final)
+        res.image_id = info.id if info else leaf.image_id
+        res.size = info.size if info else 0
+        if push:
+            res.repo_digest, res.pushed = _push(engine, final, push, image=image, reporter=reporter, log=log)
+        res.finished = _now()
+        res.seconds = round(time.monotonic() - t0, 1)
+        log.write(f"# finished {res.finished} image={res.ref} id={res.image_id}\n")
+    reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", "docker"))
+    return res
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.0f} MB"
+
+
+def _build_layer(
+    loaded: LoadedSpec,
+    image: str,
+    lp: LayerPlan,
+    tag: str,
+    *,
+    engine: DockerEngine,
+    dockerfile: Path,
+    context: Path,
+    build_args: dict[str, str],
+    secrets: dict[str, Path],
+    force: bool,
+    log: IO[str],
+    log_path: Path,
+    reporter: Reporter,
+) -> LayerResult:
+    reporter(Event("start", f"{tag} ({lp.reason})", image, lp.name, "docker"))
+    log.write(f"\n# ---- layer {lp.name} -> {tag} ({lp.reason})\n")
+    log.flush()
+    last: list[str] = [""]
+
+    def on_line(line: str) -> None:
+        step = parse_step(line)
+        if step is not None and str(step) != last[0]:
+            last[0] = str(step)
+            reporter(Event("step", str(step), image, lp.name, "docker"))
+        else:
+            reporter(Event("log", line, image, lp.name, "docker"))
+
+    labels = {
+        f"{LABEL_PREFIX}.layer.hash": lp.hash,
+        f"{LABEL_PREFIX}.layer": lp.name,
+        f"{LABEL_PREFIX}.spec": loaded.spec.name,
+    }
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="imagekit-iid-") as tmp:
+        iid = Path(tmp) / "iid"
+        result = engine.build(
+            context, dockerfile=dockerfile, target=lp.name, tags=[tag], build_args=build_args, labels=labels,
+            secrets=secrets, no_cache=force, iidfile=iid, log=log, on_line=on_line,
+        )  # fmt: skip
+        image_id = iid.read_text().strip() if iid.exists() else ""
+    seconds = round(time.monotonic() - t0, 1)
+    if not result.ok:
+        tail = result.tail[-LOG_TAIL:]
+        errors = [line for line in result.tail if is_error_line(line)]
+        why = errors[-1].strip() if errors else f"docker build exited {result.returncode}"
+        reporter(Event("fail", why, image, lp.name, "docker"))
+        raise BuildFailed(
+            f"layer {lp.name} failed to build: {why}",
+            image=image,
+            layer=lp.name,
+            log_tail=tail,
+            log_path=str(log_path),
+        )
+    reporter(Event("done", f"{tag} in {seconds:.0f}s", image, lp.name, "docker"))
+    return LayerResult(lp.name, lp.hash, tag, "built", seconds, image_id, lp.reason)
+
+
+def _ensure_base(
+    loaded: LoadedSpec,
+    image: str,
+    root_name: str,
+    engine: DockerEngine,
+    *,
+    force: bool,
+    reporter: Reporter,
+    log: IO[str],
+) -> BaseResult:
+    root_layer = loaded.spec.layers[root_name]
+    src = root_layer.from_
+    key = ("layers", root_name, "from")
+    if src is not None and src.bootstrap is not None:
+        from imagekit.runners.bootstrap import ensure_base
+
+        # --force rebuilds layers, not the distribution base (minutes of debootstrap for the same packages)
+        base = ensure_base(engine, root_name, src.bootstrap, reporter=reporter, log=log, image=image)
+        return BaseResult("bootstrap", base.tag, base.image_id, base.hash, base.built, round(base.seconds, 1))
+    if src is not None and src.docker:
+        reporter(Event("step", f"resolving base {src.docker}", image, root_name, "docker"))
+        info = engine.resolve(src.docker)
+        repo = src.docker.split("@", 1)[0].rsplit(":", 1)[0] if "/" in src.docker else src.docker.split(":")[0]
+        digest = next((d for d in info.repo_digests if d.split("@", 1)[0] == repo), "")
+        if not digest and info.repo_digests:
+            digest = info.repo_digests[0]
+        # build from the exact image that was resolved, so the record and the build agree
+        ref = digest or info.id
+        return BaseResult("docker", ref, info.id, digest.split("@", 1)[1] if "@" in digest else info.id)
+    raise SpecError(
+        [
+            Problem(
+                loaded.file,
+                loaded.line_of(*key) or loaded.line_of("layers", root_name),
+                ".".join(key),
+                "the root layer needs from.docker or from.bootstrap for the docker target",
+                "add `from: {bootstrap: {distro: debian, suite: bookworm}}` to build with no registry",
+            )
+        ]
+    )
+
+
+def _render(loaded: LoadedSpec, image: str, wheelhouse: str | None) -> Path:
+    """Render the Dockerfile and provisioning scripts into <spec>/.imagekit/render (written only when changed)."""
+    from imagekit.render.dockerfile import render_dockerfile  # type: ignore[import-not-found,unused-ignore]
+    from imagekit.render.scripts import render_scripts  # type: ignore[import-not-found,unused-ignore]
+
+    out = loaded.root / RENDER_DIR
+    for layer, text in sorted(render_scripts(loaded, image, "docker").items()):
+        _write_if_changed(out / "provision" / f"{layer}.sh", text, 0o755)
+    dockerfile = out / f"{image}.Dockerfile"
+    text = render_dockerfile(loaded, image, src_prefix="", scripts_prefix=SCRIPTS_PREFIX, wheelhouse=wheelhouse)
+    _write_if_changed(dockerfile, text, 0o644)
+    return dockerfile
+
+
+def _write_if_changed(path: Path, text: str, mode: int) -> None:
+    # unchanged files keep their mtime, so BuildKit's context transfer and the digest cache stay warm
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text, mode=mode)
+
+
+def _stage_wheelhouse(loaded: LoadedSpec, image: str, reporter: Reporter) -> str | None:
+    """Mirror build.wheelhouse into the context (hard links, else copies); None when unset or absent."""
+    configured = loaded.spec.build.wheelhouse
+    if not configured:
+        return None
+    src = loaded.local(configured)
+    if not src.is_dir():
+        reporter(Event("info", f"wheelhouse {src} is not here; pip uses the index", image, "", "docker"))
+        return None
+    dest = loaded.root / WHEELHOUSE_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name: p for p in src.iterdir() if p.is_file()}
+    for old in dest.iterdir():
+        if old.name not in wanted:
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+    for name, path in sorted(wanted.items()):
+        stage(path, dest / name)
+    reporter(Event("info", f"wheelhouse {src}: {len(wanted)} files", image, "", "docker"))
+    return WHEELHOUSE_DIR
+
+
+def _stage_models(loaded: LoadedSpec, image: str, reporter: Reporter) -> None:
+    """Fetch and check every remote model of the chain, then link it into <spec>/.imagekit/models/<sha256>."""
+    ca = _ca_bundle(loaded)
+    for layer_name, layer in loaded.chain(image):
+        for model in layer.models:
+            if not model.is_remote:
+                continue
+            cached = fetch_model(model, ca_bundle=ca, reporter=reporter, image=image, layer=layer_name)
+            stage(cached, loaded.root / MODELS_DIR / model.sha256)
+
+
+def model_context_path(sha256: str) -> str:
+    """Where a fetched remote model sits in the build context (what the Dockerfile COPYs)."""
+    return f"{MODELS_DIR}/{sha256}"
+
+
+def _ca_bundle(loaded: LoadedSpec) -> Path | None:
+    configured = loaded.spec.build.ca_bundle
+    if configured:
+        path = loaded.local(configured)
+        if not path.is_file():
+            raise SpecError(
+                [
+                    Problem(
+                        loaded.file,
+                        loaded.line_of("build", "ca_bundle"),
+                        "build.ca_bundle",
+                        f"{configured!r} does not exist",
+                    )
+                ]
+            )
+        return path
+    return DEFAULT_CA_BUNDLE if DEFAULT_CA_BUNDLE.is_file() else None
+
+
+@contextlib.contextmanager
+def _secrets(loaded: LoadedSpec) -> Iterator[dict[str, Path]]:
+    """BuildKit secrets: `ca` (the CA bundle) and `pipconf` (index settings) — never copied into a layer."""
+    secrets: dict[str, Path] = {}
+    ca = _ca_bundle(loaded)
+    if ca is not None:
+        secrets["ca"] = ca
+    index = loaded.spec.build.pip_index_url or os.environ.get("PIP_INDEX_URL")
+    extra = os.environ.get("PIP_EXTRA_INDEX_URL")
+    if not index and not extra:
+        yield secrets
+        return
+    lines = ["[global]"]
+    if index:
+        lines.append(f"index-url = {index}")
+    if extra:
+        lines.append(f"extra-index-url = {extra}")
+    if ca is not None:
+        lines.append("cert = /run/secrets/ca")
+    # index URLs may carry credentials: a private temp file outside the build context
+    fd, name = tempfile.mkstemp(prefix="imagekit-pipconf-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        secrets["pipconf"] = Path(name)
+        yield secrets
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _push(
+    engine: DockerEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
+) -> tuple[str, str]:
+    _repo, _, tag = final.rpartition(":")
+    dest_repo, dest_tag = dest, tag
+    last = dest.rsplit("/", 1)[-1]
+    if ":" in last:
+        dest_repo, dest_tag = dest.rsplit(":", 1)
+    reporter(Event("start", f"push {dest_repo}:{dest_tag}", image, "", "docker"))
+    engine.tag(final, dest_repo, dest_tag)
+
+    def on_line(line: str) -> None:
+        log.write(f"push: {line}\n")
+
+    digest = engine.push(dest_repo, dest_tag, on_line=on_line)
+    reporter(Event("done", f"pushed {dest_repo}@{digest}", image, "", "docker"))
+    return digest, f"{dest_repo}@{digest}"
+
+
+def _verify(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
+    """Boot-and-verify the built image through the verify helper's api, when it is installed."""
+    import importlib
+
+    try:
+        verify_api = importlib.import_module("imagekit.api.verify")
+    except ModuleNotFoundError as exc:
+        if exc.name != "imagekit.api.verify":
+            raise
+        reporter(Event("warn", "verify is not available in this install; skipped", res.image, "", "docker"))
+        return ""
+    verify_docker: Any = getattr(verify_api, "verify_docker", None)
+    if verify_docker is None:
+        reporter(Event("warn", "verify_docker is not available; skipped", res.image, "", "docker"))
+        return ""
+    report = verify_docker(loaded.path, res.ref, image=res.image, reporter=reporter)
+    if isinstance(report, str | Path):
+        return str(report)
+    return str(getattr(report, "path", "") or getattr(report, "report_path", "") or "")

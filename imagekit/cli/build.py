@@ -1,0 +1,44 @@
+"""build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from imagekit.cli import app, run
+from imagekit.cli.console import ProgressPrinter, err, escape, print_json
+
+
+@app.command()
+def build(  # noqa: PLR0917 (typer options)
+    file: Path | None = typer.Option(None, "-f", "--file", help="The spec file (default: ./imagekit.yaml)."),
+    target: str = typer.Option(..., "--target", help="docker or ami."),
+    image: list[str] = typer.Option([], "--image", help="Only this image (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild every layer, even when its hash is already built."),
+    push: str | None = typer.Option(None, "--push", help="Push the final image to REGISTRY/REPO[:TAG]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
+) -> None:
+    """Build images layer by layer (unchanged layers are reused); the docker engine is found via DOCKER_HOST."""
+    from imagekit.api.build import build as api_build
+
+    printer = ProgressPrinter(show_log=verbose)
+    result = run(
+        lambda: api_build(
+            file, target, images=image or None, force=force, push=push, reporter=printer, verify=not no_verify
+        )
+    )
+    if json_out:
+        print_json(result.to_json())
+        return
+    for res in result.images:
+        built = ", ".join(res.built_layers) or "none (all reused)"
+        err.print(f"[green]built[/] {escape(res.ref or res.image)}  layers built: {escape(built)}")
+        if res.pushed:
+            err.print(f"  pushed {escape(res.pushed)}")
+        if res.verify_report:
+            err.print(f"  verify report: {escape(res.verify_report)}")
+        if res.log_path:
+            err.print(f"  log: {escape(res.log_path)}")

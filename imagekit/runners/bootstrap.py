@@ -1,0 +1,190 @@
+"""A base image with no registry: debootstrap a distribution suite into a folder, tar it, `docker import` it.
+
+debootstrap needs root and takes minutes, so the result is tagged by a hash of its definition
+(`imagekit-base-<layer>:<hash16>`) and reused while that tag exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from imagekit.errors import BuildFailed, ToolMissing
+from imagekit.events import Event, Reporter, silent
+from imagekit.runners import process
+from imagekit.runners.docker import LABEL_PREFIX, DockerEngine
+from imagekit.spec import Bootstrap
+
+# Bump when the recipe below changes (packages, changes, tar options) so every base is made again.
+BOOTSTRAP_RECIPE = "1"
+MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
+# What every later layer's provisioning scripts rely on: python3 + venv for pip, CA certificates for HTTPS.
+BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv")
+IMAGE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A bootstrapped base: its tag, image id, definition hash and whether this run made it."""
+
+    tag: str
+    image_id: str
+    hash: str
+    built: bool
+    seconds: float
+
+
+def definition(boot: Bootstrap) -> dict[str, object]:
+    """Everything that decides the content of a bootstrapped base."""
+    return {
+        "distro": boot.distro,
+        "suite": boot.suite,
+        "mirror": boot.mirror or MIRRORS[boot.distro],
+        "packages": sorted({*BASE_PACKAGES, *boot.packages}),
+        "variant": "minbase",
+        "recipe": BOOTSTRAP_RECIPE,
+    }
+
+
+def base_hash(boot: Bootstrap) -> str:
+    """sha256 of the base's definition (canonical JSON)."""
+    blob = json.dumps(definition(boot), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def base_repository(layer: str) -> str:
+    """The repository a bootstrapped base of a root layer is tagged in (the Dockerfile's BASE_IMAGE default)."""
+    return f"imagekit-base-{layer}"
+
+
+def base_tag(layer: str, boot: Bootstrap) -> str:
+    """`imagekit-base-<layer>:<hash16>`."""
+    return f"{base_repository(layer)}:{base_hash(boot)[:16]}"
+
+
+def ensure_base(
+    engine: DockerEngine,
+    layer: str,
+    boot: Bootstrap,
+    *,
+    force: bool = False,
+    reporter: Reporter = silent,
+    log: IO[str] | None = None,
+    image: str = "",
+    workdir: Path | None = None,
+) -> BaseImage:
+    """The bootstrapped base for a root layer: reused when its tag exists, else debootstrapped and imported."""
+    t0 = time.monotonic()
+    digest = base_hash(boot)
+    repo, tag = base_repository(layer), digest[:16]
+    ref = f"{repo}:{tag}"
+    info = engine.inspect(ref)
+    if info is not None and not force:
+        reporter(Event("cached", f"base {ref} (bootstrap {boot.distro}/{boot.suite})", image, layer, "docker"))
+        return BaseImage(ref, info.id, digest, False, 0.0)
+    if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
+        raise ToolMissing("debootstrap is not installed (apt-get install debootstrap; see scripts/setup-host.sh)")
+    if os.geteuid() != 0:
+        raise BuildFailed(
+            f"making base {ref} needs root (debootstrap); run the build as root once, later builds reuse the base",
+            image=image,
+            layer=layer,
+        )
+    spec = definition(boot)
+    reporter(Event("start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer))
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    with scratch_dir(workdir) as tmp:
+        rootfs = tmp / "rootfs"
+        argv = [
+            debootstrap,
+            "--variant=minbase",
+            f"--include={','.join(spec['packages'])}",  # type: ignore[arg-type]
+            boot.suite,
+            str(rootfs),
+            str(spec["mirror"]),
+        ]
+
+        def on_line(line: str) -> None:
+            if line.startswith("I: "):
+                reporter(Event("step", line[3:], image, layer, "docker"))
+
+        res = process.run(argv, log=log, on_line=on_line)
+        if not res.ok:
+            raise BuildFailed(
+                f"debootstrap {boot.suite} failed (exit {res.returncode})",
+                image=image,
+                layer=layer,
+                log_tail=res.tail,
+                log_path=getattr(log, "name", ""),
+            )
+        # apt lists and caches are not part of a base: later layers run apt-get update themselves
+        for sub in ("var/lib/apt/lists", "var/cache/apt/archives"):
+            for entry in (rootfs / sub).glob("*"):
+                if entry.is_file() and entry.name != "lock":
+                    entry.unlink()
+        tarball = tmp / "rootfs.tar"
+        reporter(Event("step", f"tar + docker import as {ref}", image, layer, "docker"))
+        res = process.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(tarball), "."], log=log)
+        if not res.ok:
+            raise BuildFailed("tar of the bootstrapped rootfs failed", image=image, layer=layer, log_tail=res.tail)
+        changes = [*IMAGE_CHANGES, *(f"LABEL {LABEL_PREFIX}.base.{k}={v}" for k, v in sorted(_labels(spec).items()))]
+        image_id = engine.import_tarball(tarball, repo, tag, changes)
+    seconds = time.monotonic() - t0
+    reporter(Event("done", f"base {ref} in {seconds:.0f}s", image, layer, "docker"))
+    return BaseImage(ref, image_id, digest, True, seconds)
+
+
+def _labels(spec: dict[str, object]) -> dict[str, str]:
+    return {
+        "distro": str(spec["distro"]),
+        "suite": str(spec["suite"]),
+        "recipe": str(spec["recipe"]),
+        "hash": hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
+    }
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None = None) -> Iterator[Path]:
+    """A temporary folder for a rootfs, removed always; mounts debootstrap left behind are undone first."""
+    tmp = Path(tempfile.mkdtemp(prefix="imagekit-bootstrap-", dir=str(parent) if parent else None))
+    try:
+        yield tmp
+    finally:
+        remove_rootfs(tmp)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1].replace("\\040", " ") for line in lines if len(line.split()) > 1]
+    # deepest first so nested mounts (proc inside the rootfs) come off before their parents
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_rootfs(root: Path) -> None:
+    """Unmount whatever an interrupted debootstrap left mounted under root, then delete root.
+
+    A rmtree through a still-mounted /dev or /sys bind would delete the host's files, so it is refused then.
+    """
+    for point in _mounts_under(root):
+        process.run(["umount", "-l", point], timeout=60)
+    left = _mounts_under(root)
+    if left:
+        raise BuildFailed(f"cannot remove {root}: still mounted: {', '.join(left)} (unmount them, then delete it)")
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,249 @@
+"""The one wrapper around the Docker Engine: the docker SDK for the engine API, the Debian CLI for BuildKit builds.
+
+The engine is found the way docker itself finds it: DOCKER_HOST (``unix://``, ``tcp://``, ``ssh://gpu-host``),
+DOCKER_TLS_VERIFY and DOCKER_CERT_PATH are honoured by both the SDK and the CLI, so a remote engine needs no
+imagekit setting. The socket is never hardcoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from imagekit.errors import BuildFailed, ToolMissing
+from imagekit.runners import process
+
+# Debian's client drives BuildKit (DOCKER_BUILDKIT=1); a newer client earlier on PATH may have no buildx.
+DEFAULT_CLI = "/usr/bin/docker"
+LABEL_PREFIX = "org.imagekit"
+
+# BuildKit --progress=plain lines: "#7 [runtime 2/5] RUN ...", "#7 DONE 1.2s", "#7 CACHED", "#7 ERROR: ..."
+_STEP_RE = re.compile(r"^#(\d+) \[(?:(?P<stage>[^\]\s]+) )?(?P<step>\d+/\d+)\] (?P<what>.*)$")
+_ERROR_RE = re.compile(r"^(#\d+ )?ERROR[: ]|^error: |^failed to solve", re.IGNORECASE)
+
+
+def cli_path() -> str:
+    """The docker client that runs BuildKit builds: $IMAGEKIT_DOCKER_CLI, else Debian's /usr/bin/docker."""
+    return os.environ.get("IMAGEKIT_DOCKER_CLI") or DEFAULT_CLI
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One BuildKit step parsed from plain progress output."""
+
+    number: int
+    stage: str
+    step: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"[{self.step}] {self.what}"
+
+
+def parse_step(line: str) -> BuildStep | None:
+    """The build step a `--progress=plain` line announces, or None for other lines."""
+    m = _STEP_RE.match(line.strip())
+    if not m:
+        return None
+    return BuildStep(int(m.group(1)), m.group("stage") or "", m.group("step"), m.group("what").strip())
+
+
+def is_error_line(line: str) -> bool:
+    """True for BuildKit lines that report a failure."""
+    return bool(_ERROR_RE.search(line.strip()))
+
+
+@dataclass
+class ImageInfo:
+    """What the engine knows about a local image."""
+
+    id: str
+    tags: list[str] = field(default_factory=list)
+    repo_digests: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    user: str = ""
+
+
+def _client_from_env() -> Any:
+    import docker
+
+    host = os.environ.get("DOCKER_HOST", "")
+    try:
+        # ssh:// through the system ssh client (keys, agent, ~/.ssh/config) rather than paramiko
+        return docker.from_env(use_ssh_client=host.startswith("ssh://"))
+    except docker.errors.DockerException as exc:
+        where = host or "the default socket"
+        raise ToolMissing(
+            f"cannot reach a Docker Engine at {where}: {exc} (start dockerd, or set DOCKER_HOST, e.g. ssh://gpu-host)"
+        ) from None
+
+
+class DockerEngine:
+    """Engine operations imagekit needs; the SDK client and CLI path are parameters so tests can swap them."""
+
+    def __init__(self, client: Any | None = None, cli: str | None = None) -> None:
+        self._client = client
+        self.cli = cli or cli_path()
+
+    @property
+    def client(self) -> Any:
+        """The docker SDK client, created on first use from the environment."""
+        if self._client is None:
+            self._client = _client_from_env()
+        return self._client
+
+    # --- images ------------------------------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> ImageInfo | None:
+        """The local image a reference names, or None when the engine does not have it."""
+        import docker
+
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+        config = attrs.get("Config") or {}
+        return ImageInfo(
+            id=str(attrs.get("Id", "")),
+            tags=list(attrs.get("RepoTags") or []),
+            repo_digests=list(attrs.get("RepoDigests") or []),
+            labels=dict(config.get("Labels") or {}),
+            size=int(attrs.get("Size") or 0),
+            user=str(config.get("User") or ""),
+        )
+
+    def exists(self, ref: str) -> bool:
+        """True when the engine has an image with this reference."""
+        return self.inspect(ref) is not None
+
+    def resolve(self, ref: str, *, pull: bool = True) -> ImageInfo:
+        """A base image reference as the engine has it (pulled if missing and allowed); its Id and RepoDigests."""
+        import docker
+
+        info = self.inspect(ref)
+        if info is None and pull:
+            repo, tag = split_ref(ref)
+            try:
+                self.client.images.pull(repo, tag=tag)
+            except docker.errors.APIError as exc:
+                raise BuildFailed(
+                    f"cannot pull base image {ref}: {exc.explanation or exc}",
+                    log_tail=[],
+                ) from None
+            info = self.inspect(ref)
+        if info is None:
+            raise BuildFailed(f"base image {ref} is not available to the engine")
+        return info
+
+    def import_tarball(self, tarball: Path, repository: str, tag: str, changes: Sequence[str] = ()) -> str:
+        """`docker import` a root filesystem tarball as repository:tag; returns the image id."""
+        self.client.api.import_image_from_file(
+            str(tarball), repository=repository, tag=tag, changes=list(changes) or None
+        )
+        info = self.inspect(f"{repository}:{tag}")
+        if info is None:
+            raise BuildFailed(f"docker import of {tarball} did not produce {repository}:{tag}")
+        return info.id
+
+    def tag(self, source: str, repository: str, tag: str) -> None:
+        """Add a tag to a local image."""
+        self.client.api.tag(source, repository, tag=tag, force=True)
+
+    def remove_image(self, ref: str) -> None:
+        """Remove one image reference (untag; the layers go when nothing else uses them)."""
+        import docker
+
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            self.client.api.remove_image(ref, force=False, noprune=False)
+
+    def remove_container(self, container_id: str) -> None:
+        """Force-remove a container imagekit started (cleanup after failure or Ctrl-C)."""
+        import docker
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(container_id, force=True, v=True)
+
+    def push(self, repository: str, tag: str, *, on_line: Callable[[str], None] | None = None) -> str:
+        """Push repository:tag and return the registry's manifest digest (sha256:...)."""
+        digest = ""
+        for msg in self._stream(self.client.api.push(repository, tag=tag, stream=True, decode=True)):
+            if "error" in msg or "errorDetail" in msg:
+                detail = msg.get("errorDetail", {}).get("message") or msg.get("error")
+                raise BuildFailed(f"push of {repository}:{tag} failed: {detail}")
+            aux = msg.get("aux") or {}
+            if aux.get("Digest"):
+                digest = str(aux["Digest"])
+            status = msg.get("status")
+            if on_line and status:
+                on_line(" ".join(str(x) for x in (msg.get("id", ""), status, msg.get("progress", "")) if x))
+        if not digest:
+            info = self.inspect(f"{repository}:{tag}")
+            prefix = repository + "@"
+            digest = next((d.split("@", 1)[1] for d in (info.repo_digests if info else []) if d.startswith(prefix)), "")
+        if not digest:
+            raise BuildFailed(f"push of {repository}:{tag} reported no digest")
+        return digest
+
+    @staticmethod
+    def _stream(messages: Any) -> Iterator[dict[str, Any]]:
+        for msg in messages:
+            if isinstance(msg, dict):
+                yield msg
+
+    # --- BuildKit builds through the CLI -------------------------------------------------------------------
+
+    def build(
+        self,
+        context: Path,
+        *,
+        dockerfile: Path,
+        target: str,
+        tags: Sequence[str],
+        build_args: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        secrets: Mapping[str, Path] | None = None,
+        no_cache: bool = False,
+        iidfile: Path | None = None,
+        log: IO[str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> process.Result:
+        """`docker build --target` with BuildKit (secrets and cache mounts need it); streams plain progress."""
+        argv: list[str] = [self.cli, "build", "--progress=plain", "--target", target, "-f", str(dockerfile)]
+        for t in tags:
+            argv += ["-t", t]
+        for key, value in sorted((build_args or {}).items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        for key, value in sorted((labels or {}).items()):
+            argv += ["--label", f"{key}={value}"]
+        for sid, src in sorted((secrets or {}).items()):
+            argv += ["--secret", f"id={sid},src={src}"]
+        if no_cache:
+            argv.append("--no-cache")
+        if iidfile is not None:
+            argv += ["--iidfile", str(iidfile)]
+        argv.append(str(context))
+        if not Path(self.cli).exists():
+            raise ToolMissing(f"{self.cli}: the docker client is missing (install docker.io; set IMAGEKIT_DOCKER_CLI)")
+        return process.run(argv, env={"DOCKER_BUILDKIT": "1"}, cwd=context, on_line=on_line, log=log)
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """Split an image reference into repository and tag (or digest); None when neither is given."""
+    if "@" in ref:
+        repo, digest = ref.split("@", 1)
+        return repo, digest
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = ref.rsplit(":", 1)
+        return repo, tag
+    return ref, None
