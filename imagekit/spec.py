@@ -396,10 +396,20 @@ def _loc_str(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
-    # pydantic puts union member names and validator tags in loc; drop what is not a real key.
+def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> tuple[str | int, ...]:
+    # pydantic puts union member names and validator tags in loc; drop what is not a real key. A part that the
+    # document really has at that point is a key even when it is named like a tag (a user's key "str").
     out: list[str | int] = []
+    node = data
     for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+            continue
         if isinstance(part, str) and (
             part.startswith(("function-", "literal[", "json-or-python"))
             or part
@@ -416,16 +426,17 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
         ):
             continue
         out.append(part)
+        node = None
     return tuple(out)
 
 
 def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
-        loc = _clean_loc(tuple(err["loc"]))
+        loc = _clean_loc(tuple(err["loc"]), located.data)
         etype = err["type"]
         hint = ""
-        if etype == "extra_forbidden":
+        if etype == "extra_forbidden" and loc:
             parent = _model_at(loc[:-1])
             known = _fields_of(parent) if parent else []
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)

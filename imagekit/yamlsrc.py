@@ -62,7 +62,14 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, out: Loc
 
 def load_located(text: str) -> Located:
     """Parse one YAML document, recording the line of every mapping key and list item."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader rejects control characters as soon as the loader is built, before any parsing.
+        loader = yaml.SafeLoader(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise YamlSyntaxError(mark.line + 1 if mark else 1, exc.problem or "invalid YAML") from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(_reader_line(text, exc), str(exc).splitlines()[0]) from exc
     try:
         return _load(loader)
     finally:
@@ -91,3 +98,9 @@ def _load(loader: yaml.SafeLoader) -> Located:
         # Timestamps, huge numbers and deep aliases can make PyYAML's constructors raise plain errors.
         raise YamlSyntaxError(1, f"cannot read value: {exc}") from exc
     return out
+
+
+def _reader_line(text: str, exc: yaml.YAMLError) -> int:
+    """The line of a reader error (it carries a character position, not a mark)."""
+    position = getattr(exc, "position", None)
+    return text[:position].count("\n") + 1 if isinstance(position, int) else 1

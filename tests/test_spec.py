@@ -369,6 +369,8 @@ GARBAGE: list[bytes] = [
     b"version: 1\nname: x\nlayers: {a: {parent: a}}\nimages: {x: {leaf: a}}",
     b"version: 1\nname: x\nlayers: {a: {from: {}, models: [{src: /etc/passwd, dest: x, sha256: 1}]}}\nimages: {}",
     b"\t\tversion: 1",
+    b"\x08",
+    b"version: 1\nname: \x07x",
     b"x: 1e999999\n2001-01-01: 3\nnull: ~\n1: 2",
     b"version: 1\nname: x\nlayers: {a: {from: {docker: x}, cuda: [12], torch: {a: 1}}}\nimages: {x: {leaf: a}}",
     b"version: 1\nname: x\nlayers: {a: {from: {docker: x}, cuda: '', torch: '+', driver: 'x'}}\nimages: {x: {leaf: a}}",
