@@ -112,3 +112,38 @@ def test_kms_sign_and_verify_through_moto(moto_server: str, tmp_path: Path) -> N
     rsa = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     with pytest.raises(SignatureError, match="ECC_NIST_P256"):
         load_signer(f"awskms:{rsa}")[0].public_key()
+
+
+class _FakeKms:
+    """Records how KMS was asked to sign; signs like real KMS does (DIGEST: the digest is not hashed again)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.calls: list[str] = []
+
+    def get_public_key(self, KeyId: str) -> dict[str, object]:
+        return {"KeySpec": "ECC_NIST_P256", "PublicKey": keys.spki_der(self.key.public_key())}
+
+    def sign(self, KeyId: str, Message: bytes, MessageType: str, SigningAlgorithm: str) -> dict[str, object]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+        self.calls.append(MessageType)
+        assert SigningAlgorithm == "ECDSA_SHA_256"
+        if MessageType == "DIGEST":
+            assert len(Message) == 32
+            return {"Signature": self.key.sign(Message, ec.ECDSA(utils.Prehashed(hashes.SHA256())))}
+        assert len(Message) <= 4096
+        return {"Signature": self.key.sign(Message, ec.ECDSA(hashes.SHA256()))}
+
+
+def test_kms_uses_raw_up_to_4096_bytes_and_digest_beyond() -> None:
+    fake = _FakeKms()
+    signer, _ = load_signer("awskms:alias/x", kms_client=fake)
+    trusted = [TrustedKey(signer.keyid, signer.public_key(), "kms")]
+    small, big = b"x" * 100, b"y" * 10_000
+    for payload in (small, big):
+        assert verify_envelope(sign_envelope(payload, signer), trusted).payload == payload
+    assert fake.calls == ["RAW", "DIGEST"]

@@ -36,7 +36,10 @@ def list_cmd(
         return
     from rich.table import Table
 
-    table = Table("id", "image", "target", "created", "verified", "channels", "subjects")
+    table = Table()
+    for name in ("id", "image", "target", "created", "verified", "channels"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("artifact", overflow="fold", min_width=19)
     for r in rows:
         if r["signature"] != "ok":
             state = "[red]bad signature[/]"
@@ -46,9 +49,15 @@ def list_cmd(
             state = "[green]yes[/]" if r["verified"] else "[red]failed[/]"
         if r["rehearsal"]:
             state += " (rehearsal)"
-        subjects = ", ".join(s for s in r["subjects"] if s.startswith(("oci:", "aws:")))
-        table.add_row(r["id"], r["image"], r["target"] or "?", r["created"] or "?", state, ", ".join(r["channels"]),
-                      escape(subjects))  # fmt: skip
+        # the digest (or AMI ids) is what tells builds apart; the full subjects are in --json and `show`
+        artifact = ", ".join(
+            s.split("@", 1)[1][:19] if s.startswith("oci:") else s[4:]
+            for s in r["subjects"]
+            if s.startswith(("oci:", "aws:"))
+        )
+        created = (r["created"] or "?").replace("T", " ")[:16]
+        table.add_row(r["id"], r["image"], r["target"] or "?", created, state, ", ".join(r["channels"]),
+                      escape(artifact))  # fmt: skip
     out.print(table)
     if not rows:
         err.print("no manifests recorded yet")
@@ -96,7 +105,7 @@ def show(
     for k, v in sorted(doc["artifact"].items()):
         out.print(f"  {k:<13} {escape(str(v))}")
     if doc["size_bytes"]:
-        out.print(f"  size          {doc['size_bytes'] / 1e6:.1f} MB")
+        out.print(f"  size          {doc['size_bytes']:,} bytes")
     out.print("  layers")
     for layer in doc["layers"]:
         out.print(f"    {layer['name']:<12} {layer['hash']}")

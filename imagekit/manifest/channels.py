@@ -166,7 +166,10 @@ class Revocations:
         """Why a build is revoked (itself, or a layer of its chain that another revocation covers), else None."""
         rec = self.ids.get(build.id)
         if rec:
-            return f"build {build.id} was revoked {rec.describe()}"
+            what = (
+                "" if rec.doc.get("layer") in (None, build.layers[-1][0]) else f" (from its layer {rec.doc['layer']})"
+            )
+            return f"build {build.id} was revoked{what} {rec.describe()}"
         for name, h in build.layers:
             rec = self.hashes.get(h)
             if rec:

@@ -102,6 +102,11 @@ def record_build(
 ) -> Recorded:
     """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
     pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
+    # accept the digest alone ("sha256:..."), inside a reference ("repo@sha256:..."), or only in image_ref
+    if image_digest and "@" in image_digest:
+        image_digest = image_digest.split("@", 1)[1]
+    if image_ref and not image_digest and "@sha256:" in image_ref:
+        image_digest = image_ref.split("@", 1)[1]
     if not pairs:
         raise ValueError("record_build needs the image's layers (name, hash), root first")
     ok, failures = _report_passed(report, failure)
