@@ -182,7 +182,7 @@ def test_real_aws_templates_pass_full_validate(loaded: LoadedSpec, tmp_path: Pat
     verify_dir = tmp_path / "verify"
     verify_dir.mkdir()
     (verify_dir / "probe.py").write_text("print('{}')\n")
-    (verify_dir / "verify.sh").write_text("#!/bin/bash\n")
+    (verify_dir / "vmcheck.py").write_text("print('{}')\n")
     path = tmp_path / "verify.pkr.hcl"
     path.write_text(render_verify(loaded, "tts-inference"))
     argv = [

@@ -365,7 +365,7 @@ def render_verify(
         default="",
     )
     _variable(doc, "build_id", "unique suffix for names")
-    _variable(doc, "verify_dir", "folder holding probe.py and verify.sh")
+    _variable(doc, "verify_dir", "folder holding vmcheck.py, probe.py and check.json")
     _variable(doc, "report_path", "where the downloaded JSON report is written")
     if rehearsal is not None:
         _variable(doc, "ec2_endpoint", "the rehearsal's local EC2 endpoint (moto server)")
@@ -386,14 +386,12 @@ def render_verify(
     )
     build = doc.block("build", name=_s("verify"), sources=[_s("source.amazon-ebs.verify")])
     build.block("provisioner", [_s("shell")], inline=[_s(f"mkdir -p {VERIFY_DIR}")])
-    for name in ("probe.py", "verify.sh"):
-        build.block(
-            "provisioner", [_s("file")], source=_t("${var.verify_dir}/" + name), destination=_s(f"{VERIFY_DIR}/{name}")
-        )
+    # verify_dir holds vmcheck.py (stdlib), probe.py and check.json (what to start, probe and request)
+    build.block("provisioner", [_s("file")], source=_t("${var.verify_dir}/"), destination=_s(f"{VERIFY_DIR}/"))
     build.block(
         "provisioner",
         [_s("shell")],
-        inline=[_s(f"sudo -n bash {VERIFY_DIR}/verify.sh {VERIFY_DIR}")],
+        inline=[_s(f"sudo -n python3 {VERIFY_DIR}/vmcheck.py {VERIFY_DIR}")],
         # The checks' verdict is in the report; a failing check must still let the report come back.
         valid_exit_codes=[0, 1],
     )

@@ -1,0 +1,517 @@
+"""`imagekit build --target ami`: layered AMIs with Packer, root first, each from its parent; verify; record."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from imagekit.ami import rehearsal as reh
+from imagekit.errors import BuildFailed, ImagekitError, UsageError, VerifyFailed
+from imagekit.events import Event, Reporter, silent
+from imagekit.fsutil import atomic_write
+from imagekit.paths import log_dir, work_dir
+from imagekit.plan import LayerPlan, plan_image
+from imagekit.render.packer import MANIFEST_FILE, Rehearsal, render_layer, render_verify
+from imagekit.runners import packer as pk
+from imagekit.runners.aws import Ami, Aws
+from imagekit.spec import LoadedSpec
+
+TARGET: Literal["ami"] = "ami"
+REHEARSAL_ACCOUNT = "123456789012"  # moto's account
+
+
+@dataclass
+class LayerResult:
+    """One layer of an AMI chain: built now or reused, and its AMI per region."""
+
+    name: str
+    hash: str
+    status: str  # "built" | "reused"
+    amis: dict[str, str]
+    seconds: float = 0.0
+    log_path: str = ""
+
+
+@dataclass
+class ImageResult:
+    """One image's AMI chain, its verification and its manifest."""
+
+    image: str
+    layers: list[LayerResult] = field(default_factory=list)
+    verified: bool | None = None
+    failures: list[str] = field(default_factory=list)
+    report_path: str = ""
+    manifest: str = ""
+    seconds: float = 0.0
+
+    @property
+    def leaf_amis(self) -> dict[str, str]:
+        """The leaf layer's AMI per region."""
+        return self.layers[-1].amis if self.layers else {}
+
+    @property
+    def built_layers(self) -> list[str]:
+        """Names of the layers this run built (each one `packer build`)."""
+        return [lr.name for lr in self.layers if lr.status == "built"]
+
+
+@dataclass
+class AmiBuildResult:
+    """Everything an AMI build did."""
+
+    images: list[ImageResult]
+    rehearsal: bool
+    packer_version: str
+    packer_builds: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "target": TARGET,
+            "rehearsal": self.rehearsal,
+            "packer": self.packer_version,
+            "packer_builds": self.packer_builds,
+            "images": [
+                {
+                    "name": r.image,
+                    "layers": [
+                        {"name": lr.name, "hash": lr.hash, "status": lr.status, "amis": lr.amis} for lr in r.layers
+                    ],
+                    "verified": r.verified,
+                    "failures": r.failures,
+                    "report": r.report_path,
+                    "manifest": r.manifest,
+                }
+                for r in self.images
+            ],
+        }
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+class _Builder:
+    """State of one `build_ami` call: packer, AWS (or the rehearsal), folders, the reporter."""
+
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        reporter: Reporter,
+        *,
+        info: pk.PackerInfo,
+        aws: Aws,
+        rehearsal: reh.Rehearsal | None,
+        scripts: Mapping[str, Mapping[str, str]] | None,
+    ) -> None:
+        self.loaded = loaded
+        self.reporter = reporter
+        self.info = info
+        self.aws = aws
+        self.rehearsal = rehearsal
+        self.scripts = scripts
+        self.region = loaded.spec.aws.region
+        self.packer_builds = 0
+        self.logs = log_dir() / "ami"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.stamp = _stamp()
+
+    def event(self, kind: Any, message: str, image: str = "", layer: str = "") -> None:
+        prefix = "[rehearsal] " if self.rehearsal is not None else ""
+        self.reporter(Event(kind, prefix + message, image, layer, TARGET))
+
+    # --- rendering ------------------------------------------------------------------------------------
+
+    def _scripts(self, image: str) -> Mapping[str, str]:
+        if self.scripts is not None:
+            return self.scripts[image]
+        # the render helper's module: the same provisioning scripts as the Dockerfile's RUN steps
+        mod: Any = importlib.import_module("imagekit.render.scripts")
+        return dict(mod.render_scripts(self.loaded, image, TARGET))
+
+    def _template(self, image: str, lp: LayerPlan, parent_hash: str | None, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        text = render_layer(
+            self.loaded,
+            image,
+            lp.name,
+            layer_hash=lp.hash,
+            parent_hash=parent_hash,
+            rehearsal=Rehearsal() if self.rehearsal is not None else None,
+            required_plugins=self.info.needs_plugins,
+        )
+        path = folder / f"{lp.name}.pkr.hcl"
+        atomic_write(path, text)
+        return path
+
+    # --- one layer ------------------------------------------------------------------------------------
+
+    def reuse(self, image: str, lp: LayerPlan) -> Ami | None:
+        ami = self.aws.find_layer(self.region, self.loaded.spec.name, lp.name, lp.hash)
+        if ami is None:
+            return None
+        if self.rehearsal is not None and not reh.image_exists(reh.ami_image(ami.id)):
+            self.event("warn", f"AMI {ami.id} has no rehearsal image; rebuilding {lp.name}", image, lp.name)
+            return None
+        return ami
+
+    @contextlib.contextmanager
+    def instance(self, source_ami: str, name: str) -> Iterator[dict[str, str]]:
+        """Rehearsal: an sshd container booted from the source AMI's image, removed afterwards. AWS: nothing."""
+        if self.rehearsal is None:
+            yield {}
+            return
+        inst = self.rehearsal.boot(source_ami, name)
+        try:
+            yield {
+                "ssh_host": "127.0.0.1",
+                "ssh_port": str(inst.port),
+                "ec2_endpoint": self.rehearsal.url,
+                "_c": inst.container,
+            }
+        finally:
+            self.rehearsal.terminate(inst)
+
+    def packer_env(self) -> dict[str, str]:
+        if self.rehearsal is not None:
+            return self.rehearsal.packer_env()
+        return {"PACKER_NO_COLOR": "1"}
+
+    def run_packer(
+        self, image: str, layer: str, template: Path, variables: dict[str, str], log_path: Path
+    ) -> pk.BuildOutcome:
+        def progress(kind: str, text: str) -> None:
+            text = text.strip()
+            if not text:
+                return
+            if kind == "say":
+                self.event("step", text.removeprefix("==> ").split(": ", 1)[-1], image, layer)
+            elif kind == "error":
+                self.event("log", text, image, layer)
+
+        pk.init(self.info, template, env=self.packer_env(), log_path=log_path)
+        self.packer_builds += 1
+        return pk.build(
+            self.info,
+            template,
+            variables={k: v for k, v in variables.items() if not k.startswith("_")},
+            env=self.packer_env(),
+            log_path=log_path,
+            on_progress=progress,
+        )
+
+    def build_layer(
+        self, image: str, lp: LayerPlan, parent_hash: str | None, parent_ami: str, folder: Path
+    ) -> LayerResult:
+        template = self._template(image, lp, parent_hash, folder)
+        manifest = folder / MANIFEST_FILE
+        manifest.unlink(missing_ok=True)
+        log_path = self.logs / f"{self.loaded.spec.name}-{image}-{lp.name}-{self.stamp}.log"
+        build_id = uuid.uuid4().hex[:12]
+        variables = {
+            "build_id": build_id,
+            "parent_ami": parent_ami,
+            "script_dir": str(folder / "provision"),
+            "src_dir": str(self.loaded.root),
+        }
+        self.event(
+            "start",
+            f"packer build {lp.name} ({lp.hash[:12]}) from {parent_ami or 'the from.ami filter'}",
+            image,
+            lp.name,
+        )
+        name = f"imagekit-rehearsal-{self.loaded.spec.name}-{lp.name}-{build_id}"
+        with self.instance(parent_ami, name) as conn:
+            outcome = self.run_packer(image, lp.name, template, {**variables, **conn}, log_path)
+            if outcome.returncode != 0:
+                raise _failed(image, lp.name, outcome)
+            builds = [b for b in pk.read_manifest(manifest) if b.get("name") == lp.name]
+            artifact_ids = [str(builds[-1].get("artifact_id", ""))] if builds else outcome.artifacts
+            amis = pk.amis_of(artifact_ids)
+            if self.region not in amis:
+                raise BuildFailed(
+                    f"packer finished but reported no AMI in {self.region} (artifacts: {artifact_ids})",
+                    image=image,
+                    layer=lp.name,
+                    log_tail=outcome.tail[-20:],
+                    log_path=str(log_path),
+                )
+            if self.rehearsal is not None:
+                self.rehearsal.commit(reh.Instance(conn["_c"], int(conn["ssh_port"])), list(amis.values()))
+        self._tag_copies(amis)
+        self.event(
+            "done",
+            f"{lp.name}: {', '.join(f'{r}:{a}' for r, a in sorted(amis.items()))} in {outcome.seconds:.0f}s",
+            image,
+            lp.name,
+        )
+        return LayerResult(lp.name, lp.hash, "built", amis, outcome.seconds, str(log_path))
+
+    def _tag_copies(self, amis: Mapping[str, str]) -> None:
+        # copy_image does not carry tags; the copies need them for reuse and gc in their regions.
+        (primary,) = self.aws.describe_images(self.region, ids=[amis[self.region]]) or (None,)
+        if primary is None:
+            return
+        copies = [a for r, i in amis.items() if r != self.region for a in self.aws.describe_images(r, ids=[i])]
+        self.aws.copy_tags(primary, copies)
+
+    # --- verification ---------------------------------------------------------------------------------
+
+    def verify(self, image: str, leaf_ami: str, folder: Path) -> tuple[dict[str, Any] | None, list[str], Path]:
+        vdir = folder / "verify"
+        files = vdir / "files"
+        shutil.rmtree(files, ignore_errors=True)
+        files.mkdir(parents=True)
+        shutil.copyfile(Path(__file__).with_name("vmcheck.py"), files / "vmcheck.py")
+        probe = Path(__file__).parent.parent / "verify" / "probe.py"
+        if probe.exists():
+            shutil.copyfile(probe, files / "probe.py")
+        atomic_write(
+            files / "check.json", json.dumps(check_config(self.loaded, image), indent=2, sort_keys=True) + "\n"
+        )
+        template = vdir / "verify.pkr.hcl"
+        atomic_write(
+            template,
+            render_verify(
+                self.loaded,
+                image,
+                rehearsal=Rehearsal() if self.rehearsal is not None else None,
+                required_plugins=self.info.needs_plugins,
+            ),
+        )
+        report_path = vdir / "report.json"
+        report_path.unlink(missing_ok=True)
+        log_path = self.logs / f"{self.loaded.spec.name}-{image}-verify-{self.stamp}.log"
+        build_id = uuid.uuid4().hex[:12]
+        variables = {
+            "ami_id": leaf_ami,
+            "build_id": build_id,
+            "verify_dir": str(files),
+            "report_path": str(report_path),
+        }
+        itype = self.loaded.verify_for(image).instance_type or self.loaded.spec.aws.instance_type
+        self.event("start", f"boot-and-verify {leaf_ami} on {itype}", image)
+        name = f"imagekit-rehearsal-{self.loaded.spec.name}-verify-{build_id}"
+        with self.instance(leaf_ami, name) as conn:
+            outcome = self.run_packer(image, "verify", template, {**variables, **conn}, log_path)
+        self.packer_builds -= 1  # verification is not a layer build
+        self._drop_scratch(outcome)
+        if outcome.returncode != 0 or not report_path.exists():
+            tail = " | ".join(outcome.tail[-5:])
+            return None, [f"verification run failed (exit {outcome.returncode}): {tail}; log {log_path}"], report_path
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        failures = [str(f) for f in report.get("failures", [])]
+        failures += _compare(report, self.loaded, image)
+        return report, failures, report_path
+
+    def _drop_scratch(self, outcome: pk.BuildOutcome) -> None:
+        # Packer 1.6.6 has no skip_create_ami: deregister the verification's scratch AMI at once.
+        for region, ami_id in pk.amis_of(outcome.artifacts).items():
+            for ami in self.aws.describe_images(region, ids=[ami_id]):
+                if ami.tags.get("imagekit:verify-scratch") == "true":
+                    self.aws.deregister(ami)
+
+
+def check_config(loaded: LoadedSpec, image: str) -> dict[str, Any]:
+    """What vmcheck.py on the instance starts, waits for, requests: from the resolved chain and verify policy."""
+    res = loaded.resolved(image)
+    verify = loaded.verify_for(image)
+    out: dict[str, Any] = {
+        "command": list(res.command) if res.command else None,
+        "user": res.user,
+        "workdir": res.workdir,
+        "port": res.port,
+        "env": dict(sorted(res.env.items())),
+        "gpu": verify.gpu,
+    }
+    if verify.health:
+        out["health"] = verify.health.model_dump()
+    if verify.smoke:
+        out["smoke"] = verify.smoke.model_dump(by_alias=True)
+    return out
+
+
+def _compare(report: Mapping[str, Any], loaded: LoadedSpec, image: str) -> list[str]:
+    """The same pin and policy comparison as the docker target, when the verify package provides it."""
+    probe = report.get("probe")
+    if not isinstance(probe, Mapping):
+        return []
+    try:
+        vr: Any = importlib.import_module("imagekit.verify.report")
+    except ImportError:
+        return []
+    compare = getattr(vr, "compare", None)
+    model = getattr(vr, "Report", None)
+    if compare is None:
+        return []
+    try:
+        rep: Any = probe
+        if model is not None and hasattr(model, "model_validate"):
+            rep = model.model_validate({**probe, **{k: v for k, v in report.items() if k != "probe"}})
+        return [str(f) for f in compare(rep, loaded, image)]
+    except (TypeError, ValueError) as exc:
+        return [f"could not compare the report with the pins: {exc}"]
+
+
+def _failed(image: str, layer: str, outcome: pk.BuildOutcome) -> BuildFailed:
+    line = pk.script_line(outcome.tail)
+    reason = outcome.errors[-1].strip().splitlines()[-1] if outcome.errors else f"packer exited {outcome.returncode}"
+    where = f" at line {line} of provision/{layer}.sh" if line else ""
+    tail = [t for t in outcome.tail if t.strip()][-20:]
+    return BuildFailed(
+        f"provisioning failed{where}: {reason}", image=image, layer=layer, log_tail=tail, log_path=outcome.log_path
+    )
+
+
+def _ami_records(aws: Aws, amis: Mapping[str, str], account: str) -> list[dict[str, Any]]:
+    out = []
+    for region, ami_id in sorted(amis.items()):
+        found = aws.describe_images(region, ids=[ami_id])
+        snaps = list(found[0].snapshots) if found else []
+        out.append({"id": ami_id, "region": region, "account": account, "snapshot_ids": snaps})
+    return out
+
+
+def _account(aws: Aws, rehearsal: bool) -> str:
+    if rehearsal:
+        return REHEARSAL_ACCOUNT
+    try:
+        import boto3
+
+        return str(boto3.client("sts").get_caller_identity()["Account"])
+    except Exception:  # the account is informative in the record; a build does not fail for it
+        return ""
+
+
+def build_ami(
+    loaded: LoadedSpec,
+    images: Sequence[str] | None = None,
+    force: bool = False,
+    reporter: Reporter = silent,
+    rehearse: bool = False,
+    *,
+    verify: bool = True,
+    record: bool = True,
+    aws: Aws | None = None,
+    packer: pk.PackerInfo | None = None,
+    scripts: Mapping[str, Mapping[str, str]] | None = None,
+) -> AmiBuildResult:
+    """Build each image's AMI chain root first (reusing layers whose AMI exists with the same hash), verify, record."""
+    names = list(images) if images else [n for n, i in loaded.spec.images.items() if TARGET in i.targets]
+    for name in names:
+        if name not in loaded.spec.images:
+            raise UsageError(f"unknown image {name!r}; images: {', '.join(loaded.spec.images)}")
+        if TARGET not in loaded.spec.images[name].targets:
+            raise UsageError(f"image {name!r} does not list the ami target (images.{name}.targets)")
+    info = packer or pk.find_packer()
+    reporter(
+        Event(
+            "info",
+            f"packer {info.version_text}"
+            + (" (required_plugins + packer init)" if info.needs_plugins else " (amazon builder built in)")
+            + (" — REHEARSAL: local moto EC2 and sshd containers, no AWS account is used" if rehearse else ""),
+            target=TARGET,
+        )
+    )
+    root = work_dir(loaded.root)
+    if rehearse:
+        region = loaded.spec.aws.region
+        log = log_dir() / "ami" / f"{loaded.spec.name}-rehearsal-{_stamp()}.log"
+        r = reh.Rehearsal(root / "rehearsal", region, log)
+        # the stand-ins for the root layers' distribution AMIs must exist before moto starts (seeded ids)
+        standins = {name: _standin(loaded, name, r, reporter) for name in names}
+        try:
+            r.start()
+            b = _Builder(loaded, reporter, info=info, aws=r.aws, rehearsal=r, scripts=scripts)
+            results = [
+                _build_image(b, name, force=force, verify=verify, record=record, standin=standins[name])
+                for name in names
+            ]
+        finally:
+            with contextlib.suppress(ImagekitError):
+                r.stop()
+        return AmiBuildResult(results, True, info.version_text, b.packer_builds)
+    b = _Builder(loaded, reporter, info=info, aws=aws or Aws(), rehearsal=None, scripts=scripts)
+    results = [_build_image(b, name, force=force, verify=verify, record=record, standin="") for name in names]
+    return AmiBuildResult(results, False, info.version_text, b.packer_builds)
+
+
+def _standin(loaded: LoadedSpec, image: str, r: reh.Rehearsal, reporter: Reporter) -> str:
+    root_name, root = loaded.chain(image)[0]
+    src = root.from_
+    base = ""
+    if src is not None and src.bootstrap is not None:
+        from imagekit.runners.bootstrap import ensure_base
+        from imagekit.runners.docker import DockerEngine
+
+        base = ensure_base(DockerEngine(), root_name, src.bootstrap, reporter=reporter, image=image).tag
+    elif src is not None and src.docker and reh.image_exists(src.docker):
+        base = src.docker
+    if not base:
+        raise UsageError(
+            f"a rehearsal starts layer {root_name!r} from a local image: give it from.bootstrap "
+            "(or from.docker naming an image present in the Docker engine)"
+        )
+    return r.standin_ami(base, root_name)
+
+
+def _build_image(b: _Builder, image: str, *, force: bool, verify: bool, record: bool, standin: str) -> ImageResult:
+    started = datetime.now(timezone.utc)
+    plan = plan_image(b.loaded, image, TARGET)
+    folder = work_dir(b.loaded.root) / "ami" / image
+    provision = folder / "provision"
+    provision.mkdir(parents=True, exist_ok=True)
+    for layer, text in sorted(b._scripts(image).items()):
+        atomic_write(provision / f"{layer}.sh", text, mode=0o755)
+    result = ImageResult(image)
+    parent_ami, parent_hash = standin, None
+    built_any = False
+    for lp in plan.layers:
+        existing = None if force else b.reuse(image, lp)
+        if existing is not None:
+            amis = {existing.region: existing.id}
+            b.event("cached", f"{lp.name}: AMI {existing.id} has layer hash {lp.hash[:12]}", image, lp.name)
+            result.layers.append(LayerResult(lp.name, lp.hash, "reused", amis))
+        else:
+            result.layers.append(b.build_layer(image, lp, parent_hash, parent_ami, folder))
+            built_any = True
+        parent_ami, parent_hash = result.layers[-1].amis[b.region], lp.hash
+    leaf = result.leaf_amis[b.region]
+    report: dict[str, Any] | None = None
+    if verify and (built_any or force):
+        report, failures, report_path = b.verify(image, leaf, folder)
+        result.verified, result.failures, result.report_path = not failures, failures, str(report_path)
+        b.event("done" if not failures else "fail", f"verification {'passed' if not failures else 'FAILED'}", image)
+    if record and (built_any or force):
+        from imagekit.manifest.record import record_build
+
+        rec = record_build(
+            b.loaded,
+            image,
+            TARGET,
+            plan.layers,
+            started=started,
+            finished=datetime.now(timezone.utc),
+            amis=_ami_records(b.aws, result.leaf_amis, _account(b.aws, b.rehearsal is not None)),
+            base=standin or None,
+            report=report,
+            failure="; ".join(result.failures) if result.failures else (None if verify else "not verified"),
+            builders={"packer": b.info.version_text},
+            rehearsal=b.rehearsal is not None,
+            reporter=b.reporter,
+        )
+        result.manifest = rec.id
+    result.seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    if result.verified is False:
+        raise VerifyFailed(
+            f"{image}: AMI {leaf} failed boot-and-verify", failures=result.failures, report_path=result.report_path
+        )
+    return result
