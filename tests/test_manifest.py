@@ -202,3 +202,30 @@ def test_plan_marks_layers_cached_from_verified_builds_only(tmp_path: Path) -> N
     assert [
         lp.status for lp in plan(loaded, target="docker", images=["app"], lookup=store_lookup(loaded))[0].layers
     ] == ["stale"] * 3
+
+
+def test_report_as_file_or_model_and_latest_verified(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    from imagekit.manifest.record import latest_verified
+
+    class Rep(BaseModel):
+        passed: bool
+        failures: list[str]
+        torch: str
+
+    loaded = make_spec(tmp_path)
+    assert latest_verified(loaded, "app", "docker") is None
+    layers = plan_image(loaded, "app", "docker").layers
+    rf = tmp_path / "report.json"
+    rf.write_text(json.dumps({"passed": True, "failures": [], "torch": "2.5.1"}))
+    a = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-01T00:00:00Z",
+                     image_ref="r@sha256:" + "3" * 64, report=rf)  # fmt: skip
+    b = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-02T00:00:00Z",
+                     image_ref="r:t", image_digest="r@sha256:" + "4" * 64,
+                     report=Rep(passed=False, failures=["torch 2.4.0 != 2.5.1"], torch="2.4.0"))  # fmt: skip
+    assert a.passed and not b.passed
+    assert api.show_manifest(tmp_path, b.id)["report"]["torch"] == "2.4.0"
+    assert api.show_manifest(tmp_path, a.id)["artifact"]["image"] == "r@sha256:" + "3" * 64
+    latest = latest_verified(loaded, "app", "docker")
+    assert latest is not None and latest.id == a.id  # b is newer but failed

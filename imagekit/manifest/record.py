@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,7 +15,7 @@ from imagekit.events import Event, Reporter, silent
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.statement import BuildFacts, build_statement, canonical_json, manifest_id_of
+from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement, canonical_json, manifest_id_of
 from imagekit.manifest.store import Store
 from imagekit.plan import CacheLookup, spec_hash
 from imagekit.spec import LoadedSpec
@@ -66,6 +67,24 @@ def _git_commit(root: Path) -> str | None:
     return sha if res.ok and len(sha) == 40 else None
 
 
+def _report_dict(report: Any) -> dict[str, Any] | None:
+    """The report as plain JSON data: a mapping, a pydantic model, or the path of the report JSON file."""
+    if report is None:
+        return None
+    if isinstance(report, str | Path):
+        try:
+            doc = json.loads(Path(report).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the verification report {report}: {exc}") from None
+    elif hasattr(report, "model_dump"):
+        doc = report.model_dump(mode="json")
+    else:
+        doc = json.loads(json.dumps(report, default=str))
+    if not isinstance(doc, dict):
+        raise StoreError(f"the verification report is a {type(doc).__name__}, expected a JSON object")
+    return doc
+
+
 def _report_passed(report: Mapping[str, Any] | None, failure: str | None) -> tuple[bool, list[str]]:
     failures: list[str] = [failure] if failure else []
     if report is None:
@@ -89,7 +108,7 @@ def record_build(
     image_digest: str | None = None,
     amis: Sequence[Mapping[str, Any]] = (),
     base: str | None = None,
-    report: Mapping[str, Any] | None = None,
+    report: Mapping[str, Any] | Path | Any = None,
     failure: str | None = None,
     passed: bool | None = None,
     builders: Mapping[str, str] | None = None,
@@ -109,6 +128,7 @@ def record_build(
         image_digest = image_ref.split("@", 1)[1]
     if not pairs:
         raise ValueError("record_build needs the image's layers (name, hash), root first")
+    report = _report_dict(report)
     ok, failures = _report_passed(report, failure)
     if passed is not None:
         ok = passed and not failure
@@ -198,3 +218,17 @@ def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLook
         return f"verified build {hit}" if hit else None
 
     return lookup
+
+
+def latest_verified(loaded: LoadedSpec, image: str, target: str, *, store: Store | None = None) -> BuildRecord | None:
+    """The newest signed, verified, not revoked, non-rehearsal build of an image for a target (budgets, nightly)."""
+    try:
+        trust = resolve_trust(loaded)
+    except SignatureError:
+        return None
+    found = None
+    for e in Ledger(store or spec_store(loaded), trust).entries(image, with_channels=False):
+        b = e.build
+        if b is not None and b.target == target and b.passed and not b.rehearsal and not e.revoked:
+            found = b  # entries are oldest first
+    return found
