@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from imagekit.ami import rehearsal as reh
 from imagekit.errors import BuildFailed, ImagekitError, UsageError, VerifyFailed
@@ -23,6 +23,9 @@ from imagekit.render.packer import MANIFEST_FILE, Rehearsal, render_layer, rende
 from imagekit.runners import packer as pk
 from imagekit.runners.aws import Ami, Aws
 from imagekit.spec import LoadedSpec
+
+if TYPE_CHECKING:
+    from imagekit.api.build import BuildResult
 
 TARGET: Literal["ami"] = "ami"
 REHEARSAL_ACCOUNT = "123456789012"  # moto's account
@@ -134,7 +137,10 @@ class _Builder:
         if self.scripts is not None:
             return self.scripts[image]
         # the render helper's module: the same provisioning scripts as the Dockerfile's RUN steps
-        mod: Any = importlib.import_module("imagekit.render.scripts")
+        try:
+            mod: Any = importlib.import_module("imagekit.render.scripts")
+        except ModuleNotFoundError:
+            raise BuildFailed("the provisioning script renderer (imagekit.render.scripts) is not installed") from None
         return dict(mod.render_scripts(self.loaded, image, TARGET))
 
     def _template(self, image: str, lp: LayerPlan, parent_hash: str | None, folder: Path) -> Path:
@@ -515,3 +521,37 @@ def _build_image(b: _Builder, image: str, *, force: bool, verify: bool, record: 
             f"{image}: AMI {leaf} failed boot-and-verify", failures=result.failures, report_path=result.report_path
         )
     return result
+
+
+def as_build_result(loaded: LoadedSpec, result: AmiBuildResult) -> BuildResult:
+    """The AMI build as api.build's BuildResult (what `imagekit build` prints); AMI refs read `region:ami-…`."""
+    from imagekit.api import build as api
+
+    out = api.BuildResult(spec=str(loaded.path), target=TARGET)
+    region = loaded.spec.aws.region
+    for r in result.images:
+        layers = [
+            api.LayerResult(
+                name=lr.name,
+                hash=lr.hash,
+                tag=f"{region}:{lr.amis.get(region, '')}",
+                status="built" if lr.status == "built" else "reused",
+                seconds=lr.seconds,
+                reason="rehearsal" if result.rehearsal else "",
+            )
+            for lr in r.layers
+        ]
+        leaf = r.leaf_amis
+        out.images.append(
+            api.ImageResult(
+                image=r.image,
+                target=TARGET,
+                layers=layers,
+                ref=f"{region}:{leaf.get(region, '')}" + (" (rehearsal)" if result.rehearsal else ""),
+                tags=[f"{reg}:{ami}" for reg, ami in sorted(leaf.items())],
+                verify_report=r.report_path,
+                log_path=r.layers[-1].log_path if r.layers else "",
+                seconds=r.seconds,
+            )
+        )
+    return out

@@ -109,6 +109,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     *,
     verify: bool = True,
     engine: DockerEngine | None = None,
+    rehearse: bool = False,
 ) -> BuildResult:
     """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
     from imagekit.api.spec import validate
@@ -121,12 +122,18 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         if push:
             raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
         # the AMI helper owns this path: Packer amazon-ebs per layer (imagekit/ami)
-        from imagekit.ami import build_ami  # type: ignore[attr-defined,unused-ignore]
+        from imagekit.ami import build_ami
+        from imagekit.ami.build import as_build_result
 
-        result: BuildResult = build_ami(loaded, images=selected, force=force, reporter=reporter, verify=verify)
-        return result
+        ami = build_ami(loaded, selected, force, reporter, rehearse=rehearse, verify=verify)
+        return as_build_result(loaded, ami)
+    if rehearse:
+        raise UsageError("--rehearse applies to --target ami (a local moto EC2 with sshd containers)")
     if push and len(selected) > 1:
         raise UsageError(f"--push takes one image; pick it with --image ({', '.join(selected)})")
+    # every remote model of every selected image is fetched and checked before the engine is asked anything
+    for name in selected:
+        _stage_models(loaded, name, reporter)
     engine = engine or DockerEngine()
     out = BuildResult(spec=str(loaded.path), target=target)
     for name in selected:
@@ -208,12 +215,10 @@ def build_docker_image(
     root = loaded.root
     with log_path.open("a", encoding="utf-8") as log, _secrets(loaded) as secrets:
         log.write(f"# imagekit build {loaded.path} image={image} target=docker started={res.started}\n")
-        # 1. every remote model is fetched and checked before anything is built
-        _stage_models(loaded, image, reporter)
-        # 2. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
+        # 1. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
         root_name, _root_layer = loaded.chain(image)[0]
         res.base = _ensure_base(loaded, image, root_name, engine, force=force, reporter=reporter, log=log)
-        # 3. render the Dockerfile and scripts into the context
+        # 2. render the Dockerfile and scripts into the context
         wheelhouse = _stage_wheelhouse(loaded, image, reporter)
         dockerfile = _render(loaded, image, wheelhouse)
         build_args = {"BASE_IMAGE": res.base.ref}

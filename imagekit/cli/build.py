@@ -20,6 +20,9 @@ def build(  # noqa: PLR0917 (typer options)
     json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
+    rehearse: bool = typer.Option(
+        False, "--rehearse", help="AMI target without AWS: local moto EC2, sshd containers as instances."
+    ),
 ) -> None:
     """Build images layer by layer (unchanged layers are reused); the docker engine is found via DOCKER_HOST."""
     from imagekit.api.build import build as api_build
@@ -27,7 +30,14 @@ def build(  # noqa: PLR0917 (typer options)
     printer = ProgressPrinter(show_log=verbose)
     result = run(
         lambda: api_build(
-            file, target, images=image or None, force=force, push=push, reporter=printer, verify=not no_verify
+            file,
+            target,
+            images=image or None,
+            force=force,
+            push=push,
+            reporter=printer,
+            verify=not no_verify,
+            rehearse=rehearse,
         )
     )
     if json_out:
