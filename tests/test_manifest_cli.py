@@ -116,3 +116,14 @@ def test_diff_cli(tmp_path: Path) -> None:
 def test_missing_spec_is_exit_2(tmp_path: Path, cmd: list[str]) -> None:
     r = cli(*cmd, "-f", str(tmp_path / "nope.yaml"))
     assert r.exit_code == 2 and "no such file" in r.stderr
+
+
+def test_plan_cli_shows_cached_after_a_verified_build(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    before = json.loads(cli("plan", "-f", str(tmp_path), "--target", "docker", "--image", "app", "--json").stdout)
+    assert [lp["status"] for lp in before["images"][0]["layers"]] == ["stale"] * 3
+    rec = fake_build(loaded)
+    r = cli("plan", "-f", str(tmp_path), "--target", "docker", "--image", "app", "--json")
+    assert r.exit_code == 0, r.output
+    layers = json.loads(r.stdout)["images"][0]["layers"]
+    assert [(lp["status"], lp["reason"]) for lp in layers] == [("cached", f"verified build {rec.id}")] * 3
