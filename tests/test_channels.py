@@ -177,3 +177,14 @@ def test_concurrent_promotions_on_s3_lose_no_record(moto_server: str, tmp_path: 
     resolved = api.resolve(tmp_path, "app", "stable")
     assert resolved["manifest"] == records[-1].manifest
     assert api.verify_manifest(tmp_path, ids[0]).revocation_checked
+
+
+def test_a_signed_record_copied_into_another_channel_is_refused(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    one = fake_build(loaded, seed="1")
+    api.promote(tmp_path, "app", one.id, "staging")
+    log = tmp_path / "manifests" / "_channels" / "app"
+    (log / "stable").mkdir()
+    (log / "stable" / "0000000001.json").write_bytes((log / "staging" / "0000000001.json").read_bytes())
+    with pytest.raises(SignatureError, match="channel 'staging', not 'stable'"):
+        api.resolve(tmp_path, "app", "stable")

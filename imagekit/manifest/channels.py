@@ -60,8 +60,14 @@ def channel_log(image: str, channel: str) -> str:
     return f"{CHANNELS}/{image}/{channel}"
 
 
+def _log_fields(log: str) -> dict[str, str]:
+    # a channel record names its image and channel, so a signed record copied into another log is refused
+    parts = log.split("/")
+    return {"image": parts[1], "channel": parts[2]} if parts[0] == CHANNELS and len(parts) == 3 else {}
+
+
 def verify_log(store: Store, entries: list[LogEntry], trusted: list[TrustedKey], expect: str) -> list[Record]:
-    """Verify every record's signature, sequence number and link to the previous record."""
+    """Verify every record's signature, sequence number, log and link to the previous record."""
     out: list[Record] = []
     prev: str | None = None
     for entry in entries:
@@ -73,6 +79,10 @@ def verify_log(store: Store, entries: list[LogEntry], trusted: list[TrustedKey],
         doc = json.loads(verified.payload)
         if not isinstance(doc, dict) or doc.get("_type") != expect:
             raise SignatureError(f"record {where} is not a {expect} record")
+        log = entry.key.rsplit("/", 1)[0]
+        for name, value in _log_fields(log).items():
+            if doc.get(name) != value:
+                raise SignatureError(f"record {where} is for {name} {doc.get(name)!r}, not {value!r} (copied?)")
         if doc.get("seq") != entry.seq:
             raise SignatureError(f"record {where} says seq {doc.get('seq')}, stored as {entry.seq} (moved?)")
         if doc.get("prev") != prev:
