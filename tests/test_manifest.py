@@ -229,3 +229,16 @@ def test_report_as_file_or_model_and_latest_verified(tmp_path: Path) -> None:
     assert api.show_manifest(tmp_path, a.id)["artifact"]["image"] == "r@sha256:" + "3" * 64
     latest = latest_verified(loaded, "app", "docker")
     assert latest is not None and latest.id == a.id  # b is newer but failed
+
+
+def test_ed25519_builds_verify_without_a_cosign_line(tmp_path: Path) -> None:
+    from imagekit.manifest.keys import keygen
+
+    loaded = make_spec(tmp_path)
+    priv, pub = keygen(tmp_path / "ed", "ed25519")
+    (tmp_path / "imagekit.trust.yaml").write_text("keys:\n  - pem: keys/imagekit.pub\n  - pem: ed/imagekit.pub\n")
+    layers = plan_image(loaded, "app", "docker").layers
+    rec = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r@sha256:" + "5" * 64,
+                       report={"passed": True}, key=str(priv))  # fmt: skip
+    out = api.verify_manifest(tmp_path, rec.id)
+    assert out.keyid == rec.keyid and out.cosign is None

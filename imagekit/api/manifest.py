@@ -19,7 +19,7 @@ from imagekit.manifest.channels import (
     who_default,
 )
 from imagekit.manifest.dsse import envelope_payload
-from imagekit.manifest.keys import KeyType, keygen, load_signer
+from imagekit.manifest.keys import KMS_PREFIX, KeyType, TrustedKey, keygen, load_signer
 from imagekit.manifest.ledger import Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
 from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
 from imagekit.manifest.store import REVOCATIONS
@@ -103,10 +103,16 @@ class VerifyOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _cosign_command(entry_path: str, key: Path | None, kind: str) -> str | None:
-    if kind != "ecdsa-p256":
+def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
+    """The equivalent cosign check; cosign verifies ECDSA P-256 DSSE envelopes (not Ed25519)."""
+    if key.kind != "ecdsa-p256":
         return None
-    key_arg = str(key) if key else "cosign.pub"
+    if key.path is not None:
+        key_arg = str(key.path)
+    elif key.source.startswith(KMS_PREFIX):
+        key_arg = "awskms:///" + key.source[len(KMS_PREFIX) :]
+    else:
+        key_arg = "cosign.pub"
     return (
         f"cosign verify-blob-attestation --key {key_arg} --type {PREDICATE_TYPE} --insecure-ignore-tlog "
         f"--check-claims=false --signature {entry_path}"
@@ -130,7 +136,7 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         notes.append("revocation not checked: no spec (-f) locates the store")
         return VerifyOutcome(
             build.id, build.image, key.source, key.keyid, build.passed, False,
-            _cosign_command(str(ref_path), key.path, key.kind), notes,
+            _cosign_command(str(ref_path), key), notes,
         )  # fmt: skip
     ledger = open_ledger(loaded, trust)
     assert ledger.trust is not None
@@ -150,7 +156,7 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         notes.append("this is a rehearsal build")
     return VerifyOutcome(
         build.id, build.image, key.source, key.keyid, build.passed, True,
-        _cosign_command(location, key.path, key.kind), notes,
+        _cosign_command(location, key), notes,
     )  # fmt: skip
 
 
