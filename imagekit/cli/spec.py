@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import err, out, print_json
+from imagekit.cli.console import err, escape, out, print_json
 
 SpecOpt = typer.Option(None, "-f", "--file", help="The spec file (default: ./imagekit.yaml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
@@ -17,14 +17,17 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on std
 def validate(file: Path | None = SpecOpt, json_out: bool = JsonOpt) -> None:
     """Check a spec: keys, types, layer graph, paths, weight digests and the compatibility matrix."""
     from imagekit.api.spec import validate as api_validate
+    from imagekit.compat import notes
 
     loaded = run(lambda: api_validate(file))
+    # Notes are what the matrix could not check (e.g. a CPU torch newer than it); they never fail validation.
+    found = [str(n) for n in run(lambda: notes(loaded))]
     if json_out:
-        print_json({"ok": True, "spec": str(loaded.path), "images": sorted(loaded.spec.images)})
+        print_json({"ok": True, "spec": str(loaded.path), "images": sorted(loaded.spec.images), "notes": found})
     else:
-        err.print(
-            f"[green]ok[/] {loaded.path}: {len(loaded.spec.layers)} layers, {len(loaded.spec.images)} images"
-        )
+        for note in found:
+            err.print(f"[cyan]note:[/] {escape(note)}")
+        err.print(f"[green]ok[/] {loaded.path}: {len(loaded.spec.layers)} layers, {len(loaded.spec.images)} images")
 
 
 @app.command()
@@ -56,3 +59,24 @@ def plan(
             style = "green" if lp.status == "cached" else "yellow"
             table.add_row(p.name, p.target, lp.name, lp.hash[:12], f"[{style}]{lp.status}[/]", lp.reason)
     out.print(table)
+
+
+@app.command()
+def doctor(
+    json_out: bool = JsonOpt,
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything is missing."),
+) -> None:
+    """Check this machine: Docker Engine + BuildKit, packer, AWS credentials and region, a GPU, debootstrap."""
+    from imagekit.doctor import diagnose
+
+    report = run(diagnose)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        for check in report.checks:
+            mark = "[green]  ok[/]" if check.ok else "[yellow]miss[/]"
+            out.print(f"{mark} [bold]{check.name:<16}[/] {escape(check.detail)}")
+            if check.fix:
+                out.print(f"     {'':<16} [dim]fix ({escape(check.needed_for)}):[/] {escape(check.fix)}")
+    if strict:
+        run(report.require_all)
