@@ -1,0 +1,178 @@
+"""verify: boot an image, probe it, compare with the pins, check health and the smoke request, write a report."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
+from imagekit.events import Event, Reporter, silent
+from imagekit.paths import work_dir
+from imagekit.spec import LoadedSpec, load_spec
+from imagekit.verify.docker_host import DockerHost, client_from_env, smoke, wait_ready
+from imagekit.verify.report import GPU_HINT, Report, compare, compare_wav, gpu_visible
+
+
+class VerifyResult(NamedTuple):
+    """What verify_docker returns: unpacks as (report, path), and has `.path` for callers that want only that."""
+
+    report: Report
+    path: Path
+
+
+def pick_image(loaded: LoadedSpec, image: str | None) -> str:
+    """The spec image to verify: the named one, or the only one."""
+    names = sorted(loaded.spec.images)
+    if image is None:
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(f"{loaded.file} defines several images ({', '.join(names)}); pick one with --image")
+    if image not in loaded.spec.images:
+        raise UsageError(f"{loaded.file}: no image {image!r} (images: {', '.join(names)})")
+    return image
+
+
+def report_path_for(loaded: LoadedSpec, image: str, when: datetime) -> Path:
+    """<spec folder>/.imagekit/reports/<image>-<UTC timestamp>.json."""
+    stamp = when.strftime("%Y%m%dT%H%M%S.%fZ")
+    return work_dir(loaded.root) / "reports" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', image)}-{stamp}.json"
+
+
+def verify_docker(
+    path: Path | str | None,
+    image_ref: str,
+    image: str | None = None,
+    reporter: Reporter = silent,
+    *,
+    client: Any = None,
+) -> VerifyResult:
+    """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
+
+    Raises VerifyFailed (after writing the report) when anything does not match, Interrupted on Ctrl-C.
+    """
+    loaded = load_spec(path)
+    name = pick_image(loaded, image)
+    policy = loaded.verify_for(name)
+    res = loaded.resolved(name)
+    host = DockerHost(client if client is not None else client_from_env(), reporter)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    report = Report(
+        spec=str(loaded.path),
+        image=name,
+        image_ref=image_ref,
+        host=host.name,
+        started_at=started.isoformat(),
+        gpu_policy=policy.gpu,
+    )
+    out_path = report_path_for(loaded, name, started)
+
+    def finish() -> Path:
+        report.ok = not report.failures
+        report.finished_at = datetime.now(timezone.utc).isoformat()
+        report.seconds = round(time.monotonic() - t0, 3)
+        return report.write(out_path)
+
+    try:
+        report.image_id = host.image_id(image_ref)
+        models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
+        # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
+        want_gpu = policy.gpu == "required"
+        reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
+        try:
+            report.probe = host.probe(image_ref, models, gpu=want_gpu)
+        except ImagekitError:
+            raise
+        except Exception as exc:
+            # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
+            if not (want_gpu and re.search(r"gpu|device driver", str(exc), re.IGNORECASE)):
+                raise
+            report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
+        else:
+            report.gpu_visible = gpu_visible(report.probe)
+            report.failures += compare(report.probe, loaded, name, target="docker")
+            if res.port and policy.health:
+                _serve_checks(
+                    host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter
+                )
+            elif policy.health or policy.smoke:
+                report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
+    except KeyboardInterrupt:
+        # The containers are already removed by their context managers; leave a report of what was seen.
+        report.failures.append("interrupted")
+        finish()
+        raise Interrupted("verify interrupted; its containers were removed") from None
+    written = finish()
+    if report.failures:
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        raise VerifyFailed(
+            f"{name}: verification of {image_ref} failed on {host.name}",
+            failures=report.failures,
+            report_path=str(written),
+        )
+    reporter(Event("done", f"verified; report {written}", image=name))
+    return VerifyResult(report, written)
+
+
+def _serve_checks(
+    host: DockerHost,
+    loaded: LoadedSpec,
+    name: str,
+    image_ref: str,
+    *,
+    port: int,
+    gpu: bool,
+    report: Report,
+    reporter: Reporter,
+) -> None:
+    policy = loaded.verify_for(name)
+    health = policy.health
+    assert health is not None
+    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
+    with host.service(image_ref, port, gpu=gpu) as svc:
+        report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
+        if not report.health.ready:
+            report.failures.append(
+                f"health: {health.path} did not answer 200 within {health.timeout:g}s "
+                f"(last: {report.health.last_status or 'no answer'} {report.health.last_body[:300]})"
+            )
+            return
+        sm = policy.smoke
+        if sm is None:
+            return
+        reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+        result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
+        report.smoke = result
+        exp = sm.expect
+        if result.error:
+            report.failures.append(f"smoke {sm.method} {sm.path}: no response: {result.error}")
+            return
+        if result.status != exp.status:
+            snippet = body[:200].decode("utf-8", "replace")
+            report.failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
+        if result.bytes < exp.min_bytes:
+            report.failures.append(
+                f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}"
+            )
+        if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
+            report.failures.append(
+                f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}"
+            )
+        if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
+            report.failures.append(
+                f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms"
+            )
+        if exp.reference and result.status == exp.status:
+            ref_path = loaded.local(exp.reference)
+            try:
+                ref = ref_path.read_bytes()
+            except OSError as exc:
+                report.failures.append(f"smoke reference {exp.reference}: cannot read: {exc.strerror}")
+                return
+            audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
+            metrics["reference"] = exp.reference
+            result.audio = metrics
+            report.failures += audio_failures

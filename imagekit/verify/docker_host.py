@@ -1,0 +1,253 @@
+"""Boot-and-verify on a Docker Engine (local, or remote through DOCKER_HOST) with the docker SDK.
+
+Every container started here carries the label `imagekit.verify=1` and is removed in a `finally`, also when the
+run is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import ImagekitError, ToolMissing, UsageError
+from imagekit.events import Event, Reporter, silent
+from imagekit.verify.report import HealthResult, SmokeResult
+
+PROBE_PATH = Path(__file__).resolve().parent / "probe.py"
+PROBE_MOUNT = "/run/imagekit/probe.py"
+LABEL = "imagekit.verify"
+# The service's own python first (what `python -m app.server` runs), then the usual venv, then the system one.
+_FIND_PYTHON = (
+    'for p in "$(command -v python)" /opt/venv/bin/python "$(command -v python3)"; do '
+    '[ -n "$p" ] && [ -x "$p" ] && exec "$p" "$@"; done; echo "no python in the image" >&2; exit 127'
+)
+
+
+def client_from_env() -> Any:
+    """A docker SDK client for DOCKER_HOST (or the local socket); ToolMissing when the engine does not answer."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        raise ToolMissing(
+            f"cannot reach a Docker Engine ({type(exc).__name__}: {exc}); start dockerd, or set DOCKER_HOST "
+            "(for example ssh://gpu-host)"
+        ) from None
+    return client
+
+
+def _gpu_requests(gpu: bool) -> list[Any] | None:
+    if not gpu:
+        return None
+    from docker.types import DeviceRequest
+
+    return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+
+
+@dataclass
+class DockerHost:
+    """One Docker Engine that images are booted on; `client` is a docker SDK client (or a test fake)."""
+
+    client: Any
+    reporter: Reporter = silent
+
+    @property
+    def name(self) -> str:
+        """The engine's address as the report shows it."""
+        return str(getattr(getattr(self.client, "api", None), "base_url", "") or "docker")
+
+    @property
+    def is_local(self) -> bool:
+        """True when the engine shares this machine's filesystem and loopback (unix socket or localhost)."""
+        url = self.name
+        return url.startswith(("http+docker://localhost", "http+docker://localunixsocket", "unix:")) or any(
+            h in url for h in ("://localhost", "://127.0.0.1")
+        )
+
+    def image_id(self, ref: str) -> str:
+        """The local image id of `ref`; UsageError when the engine does not have it."""
+        import docker.errors
+
+        try:
+            return str(self.client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            raise UsageError(
+                f"image {ref!r} is not on the Docker host {self.name}; build it first (imagekit build --target docker)"
+            ) from None
+
+    @contextlib.contextmanager
+    def _container(self, **kwargs: Any) -> Iterator[Any]:
+        labels = {LABEL: "1", **kwargs.pop("labels", {})}
+        name = f"imagekit-verify-{uuid.uuid4().hex[:12]}"
+        container = self.client.containers.create(name=name, labels=labels, detach=True, **kwargs)
+        try:
+            yield container
+        finally:
+            # Also reached on KeyboardInterrupt: never leave a verify container behind.
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+
+    def probe(self, ref: str, model_paths: list[str], *, gpu: bool, timeout: float = 300) -> dict[str, Any]:
+        """Run the probe inside the image (its own Python) and return its JSON."""
+        volumes: dict[str, dict[str, str]] | None = None
+        if self.is_local:
+            # Mounted read-only at verify time: the probe is never part of the image.
+            volumes = {str(PROBE_PATH): {"bind": PROBE_MOUNT, "mode": "ro"}}
+            argv = [PROBE_MOUNT, *model_paths]
+        else:
+            # A remote engine cannot see this machine's files: hand the probe over as `python -c` text instead.
+            argv = ["-c", PROBE_PATH.read_text(encoding="utf-8"), *model_paths]
+        with self._container(
+            image=ref,
+            entrypoint=["/bin/sh", "-c", _FIND_PYTHON, "sh"],
+            command=argv,
+            volumes=volumes,
+            device_requests=_gpu_requests(gpu),
+            network_disabled=True,
+            labels={f"{LABEL}.role": "probe"},
+        ) as container:
+            container.start()
+            result = container.wait(timeout=timeout)
+            out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        code = int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
+        try:
+            data = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise ProbeFailed(f"the probe printed no JSON (exit {code}): {(err or out).strip()[-800:]}")
+        return data
+
+    @contextlib.contextmanager
+    def service(self, ref: str, port: int, *, gpu: bool) -> Iterator[ServiceHandle]:
+        """Start the image's own command with `port` published on 127.0.0.1 at a random port; removed on exit."""
+        with self._container(
+            image=ref,
+            ports={f"{port}/tcp": ("127.0.0.1", None)},
+            device_requests=_gpu_requests(gpu),
+            labels={f"{LABEL}.role": "service"},
+        ) as container:
+            container.start()
+            started = time.monotonic()
+            host_port = _published_port(container, port)
+            yield ServiceHandle(container=container, base_url=f"http://127.0.0.1:{host_port}", started=started)
+
+
+class ProbeFailed(ImagekitError):
+    """The probe could not run inside the image (no Python, no shell)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ServiceHandle:
+    """A started service container and where to reach it."""
+
+    container: Any
+    base_url: str
+    started: float
+
+    def running(self) -> bool:
+        """Whether the container is still running."""
+        try:
+            self.container.reload()
+        except Exception:
+            return False
+        return bool(self.container.status == "running")
+
+    def logs_tail(self, lines: int = 20) -> list[str]:
+        """The last lines of the container's output."""
+        try:
+            text = str(self.container.logs(tail=lines).decode("utf-8", "replace"))
+        except Exception as exc:
+            return [f"(no logs: {exc})"]
+        return list(text.rstrip().splitlines()[-lines:])
+
+
+def _published_port(container: Any, port: int, wait: float = 10.0) -> int:
+    deadline = time.monotonic() + wait
+    while True:
+        container.reload()
+        bound = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+        for entry in bound:
+            if entry.get("HostPort"):
+                return int(entry["HostPort"])
+        if time.monotonic() > deadline or container.status == "exited":
+            raise ImagekitError(f"the container did not publish port {port} (status {container.status})")
+        time.sleep(0.1)
+
+
+def _http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310 (http to 127.0.0.1)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return int(resp.status), {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def wait_ready(
+    svc: ServiceHandle,
+    path: str,
+    timeout: float,
+    *,
+    interval: float = 1.0,
+    reporter: Reporter = silent,
+    clock: Callable[[], float] = time.monotonic,
+) -> HealthResult:
+    """Poll the health path until it answers 200, the container exits, or `timeout` seconds pass."""
+    result = HealthResult(path=path, timeout=timeout)
+    deadline = svc.started + timeout
+    while True:
+        try:
+            status, _, body = _http("GET", svc.base_url + path, timeout=max(1.0, min(10.0, interval * 5)))
+            result.last_status = status
+            result.last_body = body[:500].decode("utf-8", "replace")
+            if status == 200:
+                result.ready = True
+                result.seconds_to_ready = round(clock() - svc.started, 3)
+                reporter(Event("step", f"ready after {result.seconds_to_ready:.1f}s"))
+                return result
+        except (OSError, urllib.error.URLError) as exc:
+            result.last_body = f"{type(exc).__name__}: {exc}"
+        if not svc.running():
+            result.last_body = f"the container exited; last output: {' | '.join(svc.logs_tail(8))}"
+            return result
+        if clock() >= deadline:
+            return result
+        time.sleep(min(interval, max(0.05, deadline - clock())))
+
+
+def smoke(
+    svc: ServiceHandle, method: str, path: str, payload: Any, headers: dict[str, str]
+) -> tuple[SmokeResult, bytes]:
+    """Send the smoke request; returns what came back and the body."""
+    body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    hdrs = {"Content-Type": "application/json", **headers} if body is not None else dict(headers)
+    result = SmokeResult(method=method, path=path)
+    t0 = time.monotonic()
+    try:
+        status, resp_headers, data = _http(method, svc.base_url + path, body=body, headers=hdrs, timeout=120)
+    except (OSError, urllib.error.URLError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result, b""
+    result.latency_ms = round(1000 * (time.monotonic() - t0), 2)
+    result.status = status
+    result.bytes = len(data)
+    result.content_type = resp_headers.get("content-type", "")
+    result.sha256 = hashlib.sha256(data).hexdigest()
+    return result, data

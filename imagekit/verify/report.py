@@ -1,0 +1,316 @@
+"""The verification report (JSON) and the pin/policy comparison of a probe's findings with the spec."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import struct
+import wave
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imagekit.fsutil import atomic_write
+from imagekit.spec import LoadedSpec
+
+REPORT_SCHEMA = "imagekit.verify/v1"
+GPU_HINT = (
+    "verify.gpu is required but the host shows no GPU; run verify on a GPU host, "
+    "e.g. DOCKER_HOST=ssh://gpu-host imagekit verify ..."
+)
+
+
+class HealthResult(BaseModel):
+    """How the service's readiness check went."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    ready: bool = False
+    seconds_to_ready: float | None = None
+    last_status: int | None = None
+    last_body: str = ""
+    timeout: float = 0.0
+
+
+class SmokeResult(BaseModel):
+    """The smoke request and what came back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    path: str
+    status: int | None = None
+    bytes: int = 0
+    content_type: str = ""
+    latency_ms: float | None = None
+    sha256: str = ""
+    audio: dict[str, Any] | None = None
+    error: str = ""
+
+
+class Report(BaseModel):
+    """One boot-and-verify run of an image on a host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: str = Field(default=REPORT_SCHEMA, alias="schema")
+    ok: bool = False
+    spec: str
+    image: str
+    image_ref: str
+    image_id: str = ""
+    target: str = "docker"
+    host: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    seconds: float = 0.0
+    gpu_policy: str = "required"
+    gpu_visible: bool = False
+    probe: dict[str, Any] = Field(default_factory=dict)
+    health: HealthResult | None = None
+    smoke: SmokeResult | None = None
+    failures: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        """The report as pretty JSON with sorted keys."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True, ensure_ascii=False)
+
+    def write(self, path: Path) -> Path:
+        """Write the report atomically and return its path."""
+        atomic_write(path, self.to_json() + "\n")
+        return path
+
+
+# --- versions ------------------------------------------------------------------------------------------
+
+
+def public_version(version: str) -> str:
+    """A PEP 440 version without its local label: '2.13.0+cpu' -> '2.13.0'."""
+    return version.split("+", 1)[0].strip()
+
+
+def _parts(version: str) -> list[str]:
+    return [p for p in re.split(r"[.]", public_version(version)) if p]
+
+
+def version_matches(pin: str, found: str) -> bool:
+    """True when `found` satisfies the pin: equal public versions, or the pin is a shorter prefix ('3.11' ~ '3.11.2').
+
+    A pin with a local label ('2.13.0+cpu') must match the found version exactly.
+    """
+    if "+" in pin:
+        return pin.strip() == found.strip()
+    want, got = _parts(pin), _parts(found)
+    if len(want) > len(got):
+        # '2.5.0' pinned, '2.5' found: trailing zeros are the same release
+        got = got + ["0"] * (len(want) - len(got))
+    return got[: len(want)] == want
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 project name normalization."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_lock(text: str) -> dict[str, str]:
+    """name==version pins of a requirements file; other lines (options, ranges, comments) are not pins."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        line = line.split(";", 1)[0].strip()  # environment markers
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*===?\s*([^\s\\]+)", line)
+        if m:
+            pins[normalize_name(m.group(1))] = m.group(3)
+    return pins
+
+
+def cudnn_major(version: Any) -> int | None:
+    """cuDNN's major from torch.backends.cudnn.version(): 8906 -> 8 (cuDNN 8), 90100 -> 9 (cuDNN >= 9)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        return None
+    return version // 10000 if version >= 10000 else version // 1000
+
+
+def gpu_visible(probe: dict[str, Any]) -> bool:
+    """Whether the probe saw at least one GPU, through torch or nvidia-smi."""
+    torch = probe.get("torch") or {}
+    smi = probe.get("nvidia_smi") or {}
+    return bool(torch.get("cuda_available") and torch.get("device_count")) or bool(smi.get("gpus"))
+
+
+def _section(probe: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    value = probe.get(name)
+    if not isinstance(value, dict):
+        return {}, f"the probe returned no {name} section"
+    if "error" in value and len(value) <= 2:
+        return value, str(value["error"])
+    return value, ""
+
+
+# --- the comparison ------------------------------------------------------------------------------------
+
+
+def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: str = "docker") -> list[str]:
+    """Pin/policy failures of a probe against the spec's image; each names the expected and the found value."""
+    res = loaded.resolved(image)
+    chain = loaded.chain(image)
+    policy = loaded.verify_for(image)
+    failures: list[str] = []
+
+    torch, torch_err = _section(probe, "torch")
+    if res.torch:
+        if torch_err or not torch.get("version"):
+            failures.append(f"torch: expected {res.torch}, found none (import failed: {torch_err or 'no version'})")
+        elif not version_matches(res.torch, str(torch["version"])):
+            failures.append(f"torch: expected {res.torch}, found {torch['version']}")
+    if not torch_err and torch.get("version"):
+        built = torch.get("cuda")
+        if res.cuda == "none":
+            if built is not None:
+                failures.append(f"torch CUDA build: expected none (a CPU build, cuda: none), found CUDA {built}")
+        elif built is None:
+            failures.append(f"torch CUDA build: expected CUDA {res.cuda}, found a CPU-only build")
+        elif not version_matches(res.cuda, str(built)):
+            failures.append(f"torch CUDA build: expected CUDA {res.cuda}, found CUDA {built}")
+        if res.cudnn and res.cuda != "none":
+            major = cudnn_major(torch.get("cudnn"))
+            if major is None:
+                failures.append(f"cuDNN: expected major {res.cudnn}, found none (torch.backends.cudnn.version())")
+            elif str(major) != res.cudnn.split(".", 1)[0]:
+                failures.append(f"cuDNN: expected major {res.cudnn}, found {torch.get('cudnn')} (major {major})")
+
+    python, py_err = _section(probe, "python")
+    if res.python:
+        found_py = str(python.get("version") or "")
+        if py_err or not found_py:
+            failures.append(f"python: expected {res.python}, found none ({py_err or 'no version'})")
+        elif not version_matches(res.python, found_py):
+            failures.append(f"python: expected {res.python}, found {found_py}")
+
+    pins: dict[str, tuple[str, str]] = {}
+    for _name, layer in chain:
+        if layer.requirements:
+            req = loaded.local(layer.requirements)
+            try:
+                text = req.read_text(encoding="utf-8")
+            except OSError as exc:
+                failures.append(f"pip: cannot read the requirements lock {layer.requirements}: {exc.strerror}")
+                continue
+            for pkg, ver in parse_lock(text).items():
+                pins[pkg] = (ver, layer.requirements)
+        for pkg, ver in parse_lock("\n".join(layer.pip)).items():
+            pins[pkg] = (ver, "pip")
+    pins.pop("torch", None)  # pinned by `torch:` above, with its local-label rule
+    if pins:
+        pip, pip_err = _section(probe, "pip")
+        if pip_err:
+            failures.append(f"pip: cannot list installed packages in the image: {pip_err}")
+        else:
+            installed = {normalize_name(k): str(v) for k, v in (pip.get("packages") or {}).items()}
+            for pkg, (ver, src) in sorted(pins.items()):
+                found = installed.get(pkg)
+                if found is None:
+                    failures.append(f"pip {pkg}: expected {ver} ({src}), found not installed")
+                elif not version_matches(ver, found):
+                    failures.append(f"pip {pkg}: expected {ver} ({src}), found {found}")
+
+    apt_pins = [(n.split("=", 1)[0], n.split("=", 1)[1] if "=" in n else "") for _, layer in chain for n in layer.apt]
+    if apt_pins:
+        dpkg, dpkg_err = _section(probe, "dpkg")
+        if dpkg_err:
+            failures.append(f"apt: cannot list installed Debian packages in the image: {dpkg_err}")
+        else:
+            debs = dpkg.get("packages") or {}
+            for pkg, ver in apt_pins:
+                if pkg not in debs:
+                    failures.append(f"apt {pkg}: expected {ver or 'installed'}, found not installed")
+                elif ver and debs[pkg] != ver:
+                    failures.append(f"apt {pkg}: expected {ver}, found {debs[pkg]}")
+
+    found_models = probe.get("models") if isinstance(probe.get("models"), dict) else {}
+    assert isinstance(found_models, dict)
+    for _name, layer in chain:
+        for model in layer.models:
+            entry = found_models.get(model.dest)
+            if not isinstance(entry, dict):
+                failures.append(f"model {model.dest}: expected sha256 {model.sha256}, found nothing (not probed)")
+            elif "error" in entry:
+                failures.append(
+                    f"model {model.dest}: expected sha256 {model.sha256}, found unreadable: {entry['error']}"
+                )
+            elif entry.get("sha256") != model.sha256:
+                failures.append(f"model {model.dest}: expected sha256 {model.sha256}, found {entry.get('sha256')}")
+
+    visible = gpu_visible(probe)
+    if policy.gpu == "required" and not visible:
+        failures.append(GPU_HINT)
+    if target == "ami" and res.driver and visible:
+        # On Docker the driver belongs to the host, not the image; on an AMI it is part of what was built.
+        driver = str((probe.get("nvidia_smi") or {}).get("driver") or "")
+        if not driver:
+            failures.append(f"driver: expected branch {res.driver}, found none (nvidia-smi)")
+        elif driver.split(".", 1)[0] != res.driver.split(".", 1)[0]:
+            failures.append(f"driver: expected branch {res.driver}, found {driver}")
+    return failures
+
+
+# --- audio ---------------------------------------------------------------------------------------------
+
+
+def _decode_wav(data: bytes) -> tuple[int, int, int, list[float]]:
+    """(channels, sample width, rate, samples of channel 0 in [-1, 1]) of 16-bit PCM WAV bytes."""
+    with wave.open(io.BytesIO(data), "rb") as w:
+        channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+        frames = w.readframes(n)
+    if width != 2:
+        raise ValueError(f"expected 16-bit PCM, found {8 * width}-bit samples")
+    count = len(frames) // 2
+    values = struct.unpack(f"<{count}h", frames[: 2 * count])
+    return channels, width, rate, [v / 32768.0 for v in values[::channels]]
+
+
+def compare_wav(got: bytes, reference: bytes, tolerance: float) -> tuple[list[str], dict[str, Any]]:
+    """Failures and metrics of a WAV response against the reference: format, length and normalized RMS error.
+
+    The RMS error is rms(got - ref) / rms(ref) over the common length; lengths may differ by `tolerance` too.
+    """
+    try:
+        ref_ch, _, ref_rate, ref = _decode_wav(reference)
+    except (wave.Error, EOFError, ValueError, struct.error) as exc:
+        return [f"audio: the reference is not a readable WAV file: {exc}"], {}
+    try:
+        ch, _, rate, out = _decode_wav(got)
+    except (wave.Error, EOFError, ValueError, struct.error) as exc:
+        return [f"audio: the response is not a readable 16-bit PCM WAV: {exc}"], {}
+    failures: list[str] = []
+    metrics: dict[str, Any] = {
+        "samples": len(out),
+        "reference_samples": len(ref),
+        "sample_rate": rate,
+        "channels": ch,
+        "tolerance": tolerance,
+    }
+    if (ch, rate) != (ref_ch, ref_rate):
+        failures.append(f"audio format: expected {ref_ch} channel(s) at {ref_rate} Hz, found {ch} at {rate} Hz")
+    length_diff = abs(len(out) - len(ref)) / max(len(ref), 1)
+    metrics["length_diff"] = round(length_diff, 6)
+    if length_diff > tolerance:
+        failures.append(
+            f"audio length: expected {len(ref)} samples (±{tolerance:.0%}), found {len(out)} ({length_diff:.1%} off)"
+        )
+    n = min(len(out), len(ref))
+    ref_energy = math.fsum(x * x for x in ref[:n])
+    err_energy = math.fsum((a - b) * (a - b) for a, b in zip(out[:n], ref[:n], strict=True))
+    rms_diff = math.sqrt(err_energy / ref_energy) if ref_energy > 0 else (0.0 if err_energy == 0 else math.inf)
+    metrics["rms_diff"] = round(rms_diff, 6) if math.isfinite(rms_diff) else None
+    if rms_diff > tolerance:
+        failures.append(
+            f"audio differs from the reference: normalized RMS difference {rms_diff:.4f} > tolerance {tolerance}"
+        )
+    return failures, metrics
