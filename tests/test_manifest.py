@@ -235,7 +235,7 @@ def test_ed25519_builds_verify_without_a_cosign_line(tmp_path: Path) -> None:
     from imagekit.manifest.keys import keygen
 
     loaded = make_spec(tmp_path)
-    priv, pub = keygen(tmp_path / "ed", "ed25519")
+    priv, _pub = keygen(tmp_path / "ed", "ed25519")
     (tmp_path / "imagekit.trust.yaml").write_text("keys:\n  - pem: keys/imagekit.pub\n  - pem: ed/imagekit.pub\n")
     layers = plan_image(loaded, "app", "docker").layers
     rec = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r@sha256:" + "5" * 64,
