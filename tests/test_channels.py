@@ -39,6 +39,9 @@ def test_promote_resolve_rollback_round_trip(tmp_path: Path) -> None:
     docs = [json.loads(envelope_payload(p.read_bytes())) for p in logs]
     assert [(d["action"], d["who"]) for d in docs] == [("promote", "alice"), ("promote", "bob"), ("rollback", "carol")]
     assert docs[2]["why"] == "latency regression" and docs[0]["when"].endswith("Z")
+    hist = api.channel_history(tmp_path, "app", "stable")
+    assert [(h["seq"], h["action"], h["manifest"], h["who"]) for h in hist] == [
+        (1, "promote", one.id, "alice"), (2, "promote", two.id, "bob"), (3, "rollback", one.id, "carol")]  # fmt: skip
     listed = {r["id"]: r["channels"] for r in api.list_manifests(tmp_path)}
     assert listed == {one.id: ["stable"], two.id: []}
 

@@ -51,6 +51,8 @@ def test_flow_verify_promote_resolve_revoke(tmp_path: Path) -> None:
     js = cli("resolve", "app", "--channel", "stable", "-f", spec, "--json")
     assert json.loads(js.stdout)["manifest"] == rec.id
 
+    hist = cli("history", "app", "--channel", "stable", "-f", spec)
+    assert hist.exit_code == 0 and "promote" in hist.stdout and rec.id in hist.stdout
     unknown = cli("resolve", "nope", "--channel", "stable", "-f", spec)
     assert unknown.exit_code == 2 and unknown.stderr.count("\n") == 1 and "unknown image 'nope'" in unknown.stderr
 

@@ -431,3 +431,18 @@ def resolve(path: Path | str | None, image: str, channel: str, trust: Path | Non
 def dumps(doc: Any) -> str:
     """JSON text for messages."""
     return json.dumps(doc, sort_keys=True)
+
+
+def channel_history(
+    path: Path | str | None, image: str, channel: str, trust: Path | None = None
+) -> list[dict[str, Any]]:
+    """A channel's verified log, oldest first: seq, action, manifest, who, when, why, and the signing key."""
+    _check_channel(channel)
+    loaded = load_spec(path)
+    _check_image(loaded, image)
+    ledger = open_ledger(loaded, trust)
+    fields = ("action", "manifest", "from", "who", "when", "why")
+    return [
+        {"seq": r.seq, **{k: r.doc[k] for k in fields if k in r.doc}, "keyid": r.keyid}
+        for r in ledger.channel_records(image, channel)
+    ]

@@ -266,3 +266,26 @@ def resolve(
         out.print(res["image"])
     for region, ami in sorted(res.get("amis", {}).items()):
         out.print(f"{region} {ami}")
+
+
+@app.command()
+def history(
+    image: str = typer.Argument(..., help="The image name in the spec."),
+    channel: str = typer.Option(..., "--channel", help="Channel name."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """A channel's signed log: every promotion and rollback, with who, when and why."""
+    from imagekit.api.manifest import channel_history
+
+    rows = run(lambda: channel_history(file, image, channel, trust))
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        what = f"{r['from']} → {r['manifest']}" if r["action"] == "rollback" else r["manifest"]
+        why = f"  {r['why']}" if r.get("why") else ""
+        out.print(f"#{r['seq']:<4} {r['when']}  {r['action']:<8} {what}  by {escape(r['who'])}{escape(why)}")
+    if not rows:
+        err.print(f"channel {channel} of {image} has no records yet")
