@@ -1,0 +1,479 @@
+"""One POSIX sh provisioning script per layer, the same text for both targets. Pure: spec in, text out.
+
+A script is a set of phases (system, cuda, build-deps, venv, install, drop-build-deps, files, run). With no
+arguments it runs every phase the layer has, which is what Packer's shell provisioner does on a VM; the Dockerfile
+runs chosen phases per RUN step (`sh <layer>.sh venv install` in the builder stage, `sh <layer>.sh system` in the
+layer's stage) because there the builder owns the virtualenv and COPY places files and weights. The one step
+that differs by target is CUDA: a container gets it from its base image, a VM installs the NVIDIA driver branch,
+the CUDA runtime and cuDNN from NVIDIA's apt repository. The target is read at run time from $IMAGEKIT_TARGET,
+so one file serves both and the committed render stays a single `provision/<layer>.sh`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from imagekit.errors import UsageError
+from imagekit.spec import Layer, LoadedSpec, resolve_chain
+
+VENV = "/opt/venv"
+# Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
+# Packer template uploads them there, the Dockerfile bind-mounts the lock there.
+SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned
+PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
+BUILD_DEPS = ("build-essential",)
+NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
+TORCH_INDEX = "https://download.pytorch.org/whl"
+
+
+@dataclass(frozen=True)
+class LayerSteps:
+    """What a layer's script does, decided from the chain up to that layer (so it is the same for every image)."""
+
+    name: str
+    layer: Layer
+    python: str  # the interpreter command, e.g. python3.11
+    python_pkgs: tuple[str, ...]  # interpreter packages this layer installs
+    cuda: str | None  # the resolved CUDA version when this layer owns the CUDA step
+    cudnn: str | None
+    driver: str | None
+    pip_work: bool  # torch, a requirements lock or pip packages
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases this layer's script has, in run order."""
+        layer = self.layer
+        has = {
+            "system": bool(layer.apt or self.python_pkgs or layer.user),
+            "cuda": self.cuda is not None,
+            "build-deps": self.pip_work,
+            "venv": self.pip_work or bool(self.python_pkgs),
+            "install": self.pip_work,
+            "drop-build-deps": self.pip_work,
+            "files": bool(layer.copy_ or layer.models or layer.workdir),
+            "run": bool(layer.run),
+        }
+        return tuple(p for p in PHASES if has[p])
+
+
+def layer_steps(loaded: LoadedSpec, layer_name: str) -> LayerSteps:
+    """The steps of one layer, from its own keys and what its ancestors resolve to."""
+    from imagekit.spec import chain_of
+
+    chain = chain_of(loaded.spec, layer_name)
+    layer = chain[-1][1]
+    upto = resolve_chain(chain)
+    ancestors = chain[:-1]
+    python_in_chain = upto.python
+    ancestor_pip = any(_pip_work(a) for _, a in ancestors)
+    ancestor_python = resolve_chain(ancestors).python if ancestors else None
+    pip_work = _pip_work(layer)
+    pkgs: tuple[str, ...] = ()
+    if layer.python is not None and layer.python != ancestor_python:
+        pkgs = (f"python{layer.python}", f"python{layer.python}-venv")
+    elif pip_work and python_in_chain is None and not ancestor_pip:
+        pkgs = ("python3", "python3-venv")
+    owns_cuda = (layer.cuda is not None or layer.cudnn is not None or layer.driver is not None) and upto.cuda != "none"
+    return LayerSteps(
+        name=layer_name,
+        layer=layer,
+        python=f"python{python_in_chain}" if python_in_chain else "python3",
+        python_pkgs=pkgs,
+        cuda=upto.cuda if owns_cuda else None,
+        cudnn=upto.cudnn if owns_cuda else None,
+        driver=upto.driver if owns_cuda else None,
+        pip_work=pip_work,
+    )
+
+
+def _pip_work(layer: Layer) -> bool:
+    return bool(layer.torch or layer.requirements or layer.pip)
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def torch_index(cuda: str) -> str:
+    """PyTorch's wheel index for a CUDA version (`12.4` -> .../cu124), or the CPU one for `none`."""
+    if cuda == "none":
+        return f"{TORCH_INDEX}/cpu"
+    major, _, minor = cuda.partition(".")
+    return f"{TORCH_INDEX}/cu{major}{(minor or '0').split('.')[0]}"
+
+
+def cudnn_package(cudnn: str, cuda: str) -> str:
+    """NVIDIA's apt package for a cuDNN major on a CUDA major (cuDNN 9 is split per CUDA major, 8 is not)."""
+    major = cudnn.split(".", maxsplit=1)[0]
+    if major.isdigit() and int(major) >= 9:
+        return f"libcudnn{major}-cuda-{cuda.split('.', maxsplit=1)[0]}"
+    return f"libcudnn{major}"
+
+
+_HEADER = """\
+#!/bin/sh
+# imagekit provisioning script for layer {layer} of spec {spec}. Generated by `imagekit render`: do not edit.
+# Both targets run this same file. With no arguments it runs every phase ({phases});
+# the Dockerfile runs chosen phases per RUN step. IMAGEKIT_TARGET (docker|ami) picks the CUDA step and
+# IMAGEKIT_SRC is where the spec's files are (default {src}).
+set -eu
+
+IMAGEKIT_LAYER={layer_q}
+: "${{IMAGEKIT_TARGET:?set IMAGEKIT_TARGET to docker or ami}}"
+: "${{IMAGEKIT_SRC:={src}}}"
+VENV={venv}
+PYTHON={python}
+DEBIAN_FRONTEND=noninteractive
+export DEBIAN_FRONTEND
+
+log() {{ printf 'imagekit[%s]: %s\\n' "$IMAGEKIT_LAYER" "$*" >&2; }}
+die() {{ log "error: $*"; exit 1; }}
+
+case "$IMAGEKIT_TARGET" in docker | ami) ;; *) die "IMAGEKIT_TARGET must be docker or ami, not $IMAGEKIT_TARGET" ;; esac
+if [ "$(id -u)" != 0 ]; then die "run as root (the Dockerfile's RUN and Packer's execute_command do)"; fi
+
+APT_UPDATED=
+apt_install() {{
+    if [ -z "$APT_UPDATED" ]; then
+        apt-get update -q
+        APT_UPDATED=1
+    fi
+    apt-get install -y -q --no-install-recommends "$@"
+}}
+
+apt_clean() {{
+    apt-get clean
+    rm -rf /var/lib/apt/lists/*
+    APT_UPDATED=
+}}
+
+# pip's CA comes from the BuildKit secret `ca` (or $PIP_CERT), its settings from the secret `pipconf`; a
+# wheelhouse comes in through $PIP_FIND_LINKS. Nothing of these is written into the machine.
+pip_env() {{
+    if [ -z "${{PIP_CERT:-}}" ] && [ -s /run/secrets/ca ]; then
+        PIP_CERT=/run/secrets/ca
+        export PIP_CERT
+    fi
+    if [ -z "${{PIP_CONFIG_FILE:-}}" ] && [ -s /run/secrets/pipconf ]; then
+        PIP_CONFIG_FILE=/run/secrets/pipconf
+        export PIP_CONFIG_FILE
+    fi
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_NO_INPUT=1
+    PIP_NO_CACHE_DIR=1
+    PIP_PROGRESS_BAR=off
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+}}
+"""
+
+
+def _fn(name: str, body: list[str]) -> list[str]:
+    return [f"phase_{name.replace('-', '_')}() {{", *[f"    {line}" if line else "" for line in body], "}", ""]
+
+
+def _system(steps: LayerSteps) -> list[str]:
+    layer = steps.layer
+    body: list[str] = []
+    pkgs = sorted({*layer.apt, *steps.python_pkgs})
+    if pkgs:
+        body += [f"log {_q('apt: ' + ' '.join(pkgs))}", "apt_install " + " ".join(_q(p) for p in pkgs), "apt_clean"]
+    if layer.user:
+        user = _q(layer.user)
+        body += [
+            f"if ! id -u {user} >/dev/null 2>&1; then",
+            f"    log {_q('user: ' + layer.user)}",
+            f"    useradd --system --user-group --create-home --home-dir /home/{user} --shell /usr/sbin/nologin {user}",
+            "fi",
+        ]
+    return body
+
+
+def _cuda(steps: LayerSteps) -> list[str]:
+    assert steps.cuda is not None
+    cuda = steps.cuda
+    pkgs: list[str] = []
+    if steps.driver:
+        pkgs.append(f"cuda-drivers-{steps.driver}")
+    pkgs.append("cuda-libraries-" + "-".join(cuda.split(".")[:2]))
+    if steps.cudnn:
+        pkgs.append(cudnn_package(steps.cudnn, cuda))
+    return [
+        'if [ "$IMAGEKIT_TARGET" = docker ]; then',
+        f"    log {_q(f'cuda: a container takes CUDA {cuda} from its base image; nothing to install')}",
+        "    return 0",
+        "fi",
+        "# shellcheck disable=SC1091",
+        ". /etc/os-release",
+        'case "$ID" in',
+        '    ubuntu) repo="ubuntu$(echo "$VERSION_ID" | tr -d .)" ;;',
+        '    debian) repo="debian$VERSION_ID" ;;',
+        '    *) die "the CUDA step knows Ubuntu and Debian, not $ID" ;;',
+        "esac",
+        'case "$(uname -m)" in',
+        "    x86_64) arch=x86_64 ;;",
+        "    aarch64) arch=sbsa ;;",
+        '    *) die "no CUDA repository for $(uname -m)" ;;',
+        "esac",
+        "if ! dpkg -s cuda-keyring >/dev/null 2>&1; then",
+        "    log 'cuda: adding NVIDIA apt repository (cuda-keyring)'",
+        "    apt_install ca-certificates curl",
+        f'    curl -fsSL -o /tmp/cuda-keyring.deb "{NVIDIA_REPO}/$repo/$arch/cuda-keyring_1.1-1_all.deb"',
+        "    dpkg -i /tmp/cuda-keyring.deb",
+        "    rm -f /tmp/cuda-keyring.deb",
+        "    APT_UPDATED=",
+        "fi",
+        f"log {_q('cuda: ' + ' '.join(pkgs))}",
+        # DKMS builds the kernel module for the running kernel: its headers must be there.
+        'apt_install "linux-headers-$(uname -r)" ' + " ".join(_q(p) for p in pkgs),
+        "apt_clean",
+    ]
+
+
+def _build_deps(steps: LayerSteps) -> list[str]:
+    pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
+    record = f"/var/lib/imagekit/build-deps.{steps.name}"
+    return [
+        "# compilers for sdists; remembered so drop-build-deps removes only what this layer added",
+        "mkdir -p /var/lib/imagekit",
+        f": >{_q(record)}",
+        f"for pkg in {' '.join(_q(p) for p in pkgs)}; do",
+        f'    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
+        "done",
+        f"if [ -s {_q(record)} ]; then",
+        f"    log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
+        "    # shellcheck disable=SC2046",
+        f"    apt_install $(cat {_q(record)})",
+        "    apt_clean",
+        "fi",
+    ]
+
+
+def _venv() -> list[str]:
+    return [
+        'if [ ! -x "$VENV/bin/python" ]; then',
+        '    log "venv: $VENV ($PYTHON)"',
+        '    "$PYTHON" -m venv "$VENV"',
+        "fi",
+    ]
+
+
+def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
+    layer = steps.layer
+    body = ["pip_env", 'pip="$VENV/bin/python -m pip"']
+    torch = layer.torch
+    index = torch_index(cuda_upto)
+    if torch:
+        body += [
+            "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
+            "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
+            f'default_index="{index}"',
+            'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
+            'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
+            'extra=""',
+            'if [ -n "$torch_index" ]; then extra="--extra-index-url $torch_index"; fi',
+        ]
+    if layer.requirements:
+        lock = f"$IMAGEKIT_SRC/{layer.requirements}"
+        body += [
+            f'lock="{lock}"',
+            '[ -f "$lock" ] || die "requirements lock $lock is missing"',
+            "if grep -q -- '--hash=' \"$lock\"; then",
+        ]
+        if torch:
+            body += [
+                "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
+                f"    log {_q('install: hashed lock (torch from the lock)')}",
+                "    # shellcheck disable=SC2086",
+                '    $pip install $extra --require-hashes --no-deps -r "$lock"',
+            ]
+        else:
+            body += ["    log 'install: hashed lock'", '    $pip install --require-hashes --no-deps -r "$lock"']
+        body += ["else"]
+        if torch:
+            body += [
+                f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
+                "    # shellcheck disable=SC2086",
+                f'    $pip install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
+            ]
+        else:
+            body += ["    log 'install: lock (no deps)'", '    $pip install --no-deps -r "$lock"']
+        body += ["fi"]
+    elif torch:
+        body += [
+            f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
+            "# shellcheck disable=SC2086",
+            f"$pip install $extra {_q(f'torch=={torch}')}",
+        ]
+    if layer.pip:
+        body += [
+            f"log {_q('install: ' + ' '.join(layer.pip))}",
+            "$pip install " + " ".join(_q(p) for p in layer.pip),
+        ]
+    if torch:
+        check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
+        body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
+    return body
+
+
+def _drop_build_deps(steps: LayerSteps) -> list[str]:
+    record = f"/var/lib/imagekit/build-deps.{steps.name}"
+    return [
+        f"if [ -s {_q(record)} ]; then",
+        f"    log \"drop-build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
+        "    # shellcheck disable=SC2046",
+        f"    apt-get purge -y -q --auto-remove $(cat {_q(record)})",
+        "fi",
+        f"rm -f {_q(record)}",
+    ]
+
+
+_FILES_HELPERS = """\
+# Files and weights are root-owned and not writable by the app user: files 0644 (weights 0444), folders 0755.
+install_tree() {
+    install -d -o root -g root -m 0755 "$2"
+    cp -R "$1/." "$2/"
+    find "$2" -name __pycache__ -prune -exec rm -rf {} +
+    chown -R root:root "$2"
+    chmod -R u+rwX,go+rX,go-w "$2"
+}
+
+install_path() {
+    # as Docker's COPY does: a folder's contents go into dest; a file goes to dest, or into it when dest ends in /
+    if [ -d "$1" ]; then
+        install_tree "$1" "$2"
+    else
+        case "$2" in */) dest="$2$(basename "$1")" ;; *) dest="$2" ;; esac
+        install -d -o root -g root -m 0755 "$(dirname "$dest")"
+        install -o root -g root -m 0644 "$1" "$dest"
+    fi
+}
+
+fetch() {
+    case "$1" in
+        s3://*) aws s3 cp --only-show-errors "$1" "$2" ;;
+        *)
+            if command -v curl >/dev/null 2>&1; then
+                curl -fsSL -o "$2" "$1"
+            else
+                wget -q -O "$2" "$1"
+            fi
+            ;;
+    esac
+}
+
+install_model() {
+    src="$1"
+    case "$src" in
+        https://* | s3://*)
+            tmp="$(mktemp)"
+            fetch "$src" "$tmp"
+            src="$tmp"
+            ;;
+        *) tmp="" ;;
+    esac
+    [ -f "$src" ] || die "model $1 is missing"
+    found="$(sha256sum "$src" | cut -d' ' -f1)"
+    [ "$found" = "$3" ] || die "model $1 has sha256 $found, the spec pins $3"
+    install -d -o root -g root -m 0755 "$(dirname "$2")"
+    install -o root -g root -m 0444 "$src" "$2"
+    if [ -n "$tmp" ]; then rm -f "$tmp"; fi
+}
+"""
+
+
+def _files(layer: Layer) -> list[str]:
+    body: list[str] = []
+    if layer.workdir:
+        body.append(f"install -d -m 0755 {_q(layer.workdir)}")
+    for item in layer.copy_:
+        body += [
+            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
+            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
+        ]
+    for model in layer.models:
+        src = _q(model.src) if model.is_remote else f'"$IMAGEKIT_SRC"/{_q(model.src)}'
+        body += [
+            f"log {_q(f'model: {model.src} -> {model.dest}')}",
+            f"install_model {src} {_q(model.dest)} {model.sha256}",
+        ]
+    return body
+
+
+def _run(layer: Layer) -> list[str]:
+    body = [
+        "# the layer's own commands see the same environment as in the image: its env and the virtualenv",
+        'if [ -x "$VENV/bin/python" ]; then PATH="$VENV/bin:$PATH"; export PATH; fi',
+    ]
+    for key, value in sorted(layer.env.items()):
+        body.append(f"{key}={_q(value)}")
+        body.append(f"export {key}")
+    for cmd in layer.run:
+        body += [f"log {_q('run: ' + cmd)}", f"sh -c {_q(cmd)}"]
+    return body
+
+
+def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
+    """The provisioning script of one layer."""
+    from imagekit.spec import chain_of
+
+    steps = layer_steps(loaded, layer_name)
+    cuda_upto = resolve_chain(chain_of(loaded.spec, layer_name)).cuda
+    phases = steps.phases
+    lines = [
+        _HEADER.format(
+            layer=layer_name,
+            layer_q=_q(layer_name),
+            spec=loaded.spec.name,
+            phases=" ".join(phases) or "none",
+            src=SRC_DIR,
+            venv=VENV,
+            python=steps.python,
+        )
+    ]
+    if "files" in phases and (steps.layer.copy_ or steps.layer.models):
+        lines.append(_FILES_HELPERS)
+    bodies: dict[str, list[str]] = {
+        "system": _system(steps) if "system" in phases else [],
+        "cuda": _cuda(steps) if "cuda" in phases else [],
+        "build-deps": _build_deps(steps) if "build-deps" in phases else [],
+        "venv": _venv(),
+        "install": _install(steps, cuda_upto) if "install" in phases else [],
+        "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
+        "files": _files(steps.layer),
+        "run": _run(steps.layer),
+    }
+    for phase in phases:
+        lines += _fn(phase, bodies[phase])
+    lines += [
+        f"if [ $# -eq 0 ]; then set -- {' '.join(phases)}; fi" if phases else "if [ $# -eq 0 ]; then exit 0; fi",
+        'for phase in "$@"; do',
+        '    case "$phase" in',
+    ]
+    for phase in phases:
+        lines.append(f'        {phase}) log "phase {phase}"; phase_{phase.replace("-", "_")} ;;')
+    # A phase the layer does not have is a no-op, so the Dockerfile may ask for one uniformly.
+    known = " | ".join(p for p in PHASES if p not in phases)
+    if known:
+        lines.append(f"        {known}) ;;")
+    lines += [
+        '        *) die "unknown phase $phase (phases: ' + " ".join(PHASES) + ')" ;;',
+        "    esac",
+        "done",
+        'log "done"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_scripts(loaded: LoadedSpec, image: str, target: str) -> dict[str, str]:
+    """Layer name -> provisioning script for every layer of an image's chain, root first.
+
+    The text does not depend on the target or the image (a layer's script follows from the chain up to it), so a
+    layer shared by images or targets has one script; the target is chosen at run time by $IMAGEKIT_TARGET.
+    """
+    if target not in ("docker", "ami"):
+        raise UsageError(f"target must be docker or ami, not {target!r}")
+    if image not in loaded.spec.images:
+        raise UsageError(f"unknown image {image!r} (images: {', '.join(loaded.spec.images)})")
+    return {name: render_layer_script(loaded, name) for name, _ in loaded.chain(image)}

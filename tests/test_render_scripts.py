@@ -1,0 +1,83 @@
+"""Provisioning scripts: valid POSIX sh, one text for both targets, the phases each layer needs, the CUDA step."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagekit.errors import UsageError
+from imagekit.render.scripts import cudnn_package, layer_steps, render_scripts, torch_index
+from imagekit.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+GPU = REPO / "examples" / "tts" / "imagekit.yaml"
+
+
+def test_scripts_are_valid_sh_and_the_same_for_both_targets() -> None:
+    loaded = load_spec(GPU)
+    docker = render_scripts(loaded, "tts-inference", "docker")
+    ami = render_scripts(loaded, "tts-inference", "ami")
+    assert docker == ami
+    assert list(docker) == ["base", "runtime", "app"]
+    for name, text in docker.items():
+        assert text.startswith("#!/bin/sh\n")
+        assert "set -eu" in text
+        proc = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True, check=False)
+        assert proc.returncode == 0, (name, proc.stderr)
+        dash = shutil.which("dash")
+        if dash:
+            assert subprocess.run([dash, "-n"], input=text, text=True, check=False).returncode == 0
+
+
+def test_phases_per_layer() -> None:
+    loaded = load_spec(GPU)
+    assert layer_steps(loaded, "base").phases == ("system", "cuda")
+    assert layer_steps(loaded, "runtime").phases == ("system", "build-deps", "venv", "install", "drop-build-deps")
+    assert layer_steps(loaded, "app").phases == ("system", "files")
+
+
+def test_cuda_step_differs_by_target_at_run_time() -> None:
+    text = render_scripts(load_spec(GPU), "tts-inference", "ami")["base"]
+    assert "cuda-drivers-550" in text
+    assert "cuda-libraries-12-4" in text
+    assert "libcudnn9-cuda-12" in text
+    assert "cuda-keyring_1.1-1_all.deb" in text
+    assert 'if [ "$IMAGEKIT_TARGET" = docker ]; then' in text
+
+
+def test_install_uses_lock_without_deps_plus_torch_pin() -> None:
+    text = render_scripts(load_spec(GPU), "tts-inference", "ami")["runtime"]
+    assert '--no-deps -r "$lock" torch==2.5.1' in text
+    assert '--require-hashes --no-deps -r "$lock"' in text
+    assert "/run/secrets/ca" in text
+    assert "https://download.pytorch.org/whl/cu124" in text
+
+
+def test_models_are_root_owned_read_only() -> None:
+    text = render_scripts(load_spec(GPU), "tts-inference", "ami")["app"]
+    assert 'install -o root -g root -m 0444 "$src" "$2"' in text
+    assert "4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e" in text
+    assert "useradd --system" in text
+
+
+def test_no_timestamps_and_deterministic() -> None:
+    loaded = load_spec(GPU)
+    assert render_scripts(loaded, "tts-inference", "ami") == render_scripts(loaded, "tts-inference", "ami")
+
+
+def test_helpers() -> None:
+    assert torch_index("12.4") == "https://download.pytorch.org/whl/cu124"
+    assert torch_index("none") == "https://download.pytorch.org/whl/cpu"
+    assert cudnn_package("9", "12.4") == "libcudnn9-cuda-12"
+    assert cudnn_package("8", "11.8") == "libcudnn8"
+
+
+def test_bad_target_or_image() -> None:
+    loaded = load_spec(GPU)
+    with pytest.raises(UsageError):
+        render_scripts(loaded, "tts-inference", "vm")
+    with pytest.raises(UsageError):
+        render_scripts(loaded, "nope", "docker")
