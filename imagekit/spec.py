@@ -411,7 +411,7 @@ def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> tuple[str | int, ...]:
             node = node[part]
             continue
         if isinstance(part, str) and (
-            part.startswith(("function-", "literal[", "json-or-python"))
+            part.startswith(("function-", "literal[", "json-or-python", "[key]"))
             or part
             in {
                 "str",
