@@ -268,6 +268,8 @@ def gpus_doc() -> dict[str, Any]:
     """Compute capabilities with the minimum (and maximum) CUDA and the minimum torch that run them."""
     rows = []
     for sm, names, min_cuda, max_cuda, min_torch, confidence, note in GPUS:
+        # PyTorch's CUDA 12.8+ wheels carry code for sm_75 and newer only (2.7.0 cu128 arch list).
+        max_torch_cuda = "12.6" if sm in ("sm_70", "sm_72") else None
         sources = [GPU_SRC]
         if max_cuda:
             sources.append(CUDA13_SRC)
@@ -279,6 +281,7 @@ def gpus_doc() -> dict[str, Any]:
                 "gpus": names,
                 "min_cuda": min_cuda,
                 "max_cuda": max_cuda,
+                "max_torch_cuda": max_torch_cuda,
                 "min_torch": min_torch,
                 "confidence": confidence,
                 "note": note,

@@ -175,4 +175,8 @@ def test_gpu_lookups() -> None:
     ]
     assert gpu_problems("sm_70", "13.0") == ["sm_70 (V100 (p3)) is not supported after CUDA 12.9, not 13.0"]
     assert gpu_problems("sm_120", "12.8", "2.7.0") == []
+    assert gpu_problems("sm_70", "12.8", "2.7.0") == [
+        "torch's CUDA 12.8 builds carry no sm_70 code; use a CUDA 12.6 or older build"
+    ]
+    assert gpu_problems("sm_70", "12.6", "2.7.0") == []
     assert "not in the compatibility matrix" in gpu_problems("sm_99", "12.4")[0]

@@ -70,6 +70,7 @@ class GpuRow:
     confidence: str
     note: str
     source: str
+    max_torch_cuda: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def matrix() -> Matrix:
             min_cuda=str(r["min_cuda"]),
             max_cuda=None if r.get("max_cuda") is None else str(r["max_cuda"]),
             min_torch=None if r.get("min_torch") is None else str(r["min_torch"]),
+            max_torch_cuda=None if r.get("max_torch_cuda") is None else str(r["max_torch_cuda"]),
             confidence=str(r["confidence"]),
             note=str(r.get("note") or ""),
             source=str(r["source"]),
@@ -270,6 +272,10 @@ def gpu_problems(sm: str | int | float | tuple[int, int], cuda: str, torch: str 
             out.append(f"{row.sm} ({row.gpus}) has no PyTorch wheels ({row.note})")
         elif m and vkey(f"{m['major']}.{m['minor']}") < vkey(row.min_torch):
             out.append(f"{row.sm} ({row.gpus}) needs torch {row.min_torch} or newer, not {torch}")
+        if row.max_torch_cuda and key is not None and vkey(key) > vkey(row.max_torch_cuda):
+            out.append(
+                f"torch's CUDA {key} builds carry no {row.sm} code; use a CUDA {row.max_torch_cuda} or older build"
+            )
     return out
 
 
