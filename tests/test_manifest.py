@@ -161,22 +161,28 @@ def test_tampered_or_untrusted_manifest_fails_verify(tmp_path: Path) -> None:
         api.verify_manifest(tmp_path, "0000000000000000")
 
 
-def test_diff(tmp_path: Path) -> None:
-    loaded = make_spec(tmp_path)
-    a = fake_build(loaded, seed="a", size=1000,
-                   report={"passed": True, "torch": "2.5.1", "packages": {"pip": {"numpy": "2.1.0"}, "dpkg": {"curl": "7.88"}},
-                           "latency_ms": 40, "started": "x"})  # fmt: skip
-    loaded2 = make_spec(tmp_path, app="2")
-    b = fake_build(loaded2, seed="b", size=1100,
-                   report={"passed": True, "torch": "2.5.2", "packages": {"pip": {"numpy": "2.1.1"}, "dpkg": {"curl": "7.88"}},
-                           "latency_ms": 44, "started": "y"})  # fmt: skip
+def test_diff_with_real_verify_reports(tmp_path: Path) -> None:
+    from imagekit.verify.report import Report, SmokeResult
+
+    probe = json.loads((Path(__file__).parent / "fixtures" / "probe-cpu.json").read_text())
+    new_probe = json.loads(json.dumps(probe))
+    new_probe["torch"]["version"] = "2.13.1+cpu"
+    new_probe["pip"]["packages"]["filelock"] = "4.2.12"
+    new_probe["dpkg"]["packages"]["hostname"] = "3.24"
+
+    def report(p: dict, latency: float, host: str) -> Report:  # type: ignore[type-arg]
+        return Report(spec="s", image="app", image_ref="r", host=host, ok=True, probe=p, started_at=host,
+                      smoke=SmokeResult(method="POST", path="/x", status=200, bytes=9000, latency_ms=latency))  # fmt: skip
+
+    a = fake_build(make_spec(tmp_path), seed="a", size=1000, report=report(probe, 40.0, "h1"))  # type: ignore[arg-type]
+    b = fake_build(make_spec(tmp_path, app="2"), seed="b", size=1100, report=report(new_probe, 44.0, "h2"))  # type: ignore[arg-type]
     d = api.diff_manifests(tmp_path, a.id, b.id)
     assert [c["key"] for c in d["layers"]] == ["app"]
-    assert {c["key"] for c in d["packages"]} == {"packages.pip.numpy"}
-    assert d["versions"] == [{"key": "torch", "old": "2.5.1", "new": "2.5.2"}]
-    assert {"key": "latency_ms", "old": 40, "new": 44} in d["verification"]
-    assert not any(c["key"] == "started" for c in d["verification"])
+    assert d["versions"] == [{"key": "probe.torch.version", "old": "2.13.0+cpu", "new": "2.13.1+cpu"}]
+    assert {c["key"] for c in d["packages"]} == {"probe.pip.packages.filelock", "probe.dpkg.packages.hostname"}
+    assert d["verification"] == [{"key": "smoke.latency_ms", "old": 40.0, "new": 44.0}]  # host/times are noise
     assert d["size"] == {"old": 1000, "new": 1100}
+    assert api.diff_manifests(tmp_path, a.id, a.id)["packages"] == []
 
 
 def test_plan_marks_layers_cached_from_verified_builds_only(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_diff_cli(tmp_path: Path) -> None:
     b = fake_build(make_spec(tmp_path, app="2"), seed="b", report={"passed": True, "torch": "2.5.2"}, size=150)
     r = cli("manifest", "diff", a.id, b.id, "-f", str(tmp_path))
     assert r.exit_code == 0, r.output
-    assert "torch: 2.5.1 → 2.5.2" in r.stdout and "+50.0%" in r.stdout and "app:" in r.stdout
+    assert "torch: 2.5.1 → 2.5.2" in r.stdout and "+50.0%" in r.stdout and "app:" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("cmd", [["manifest", "list"], ["resolve", "app", "--channel", "stable"]])

@@ -177,8 +177,16 @@ def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Report fields that differ on every run and say nothing about what changed in the image.
-_NOISE = ("time", "started", "finished", "duration", "seconds", "elapsed", "container", "host", "path", "log")
+# Report fields that differ on every run and say nothing about what changed in the image (matched on the leaf key).
+_NOISE = frozenset(
+    {"host", "started", "finished", "started_at", "finished_at", "seconds", "duration", "elapsed", "log", "log_path",
+     "report_path", "image_ref", "image_id", "spec", "last_body", "seconds_to_ready", "kernel", "timeout"}
+)  # fmt: skip
+_VERSION_LEAVES = frozenset({"cuda", "cudnn", "driver"})
+
+
+def _segments(key: str) -> list[str]:
+    return [part for part in key.replace("[", ".").replace("]", "").split(".") if part]
 
 
 def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,31 +197,36 @@ def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _kind(key: str) -> str:
+    segs = _segments(key)
+    leaf = segs[-1] if segs else key
+    if {"pip", "dpkg"} & set(segs):
+        return "packages"
+    if "models" in segs:
+        return "weights"
+    if "version" in leaf or leaf in _VERSION_LEAVES:
+        return "versions"
+    return "verification"
+
+
 def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
     """What changed between two builds, by section."""
-    ra, rb = a.report() or {}, b.report() or {}
-    fa = {k: v for k, v in _flatten(ra).items() if not any(n in k.lower() for n in _NOISE)}
-    fb = {k: v for k, v in _flatten(rb).items() if not any(n in k.lower() for n in _NOISE)}
 
-    def section(*words: str) -> list[dict[str, Any]]:
-        keys = {k for k in set(fa) | set(fb) if any(w in k.lower() for w in words)}
-        return _changes({k: fa.get(k) for k in keys if k in fa}, {k: fb.get(k) for k in keys if k in fb})
+    def flat(report: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in _flatten(report or {}).items() if _segments(k)[-1:] and _segments(k)[-1] not in _NOISE}
 
-    packages = section("pip", "dpkg", "package")
-    versions = [c for c in section("version", "cuda", "cudnn", "torch", "python", "driver") if c not in packages]
-    used = {c["key"] for c in packages + versions}
-    figures = [c for c in _changes(fa, fb) if c["key"] not in used]
+    by_kind: dict[str, list[dict[str, Any]]] = {"packages": [], "weights": [], "versions": [], "verification": []}
+    for change in _changes(flat(a.report()), flat(b.report())):
+        by_kind[_kind(change["key"])].append(change)
+    status = _changes({"passed": a.passed, "failures": a.failures}, {"passed": b.passed, "failures": b.failures})
     return {
         "old": a.id,
         "new": b.id,
         "layers": _changes(dict(a.layers), dict(b.layers)),
-        "weights": _changes(a.models, b.models),
-        "versions": versions,
-        "packages": packages,
-        "verification": _changes(
-            {"passed": a.passed, "failures": a.failures}, {"passed": b.passed, "failures": b.failures}
-        )
-        + figures,
+        "weights": _changes(a.models, b.models) + by_kind["weights"],
+        "versions": by_kind["versions"],
+        "packages": by_kind["packages"],
+        "verification": status + by_kind["verification"],
         "size": {"old": a.size_bytes, "new": b.size_bytes} if a.size_bytes != b.size_bytes else None,
         "artifact": _changes(a.artifact(), b.artifact()),
         "builder": _changes(a.builder, b.builder),

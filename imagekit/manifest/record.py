@@ -77,7 +77,7 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read the verification report {report}: {exc}") from None
     elif hasattr(report, "model_dump"):
-        doc = report.model_dump(mode="json")
+        doc = report.model_dump(mode="json", by_alias=True)
     else:
         doc = json.loads(json.dumps(report, default=str))
     if not isinstance(doc, dict):
