@@ -410,3 +410,17 @@ def test_the_installed_command_exits_2_without_a_traceback(spec_dir: Path) -> No
         f"bad.yaml:{line(SPEC, 'leaf: app')}: images.tts-inference.leaf: unknown layer 'ap' (did you mean 'app'?)"
     ]
     assert done.stdout == ""
+
+
+def test_a_layer_shared_by_two_images_is_reported_once(spec_dir: Path) -> None:
+    # Both images' chains pass through runtime, which sets the bad driver: one line, not one per image.
+    text = mutate('torch: "2.5.1"', 'torch: "2.5.1"\n    driver: "535"')
+    text = text.replace("images:\n", "images:\n  first:\n    leaf: runtime\n", 1)
+    (spec_dir / "bad.yaml").write_text(text)
+    code, output = validate("-f", "bad.yaml")
+    assert code == 2, output
+    assert output.splitlines() == [
+        f"bad.yaml:{line(text, '535')}: layers.runtime.driver: driver branch 535 is too old for CUDA 12.4, which "
+        "needs 550 or newer (>= 550.54.14) (use driver 550 or newer, or a CUDA version driver 535 runs: "
+        "10.2, 11.3, 11.4, 11.5, 11.6, 11.7, 11.8, 12.0, 12.1, 12.2)"
+    ]

@@ -445,8 +445,9 @@ def _setter(chain: list[tuple[str, Layer]], key: str) -> str | None:
     return name
 
 
-def _findings(loaded: LoadedSpec) -> list[Problem | tuple[Problem, str]]:
-    out: list[Problem | tuple[Problem, str]] = []
+def _located(loaded: LoadedSpec) -> list[tuple[Finding, Problem]]:
+    """Every finding of every image, placed at the line of the layer key that set the value (deduplicated)."""
+    out: dict[tuple[Finding, Problem], None] = {}
     for image in loaded.spec.images:
         chain = loaded.chain(image)
         r = loaded.resolved(image)
@@ -456,24 +457,15 @@ def _findings(loaded: LoadedSpec) -> list[Problem | tuple[Problem, str]]:
                 line, path = loaded.line_of("images", image, "leaf"), f"images.{image}"
             else:
                 line, path = loaded.line_of("layers", layer, f.key), f"layers.{layer}.{f.key}"
-            problem = Problem(loaded.file, line, path, f.message, f.hint)
-            out.append(problem if f.severity == "error" else (problem, "note"))
-    return out
+            out[(f, Problem(loaded.file, line, path, f.message, f.hint))] = None
+    return list(out)
 
 
 def check_spec(loaded: LoadedSpec) -> list[Problem]:
     """Problems where a chain's resolved versions do not work together, at the line of the key that set them."""
-    seen: dict[Problem, None] = {}
-    for item in _findings(loaded):
-        if isinstance(item, Problem):
-            seen[item] = None
-    return list(seen)
+    return [p for f, p in _located(loaded) if f.severity == "error"]
 
 
 def notes(loaded: LoadedSpec) -> list[Problem]:
     """Things the matrix could not check (newer CPU torch, incomplete observed rows); not errors."""
-    seen: dict[Problem, None] = {}
-    for item in _findings(loaded):
-        if isinstance(item, tuple):
-            seen[item[0]] = None
-    return list(seen)
+    return [p for f, p in _located(loaded) if f.severity == "note"]
