@@ -172,6 +172,7 @@ def test_real_aws_templates_pass_full_validate(loaded: LoadedSpec, tmp_path: Pat
     for layer in ("base", "runtime", "app"):
         (scripts / f"{layer}.sh").write_text("#!/bin/bash\nset -eu\n")
     common = ["-var", "build_id=0123", "-var", f"script_dir={scripts}", "-var", f"src_dir={loaded.root}"]
+    common += ["-var", f"build_dir={scripts}", "-var", 'build_env=["PIP_FIND_LINKS=/tmp/imagekit/build/wheels"]']
     for name, text in render_packer(loaded, "tts-inference").items():
         assert "custom_endpoint_ec2" not in text and "ssh_host" not in text
         path = tmp_path / name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import importlib
 import json
 import shutil
@@ -19,7 +21,7 @@ from imagekit.events import Event, Reporter, silent
 from imagekit.fsutil import atomic_write
 from imagekit.paths import log_dir, work_dir
 from imagekit.plan import LayerPlan, plan_image
-from imagekit.render.packer import MANIFEST_FILE, Rehearsal, render_layer, render_verify
+from imagekit.render.packer import BUILD_DIR, MANIFEST_FILE, Rehearsal, render_layer, render_verify
 from imagekit.runners import packer as pk
 from imagekit.runners.aws import Ami, Aws
 from imagekit.spec import LoadedSpec
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 TARGET: Literal["ami"] = "ami"
 REHEARSAL_ACCOUNT = "123456789012"  # moto's account
+DEFAULT_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass
@@ -222,11 +225,14 @@ class _Builder:
         manifest.unlink(missing_ok=True)
         log_path = self.logs / f"{self.loaded.spec.name}-{image}-{lp.name}-{self.stamp}.log"
         build_id = uuid.uuid4().hex[:12]
+        extra_dir, extra_env = self.build_extras(folder)
         variables = {
             "build_id": build_id,
             "parent_ami": parent_ami,
             "script_dir": str(folder / "provision"),
             "src_dir": str(self.loaded.root),
+            "build_dir": str(extra_dir),
+            "build_env": json.dumps(extra_env),
         }
         self.event(
             "start",
@@ -260,6 +266,39 @@ class _Builder:
             lp.name,
         )
         return LayerResult(lp.name, lp.hash, "built", amis, outcome.seconds, str(log_path))
+
+    def build_extras(self, folder: Path) -> tuple[Path, list[str]]:
+        """What pip gets for this build only: the spec's wheelhouse and CA bundle, uploaded then removed.
+
+        A rehearsal's instances sit behind this machine's network, so they also get this machine's CA bundle.
+        """
+        extra = folder / "build-extra"
+        if extra.exists():
+            shutil.rmtree(extra)
+        extra.mkdir(parents=True)
+        env: list[str] = []
+        build = self.loaded.spec.build
+        if build.wheelhouse:
+            src = (
+                self.loaded.local(build.wheelhouse)
+                if not Path(build.wheelhouse).is_absolute()
+                else Path(build.wheelhouse)
+            )
+            if src.is_dir():
+                (extra / "wheels").mkdir()
+                for whl in sorted(src.iterdir()):
+                    if whl.is_file():
+                        _link_or_copy(whl, extra / "wheels" / whl.name)
+                env.append(f"PIP_FIND_LINKS={BUILD_DIR}/wheels")
+        ca = self.loaded.local(build.ca_bundle) if build.ca_bundle else None
+        if ca is None and self.rehearsal is not None and DEFAULT_CA.exists():
+            ca = DEFAULT_CA
+        if ca is not None and ca.is_file():
+            shutil.copyfile(ca, extra / "ca.pem")
+            env.append(f"PIP_CERT={BUILD_DIR}/ca.pem")
+        if build.pip_index_url:
+            env.append(f"PIP_INDEX_URL={build.pip_index_url}")
+        return extra, env
 
     def _tag_copies(self, amis: Mapping[str, str]) -> None:
         # copy_image does not carry tags; the copies need them for reuse and gc in their regions.
@@ -304,6 +343,7 @@ class _Builder:
             "report_path": str(report_path),
         }
         itype = self.loaded.verify_for(image).instance_type or self.loaded.spec.aws.instance_type
+        started = datetime.now(timezone.utc)
         self.event("start", f"boot-and-verify {leaf_ami} on {itype}", image)
         name = f"imagekit-rehearsal-{self.loaded.spec.name}-verify-{build_id}"
         with self.instance(leaf_ami, name) as conn:
@@ -313,10 +353,14 @@ class _Builder:
         if outcome.returncode != 0 or not report_path.exists():
             tail = " | ".join(outcome.tail[-5:])
             return None, [f"verification run failed (exit {outcome.returncode}): {tail}; log {log_path}"], report_path
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        failures = [str(f) for f in report.get("failures", [])]
-        failures += _compare(report, self.loaded, image)
-        return report, failures, report_path
+        raw = json.loads(report_path.read_text(encoding="utf-8"))
+        host = f"rehearsal container ({itype})" if self.rehearsal is not None else f"ec2 {itype}"
+        report = vm_report(
+            raw, self.loaded, image, image_ref=f"aws:{self.region}:{leaf_ami}", host=host, started=started
+        )
+        report.seconds = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+        report.write(report_path)
+        return report.model_dump(mode="json", by_alias=True), list(report.failures), report_path
 
     def _drop_scratch(self, outcome: pk.BuildOutcome) -> None:
         # Packer 1.6.6 has no skip_create_ami: deregister the verification's scratch AMI at once.
@@ -326,17 +370,32 @@ class _Builder:
                     self.aws.deregister(ami)
 
 
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        dest.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def check_config(loaded: LoadedSpec, image: str) -> dict[str, Any]:
     """What vmcheck.py on the instance starts, waits for, requests: from the resolved chain and verify policy."""
     res = loaded.resolved(image)
     verify = loaded.verify_for(image)
+    try:
+        venv = str(importlib.import_module("imagekit.render.scripts").VENV)
+    except (ImportError, AttributeError):
+        venv = "/opt/venv"
+    env = dict(res.env)
+    # the provisioning scripts put the service's Python in a virtualenv; its bin comes first, as in the image
+    env.setdefault("PATH", f"{venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     out: dict[str, Any] = {
         "command": list(res.command) if res.command else None,
         "user": res.user,
         "workdir": res.workdir,
         "port": res.port,
-        "env": dict(sorted(res.env.items())),
+        "env": dict(sorted(env.items())),
         "gpu": verify.gpu,
+        "models": [m.dest for _, layer in loaded.chain(image) for m in layer.models],
     }
     if verify.health:
         out["health"] = verify.health.model_dump()
@@ -345,26 +404,81 @@ def check_config(loaded: LoadedSpec, image: str) -> dict[str, Any]:
     return out
 
 
-def _compare(report: Mapping[str, Any], loaded: LoadedSpec, image: str) -> list[str]:
-    """The same pin and policy comparison as the docker target, when the verify package provides it."""
-    probe = report.get("probe")
-    if not isinstance(probe, Mapping):
-        return []
-    try:
-        vr: Any = importlib.import_module("imagekit.verify.report")
-    except ImportError:
-        return []
-    compare = getattr(vr, "compare", None)
-    model = getattr(vr, "Report", None)
-    if compare is None:
-        return []
-    try:
-        rep: Any = probe
-        if model is not None and hasattr(model, "model_validate"):
-            rep = model.model_validate({**probe, **{k: v for k, v in report.items() if k != "probe"}})
-        return [str(f) for f in compare(rep, loaded, image)]
-    except (TypeError, ValueError) as exc:
-        return [f"could not compare the report with the pins: {exc}"]
+def vm_report(
+    raw: Mapping[str, Any], loaded: LoadedSpec, image: str, *, image_ref: str, host: str, started: datetime
+) -> Any:
+    """The facts vmcheck.py gathered on the instance as the verify package's Report, with the same pin and policy
+    comparison as the docker target (the driver through nvidia-smi too, as target="ami")."""
+    from imagekit.verify.report import HealthResult, Report, SmokeResult, compare, compare_wav, gpu_visible
+
+    policy = loaded.verify_for(image)
+    report = Report(
+        spec=str(loaded.path),
+        image=image,
+        image_ref=image_ref,
+        target=TARGET,
+        host=host,
+        started_at=started.isoformat(),
+        finished_at=datetime.now(timezone.utc).isoformat(),
+        gpu_policy=policy.gpu,
+    )
+    report.failures += [str(f) for f in raw.get("failures", [])]
+    probe = raw.get("probe")
+    if isinstance(probe, dict):
+        report.probe = probe
+        report.gpu_visible = gpu_visible(probe)
+        report.failures += compare(probe, loaded, image, target=TARGET)
+    health = raw.get("health")
+    if policy.health and isinstance(health, dict):
+        report.health = HealthResult.model_validate(health)
+        if not report.health.ready:
+            report.failures.append(
+                f"health: {policy.health.path} did not answer 200 within {policy.health.timeout:g}s "
+                f"(last: {report.health.last_status or 'no answer'} {report.health.last_body[:300]})"
+            )
+    elif policy.health:
+        report.failures.append("health: no result came back from the instance (does the image set `port`?)")
+    smoke = raw.get("smoke")
+    sm = policy.smoke
+    if sm is not None and isinstance(smoke, dict):
+        body = base64.b64decode(smoke.get("body_b64", ""))
+        fields = {k: v for k, v in smoke.items() if k != "body_b64"}
+        fields["sha256"] = hashlib.sha256(body).hexdigest() if body else ""
+        result = SmokeResult.model_validate(fields)
+        report.smoke = result
+        exp = sm.expect
+        if result.error:
+            report.failures.append(f"smoke {sm.method} {sm.path}: no response: {result.error}")
+        else:
+            if result.status != exp.status:
+                snippet = body[:200].decode("utf-8", "replace")
+                report.failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
+            if result.bytes < exp.min_bytes:
+                report.failures.append(
+                    f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}"
+                )
+            if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
+                report.failures.append(
+                    f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}"
+                )
+            if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
+                report.failures.append(
+                    f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms"
+                )
+            if exp.reference and result.status == exp.status:
+                try:
+                    ref = loaded.local(exp.reference).read_bytes()
+                except OSError as exc:
+                    report.failures.append(f"smoke reference {exp.reference}: cannot read: {exc.strerror}")
+                else:
+                    audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
+                    metrics["reference"] = exp.reference
+                    result.audio = metrics
+                    report.failures += audio_failures
+    elif sm is not None and report.health is not None and report.health.ready:
+        report.failures.append(f"smoke {sm.method} {sm.path}: no result came back from the instance")
+    report.ok = not report.failures
+    return report
 
 
 def _failed(image: str, layer: str, outcome: pk.BuildOutcome) -> BuildFailed:

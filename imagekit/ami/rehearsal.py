@@ -169,7 +169,10 @@ class Rehearsal:
                     }
                 )
         amis.sort(key=lambda a: (str(a["region"]), str(a["ami_id"])))
-        atomic_write(self.state_file, (json.dumps({"amis": amis}, indent=2, sort_keys=True) + "\n").encode())
+        # what a build left running in the emulator (a clean run, or a cancel, leaves nothing)
+        leftovers = {r: self.aws.leftovers(r) for r in sorted(self.regions)}
+        doc = {"amis": amis, "leftovers": {r: v for r, v in leftovers.items() if any(v.values())}}
+        atomic_write(self.state_file, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
     def stop(self) -> None:
         """Save state, then stop moto."""

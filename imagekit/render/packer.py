@@ -16,6 +16,7 @@ from imagekit.spec import Layer, LoadedSpec
 # Where a layer's spec files (copy sources, requirements, local weights) are staged on the instance; the
 # provisioning script finds them through $IMAGEKIT_SRC, as the Dockerfile finds them in its build context.
 STAGE_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the build instance, not here
+BUILD_DIR = "/tmp/imagekit/build"  # noqa: S108 - a path on the build instance
 VERIFY_DIR = "/tmp/imagekit-verify"  # noqa: S108 - a path on the verify instance
 MANIFEST_FILE = "packer-manifest.json"
 AMAZON_PLUGIN = {"version": ">= 1.3.0", "source": "github.com/hashicorp/amazon"}
@@ -264,6 +265,14 @@ def render_layer(
     _variable(doc, "build_id", "unique suffix of the AMI name (AMI names must be unique)")
     _variable(doc, "script_dir", "folder holding the provisioning scripts (<layer>.sh)")
     _variable(doc, "src_dir", "the spec's folder (copy sources, requirements, local weights)", default=".")
+    _variable(doc, "build_dir", "build-time extras uploaded for pip only (wheelhouse, CA bundle); may be empty")
+    doc.block(
+        "variable",
+        [_s("build_env")],
+        type=_expr("list(string)"),
+        default=[],
+        description=_s("extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"),
+    )
     paths = _upload_paths(spec_layer)
     if rehearsal is not None:
         _variable(doc, "ec2_endpoint", "the rehearsal's local EC2 endpoint (moto server)")
@@ -284,8 +293,14 @@ def render_layer(
         tags=tags,
     )
     build = doc.block("build", name=_s(layer), sources=[_s(f"source.amazon-ebs.{layer}")])
+    pip_work = bool(spec_layer.torch or spec_layer.requirements or spec_layer.pip)
+    staging = _staging_dirs(paths) + ([BUILD_DIR] if pip_work else [])
+    if staging:
+        build.block("provisioner", [_s("shell")], inline=[_s("mkdir -p " + " ".join(staging))])
+    if pip_work:
+        # a wheelhouse or CA bundle for pip, for this build only ($PIP_FIND_LINKS / $PIP_CERT via build_env)
+        build.block("provisioner", [_s("file")], source=_t("${var.build_dir}/"), destination=_s(f"{BUILD_DIR}/"))
     if paths:
-        build.block("provisioner", [_s("shell")], inline=[_s("mkdir -p " + " ".join(_staging_dirs(paths)))])
         for rel in paths:
             dest = f"{STAGE_DIR}/{rel}"
             build.block(
@@ -299,9 +314,11 @@ def render_layer(
         [_s("shell")],
         script=_t(f"${{var.script_dir}}/{layer}.sh"),
         execute_command=_s(EXECUTE_COMMAND),
-        environment_vars=[_s(f"IMAGEKIT_SRC={STAGE_DIR}"), _s("IMAGEKIT_TARGET=ami")],
+        environment_vars=_expr(f'concat(["IMAGEKIT_SRC={STAGE_DIR}", "IMAGEKIT_TARGET=ami"], var.build_env)')
+        if pip_work
+        else [_s(f"IMAGEKIT_SRC={STAGE_DIR}"), _s("IMAGEKIT_TARGET=ami")],
     )
-    if paths:
+    if staging:
         build.block("provisioner", [_s("shell")], inline=[_s("sudo -n rm -rf /tmp/imagekit")])
     build.block(
         "post-processor",
