@@ -80,3 +80,24 @@ def doctor(
                 out.print(f"     {'':<16} [dim]fix ({escape(check.needed_for)}):[/] {escape(check.fix)}")
     if strict:
         run(report.require_all)
+
+
+@app.command()
+def render(
+    file: Path | None = SpecOpt,
+    out_dir: Path | None = typer.Option(
+        None, "-o", "--out", help="Write under this folder (default: the spec's folder; it is the build context)."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Write the Dockerfiles, provisioning scripts and Packer templates of a spec's images."""
+    from imagekit.api.render import render as api_render
+
+    files = run(lambda: api_render(file, out_dir))
+    if json_out:
+        print_json({"files": [f.to_json() for f in files]})
+        return
+    from imagekit.spec import display_path
+
+    for f in files:
+        out.print(f"{'wrote    ' if f.changed else 'unchanged'} {escape(display_path(f.path))}")

@@ -108,7 +108,10 @@ def render_dockerfile(
     root_name, root = chain[0]
     src = root.from_
     if src is not None and src.bootstrap is not None:
-        base_default = f"imagekit-base-{root_name}"
+        # the tag the docker runner gives a bootstrapped base: imagekit-base-<layer>:<definition hash16>
+        from imagekit.runners.bootstrap import base_tag
+
+        base_default = base_tag(root_name, src.bootstrap)
     elif src is not None and src.docker:
         base_default = src.docker
     else:

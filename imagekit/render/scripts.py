@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 
 from imagekit.errors import UsageError
-from imagekit.spec import Layer, LoadedSpec, resolve_chain
+from imagekit.spec import Layer, LoadedSpec, Resolved, resolve_chain
 
 VENV = "/opt/venv"
 # Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
@@ -400,12 +400,14 @@ def _files(layer: Layer) -> list[str]:
     return body
 
 
-def _run(layer: Layer) -> list[str]:
+def _run(layer: Layer, upto: Resolved) -> list[str]:
     body = [
-        "# the layer's own commands see the same environment as in the image: its env and the virtualenv",
+        "# the layer's own commands see what a RUN step in the image sees: the env so far, the virtualenv, WORKDIR",
         'if [ -x "$VENV/bin/python" ]; then PATH="$VENV/bin:$PATH"; export PATH; fi',
     ]
-    for key, value in sorted(layer.env.items()):
+    if upto.workdir:
+        body.append(f"cd {_q(upto.workdir)}")
+    for key, value in sorted(upto.env.items()):
         body.append(f"{key}={_q(value)}")
         body.append(f"export {key}")
     for cmd in layer.run:
@@ -418,7 +420,7 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
     from imagekit.spec import chain_of
 
     steps = layer_steps(loaded, layer_name)
-    cuda_upto = resolve_chain(chain_of(loaded.spec, layer_name)).cuda
+    upto = resolve_chain(chain_of(loaded.spec, layer_name))
     phases = steps.phases
     lines = [
         _HEADER.format(
@@ -438,10 +440,10 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
         "cuda": _cuda(steps) if "cuda" in phases else [],
         "build-deps": _build_deps(steps) if "build-deps" in phases else [],
         "venv": _venv(),
-        "install": _install(steps, cuda_upto) if "install" in phases else [],
+        "install": _install(steps, upto.cuda) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
         "files": _files(steps.layer),
-        "run": _run(steps.layer),
+        "run": _run(steps.layer, upto),
     }
     for phase in phases:
         lines += _fn(phase, bodies[phase])

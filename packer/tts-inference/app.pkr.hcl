@@ -1,0 +1,130 @@
+variable "parent_ami" {
+  type        = string
+  description = "AMI id this layer starts from (the parent layer's AMI)"
+}
+
+variable "build_id" {
+  type        = string
+  description = "unique suffix of the AMI name (AMI names must be unique)"
+}
+
+variable "script_dir" {
+  type        = string
+  description = "folder holding the provisioning scripts (<layer>.sh)"
+}
+
+variable "src_dir" {
+  type        = string
+  description = "the spec's folder (copy sources, requirements, local weights)"
+  default     = "."
+}
+
+variable "build_dir" {
+  type        = string
+  description = "build-time extras uploaded for pip only (wheelhouse, CA bundle); may be empty"
+}
+
+variable "build_env" {
+  type        = list(string)
+  default     = []
+  description = "extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"
+}
+
+source "amazon-ebs" "app" {
+  region        = "us-east-1"
+  instance_type = "g5.xlarge"
+  ami_name      = "imagekit-tts-app-caa3ffa7c86a0891-${var.build_id}"
+  ssh_username  = "ubuntu"
+  source_ami    = var.parent_ami
+  tags = {
+    "Name"                 = "imagekit tts/app"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "app"
+    "imagekit:layer-hash"  = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+    "imagekit:parent-ami"  = "${var.parent_ami}"
+    "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  snapshot_tags = {
+    "Name"                 = "imagekit tts/app"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "app"
+    "imagekit:layer-hash"  = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+    "imagekit:parent-ami"  = "${var.parent_ami}"
+    "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  run_tags = {
+    "Name"           = "imagekit-build tts/app"
+    "imagekit:build" = "true"
+  }
+  ssh_interface = "public_ip"
+
+  launch_block_device_mappings {
+    device_name           = "/dev/sda1"
+    volume_size           = 100
+    volume_type           = "gp3"
+    throughput            = 125
+    iops                  = 3000
+    delete_on_termination = true
+  }
+}
+
+build {
+  name = "app"
+  sources = [
+    "source.amazon-ebs.app",
+  ]
+
+  provisioner "shell" {
+    inline = [
+      "mkdir -p /tmp/imagekit/src/app /tmp/imagekit/src/models",
+    ]
+  }
+
+  provisioner "file" {
+    source      = "${var.src_dir}/app/"
+    destination = "/tmp/imagekit/src/app/"
+  }
+
+  provisioner "file" {
+    source      = "${var.src_dir}/models/tts.pt"
+    destination = "/tmp/imagekit/src/models/tts.pt"
+  }
+
+  provisioner "shell" {
+    script          = "${var.script_dir}/app.sh"
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
+    environment_vars = [
+      "IMAGEKIT_SRC=/tmp/imagekit/src",
+      "IMAGEKIT_TARGET=ami",
+    ]
+  }
+
+  provisioner "shell" {
+    inline = [
+      "sudo -n rm -rf /tmp/imagekit",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = "packer-manifest.json"
+    strip_path = true
+    custom_data = {
+      "layer"      = "app"
+      "layer_hash" = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+    }
+  }
+}

@@ -1,0 +1,118 @@
+variable "parent_ami" {
+  type        = string
+  description = "AMI id this layer starts from (the parent layer's AMI)"
+  default     = ""
+}
+
+variable "build_id" {
+  type        = string
+  description = "unique suffix of the AMI name (AMI names must be unique)"
+}
+
+variable "script_dir" {
+  type        = string
+  description = "folder holding the provisioning scripts (<layer>.sh)"
+}
+
+variable "src_dir" {
+  type        = string
+  description = "the spec's folder (copy sources, requirements, local weights)"
+  default     = "."
+}
+
+variable "build_dir" {
+  type        = string
+  description = "build-time extras uploaded for pip only (wheelhouse, CA bundle); may be empty"
+}
+
+variable "build_env" {
+  type        = list(string)
+  default     = []
+  description = "extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"
+}
+
+source "amazon-ebs" "base" {
+  region        = "us-east-1"
+  instance_type = "g5.xlarge"
+  ami_name      = "imagekit-tts-base-f9f136faebd34f7d-${var.build_id}"
+  ssh_username  = "ubuntu"
+  tags = {
+    "Name"                 = "imagekit tts/base"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "base"
+    "imagekit:layer-hash"  = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:parent-hash" = ""
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  snapshot_tags = {
+    "Name"                 = "imagekit tts/base"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "base"
+    "imagekit:layer-hash"  = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:parent-hash" = ""
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  run_tags = {
+    "Name"           = "imagekit-build tts/base"
+    "imagekit:build" = "true"
+  }
+  ssh_interface = "public_ip"
+
+  source_ami_filter {
+    filters = {
+      "architecture"        = "x86_64"
+      "name"                = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+      "virtualization-type" = "hvm"
+    }
+    owners = [
+      "099720109477",
+    ]
+    most_recent = true
+  }
+
+  launch_block_device_mappings {
+    device_name           = "/dev/sda1"
+    volume_size           = 100
+    volume_type           = "gp3"
+    throughput            = 125
+    iops                  = 3000
+    delete_on_termination = true
+  }
+}
+
+build {
+  name = "base"
+  sources = [
+    "source.amazon-ebs.base",
+  ]
+
+  provisioner "shell" {
+    script          = "${var.script_dir}/base.sh"
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
+    environment_vars = [
+      "IMAGEKIT_SRC=/tmp/imagekit/src",
+      "IMAGEKIT_TARGET=ami",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = "packer-manifest.json"
+    strip_path = true
+    custom_data = {
+      "layer"      = "base"
+      "layer_hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    }
+  }
+}

