@@ -1,0 +1,34 @@
+"""nightly: the scheduled job (plan, build what is stale, verify, record, gate, promote, gc, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagekit.events import Reporter, silent
+from imagekit.nightly.report import NightlyResult
+from imagekit.nightly.run import run_nightly
+from imagekit.nightly.staleness import Clock, utc_now
+
+
+def nightly(
+    path: Path | str | None,
+    *,
+    target: str = "all",
+    jobs: int = 1,
+    promote: str | None = None,
+    report_dir: Path | None = None,
+    rehearse: bool = False,
+    reporter: Reporter = silent,
+    clock: Clock = utc_now,
+) -> NightlyResult:
+    """Run the nightly job over every image and target of a spec; the result says what failed (exit 1 if any)."""
+    return run_nightly(
+        path,
+        target=target,
+        jobs=jobs,
+        promote=promote,
+        report_dir=report_dir,
+        rehearse=rehearse,
+        reporter=reporter,
+        clock=clock,
+    )

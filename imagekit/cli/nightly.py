@@ -1,0 +1,44 @@
+"""nightly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from imagekit.cli import app, run
+from imagekit.cli.console import ProgressPrinter, err, escape, out, print_json
+
+
+@app.command()
+def nightly(  # noqa: PLR0917 (typer options)
+    file: Path | None = typer.Option(None, "-f", "--file", help="The spec file (default: ./imagekit.yaml)."),
+    target: str = typer.Option("all", "--target", help="docker, ami or all."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Build this many images/targets at once."),
+    promote: str | None = typer.Option(None, "--promote", help="Also move this channel on success."),
+    report: Path | None = typer.Option(None, "--report", help="Write report.md, report.json and junit.xml here."),
+    rehearse: bool = typer.Option(False, "--rehearse", help="AMI target on a local moto EC2 (no AWS account)."),
+    json_out: bool = typer.Option(False, "--json", help="Print report.json's content on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
+) -> None:
+    """The scheduled job: rebuild only what changed or is due, verify, sign, move `nightly`, gc, report.
+
+    Exit 1 when any image or target failed (the others still ran and were promoted).
+    """
+    from imagekit.api.nightly import nightly as api_nightly
+    from imagekit.nightly.report import to_json, to_markdown
+
+    printer = ProgressPrinter(show_log=verbose)
+    result = run(
+        lambda: api_nightly(
+            file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=printer
+        )
+    )
+    if json_out:
+        print_json(to_json(result))
+    else:
+        out.print(to_markdown(result), markup=False, highlight=False)
+    if report is not None:
+        err.print(f"reports: {escape(str(report / 'report.md'))}, report.json, junit.xml")
+    if result.failed:
+        raise typer.Exit(1)

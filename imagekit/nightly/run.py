@@ -1,0 +1,449 @@
+"""The nightly job: plan every image and target against the store, build what is stale, gate, record, promote, gc."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import BuildFailed, ImagekitError, SignatureError, StoreError, UsageError, VerifyFailed
+from imagekit.events import Event, Reporter, silent
+from imagekit.locking import store_lock
+from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
+from imagekit.manifest.statement import BuildRecord
+from imagekit.manifest.store import Store
+from imagekit.nightly.budget import EngineSizes, check_budget, layer_sizes
+from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, write_reports
+from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
+from imagekit.plan import ImagePlan, plan
+from imagekit.spec import LoadedSpec
+
+NIGHTLY_CHANNEL = "nightly"
+# plan reasons that mean "rebuild although the hash is built": the build must skip the cache for that layer
+FORCING = ("refresh due", "upstream changed")
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class LayerLocks:
+    """Per-tag locks shared by the concurrent builds of one run: a shared parent layer is built once."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._built: set[str] = set()
+
+    @contextlib.contextmanager
+    def __call__(self, tag: str) -> Iterator[bool]:
+        with self._guard:
+            lock = self._locks.setdefault(tag, threading.Lock())
+        with lock:
+            yield tag in self._built
+            # reached only when the layer's build (or reuse) did not raise
+            with self._guard:
+                self._built.add(tag)
+
+
+@dataclass
+class _Task:
+    image: str
+    target: str
+    plan: ImagePlan
+    previous: BuildRecord | None
+    run: ImageRun = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run = ImageRun(self.image, self.target)
+
+
+@dataclass
+class _Context:
+    loaded: LoadedSpec
+    store: Store
+    reporter: Reporter
+    promote: str | None
+    rehearse: bool
+    started: datetime
+    locks: LayerLocks
+    engine: Any = None
+    builder: Callable[..., Any] | None = None
+
+
+def verified_builds(loaded: LoadedSpec, store: Store, *, rehearsal: bool = False) -> list[BuildRecord]:
+    """The store's signed, verified, not revoked builds, oldest first (rehearsal ones only when asked)."""
+    try:
+        trust = resolve_trust(loaded)
+    except SignatureError:
+        return []
+    try:
+        entries = Ledger(store, trust).entries(with_channels=False)
+    except (StoreError, SignatureError):
+        return []
+    out = []
+    for e in entries:
+        b = e.build
+        if b is None or e.revoked or not b.passed or (b.rehearsal and not rehearsal):
+            continue
+        out.append(b)
+    return out
+
+
+def _lookup(builds: list[BuildRecord]) -> Callable[[str, str, str, str], str | None]:
+    index: dict[tuple[str, str], str] = {}
+    for b in builds:
+        for _, h in b.layers:
+            index[(b.target, h)] = b.id  # newest wins
+
+    def lookup(_image: str, target: str, _layer: str, digest: str) -> str | None:
+        hit = index.get((target, digest))
+        return f"verified build {hit}" if hit else None
+
+    return lookup
+
+
+def run_nightly(
+    path: Path | str | None,
+    *,
+    target: str = "all",
+    jobs: int = 1,
+    promote: str | None = None,
+    report_dir: Path | None = None,
+    rehearse: bool = False,
+    reporter: Reporter = silent,
+    clock: Clock = utc_now,
+    docker_resolver: DockerResolver | None = None,
+    ami_resolver: AmiResolver | None = None,
+    engine: Any = None,
+    builder: Callable[..., Any] | None = None,
+) -> NightlyResult:
+    """Plan, build what is stale, verify, record, gate, promote and gc every image and target of a spec."""
+    from imagekit.api.manifest import _check_channel
+    from imagekit.api.spec import validate
+
+    if target not in ("docker", "ami", "all"):
+        raise UsageError(f"--target must be docker, ami or all, not {target!r}")
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if promote:
+        _check_channel(promote)
+    loaded = validate(path)
+    store = spec_store(loaded)
+    started = clock()
+    result = NightlyResult(spec=str(loaded.path), started=_iso(started))
+    with store_lock(store.url, reporter=reporter, what=f"imagekit nightly {loaded.path}"):
+        # the default key is created on first use: do it once here, not from several threads at once
+        from imagekit.manifest.keys import load_signer
+
+        _signer, created = load_signer(loaded.spec.signing.key, base=loaded.root)
+        if created:
+            reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
+        builds = verified_builds(loaded, store, rehearsal=rehearse)
+        if docker_resolver is None and target in ("docker", "all"):
+            from imagekit.nightly.staleness import EngineResolver
+
+            docker_resolver = EngineResolver(getattr(engine, "client", None))
+        if ami_resolver is None and target in ("ami", "all") and not rehearse:
+            from imagekit.nightly.staleness import Ec2Resolver
+
+            ami_resolver = Ec2Resolver()
+        checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter)
+        plans = plan(loaded, target=target, lookup=_lookup(builds), stale_check=checker)
+        if not plans:
+            raise UsageError(f"no image in {loaded.file} builds for target {target}")
+        # the wall clock, not `clock`: it finds the manifests this run's builds write
+        ctx = _Context(loaded, store, reporter, promote, rehearse, datetime.now(timezone.utc), LayerLocks(), engine,
+                       builder)  # fmt: skip
+        tasks = []
+        for p in plans:
+            previous = next((b for b in reversed(builds) if b.image == p.name and b.target == p.target), None)
+            task = _Task(p.name, p.target, p, previous)
+            tasks.append(task)
+            stale = [lp for lp in p.layers if lp.status == "stale"]
+            if stale:
+                first = stale[0]
+                reporter(Event("info", f"stale from {first.name}: {first.reason}", p.name, first.name, p.target))
+            else:
+                task.run.checks.append(Check("up to date", True, f"all {len(p.layers)} layers cached"))
+                task.run.manifest_id = previous.id if previous else None
+                task.run.size_bytes = previous.size_bytes if previous else None
+                reporter(Event("cached", f"up to date ({p.layers[-1].reason})", p.name, "", p.target))
+        todo = [t for t in tasks if any(lp.status == "stale" for lp in t.plan.layers)]
+        docker_tasks = [t for t in todo if t.target == "docker"]
+        # AMI builds share one EC2 (or one rehearsal moto server and its state folder): they run one after another
+        ami_tasks = [t for t in todo if t.target == "ami"]
+        units: list[Callable[[], None]] = [functools.partial(_run_task, ctx, t) for t in docker_tasks]
+        if ami_tasks:
+            units.append(functools.partial(_run_tasks, ctx, ami_tasks))
+        if jobs == 1 or len(units) <= 1:
+            for unit in units:
+                unit()
+        else:
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly") as pool:
+                for fut in [pool.submit(unit) for unit in units]:
+                    fut.result()
+        result.runs = [t.run for t in tasks]
+        result.gc = _gc(loaded, tasks, rehearse=rehearse, reporter=reporter)
+    result.finished = _iso(clock())
+    if report_dir is not None:
+        write_reports(result, Path(report_dir))
+    return result
+
+
+def _run_tasks(ctx: _Context, tasks: list[_Task]) -> None:
+    for task in tasks:
+        _run_task(ctx, task)
+
+
+def _run_task(ctx: _Context, task: _Task) -> None:
+    """Build, verify, record, gate and promote one image for one target; every failure lands in its checks."""
+    run, plan_ = task.run, task.plan
+    reasons = {lp.name: lp.reason for lp in plan_.layers}
+    forced = {lp.name for lp in plan_.layers if lp.reason.startswith(FORCING)}
+    holder: dict[str, Any] = {}
+    t0 = time.monotonic()
+    verify_failed: VerifyFailed | None = None
+    res: Any = None
+    try:
+        res = _build(ctx, task, forced, holder)
+    except VerifyFailed as exc:
+        verify_failed = exc
+        res = holder.get("res")
+    except BuildFailed as exc:
+        res = holder.get("res")
+        where = f"layer {exc.layer}: " if exc.layer else ""
+        msg = f"{where}{exc}" + (f" (log: {exc.log_path})" if exc.log_path else "")
+        if exc.log_tail:
+            msg += "\n" + "\n".join(exc.log_tail[-10:])
+        run.checks.append(Check("build", False, msg, round(time.monotonic() - t0, 1)))
+        run.status, run.error = "failed", str(exc)
+        return
+    except ImagekitError as exc:
+        run.checks.append(Check("build", False, "\n".join(exc.lines()), round(time.monotonic() - t0, 1)))
+        run.status, run.error = "failed", str(exc)
+        return
+    build_s = round(time.monotonic() - t0, 1)
+    if res is not None:
+        run.built = [
+            Rebuilt(task.image, task.target, lr.name, reasons.get(lr.name) or lr.reason)
+            for lr in res.layers
+            if lr.status == "built"
+        ]
+        run.size_bytes = res.size or None
+    run.previous_id = task.previous.id if task.previous else None
+    run.previous_size_bytes = task.previous.size_bytes if task.previous else None
+    built_names = ", ".join(b.layer for b in run.built) or "nothing (every layer was already built)"
+    run.checks.append(Check("build", res is not None, f"built {built_names}", build_s))
+    report_path = (verify_failed.report_path if verify_failed else (res.verify_report if res else "")) or ""
+    report = _read_json(report_path)
+    if report:
+        run.verification = _figures(report)
+    if verify_failed is not None:
+        run.checks.append(Check("verify", False, "; ".join(verify_failed.failures) or str(verify_failed)))
+    elif res is not None and res.verify_report:
+        run.checks.append(Check("verify", True, f"report {res.verify_report}"))
+    else:
+        run.checks.append(Check("verify", False, "no verification report: the build was not verified"))
+    mid = _manifest_of(ctx, task, res, report_path, verify_failed)
+    run.manifest_id = mid
+    new_build = _load_build(ctx, mid) if mid else None
+    if new_build is not None and task.previous is not None:
+        from imagekit.api.manifest import diff_builds
+
+        with contextlib.suppress(ImagekitError, ValueError):
+            run.diff = {k: v for k, v in diff_builds(task.previous, new_build).items() if k not in ("old", "new")}
+    if task.target == "docker" and res is not None and verify_failed is None:
+        _gate(ctx, task, res, report)
+    if any(not c.passed for c in run.checks):
+        run.status = "failed"
+        ctx.reporter(Event("fail", "failed; no channel moves", task.image, "", task.target))
+        return
+    run.status = "ok"
+    if mid is None:
+        run.checks.append(Check("record", False, "the build left no manifest in the store"))
+        run.status = "failed"
+        return
+    for channel in [NIGHTLY_CHANNEL, *([ctx.promote] if ctx.promote and ctx.promote != NIGHTLY_CHANNEL else [])]:
+        _promote(ctx, task, mid, channel)
+    if any(not c.passed for c in run.checks):
+        run.status = "failed"
+
+
+def _build(ctx: _Context, task: _Task, forced: set[str], holder: dict[str, Any]) -> Any:
+    from imagekit.api.build import build
+
+    builder = ctx.builder or build
+    if task.target == "docker":
+        kwargs: dict[str, Any] = {
+            "force_layers": forced,
+            "layer_lock": ctx.locks,
+            "on_built": lambda r: holder.__setitem__("res", r),
+        }
+        if ctx.engine is not None:
+            kwargs["engine"] = ctx.engine
+        out = builder(ctx.loaded.path, "docker", images=[task.image], reporter=ctx.reporter, **kwargs)
+    else:
+        # the AMI builder has no per-layer force: a refresh or drift rebuilds the image's whole chain
+        out = builder(
+            ctx.loaded.path, "ami", images=[task.image], force=bool(forced), reporter=ctx.reporter,
+            rehearse=ctx.rehearse,
+        )  # fmt: skip
+    res = out.images[0]
+    holder["res"] = res
+    return res
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The verification figures worth a line in report.md."""
+    out: dict[str, Any] = {"seconds": report.get("seconds"), "gpu_visible": report.get("gpu_visible")}
+    health = report.get("health") or {}
+    if health:
+        out["health_ready_s"] = health.get("seconds", health.get("elapsed"))
+    smoke = report.get("smoke") or {}
+    if smoke:
+        out["smoke_status"] = smoke.get("status")
+        out["smoke_latency_ms"] = smoke.get("latency_ms")
+        out["smoke_bytes"] = smoke.get("bytes")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _manifest_of(
+    ctx: _Context, task: _Task, res: Any, report_path: str, verify_failed: VerifyFailed | None
+) -> str | None:
+    """The manifest this build recorded: from the result, else found in the store, else recorded here."""
+    mid = getattr(res, "manifest_id", None) if res is not None else None
+    if mid:
+        return str(mid)
+    leaf = task.plan.layers[-1].hash
+    since = _iso(ctx.started)
+    trust = resolve_trust(ctx.loaded)
+    for e in reversed(Ledger(ctx.store, trust).entries(task.image, with_channels=False)):
+        b = e.build
+        if b is not None and b.target == task.target and b.leaf_hash == leaf and b.created >= since:
+            return b.id
+    if res is None or task.target != "docker" or not res.image_id:
+        return None
+    # this build() does not record (an older imagekit/api/build.py): record it here, failed or not
+    from imagekit.manifest.record import record_build
+
+    digest = res.repo_digest or res.image_id
+    rec = record_build(
+        ctx.loaded, task.image, task.target, [(lr.name, lr.hash) for lr in res.layers],
+        started=res.started or since, finished=res.finished or _iso(datetime.now(timezone.utc)),
+        image_ref=res.ref, image_digest=digest, base=res.base.ref if res.base else None,
+        report=Path(report_path) if report_path else None,
+        failure="; ".join(verify_failed.failures) if verify_failed else None,
+        size_bytes=res.size or None, store=ctx.store, reporter=ctx.reporter,
+    )  # fmt: skip
+    return rec.id
+
+
+def _load_build(ctx: _Context, mid: str) -> BuildRecord | None:
+    try:
+        return Ledger(ctx.store, resolve_trust(ctx.loaded)).build(mid).build
+    except (StoreError, SignatureError):
+        return None
+
+
+def _gate(ctx: _Context, task: _Task, res: Any, report: dict[str, Any] | None) -> None:
+    """The size budget of a docker image and its layers; a breach revokes the build so it is checked again."""
+    from imagekit.api.build import layer_tag
+
+    if ctx.engine is not None:
+        client = ctx.engine.client
+    else:
+        from imagekit.runners.docker import DockerEngine
+
+        client = DockerEngine().client
+    sizes = EngineSizes(client)
+    tags = [(lr.name, lr.hash, lr.tag) for lr in res.layers]
+    prev = task.previous
+    prev_tags = {n: (h, layer_tag(ctx.loaded, n, h)) for n, h in (prev.layers if prev else [])}
+    per_layer = layer_sizes(sizes, tags, prev_tags)
+    prev_report = None
+    if prev is not None:
+        with contextlib.suppress(ImagekitError, ValueError):
+            prev_report = prev.report()
+    outcome = check_budget(
+        ctx.loaded, task.image, size=res.size or None, previous_size=prev.size_bytes if prev else None,
+        layers=per_layer, layer_tags={lr.name: lr.tag for lr in res.layers}, sizes=sizes,
+        reports=(prev_report, report),
+    )  # fmt: skip
+    if not outcome.checked:
+        return
+    task.run.checks.append(Check("size budget", outcome.passed, outcome.message))
+    if outcome.passed or not task.run.manifest_id:
+        return
+    # the build is recorded as verified; revoke it from the blamed layer on, so the next run does not take it
+    # as cached (and unchecked) and no channel can be pointed at it
+    from imagekit.api.manifest import revoke
+
+    try:
+        out = revoke(
+            ctx.loaded.path, task.run.manifest_id, reason=f"size budget: {outcome.message[:300]}",
+            layer=outcome.blamed, who="imagekit nightly",
+        )  # fmt: skip
+        ctx.reporter(Event("warn", f"revoked {out['manifest']} from layer {out['layer']} (over budget)", task.image))
+    except ImagekitError as exc:
+        ctx.reporter(Event("warn", f"could not revoke the over-budget build: {exc}", task.image))
+
+
+def _promote(ctx: _Context, task: _Task, mid: str, channel: str) -> None:
+    from imagekit.api.manifest import promote
+
+    try:
+        promote(
+            ctx.loaded.path, task.image, mid, channel, why="imagekit nightly", who="imagekit nightly",
+            allow_rehearsal=ctx.rehearse,
+        )  # fmt: skip
+    except ImagekitError as exc:
+        task.run.checks.append(Check(f"promote {channel}", False, str(exc)))
+        return
+    task.run.channels.append(channel)
+    task.run.checks.append(Check(f"promote {channel}", True, f"{channel} -> {mid}"))
+    ctx.reporter(Event("done", f"{channel} -> {mid}", task.image, "", task.target))
+
+
+def _gc(loaded: LoadedSpec, tasks: list[_Task], *, rehearse: bool, reporter: Reporter) -> list[dict[str, Any]]:
+    """Retention after the builds: AMIs through the AMI gc; docker layer tags are left in the engine."""
+    out: list[dict[str, Any]] = []
+    for name, image in loaded.spec.images.items():
+        keep = image.keep or loaded.spec.retention.keep
+        targets = {t.target for t in tasks if t.image == name}
+        if "ami" in targets:
+            try:
+                from imagekit.api.ami import gc
+            except ImportError:
+                out.append({"image": name, "target": "ami", "keep": keep, "note": "AMI gc is not installed"})
+            else:
+                try:
+                    res = gc(loaded.path, keep=keep, image=name, rehearse=rehearse, reporter=reporter)
+                    out.append({"image": name, "target": "ami", "keep": keep,
+                                "removed": [d.name for d in res.removed], "record": res.record})  # fmt: skip
+                except ImagekitError as exc:
+                    out.append({"image": name, "target": "ami", "keep": keep, "error": str(exc)})
+        if "docker" in targets:
+            out.append({
+                "image": name, "target": "docker", "keep": keep, "removed": [],
+                "note": "docker: nothing removed; layer tags stay in the local engine (pruned by hand)",
+            })  # fmt: skip
+    return out
