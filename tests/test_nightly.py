@@ -1,0 +1,247 @@
+"""The nightly job on the real Docker Engine with a tiny two-image spec on the shared bootstrapped Debian base.
+
+Layers are a few bytes each (no torch), so every nightly run here takes seconds on the shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import DOCKER, REPO, require_docker
+
+from imagekit.api.nightly import nightly
+from imagekit.locking import lock_path
+from imagekit.manifest.channels import channel_log
+from imagekit.manifest.ledger import spec_store
+from imagekit.nightly.report import NightlyResult
+from imagekit.plan import plan_image
+from imagekit.spec import load_spec
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+# The root layer must be named `base` with this bootstrap definition: its debootstrapped image
+# (imagekit-base-base:<hash>) is then the one the CPU example and the docker tests already made.
+SPEC = """\
+version: 1
+name: {name}
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+    cuda: "none"
+    refresh: {{every_days: 7}}
+    run: ["echo {name} > /etc/imagekit-nightly-test"]
+  app1:
+    parent: base
+    copy: [{{src: app1/, dest: /opt/app1}}]
+    run: [{app1_run}]
+  app2:
+    parent: base
+    copy: [{{src: app2/, dest: /opt/app2}}]
+images:
+  one: {{leaf: app1, repository: imagekit-test/{name}-one}}
+  two:
+    leaf: app2
+    repository: imagekit-test/{name}-two
+{two_extra}
+verify: {{gpu: optional}}
+"""
+
+
+def write_spec(folder: Path, name: str, *, two_extra: str = "", app1_run: str = "'true'") -> Path:
+    """The test spec with two images sharing the `base` layer."""
+    for app in ("app1", "app2"):
+        (folder / app).mkdir(parents=True, exist_ok=True)
+        (folder / app / "hello.txt").write_text(f"{app}\n")
+    spec = folder / "imagekit.yaml"
+    spec.write_text(SPEC.format(name=name, two_extra=two_extra, app1_run=app1_run))
+    return spec
+
+
+@pytest.fixture
+def spec_name() -> Iterator[str]:
+    """A unique spec name; every image tagged with it is removed afterwards (only ours)."""
+    require_docker()
+    name = f"ikn-{uuid.uuid4().hex[:8]}"
+    yield name
+    out = subprocess.run(
+        [DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    mine = [ref for ref in out if name in ref]
+    if mine:
+        subprocess.run([DOCKER, "rmi", "-f", *mine], capture_output=True, check=False)
+
+
+def built(result: NightlyResult) -> list[tuple[str, str]]:
+    """(image, layer) rebuilt by a run."""
+    return sorted((b.image, b.layer) for b in result.built())
+
+
+def channel_records(spec: Path, image: str, channel: str = "nightly") -> int:
+    """How many records the channel's log holds."""
+    store = spec_store(load_spec(spec))
+    return len(store.read_log(channel_log(image, channel)))
+
+
+def test_second_run_builds_nothing_and_moves_nothing(tmp_path: Path, spec_name: str) -> None:
+    spec = write_spec(tmp_path, spec_name)
+    first = nightly(spec, target="docker", jobs=2, report_dir=tmp_path / "r1")
+    assert not first.failed, first.runs
+    # the shared base layer is built once for both images
+    assert built(first) == [("one", "app1"), ("two", "app2"), ("two", "base")] or built(first) == [
+        ("one", "app1"),
+        ("one", "base"),
+        ("two", "app2"),
+    ]
+    assert all(r.channels == ["nightly"] for r in first.runs)
+    records = {img: channel_records(spec, img) for img in ("one", "two")}
+    assert records == {"one": 1, "two": 1}
+
+    second = nightly(spec, target="docker", jobs=2, report_dir=tmp_path / "r2")
+    assert not second.failed
+    assert built(second) == []
+    assert all(r.status == "unchanged" and r.channels == [] for r in second.runs)
+    assert {img: channel_records(spec, img) for img in ("one", "two")} == records
+    doc = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert doc["built"] == [] and doc["ok"] is True
+    assert "nothing" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_refresh_due_rebuilds_the_base_and_everything_on_it(tmp_path: Path, spec_name: str) -> None:
+    spec = write_spec(tmp_path, spec_name)
+    first = nightly(spec, target="docker", jobs=2)
+    assert not first.failed
+    base_tag = f"imagekit/{spec_name}-base:{_hash16(spec, 'base')}"
+    base_id = _image_id(base_tag)
+
+    # six days later nothing is due; eight days later the base's weekly refresh is
+    later = datetime.now(timezone.utc) + timedelta(days=6)
+    assert built(nightly(spec, target="docker", clock=lambda: later)) == []
+    much_later = datetime.now(timezone.utc) + timedelta(days=8)
+    refreshed = nightly(spec, target="docker", jobs=2, clock=lambda: much_later, report_dir=tmp_path / "r")
+    assert not refreshed.failed, refreshed.runs
+    layers = built(refreshed)
+    assert layers.count(("one", "base")) + layers.count(("two", "base")) == 1  # built once, shared
+    assert ("one", "app1") in layers and ("two", "app2") in layers
+    reasons = {(b.image, b.layer): b.reason for b in refreshed.built()}
+    assert any(r.startswith("refresh due") for (_, layer), r in reasons.items() if layer == "base")
+    assert all(r.channels == ["nightly"] for r in refreshed.runs)
+    # the layer really was rebuilt (no BuildKit cache): a new image under the same hash tag
+    assert _image_id(base_tag) != base_id
+    # the refreshed build is new: the day after, nothing is due
+    tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+    assert built(nightly(spec, target="docker", clock=lambda: tomorrow)) == []
+
+
+def _hash16(spec: Path, layer: str) -> str:
+    p = plan_image(load_spec(spec), "one", "docker")
+    return next(lp.hash[:16] for lp in p.layers if lp.name == layer)
+
+
+def _image_id(ref: str) -> str:
+    res = subprocess.run(
+        [DOCKER, "image", "inspect", "-f", "{{.Id}}", ref], check=False, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "imagekit", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or dict(os.environ),
+    )
+
+
+def test_one_image_failing_verification_lets_the_other_finish(tmp_path: Path, spec_name: str) -> None:
+    # image two demands a GPU this machine does not have: its verification fails
+    spec = write_spec(tmp_path, spec_name, two_extra="    verify: {gpu: required}")
+    report = tmp_path / "report"
+    proc = _cli("nightly", "-f", str(spec), "--target", "docker", "--promote", "canary", "--report", str(report))
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr
+    assert "# imagekit nightly — FAILED" in stdout  # the Markdown summary at the end of a terminal run
+    doc = json.loads((report / "report.json").read_text())
+    runs = {r["image"]: r for r in doc["runs"]}
+    assert runs["one"]["failed"] is False and runs["one"]["channels"] == ["nightly", "canary"]
+    assert runs["two"]["failed"] is True and runs["two"]["channels"] == []
+    assert channel_records(spec, "one", "canary") == 1
+    assert channel_records(spec, "two") == 0 and channel_records(spec, "two", "canary") == 0
+    failed_checks = [(r["image"], c["name"]) for r in doc["runs"] for c in r["checks"] if not c["passed"]]
+    assert ("two", "verify") in failed_checks
+
+    # the JUnit XML parses and has exactly one <failure> per failed check
+    root = ET.parse(report / "junit.xml").getroot()
+    cases = root.findall(".//testcase")
+    assert len(cases) == sum(len(r["checks"]) for r in doc["runs"])
+    failures = [(c.get("classname"), c.get("name")) for c in cases if c.find("failure") is not None]
+    assert sorted(failures) == sorted((f"{img}.docker", name) for img, name in failed_checks)
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("failures") == str(len(failed_checks))
+
+
+def test_size_budget_breach_fails_the_gate_and_names_the_layer(tmp_path: Path, spec_name: str) -> None:
+    spec = write_spec(tmp_path, spec_name, two_extra="    budget: {max_growth_pct: 10}")
+    first = nightly(spec, target="docker")
+    assert not first.failed
+    nightly_before = channel_records(spec, "two")
+    # app2 grows by 24 MB (incompressible), far past 10% of a ~170 MB image
+    (tmp_path / "app2" / "blob.bin").write_bytes(os.urandom(24 << 20))
+    second = nightly(spec, target="docker", report_dir=tmp_path / "r")
+    two = next(r for r in second.runs if r.image == "two")
+    one = next(r for r in second.runs if r.image == "one")
+    assert two.failed and not one.failed
+    gate = next(c for c in two.checks if c.name == "size budget")
+    assert not gate.passed
+    assert "grew most in layer app2" in gate.message and "max_growth_pct 10%" in gate.message
+    assert "COPY" in gate.message or "blob" in gate.message  # the biggest step of that layer is named
+    assert two.channels == [] and channel_records(spec, "two") == nightly_before
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "size budget" in md and "app2" in md
+    # the over-budget build does not count as cached: the next run checks it again and fails again
+    third = nightly(spec, target="docker")
+    assert next(r for r in third.runs if r.image == "two").failed
+
+
+def test_concurrent_runs_wait_for_the_lock_and_build_each_layer_once(tmp_path: Path, spec_name: str) -> None:
+    # app1 sleeps while it builds, so the first run surely holds the lock when the second starts
+    spec = write_spec(tmp_path, spec_name, app1_run="'sleep 3'")
+    lock = lock_path(spec_store(load_spec(spec)).url)
+    a = _cli("nightly", "-f", str(spec), "--target", "docker", "--report", str(tmp_path / "a"))
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.stat().st_size > 0):
+        assert a.poll() is None, a.communicate()
+        assert time.monotonic() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    b = _cli("nightly", "-f", str(spec), "--target", "docker", "--report", str(tmp_path / "b"))
+    _out_a, err_a = a.communicate(timeout=600)
+    _out_b, err_b = b.communicate(timeout=600)
+    assert a.returncode == 0, err_a
+    assert b.returncode == 0, err_b
+    assert "waiting for imagekit nightly" in err_b and f"pid {a.pid}" in err_b
+    built_a = [(x["image"], x["layer"]) for x in json.loads((tmp_path / "a" / "report.json").read_text())["built"]]
+    built_b = [(x["image"], x["layer"]) for x in json.loads((tmp_path / "b" / "report.json").read_text())["built"]]
+    assert len(built_a) == 3 and built_b == []
+    assert len(set(built_a + built_b)) == len(built_a + built_b)
+    # the store is intact: every manifest verifies, one per image, each channel moved once
+    listing = subprocess.run(
+        [sys.executable, "-m", "imagekit", "manifest", "list", "-f", str(spec), "--json"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    manifests = json.loads(listing.stdout)
+    assert sorted(m["image"] for m in manifests) == ["one", "two"]
+    assert all(m["signature"] == "ok" and m["verified"] for m in manifests)
+    assert channel_records(spec, "one") == 1 and channel_records(spec, "two") == 1
