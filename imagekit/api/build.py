@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +19,7 @@ from imagekit.fetch import fetch_model, stage
 from imagekit.fsutil import atomic_write
 from imagekit.paths import log_dir
 from imagekit.plan import LayerPlan, plan_image
+from imagekit.render.dockerfile import parent_arg
 from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
 
@@ -29,6 +30,8 @@ SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
 WHEELHOUSE_DIR = ".imagekit/wheelhouse"
 MODELS_DIR = ".imagekit/models"
 LOG_TAIL = 25
+# tag -> a context held around building that layer; it yields True when another build already made the tag
+LayerLock = Callable[[str], contextlib.AbstractContextManager[bool]]
 
 
 @dataclass
@@ -110,6 +113,9 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     verify: bool = True,
     engine: DockerEngine | None = None,
     rehearse: bool = False,
+    force_layers: Collection[str] = (),
+    layer_lock: LayerLock | None = None,
+    on_built: Callable[[ImageResult], None] | None = None,
 ) -> BuildResult:
     """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
     from imagekit.api.spec import validate
@@ -137,8 +143,14 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     engine = engine or DockerEngine()
     out = BuildResult(spec=str(loaded.path), target=target)
     for name in selected:
-        res = build_docker_image(loaded, name, engine=engine, force=force, push=push, reporter=reporter)
+        res = build_docker_image(
+            loaded, name, engine=engine, force=force, push=push, reporter=reporter,
+            force_layers=force_layers, layer_lock=layer_lock,
+        )  # fmt: skip
         out.images.append(res)
+        if on_built is not None:
+            # nightly needs what was built even when the verification after it raises
+            on_built(res)
         if verify:
             res.verify_report = _verify(loaded, res, reporter)
     return out
@@ -181,9 +193,13 @@ def layer_tag(loaded: LoadedSpec, layer: str, digest: str) -> str:
     return f"{layer_repository(loaded, layer)}:{digest[:16]}"
 
 
-def parent_arg(layer: str) -> str:
-    """The build arg that points a child stage at its parent layer's tagged image."""
-    return "IMAGEKIT_PARENT_" + "".join(c if c.isalnum() else "_" for c in layer.upper())
+def _parent_args(loaded: LoadedSpec, image: str, tags: dict[str, str]) -> dict[str, str]:
+    # every child whose parent is already tagged starts from that image, never from the parent's stage
+    return {
+        parent_arg(name): tags[layer.parent]
+        for name, layer in loaded.chain(image)
+        if layer.parent is not None and layer.parent in tags
+    }
 
 
 def _now() -> str:
@@ -198,8 +214,15 @@ def build_docker_image(
     force: bool = False,
     push: str | None = None,
     reporter: Reporter = silent,
+    force_layers: Collection[str] = (),
+    layer_lock: LayerLock | None = None,
 ) -> ImageResult:
-    """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image."""
+    """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image.
+
+    force_layers: layers rebuilt without the BuildKit cache even when their tag exists (nightly refresh, upstream
+    drift). layer_lock(tag): held around each layer build; it yields True when another build of this run already
+    made that tag, which is then reused, so concurrent images build a shared parent layer once.
+    """
     t0 = time.monotonic()
     res = ImageResult(image=image, target="docker", started=_now())
     log_path = log_dir() / f"build-{loaded.spec.name}-{image}-docker-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -209,7 +232,9 @@ def build_docker_image(
 
     def lookup(_img: str, _tgt: str, layer: str, digest: str) -> str | None:
         tag = layer_tag(loaded, layer, digest)
-        return None if force or not engine.exists(tag) else f"image {tag} exists"
+        if force or layer in force_layers:
+            return None
+        return f"image {tag} exists" if engine.exists(tag) else None
 
     plan = plan_image(loaded, image, "docker", lookup=lookup)
     root = loaded.root
@@ -230,13 +255,21 @@ def build_docker_image(
                 reporter(Event("cached", f"{tag} ({lp.reason})", image, lp.name, "docker"))
                 res.layers.append(LayerResult(lp.name, lp.hash, tag, "reused", 0.0, info.id if info else "", lp.reason))
             else:
-                res.layers.append(
-                    _build_layer(
-                        loaded, image, lp, tag, engine=engine, dockerfile=dockerfile, context=root,
-                        build_args={**build_args, **{parent_arg(p): t for p, t in tags.items()}},
-                        secrets=secrets, force=force, log=log, log_path=log_path, reporter=reporter,
-                    )
-                )  # fmt: skip
+                with layer_lock(tag) if layer_lock else contextlib.nullcontext(False) as built_elsewhere:
+                    info = engine.inspect(tag) if built_elsewhere else None
+                    if info is not None:
+                        why = "built by another image of this run"
+                        reporter(Event("cached", f"{tag} ({why})", image, lp.name, "docker"))
+                        res.layers.append(LayerResult(lp.name, lp.hash, tag, "reused", 0.0, info.id, why))
+                    else:
+                        res.layers.append(
+                            _build_layer(
+                                loaded, image, lp, tag, engine=engine, dockerfile=dockerfile, context=root,
+                                build_args={**build_args, **_parent_args(loaded, image, tags)},
+                                secrets=secrets, force=force or lp.name in force_layers, log=log,
+                                log_path=log_path, reporter=reporter,
+                            )
+                        )  # fmt: skip
             tags[lp.name] = tag
         leaf = res.layers[-1]
         repo = loaded.spec.images[image].repository or image
@@ -345,8 +378,9 @@ def _ensure_base(
         digest = next((d for d in info.repo_digests if d.split("@", 1)[0] == repo), "")
         if not digest and info.repo_digests:
             digest = info.repo_digests[0]
-        # build from the exact image that was resolved, so the record and the build agree
-        ref = digest or info.id
+        # build from the exact image that was resolved (repo@sha256:...), so the record and the build agree; a
+        # local-only image has no repo digest, and BuildKit cannot start FROM a bare image id, so its ref is kept
+        ref = digest or src.docker
         return BaseResult("docker", ref, info.id, digest.split("@", 1)[1] if "@" in digest else info.id)
     raise SpecError(
         [
@@ -363,8 +397,8 @@ def _ensure_base(
 
 def _render(loaded: LoadedSpec, image: str, wheelhouse: str | None) -> Path:
     """Render the Dockerfile and provisioning scripts into <spec>/.imagekit/render (written only when changed)."""
-    from imagekit.render.dockerfile import render_dockerfile  # type: ignore[import-not-found,unused-ignore]
-    from imagekit.render.scripts import render_scripts  # type: ignore[import-not-found,unused-ignore]
+    from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
+    from imagekit.render.scripts import render_scripts
 
     out = loaded.root / RENDER_DIR
     for layer, text in sorted(render_scripts(loaded, image, "docker").items()):
@@ -372,6 +406,8 @@ def _render(loaded: LoadedSpec, image: str, wheelhouse: str | None) -> Path:
     dockerfile = out / f"{image}.Dockerfile"
     text = render_dockerfile(loaded, image, src_prefix="", scripts_prefix=SCRIPTS_PREFIX, wheelhouse=wheelhouse)
     _write_if_changed(dockerfile, text, 0o644)
+    # BuildKit reads <Dockerfile>.dockerignore next to the Dockerfile: byte-code caches stay out of the image
+    _write_if_changed(out / f"{image}.Dockerfile.dockerignore", render_dockerignore(), 0o644)
     return dockerfile
 
 

@@ -1,0 +1,303 @@
+"""The docker target on a real Docker Engine: reuse by layer hash, app-only rebuilds, no secrets in layers, push.
+
+One small spec (sharing the bootstrapped Debian base with the CPU example) is built once per session and the
+tests look at that build and cheap follow-ups, because the machine's cores are shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, require_docker, require_tool
+
+from imagekit.api.build import BuildResult, build, layer_tag
+from imagekit.errors import BuildFailed
+from imagekit.runners.docker import DockerEngine
+from imagekit.spec import load_spec
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+WEIGHTS = bytes(range(256)) * 64
+
+SPEC = """\
+version: 1
+name: {name}
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+  runtime:
+    parent: base
+    # pip reaches the package index only through the CA bundle given as the BuildKit secret `ca` (on this
+    # machine HTTPS goes through an intercepting proxy), so a built runtime layer shows the secret was there
+    pip: ["six==1.17.0"]
+    run: ["echo runtime-ok > /etc/imagekit-test-runtime"]
+  app:
+    parent: runtime
+    copy: [{{src: src/, dest: /opt/app/src}}]
+    models:
+      - {{src: models/w.bin, dest: /opt/models/w.bin, sha256: "{sha}"}}
+    user: app
+    workdir: /opt/app
+    command: ["python3", "-c", "print('hello')"]
+images:
+  tiny:
+    leaf: app
+    repository: imagekit-test/{name}
+build:
+  ca_bundle: ca.pem
+"""
+
+
+@dataclass
+class Built:
+    """The session's spec and its first two builds."""
+
+    spec: Path
+    name: str
+    marker: str
+    cold: BuildResult
+    warm: BuildResult
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_docker(), *args], capture_output=True, text=True, check=check, timeout=300)
+
+
+def _write_spec(folder: Path, name: str, marker: str, *, extra_run: str = "") -> Path:
+    (folder / "src").mkdir(parents=True, exist_ok=True)
+    (folder / "src" / "main.py").write_text("print('v1')\n")
+    (folder / "models").mkdir(exist_ok=True)
+    (folder / "models" / "w.bin").write_bytes(WEIGHTS)
+    ca = HOST_CA.read_text() if HOST_CA.is_file() else ""
+    ca_text = ca + f"\n# {marker}\n"
+    (folder / "ca.pem").write_text(ca_text)
+    text = SPEC.format(name=name, sha=hashlib.sha256(WEIGHTS).hexdigest())
+    if extra_run:
+        text = text.replace('run: ["echo runtime-ok', f'run: ["{extra_run}", "echo runtime-ok')
+    path = folder / "imagekit.yaml"
+    path.write_text(text)
+    return path
+
+
+def _remove_images(name: str) -> None:
+    # only the images this session tagged: its own unique repositories
+    out = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+    mine = [ref for ref in out if f"{name}" in ref.split(":")[0]]
+    if mine:
+        _docker("rmi", *mine, check=False)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    require_docker()
+    if os.geteuid() != 0 and not DockerEngine().exists("imagekit-base-base"):
+        pytest.skip("the bootstrapped base needs root once (debootstrap)")
+    folder = tmp_path_factory.mktemp("tiny")
+    name = f"ikt-{uuid.uuid4().hex[:8]}"
+    marker = f"IMAGEKIT-SECRET-MARKER-{uuid.uuid4().hex}"
+    spec = _write_spec(folder, name, marker)
+    try:
+        cold = build(spec, "docker", verify=False)
+        warm = build(spec, "docker", verify=False)
+        yield Built(spec, name, marker, cold, warm)
+    finally:
+        _remove_images(name)
+
+
+def test_cold_build_builds_every_layer_and_tags_by_hash(built: Built) -> None:
+    res = built.cold.image("tiny")
+    assert [lr.name for lr in res.layers] == ["base", "runtime", "app"]
+    assert [lr.status for lr in res.layers] == ["built", "built", "built"]
+    loaded = load_spec(built.spec)
+    engine = DockerEngine()
+    for lr in res.layers:
+        assert lr.tag == layer_tag(loaded, lr.name, lr.hash) == f"imagekit/{built.name}-{lr.name}:{lr.hash[:16]}"
+        info = engine.inspect(lr.tag)
+        assert info is not None
+        assert info.id == lr.image_id
+        assert info.labels["dev.imagekit.layer.hash"] == lr.hash
+    leaf = res.layers[-1]
+    assert res.ref == f"imagekit-test/{built.name}:{leaf.hash[:16]}"
+    assert res.image_id == leaf.image_id
+    assert engine.inspect(f"imagekit-test/{built.name}:latest").id == leaf.image_id  # type: ignore[union-attr]
+    assert res.base is not None
+    assert res.base.kind == "bootstrap"
+    assert res.base.ref.startswith("imagekit-base-base:")
+    assert Path(res.log_path).is_file()
+    assert "runtime" in Path(res.log_path).read_text()
+    json.dumps(built.cold.to_json())  # JSON-able
+
+
+def test_unchanged_spec_reuses_every_layer(built: Built) -> None:
+    cold, warm = built.cold.image("tiny"), built.warm.image("tiny")
+    assert [lr.status for lr in warm.layers] == ["reused", "reused", "reused"]
+    assert [lr.image_id for lr in warm.layers] == [lr.image_id for lr in cold.layers]
+    assert warm.image_id == cold.image_id
+
+
+def test_changing_app_source_rebuilds_only_the_app_layer(built: Built) -> None:
+    src = built.spec.parent / "src" / "main.py"
+    original = src.read_text()
+    src.write_text("print('v2')\n")
+    try:
+        t0 = time.monotonic()
+        again = build(built.spec, "docker", verify=False).image("tiny")
+        seconds = time.monotonic() - t0
+    finally:
+        src.write_text(original)
+    cold = built.cold.image("tiny")
+    assert [lr.status for lr in again.layers] == ["reused", "reused", "built"]
+    assert again.layers[0].image_id == cold.layers[0].image_id
+    assert again.layers[1].image_id == cold.layers[1].image_id
+    assert again.layers[2].image_id != cold.layers[2].image_id
+    assert again.image_id != cold.image_id
+    out = _docker("run", "--rm", "--entrypoint", "cat", again.ref, "/opt/app/src/main.py").stdout
+    assert out == "print('v2')\n"
+    print(f"app-only rebuild: {seconds:.1f}s")
+
+
+def test_force_rebuilds_every_layer(built: Built) -> None:
+    forced = build(built.spec, "docker", force=True, verify=False).image("tiny")
+    assert [lr.status for lr in forced.layers] == ["built", "built", "built"]
+    assert forced.base is not None
+    assert not forced.base.built  # --force rebuilds layers, not the debootstrapped distribution base
+
+
+def test_final_image_runs_as_non_root_and_models_are_read_only(built: Built) -> None:
+    ref = built.cold.image("tiny").ref
+    uid = _docker("run", "--rm", "--entrypoint", "id", ref, "-u").stdout.strip()
+    assert uid != "0"
+    assert _docker("run", "--rm", "--entrypoint", "id", ref, "-un").stdout.strip() == "app"
+    assert _docker("run", "--rm", "--entrypoint", "test", ref, "-r", "/opt/models/w.bin", check=False).returncode == 0
+    for path in ("/opt/models/w.bin", "/opt/models", "/opt/app/src/main.py"):
+        writable = _docker("run", "--rm", "--entrypoint", "test", ref, "-w", path, check=False)
+        assert writable.returncode == 1, f"{path} is writable by the app user"
+
+
+def test_no_secret_in_any_layer(built: Built, tmp_path: Path) -> None:
+    ref = built.cold.image("tiny").ref
+    saved = tmp_path / "image.tar"
+    _docker("save", "-o", str(saved), ref)
+    marker = built.marker.encode()
+    with tarfile.open(saved) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        layers = [m for m in members if m.name.endswith("layer.tar")]
+        assert len(layers) >= 3
+        for member in members:
+            fh = tar.extractfile(member)
+            assert fh is not None
+            data = fh.read()
+            assert marker not in data, f"the CA bundle's marker is in {member.name}"
+    # and the build did see it (the runtime layer's grep of /run/secrets/ca passed), so the check above means something
+    assert built.cold.image("tiny").layers[1].status == "built"
+
+
+def test_from_docker_records_the_resolved_image(built: Built, tmp_path: Path) -> None:
+    base = built.cold.image("tiny").base
+    assert base is not None
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        f"""\
+version: 1
+name: {built.name}-fromdocker
+layers:
+  base:
+    from: {{docker: "{base.ref}"}}
+    run: ["test -x /usr/bin/python3"]
+images:
+  fromdocker: {{leaf: base}}
+"""
+    )
+    res = build(spec, "docker", verify=False).image("fromdocker")
+    assert res.base is not None
+    assert res.base.kind == "docker"
+    assert res.base.image_id == base.image_id
+    assert res.base.digest  # RepoDigest when pulled from a registry, else the image id
+    assert [lr.status for lr in res.layers] == ["built"]
+
+
+def test_a_broken_run_step_exits_1_naming_the_layer(built: Built, tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path, f"{built.name}-broken", built.marker, extra_run="echo imagekit-broke-here; exit 7")
+    with pytest.raises(BuildFailed) as info:
+        build(spec, "docker", verify=False)
+    err = info.value
+    assert err.exit_code == 1
+    assert err.layer == "runtime"
+    assert any("imagekit-broke-here" in line for line in err.log_tail)
+    assert Path(err.log_path).is_file()
+    # the CLI shows the same: exit 1, the layer, the tail and the log path
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "imagekit"), "build", "-f", str(spec), "--target", "docker", "--no-verify"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "runtime" in proc.stderr
+    assert "imagekit-broke-here" in proc.stderr
+    assert "full log:" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1:<free port>, stopped afterwards."""
+    binary = require_tool("docker-registry")
+    port = _free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("docker-registry did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_push_records_the_repo_digest(built: Built, registry: str) -> None:
+    dest = f"{registry}/imagekit-test/{built.name}"
+    res = build(built.spec, "docker", push=dest, verify=False).image("tiny")
+    assert [lr.status for lr in res.layers] == ["reused", "reused", "reused"]
+    assert res.repo_digest.startswith("sha256:")
+    assert res.pushed == f"{dest}@{res.repo_digest}"
+    tag = res.ref.rsplit(":", 1)[1]
+    req = urllib.request.Request(
+        f"http://{registry}/v2/imagekit-test/{built.name}/manifests/{tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        method="HEAD",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Docker-Content-Digest"] == res.repo_digest
