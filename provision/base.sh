@@ -8,8 +8,6 @@ set -eu
 IMAGEKIT_LAYER=base
 : "${IMAGEKIT_TARGET:?set IMAGEKIT_TARGET to docker or ami}"
 : "${IMAGEKIT_SRC:=/tmp/imagekit/src}"
-VENV=/opt/venv
-PYTHON=python3
 DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
 

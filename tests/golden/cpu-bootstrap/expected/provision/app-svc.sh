@@ -9,7 +9,6 @@ IMAGEKIT_LAYER=app-svc
 : "${IMAGEKIT_TARGET:?set IMAGEKIT_TARGET to docker or ami}"
 : "${IMAGEKIT_SRC:=/tmp/imagekit/src}"
 VENV=/opt/venv
-PYTHON=python3.11
 DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
 
@@ -124,10 +123,9 @@ phase_run() {
     # the layer's own commands see what a RUN step in the image sees: the env so far, the virtualenv, WORKDIR
     if [ -x "$VENV/bin/python" ]; then PATH="$VENV/bin:$PATH"; export PATH; fi
     cd /opt/app
-    APP_HOME=/opt/app
-    export APP_HOME
-    GREETING='say "hi" to $USER'
-    export GREETING
+    export APP_HOME=/opt/app
+    # shellcheck disable=SC2016 # the value is meant literally, as in the image
+    export GREETING='say "hi" to $USER'
     log 'run: python -c '"'"'import pkg'"'"' > /dev/null'
     sh -c 'python -c '"'"'import pkg'"'"' > /dev/null'
     log 'run: echo done > /opt/app/ran.txt'
