@@ -279,10 +279,11 @@ def test_probe_runs_standalone_and_never_crashes(tmp_path: Path) -> None:
         timeout=120,
     )
     doc = json.loads(out.stdout)
-    assert set(doc) == {"probe_version", "os", "python", "torch", "nvidia_smi", "pip", "dpkg", "models"}
+    assert set(doc) == {"probe_version", "os", "python", "user", "torch", "nvidia_smi", "pip", "dpkg", "models"}
     assert doc["models"][str(model)] == {
         "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         "size": 3,
+        "writable": True,
     }
     assert doc["models"][str(tmp_path / "missing")]["error"].startswith("FileNotFoundError")
     assert doc["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
@@ -307,3 +308,30 @@ def test_fixture_is_real_cpu_output(probe: dict[str, Any]) -> None:
     assert doc["torch"]["cuda"] is None
     assert doc["nvidia_smi"]["gpus"] == []
     assert doc["models"]["/opt/models/tts.pt"]["sha256"] == TTS_SHA
+
+
+def test_the_service_user_must_not_be_root(probe: dict[str, Any]) -> None:
+    probe["user"] = {"uid": 0, "gid": 0, "name": "root"}
+    assert compare(probe, load_spec(CPU_SPEC), "tts-cpu") == ["user: expected app, found root (uid 0)"]
+
+
+def test_models_must_not_be_writable_by_the_service_user(probe: dict[str, Any]) -> None:
+    probe["models"]["/opt/models/tts.pt"]["writable"] = True
+    assert compare(probe, load_spec(CPU_SPEC), "tts-cpu") == [
+        "model /opt/models/tts.pt: expected read-only for app, found writable by app (uid 999)"
+    ]
+
+
+def test_ssh_tunnel_command_for_a_remote_engine() -> None:
+    from imagekit.verify.docker_host import DockerHost, ssh_tunnel_argv
+
+    assert ssh_tunnel_argv("ssh://ubuntu@gpu-host:2222", 32768, 40000) == [
+        *("ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-p", "2222"),
+        *("-L", "127.0.0.1:40000:127.0.0.1:32768", "ubuntu@gpu-host"),
+    ]
+    assert ssh_tunnel_argv("ssh://gpu-host", 1, 2)[-1] == "gpu-host"
+    assert DockerHost(client=None, docker_host="").is_local
+    assert DockerHost(client=None, docker_host="unix:///var/run/docker.sock").is_local
+    assert DockerHost(client=None, docker_host="tcp://127.0.0.1:2375").is_local
+    assert not DockerHost(client=None, docker_host="ssh://gpu-host").is_local
+    assert not DockerHost(client=None, docker_host="tcp://10.0.0.5:2376").is_local

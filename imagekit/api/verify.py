@@ -8,11 +8,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
+from imagekit.errors import Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import work_dir
 from imagekit.spec import LoadedSpec, load_spec
-from imagekit.verify.docker_host import DockerHost, client_from_env, smoke, wait_ready
+from imagekit.verify.docker_host import (
+    DockerHost,
+    ProbeFailed,
+    ServiceHandle,
+    client_from_env,
+    engine_errors,
+    smoke,
+    wait_ready,
+)
 from imagekit.verify.report import GPU_HINT, Report, compare, compare_wav, gpu_visible
 
 
@@ -82,24 +90,27 @@ def verify_docker(
         # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
         want_gpu = policy.gpu == "required"
         reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
+        gpu_refused = False
         try:
-            report.probe = host.probe(image_ref, models, gpu=want_gpu)
-        except ImagekitError:
-            raise
-        except Exception as exc:
+            report.probe = host.probe(image_ref, models, gpu=want_gpu, timeout=min(600.0, policy.timeout))
+        except ProbeFailed as exc:
+            report.failures.append(f"probe: {exc}")
+        except engine_errors() as exc:
             # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
-            if not (want_gpu and re.search(r"gpu|device driver", str(exc), re.IGNORECASE)):
-                raise
-            report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
-        else:
+            gpu_refused = want_gpu and bool(re.search(r"gpu|device driver", str(exc), re.IGNORECASE))
+            if gpu_refused:
+                report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
+            else:
+                report.failures.append(f"probe: the engine could not run the probe container: {exc}")
+        if report.probe:
             report.gpu_visible = gpu_visible(report.probe)
             report.failures += compare(report.probe, loaded, name, target="docker")
-            if res.port and policy.health:
-                _serve_checks(
-                    host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter
-                )
-            elif policy.health or policy.smoke:
-                report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
+        if gpu_refused:
+            pass  # the service container would be refused the same way
+        elif res.port and policy.health:
+            _serve_checks(host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter)
+        elif policy.health or policy.smoke:
+            report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
     except KeyboardInterrupt:
         # The containers are already removed by their context managers; leave a report of what was seen.
         report.failures.append("interrupted")
@@ -132,47 +143,57 @@ def _serve_checks(
     health = policy.health
     assert health is not None
     reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
-    with host.service(image_ref, port, gpu=gpu) as svc:
-        report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
-        if not report.health.ready:
-            report.failures.append(
-                f"health: {health.path} did not answer 200 within {health.timeout:g}s "
-                f"(last: {report.health.last_status or 'no answer'} {report.health.last_body[:300]})"
-            )
+    try:
+        with host.service(image_ref, port, gpu=gpu) as svc:
+            _health_and_smoke(svc, loaded, name, report, reporter)
+    except engine_errors() as exc:
+        report.failures.append(f"service: the container did not start: {str(exc).strip()[:500]}")
+
+
+def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report: Report, reporter: Reporter) -> None:
+    policy = loaded.verify_for(name)
+    health = policy.health
+    assert health is not None
+    report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
+    if not report.health.ready:
+        report.failures.append(
+            f"health: {health.path} did not answer 200 within {health.timeout:g}s "
+            f"(last: {report.health.last_status or 'no answer'} {report.health.last_body[:300]})"
+        )
+        return
+    sm = policy.smoke
+    if sm is None:
+        return
+    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+    result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
+    report.smoke = result
+    exp = sm.expect
+    if result.error:
+        report.failures.append(f"smoke {sm.method} {sm.path}: no response: {result.error}")
+        return
+    if result.status != exp.status:
+        snippet = body[:200].decode("utf-8", "replace")
+        report.failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
+    if result.bytes < exp.min_bytes:
+        report.failures.append(
+            f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}"
+        )
+    if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
+        report.failures.append(
+            f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}"
+        )
+    if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
+        report.failures.append(
+            f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms"
+        )
+    if exp.reference and result.status == exp.status:
+        ref_path = loaded.local(exp.reference)
+        try:
+            ref = ref_path.read_bytes()
+        except OSError as exc:
+            report.failures.append(f"smoke reference {exp.reference}: cannot read: {exc.strerror}")
             return
-        sm = policy.smoke
-        if sm is None:
-            return
-        reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
-        result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
-        report.smoke = result
-        exp = sm.expect
-        if result.error:
-            report.failures.append(f"smoke {sm.method} {sm.path}: no response: {result.error}")
-            return
-        if result.status != exp.status:
-            snippet = body[:200].decode("utf-8", "replace")
-            report.failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
-        if result.bytes < exp.min_bytes:
-            report.failures.append(
-                f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}"
-            )
-        if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
-            report.failures.append(
-                f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}"
-            )
-        if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
-            report.failures.append(
-                f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms"
-            )
-        if exp.reference and result.status == exp.status:
-            ref_path = loaded.local(exp.reference)
-            try:
-                ref = ref_path.read_bytes()
-            except OSError as exc:
-                report.failures.append(f"smoke reference {exp.reference}: cannot read: {exc.strerror}")
-                return
-            audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
-            metrics["reference"] = exp.reference
-            result.audio = metrics
-            report.failures += audio_failures
+        audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
+        metrics["reference"] = exp.reference
+        result.audio = metrics
+        report.failures += audio_failures

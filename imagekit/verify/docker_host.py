@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,14 @@ def client_from_env() -> Any:
     return client
 
 
+def engine_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a docker SDK call raises when the engine refuses or cannot be reached."""
+    import docker.errors
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
 def _gpu_requests(gpu: bool) -> list[Any] | None:
     if not gpu:
         return None
@@ -62,18 +73,21 @@ class DockerHost:
     client: Any
     reporter: Reporter = silent
 
+    docker_host: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
+
     @property
     def name(self) -> str:
         """The engine's address as the report shows it."""
-        return str(getattr(getattr(self.client, "api", None), "base_url", "") or "docker")
+        return self.docker_host or str(getattr(getattr(self.client, "api", None), "base_url", "") or "docker")
 
     @property
     def is_local(self) -> bool:
         """True when the engine shares this machine's filesystem and loopback (unix socket or localhost)."""
-        url = self.name
-        return url.startswith(("http+docker://localhost", "http+docker://localunixsocket", "unix:")) or any(
-            h in url for h in ("://localhost", "://127.0.0.1")
-        )
+        url = self.docker_host
+        if not url or url.startswith(("unix://", "npipe://")):
+            return True
+        host = urllib.parse.urlsplit(url).hostname or ""
+        return host in ("localhost", "127.0.0.1", "::1")
 
     def image_id(self, ref: str) -> str:
         """The local image id of `ref`; UsageError when the engine does not have it."""
@@ -118,7 +132,10 @@ class DockerHost:
             labels={f"{LABEL}.role": "probe"},
         ) as container:
             container.start()
-            result = container.wait(timeout=timeout)
+            try:
+                result = container.wait(timeout=timeout)
+            except engine_errors() as exc:
+                raise ProbeFailed(f"the probe did not finish within {timeout:g}s ({type(exc).__name__})") from None
             out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
             err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
         code = int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
@@ -132,17 +149,68 @@ class DockerHost:
 
     @contextlib.contextmanager
     def service(self, ref: str, port: int, *, gpu: bool) -> Iterator[ServiceHandle]:
-        """Start the image's own command with `port` published on 127.0.0.1 at a random port; removed on exit."""
+        """Start the image's own command with `port` published at a random host port; removed on exit.
+
+        Local and ssh:// engines publish on the engine host's 127.0.0.1 (over ssh through a tunnel); a tcp://
+        engine publishes on all its interfaces, since this machine can reach it only by its address.
+        """
+        remote_tcp = not self.is_local and not self.docker_host.startswith("ssh://")
+        bind = "0.0.0.0" if remote_tcp else "127.0.0.1"  # noqa: S104 (see the docstring)
         with self._container(
             image=ref,
-            ports={f"{port}/tcp": ("127.0.0.1", None)},
+            ports={f"{port}/tcp": (bind, None)},
             device_requests=_gpu_requests(gpu),
             labels={f"{LABEL}.role": "service"},
         ) as container:
             container.start()
             started = time.monotonic()
             host_port = _published_port(container, port)
-            yield ServiceHandle(container=container, base_url=f"http://127.0.0.1:{host_port}", started=started)
+            with self._endpoint(host_port) as base_url:
+                yield ServiceHandle(container=container, base_url=base_url, started=started)
+
+    @contextlib.contextmanager
+    def _endpoint(self, host_port: int) -> Iterator[str]:
+        if self.is_local:
+            yield f"http://127.0.0.1:{host_port}"
+        elif self.docker_host.startswith("ssh://"):
+            with ssh_tunnel(self.docker_host, host_port) as local_port:
+                yield f"http://127.0.0.1:{local_port}"
+        else:
+            yield f"http://{urllib.parse.urlsplit(self.docker_host).hostname}:{host_port}"
+
+
+def ssh_tunnel_argv(docker_host: str, remote_port: int, local_port: int) -> list[str]:
+    """The ssh command forwarding 127.0.0.1:local_port here to 127.0.0.1:remote_port on the ssh:// engine host."""
+    parts = urllib.parse.urlsplit(docker_host)
+    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
+    argv = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"]
+    if parts.port:
+        argv += ["-p", str(parts.port)]
+    return [*argv, "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}", target]
+
+
+@contextlib.contextmanager
+def ssh_tunnel(docker_host: str, remote_port: int, wait: float = 20.0) -> Iterator[int]:
+    """Forward a local port to the engine host's loopback for as long as the block runs."""
+    from imagekit.runners.process import Process
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        local_port = int(sock.getsockname()[1])
+    proc = Process(ssh_tunnel_argv(docker_host, remote_port, local_port))
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local_port), timeout=1):
+                break
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise ImagekitError(
+                    f"could not open an ssh tunnel to {docker_host} for the service port: {' | '.join(proc.tail)}"
+                )
+            time.sleep(0.2)
+        yield local_port
+    finally:
+        proc.cancel(grace=2.0)
 
 
 class ProbeFailed(ImagekitError):

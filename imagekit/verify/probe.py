@@ -58,6 +58,19 @@ def python_info() -> dict[str, Any]:
     }
 
 
+def user_info() -> dict[str, Any]:
+    """Who the probe (so the image's default user) runs as."""
+    info: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid()}
+    try:
+        import pwd
+
+        info["name"] = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError) as exc:
+        info["name"] = None
+        info["name_error"] = _err(exc)["error"]
+    return info
+
+
 def torch_info() -> dict[str, Any]:
     """torch's version, CUDA build, cuDNN, and the GPUs it sees."""
     try:
@@ -153,7 +166,7 @@ def models(paths: list[str]) -> dict[str, Any]:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
                     size += len(block)
-            out[path] = {"sha256": digest.hexdigest(), "size": size}
+            out[path] = {"sha256": digest.hexdigest(), "size": size, "writable": os.access(path, os.W_OK)}
         except BaseException as exc:
             out[path] = _err(exc)
     return out
@@ -164,6 +177,7 @@ def collect(paths: list[str]) -> dict[str, Any]:
     sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("os", os_release),
         ("python", python_info),
+        ("user", user_info),
         ("torch", torch_info),
         ("nvidia_smi", nvidia_smi),
         ("pip", pip_freeze),

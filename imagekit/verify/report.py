@@ -247,6 +247,15 @@ def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: st
             elif entry.get("sha256") != model.sha256:
                 failures.append(f"model {model.dest}: expected sha256 {model.sha256}, found {entry.get('sha256')}")
 
+    user, user_err = _section(probe, "user")
+    if res.user and not user_err and "uid" in user:
+        found_user = f"{user.get('name') or '?'} (uid {user['uid']})"
+        if user["uid"] == 0 or (user.get("name") and user["name"] != res.user):
+            failures.append(f"user: expected {res.user}, found {found_user}")
+        for path, entry in sorted(found_models.items()):
+            if isinstance(entry, dict) and entry.get("writable"):
+                failures.append(f"model {path}: expected read-only for {res.user}, found writable by {found_user}")
+
     visible = gpu_visible(probe)
     if policy.gpu == "required" and not visible:
         failures.append(GPU_HINT)
