@@ -1,0 +1,188 @@
+"""Fast checks of the nightly job's decisions: refresh due, upstream drift (docker and AMI), the size gate."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagekit.events import Event
+from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement
+from imagekit.nightly.budget import LayerSize, check_budget, layer_sizes, package_changes
+from imagekit.nightly.staleness import StaleChecker, base_dependency
+from imagekit.plan import plan_image
+from imagekit.spec import LoadedSpec, load_spec
+
+SPEC = """\
+version: 1
+name: units
+layers:
+  base:
+    from: {docker: "registry.example/debian:bookworm", ami: {name: "debian-12-*", owners: ["136693071363"]}}
+    refresh: {every_days: 7}
+  app:
+    parent: base
+    run: ["true"]
+    budget: {max_bytes: 5000000}
+images:
+  svc: {leaf: app, targets: [docker, ami], budget: {max_growth_pct: 10}}
+"""
+NOW = datetime(2026, 11, 21, 3, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> LoadedSpec:
+    (tmp_path / "imagekit.yaml").write_text(SPEC)
+    return load_spec(tmp_path / "imagekit.yaml")
+
+
+def record(loaded: LoadedSpec, target: str, *, finished: datetime, base: str, mid: str = "m1") -> BuildRecord:
+    layers = [(lp.name, lp.hash) for lp in plan_image(loaded, "svc", target).layers]  # type: ignore[arg-type]
+    facts = BuildFacts(
+        image="svc", target=target, spec_path="imagekit.yaml", spec_sha256="0" * 64, layers=layers,
+        started=finished.isoformat(), finished=finished.isoformat().replace("+00:00", "Z"), builder={},
+        image_ref="svc:1" if target == "docker" else None, image_digest="sha256:" + "1" * 64,
+        amis=[{"id": "ami-0123", "region": "us-east-1"}] if target == "ami" else [], base=base, passed=True,
+    )  # fmt: skip
+    return BuildRecord(mid, build_statement(facts))
+
+
+class FakeRegistry:
+    def __init__(self, digest: str | Exception) -> None:
+        self.digest = digest
+        self.calls = 0
+
+    def registry_digest(self, ref: str) -> str:
+        self.calls += 1
+        if isinstance(self.digest, Exception):
+            raise self.digest
+        return self.digest
+
+
+class FakeEc2:
+    def __init__(self, newest: str | None) -> None:
+        self.newest = newest
+
+    def newest_ami(self, region: str, name: str, owners: tuple[str, ...], architecture: str) -> str | None:
+        assert (region, name, owners, architecture) == ("us-east-1", "debian-12-*", ("136693071363",), "x86_64")
+        return self.newest
+
+
+OLD = "sha256:" + "a" * 64
+NEW = "sha256:" + "b" * 64
+
+
+def reasons(loaded: LoadedSpec, checker: StaleChecker, target: str = "docker") -> dict[str, str]:
+    hashes = {h for b in checker.builds for _, h in b.layers}
+    p = plan_image(
+        loaded, "svc", target,  # type: ignore[arg-type]
+        lookup=lambda _i, _t, _l, h: "verified build m1" if h in hashes else None, stale_check=checker,
+    )  # fmt: skip
+    return {lp.name: lp.reason for lp in p.layers}
+
+
+def test_refresh_due_after_every_days_and_not_before(loaded: LoadedSpec) -> None:
+    b = record(loaded, "docker", finished=NOW - timedelta(days=8), base=f"registry.example/debian@{OLD}")
+    reg = FakeRegistry(OLD)
+    due = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, reg))
+    assert due["base"].startswith("refresh due (last built 2026-11-13 03:00Z in m1, every 7 days)")
+    assert due["app"] == "parent base is stale"
+    fresh = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW - timedelta(days=2), reg))
+    assert fresh == {"base": "verified build m1", "app": "verified build m1"}
+
+
+def test_docker_drift_and_an_unreachable_registry(loaded: LoadedSpec) -> None:
+    b = record(loaded, "docker", finished=NOW, base=f"registry.example/debian@{OLD}")
+    assert base_dependency(b) == (f"oci:registry.example/debian@{OLD}", "a" * 64)
+    reg = FakeRegistry(NEW)
+    drift = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, reg))
+    assert drift["base"].startswith("upstream changed (registry.example/debian:bookworm now sha256:bbbbbbbbbbbb")
+    assert drift["app"] == "parent base is stale"
+    same = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, FakeRegistry(OLD)))
+    assert same["base"] == "verified build m1"
+    events: list[Event] = []
+    down = FakeRegistry(ConnectionError("connection refused"))
+    checker = StaleChecker(loaded, [b], lambda: NOW, down, reporter=events.append)
+    assert reasons(loaded, checker)["base"] == "verified build m1"  # unreachable: treated as unchanged
+    reasons(loaded, checker)
+    assert down.calls == 1  # asked once per run
+    assert [e.kind for e in events] == ["warn"]
+    assert "cannot reach the registry of registry.example/debian:bookworm (connection refused)" in events[0].message
+
+
+def test_ami_drift_when_the_filter_selects_a_newer_ami(loaded: LoadedSpec) -> None:
+    b = record(loaded, "ami", finished=NOW, base="ami-0ld")
+    newer = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, ami=FakeEc2("ami-0new")), "ami")
+    assert newer["base"] == "upstream changed ('debian-12-*' now selects ami-0new, built from ami-0ld in m1)"
+    same = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, ami=FakeEc2("ami-0ld")), "ami")
+    assert same["base"] == "verified build m1"
+
+
+class FakeSizes:
+    def __init__(self, sizes: dict[str, int], history: dict[str, list[dict[str, Any]]]) -> None:
+        self.sizes, self.rows = sizes, history
+
+    def size(self, ref: str) -> int | None:
+        return self.sizes.get(ref)
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        return self.rows.get(ref, [])
+
+
+def test_budget_growth_names_the_layer_and_its_biggest_step(loaded: LoadedSpec) -> None:
+    base_rows = [{"CreatedBy": "debootstrap", "Size": 100_000_000}]
+    sizes = FakeSizes(
+        {"base:h1": 100_000_000, "app:new": 104_900_000, "app:old": 101_000_000},
+        {
+            "base:h1": base_rows,
+            "app:new": [
+                {"CreatedBy": "RUN /bin/sh -c pip install big-wheel", "Size": 4_800_000},
+                {"CreatedBy": "COPY app/ /opt/app", "Size": 100_000},
+                *base_rows,
+            ],
+        },
+    )
+    per_layer = layer_sizes(
+        sizes,
+        [("base", "h1", "base:h1"), ("app", "h2", "app:new")],
+        {"base": ("h1", "base:h1"), "app": ("h0", "app:old")},
+    )
+    assert [(x.name, x.size, x.previous) for x in per_layer] == [
+        ("base", 100_000_000, 100_000_000),
+        ("app", 4_900_000, 1_000_000),
+    ]
+    # 104.9 MB vs 95 MB last night: +10.4%, over 10%
+    out = check_budget(
+        loaded, "svc", size=104_900_000, previous_size=95_000_000, layers=per_layer,
+        layer_tags={"base": "base:h1", "app": "app:new"}, sizes=sizes,
+        reports=({"probe": {"pip": {"packages": {"a": "1"}}}}, {"probe": {"pip": {"packages": {"a": "2", "big-wheel": "9"}}}}),
+    )  # fmt: skip
+    assert not out.passed and out.blamed == "app"
+    assert "image svc: grew +10.4% (95.0 MB -> 104.9 MB), over max_growth_pct 10%" in out.message
+    assert "grew most in layer app" in out.message
+    assert out.grew[0] == "4.8 MB: RUN /bin/sh -c pip install big-wheel"
+    assert "pip +big-wheel 9" in out.grew and "pip a 1 -> 2" in out.grew
+
+
+def test_budget_max_bytes_on_a_layer(loaded: LoadedSpec) -> None:
+    sizes = FakeSizes({"base:h1": 100, "app:new": 6_000_100}, {})
+    per_layer = [LayerSize("base", "h1", 100), LayerSize("app", "h2", 6_000_000)]
+    out = check_budget(
+        loaded, "svc", size=6_000_100, previous_size=None, layers=per_layer,
+        layer_tags={"base": "base:h1", "app": "app:new"}, sizes=sizes,
+    )  # fmt: skip
+    assert not out.passed and out.blamed == "app"
+    assert out.message.startswith("layer app: 6.0 MB is over max_bytes 5.0 MB")
+    ok = check_budget(
+        loaded, "svc", size=1_000, previous_size=990, layers=[LayerSize("app", "h2", 900)],
+        layer_tags={}, sizes=sizes,
+    )  # fmt: skip
+    assert ok.passed and ok.message == "within budget"
+
+
+def test_package_changes_lists_added_and_changed() -> None:
+    old = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9", "gcc": "12"}}}}
+    new = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9+deb12u1", "gcc": "12", "cmake": "3.25"}}}}
+    assert package_changes(old, new) == ["dpkg +cmake 3.25", "dpkg libc6 2.36-9 -> 2.36-9+deb12u1"]
