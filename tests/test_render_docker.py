@@ -239,3 +239,12 @@ def test_the_same_scripts_provision_a_vm_like_host(workspace: dict[str, object])
         str(workspace["base"]), "sh", "-c", script,
     ).stdout.strip().splitlines()  # fmt: skip
     assert out == ["root 444", "svc", "ran", "build-deps-dropped", "0", "rerun-ok"]
+
+
+def test_compilers_live_only_in_the_builder_stage(workspace: dict[str, object], final: str) -> None:
+    hashes = workspace["hashes"]
+    assert isinstance(hashes, dict)
+    tag = "imagekit-rendertest-builder:latest"
+    _build(workspace, "runtime-builder", tag, f"IMAGEKIT_PARENT_RUNTIME=imagekit-rendertest-base:{hashes['base'][:16]}")
+    assert _sh(workspace, tag, "command -v gcc") == "/usr/bin/gcc"
+    assert _sh(workspace, final, "command -v gcc || echo no-gcc") == "no-gcc"
