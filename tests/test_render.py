@@ -179,3 +179,20 @@ def test_committed_renders_of_the_gpu_example_are_fresh() -> None:
     for dockerfile in fresh:
         if dockerfile.endswith(".Dockerfile"):
             lint(REPO / dockerfile)
+
+
+def test_layer_names_that_cannot_be_stages_are_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        "version: 1\nname: clash\nlayers:\n"
+        "  x: {from: {docker: 'debian:bookworm'}, python: '3.11', pip: [six]}\n"
+        "  x-builder: {parent: x}\n"
+        "images:\n  clash: {leaf: x-builder}\n"
+    )
+    with pytest.raises(UsageError, match="two Dockerfile stages would be called 'x-builder'"):
+        render_dockerfile(load_spec(spec), "clash")
+    spec.write_text(
+        "version: 1\nname: digits\nlayers:\n  1st: {from: {docker: 'debian:bookworm'}}\nimages:\n  d: {leaf: 1st}\n"
+    )
+    with pytest.raises(UsageError, match="cannot name a Dockerfile stage"):
+        render_dockerfile(load_spec(spec), "d")

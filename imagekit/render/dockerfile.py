@@ -25,6 +25,7 @@ OCI = "org.opencontainers.image"
 REMOTE_MODELS_DIR = ".imagekit/models"
 WHEELS_DIR = "/wheels"
 SCRIPT_DIR = "/tmp/imagekit"  # noqa: S108 - a mount point inside the build, nothing stays there
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9._-]*$")
 NONROOT_UID = "65532:65532"  # the conventional non-root id, used when the spec names no user
 # BuildKit reads `<Dockerfile>.dockerignore` next to the Dockerfile (checked on 20.10.24). The plan hash ignores
 # byte-code caches, so they must not enter the image either.
@@ -86,6 +87,20 @@ def _health_cmd(port: int, path: str, python: str) -> str:
     return json.dumps([python, "-c", code])
 
 
+def _check_stage_names(image: str, layers: list[tuple[str, bool]]) -> None:
+    """Stage names BuildKit accepts, none used twice (a layer called `x-builder` next to a builder of `x`)."""
+    seen: set[str] = set()
+    for name, has_builder in layers:
+        for stage in (name, builder_stage(name)) if has_builder else (name,):
+            if not STAGE_NAME.match(stage):
+                raise UsageError(
+                    f"image {image}: layer {name!r} cannot name a Dockerfile stage (start it with a letter)"
+                )
+            if stage in seen:
+                raise UsageError(f"image {image}: two Dockerfile stages would be called {stage!r}; rename layer {name}")
+            seen.add(stage)
+
+
 def render_dockerignore() -> str:
     """The `<Dockerfile>.dockerignore` that goes next to every rendered Dockerfile."""
     return DOCKERIGNORE
@@ -118,6 +133,7 @@ def render_dockerfile(
         raise UsageError(
             f"image {image}: layer {root_name} has no from.docker or from.bootstrap, so it cannot be a container"
         )
+    _check_stage_names(image, [(name, layer_steps(loaded, name).pip_work) for name, _ in chain])
     args = {parent_arg(name): layer.parent for name, layer in chain if layer.parent}
     if len(set(args)) != len(chain) - 1:
         raise UsageError(f"image {image}: two layer names map to the same build arg ({', '.join(sorted(args))})")
