@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import DOCKER, REPO, require_docker
+from conftest import DOCKER, REPO, require_docker, require_tool
 
 from imagekit.api.nightly import nightly
+from imagekit.events import Event
 from imagekit.locking import lock_path
 from imagekit.manifest.channels import channel_log
 from imagekit.manifest.ledger import spec_store
@@ -36,7 +40,7 @@ version: 1
 name: {name}
 layers:
   base:
-    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+    from: {from_}
     cuda: "none"
     refresh: {{every_days: 7}}
     run: ["echo {name} > /etc/imagekit-nightly-test"]
@@ -57,13 +61,18 @@ verify: {{gpu: optional}}
 """
 
 
-def write_spec(folder: Path, name: str, *, two_extra: str = "", app1_run: str = "'true'") -> Path:
+BOOTSTRAP = "{bootstrap: {distro: debian, suite: bookworm}}"
+
+
+def write_spec(
+    folder: Path, name: str, *, two_extra: str = "", app1_run: str = "'true'", from_: str = BOOTSTRAP
+) -> Path:
     """The test spec with two images sharing the `base` layer."""
     for app in ("app1", "app2"):
         (folder / app).mkdir(parents=True, exist_ok=True)
         (folder / app / "hello.txt").write_text(f"{app}\n")
     spec = folder / "imagekit.yaml"
-    spec.write_text(SPEC.format(name=name, two_extra=two_extra, app1_run=app1_run))
+    spec.write_text(SPEC.format(name=name, two_extra=two_extra, app1_run=app1_run, from_=from_))
     return spec
 
 
@@ -245,3 +254,89 @@ def test_concurrent_runs_wait_for_the_lock_and_build_each_layer_once(tmp_path: P
     assert sorted(m["image"] for m in manifests) == ["one", "two"]
     assert all(m["signature"] == "ok" and m["verified"] for m in manifests)
     assert channel_records(spec, "one") == 1 and channel_records(spec, "two") == 1
+
+
+@dataclass
+class Registry:
+    """A running docker-registry: its address, and a way to take it away mid-test."""
+
+    address: str
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1:<free port> (the engine trusts 127.0.0.0/8 over plain HTTP)."""
+    binary = require_tool("docker-registry")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    reg = Registry(f"127.0.0.1:{port}", subprocess.Popen([binary, "serve", str(config)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("docker-registry did not start")
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _docker(*args: str) -> None:
+    res = subprocess.run([DOCKER, *args], check=False, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+def test_upstream_drift_of_a_from_docker_base(tmp_path: Path, spec_name: str, registry: Registry) -> None:
+    from imagekit.runners.bootstrap import ensure_base
+    from imagekit.runners.docker import DockerEngine
+    from imagekit.spec import Bootstrap
+
+    base = ensure_base(DockerEngine(), "base", Bootstrap(distro="debian", suite="bookworm")).tag
+    upstream = f"{registry.address}/{spec_name}-upstream:bookworm"
+    _docker("tag", base, upstream)
+    _docker("push", upstream)
+    spec = write_spec(tmp_path, spec_name, from_=f'{{docker: "{upstream}"}}')
+    first = nightly(spec, target="docker")
+    assert not first.failed, first.runs
+    assert built(nightly(spec, target="docker")) == []  # the registry still serves the same digest
+
+    # upstream publishes a new image under the same tag
+    container = f"{spec_name}-upstream"
+    _docker("run", "--name", container, base, "sh", "-c", "echo security-update > /etc/upstream-v2")
+    try:
+        _docker("commit", container, upstream)
+    finally:
+        _docker("rm", container)
+    _docker("push", upstream)
+    drifted = nightly(spec, target="docker", jobs=2)
+    assert not drifted.failed, drifted.runs
+    layers = built(drifted)
+    assert layers.count(("one", "base")) + layers.count(("two", "base")) == 1
+    assert ("one", "app1") in layers and ("two", "app2") in layers
+    base_reason = next(b.reason for b in drifted.built() if b.layer == "base")
+    assert base_reason.startswith(f"upstream changed ({upstream} now sha256:")
+
+    # with the registry gone the run says so and treats the base as unchanged
+    events: list[Event] = []
+    registry.stop()
+    quiet = nightly(spec, target="docker", reporter=events.append)
+    assert built(quiet) == [] and not quiet.failed
+    warns = [e.message for e in events if e.kind == "warn"]
+    assert any(f"cannot reach the registry of {upstream}" in w for w in warns), warns
