@@ -52,9 +52,18 @@ def _verify(spec: Path, ref: str) -> tuple[int, str, str]:
     return out.returncode, out.stdout, out.stderr
 
 
-def _leftovers(ref: str) -> list[str]:
-    ps = _docker("ps", "-a", "-q", "--filter", "label=imagekit.verify", "--filter", f"ancestor={ref}")
-    return ps.stdout.split()
+def _report_of(err: str) -> dict[str, Any]:
+    path = Path(err.split("report: ", 1)[1].split()[0])
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+def _leftovers(err: str) -> list[str]:
+    """Containers a verify run (known by its report) started that still exist: there must be none."""
+    names = _report_of(err)["containers"]
+    assert names, "the report lists no containers"
+    ps = _docker("ps", "-a", "--format", "{{.Names}}", "--filter", "label=imagekit.verify")
+    return sorted(set(names) & set(ps.stdout.split()))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +112,7 @@ def test_the_cpu_example_verifies(image: str) -> None:
     assert code == 0, err
     assert "verified" in err
     path = Path(err.split("report: ", 1)[1].split()[0])
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report = _report_of(err)
     assert report["ok"] is True
     assert report["failures"] == []
     assert report["probe"]["torch"]["version"] == "2.13.0+cpu"
@@ -116,7 +125,7 @@ def test_the_cpu_example_verifies(image: str) -> None:
     assert smoke["latency_ms"] > 0
     assert smoke["audio"]["rms_diff"] <= 0.02
     assert path.parent == TTS / ".imagekit" / "reports"
-    assert _leftovers(image) == []
+    assert _leftovers(err) == []
 
 
 def test_json_output_carries_the_report_path(image: str, spec_copy: Path) -> None:
@@ -138,11 +147,10 @@ def test_a_torch_pin_that_differs_exits_1_naming_it(image: str, spec_copy: Path)
     code, _, err = _verify(spec_copy, image)
     assert code == 1, err
     assert "torch: expected 2.12.1, found 2.13.0+cpu" in err
-    report_path = Path(err.split("report: ", 1)[1].split()[0])
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = _report_of(err)
     assert report["ok"] is False
     assert report["failures"] == ["torch: expected 2.12.1, found 2.13.0+cpu"]
-    assert _leftovers(image) == []
+    assert _leftovers(err) == []
 
 
 def test_weights_whose_sha256_differs_exit_1_naming_both_digests(image: str, derived: Any) -> None:
@@ -158,7 +166,7 @@ def test_weights_whose_sha256_differs_exit_1_naming_both_digests(image: str, der
     found = hashlib.sha256(bytes(bad)).hexdigest()
     assert f"model /opt/models/tts.pt: expected sha256 {SHA}, found {found}" in err
     assert "audio differs from the reference" in err  # the golden check sees the other weights too
-    assert _leftovers(ref) == []
+    assert _leftovers(err) == []
 
 
 def test_a_service_that_never_becomes_healthy_exits_1(image: str, spec_copy: Path, derived: Any) -> None:
@@ -168,7 +176,7 @@ def test_a_service_that_never_becomes_healthy_exits_1(image: str, spec_copy: Pat
     assert code == 1, err
     assert "health: /ready did not answer 200 within 4s (last: 503" in err
     assert "missing.pt" in err
-    assert _leftovers(ref) == []
+    assert _leftovers(err) == []
 
 
 def test_a_smoke_response_too_short_exits_1(image: str, spec_copy: Path) -> None:
@@ -176,6 +184,7 @@ def test_a_smoke_response_too_short_exits_1(image: str, spec_copy: Path) -> None
     code, _, err = _verify(spec_copy, image)
     assert code == 1, err
     assert "smoke response too short: expected at least 1000000 bytes, found 29864" in err
+    assert _leftovers(err) == []
 
 
 def test_gpu_required_on_this_cpu_host_says_how_to_fix(image: str, spec_copy: Path) -> None:
@@ -185,7 +194,7 @@ def test_gpu_required_on_this_cpu_host_says_how_to_fix(image: str, spec_copy: Pa
     code, _, err = _verify(spec_copy, image)
     assert code == 1, err
     assert GPU_HINT in " ".join(err.split())
-    assert _leftovers(image) == []
+    assert _leftovers(err) == []
 
 
 def test_ctrl_c_removes_the_containers_and_raises_interrupted(image: str, spec_copy: Path) -> None:

@@ -80,6 +80,7 @@ def verify_docker(
 
     def finish() -> Path:
         report.ok = not report.failures
+        report.containers = list(host.created)
         report.finished_at = datetime.now(timezone.utc).isoformat()
         report.seconds = round(time.monotonic() - t0, 3)
         return report.write(out_path)

@@ -74,6 +74,7 @@ class DockerHost:
     reporter: Reporter = silent
 
     docker_host: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
+    created: list[str] = field(default_factory=list)  # names of the containers this host started (all removed)
 
     @property
     def name(self) -> str:
@@ -104,6 +105,7 @@ class DockerHost:
     def _container(self, **kwargs: Any) -> Iterator[Any]:
         labels = {LABEL: "1", **kwargs.pop("labels", {})}
         name = f"imagekit-verify-{uuid.uuid4().hex[:12]}"
+        self.created.append(name)
         container = self.client.containers.create(name=name, labels=labels, detach=True, **kwargs)
         try:
             yield container

@@ -74,6 +74,7 @@ class Report(BaseModel):
     health: HealthResult | None = None
     smoke: SmokeResult | None = None
     failures: list[str] = Field(default_factory=list)
+    containers: list[str] = Field(default_factory=list)
 
     def to_json(self) -> str:
         """The report as pretty JSON with sorted keys."""

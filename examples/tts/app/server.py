@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     # Reproducible output: no randomness at inference, and one thread so float sums run in one order.
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = False  # on a GPU, the same convolution algorithm every run
+    torch.backends.cudnn.deterministic = True
     state = State()
     server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
     server.daemon_threads = True
