@@ -26,7 +26,7 @@ COPY --from=runtime-builder /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="20b0560483c568c3b97005d0410a01f5996f83174e525a5a42eff9ff3077c9ed"
+LABEL dev.imagekit.layer.app.hash="b3aff717bc80ea5bc6552d95c623a1b8e1f3622f4a04f1d8c3ccedfe70a9eb4d"
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system
 COPY examples/tts/app/ /opt/app/app
@@ -48,6 +48,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="20b0560483c568c3"
+    org.opencontainers.image.version="b3aff717bc80ea5b"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

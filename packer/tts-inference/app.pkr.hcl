@@ -33,14 +33,14 @@ variable "build_env" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-caa3ffa7c86a0891-${var.build_id}"
+  ami_name      = "imagekit-tts-app-f62d7a50018d7e78-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+    "imagekit:layer-hash"  = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
     "imagekit:parent-ami"  = "${var.parent_ami}"
     "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
     "imagekit:pin:cuda"    = "12.4"
@@ -55,7 +55,7 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+    "imagekit:layer-hash"  = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
     "imagekit:parent-ami"  = "${var.parent_ami}"
     "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
     "imagekit:pin:cuda"    = "12.4"
@@ -106,7 +106,7 @@ build {
 
   provisioner "shell" {
     script          = "${var.script_dir}/app.sh"
-    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash -c 'set -E; trap \"echo imagekit: failed at line \\$LINENO of the provisioning script >&2\" ERR; __imagekit_script=$1; shift; . \"$__imagekit_script\"' imagekit '{{ .Path }}'"
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
     environment_vars = [
       "IMAGEKIT_SRC=/tmp/imagekit/src",
       "IMAGEKIT_TARGET=ami",
@@ -124,7 +124,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "caa3ffa7c86a08913c21da8a165ea80a928f96ddea4a124504b9e395e7dfd795"
+      "layer_hash" = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
     }
   }
 }
