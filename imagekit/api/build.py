@@ -348,6 +348,19 @@ def _build_layer(
             log_tail=tail,
             log_path=str(log_path),
         )
+    # The Dockerfile stamps each stage with the layer hash it computed when rendering; files edited while a build
+    # runs would put other content under this tag, so such a tag is dropped rather than reused later.
+    info = engine.inspect(tag)
+    stamped = (info.labels if info else {}).get(f"{LABEL_PREFIX}.layer.{lp.name}.hash")
+    if stamped and stamped != lp.hash:
+        engine.remove_image(tag)
+        raise BuildFailed(
+            f"layer {lp.name}: its input files changed while it was building (planned {lp.hash[:16]}, "
+            f"built {stamped[:16]}); run the build again",
+            image=image,
+            layer=lp.name,
+            log_path=str(log_path),
+        )
     reporter(Event("done", f"{tag} in {seconds:.0f}s", image, lp.name, "docker"))
     return LayerResult(lp.name, lp.hash, tag, "built", seconds, image_id, lp.reason)
 
