@@ -196,3 +196,19 @@ def test_layer_names_that_cannot_be_stages_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="cannot name a Dockerfile stage"):
         render_dockerfile(load_spec(spec), "d")
+
+
+@pytest.mark.parametrize("name", ["imagekit.yaml", "imagekit-cpu.yaml"])
+def test_example_renders_lint_and_packer_finds_every_script(name: str, tmp_path: Path) -> None:
+    spec = GPU.parent / name
+    if not (GPU.parent / "app").is_dir() or not spec.is_file():
+        pytest.skip(f"examples/tts/{name} or its app is missing")
+    files = render_files(load_spec(spec), REPO)
+    for rel, (text, _mode) in files.items():
+        if rel.endswith(".Dockerfile"):
+            (tmp_path / "Dockerfile").write_text(text)
+            lint(tmp_path / "Dockerfile")
+        if rel.endswith(".pkr.hcl"):
+            # the Packer template runs ${var.script_dir}/<layer>.sh: render writes exactly that script
+            for script in re.findall(r"\$\{var\.script_dir\}/([\w.-]+\.sh)", text):
+                assert f"provision/{script}" in files, (rel, script)
