@@ -246,3 +246,56 @@ def test_verify_failed_carries_failures_and_report(image: str, spec_copy: Path) 
         verify_docker(spec_copy, image)
     assert info.value.failures == ["python: expected 3.12, found 3.11.2"]
     assert Path(info.value.report_path).parent == spec_copy.parent / ".imagekit" / "reports"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_verify_exits_130_and_removes_the_containers(sig: str, spec_copy: Path, derived: Any) -> None:
+    import signal
+    import time
+
+    ref = derived("ENV MODEL_PATH=/opt/models/missing.pt")  # never ready: the service container stays up
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagekit", "verify", ref, "-f", str(spec_copy)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "starting the service" in line:
+                break
+        time.sleep(1.5)  # let the service container start
+        proc.send_signal(getattr(signal, sig))
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + rest
+    assert code == 130, err
+    assert "containers were removed" in err
+    partial = Path(err.split("partial report: ", 1)[1].split(")")[0])
+    report = json.loads(partial.read_text(encoding="utf-8"))
+    assert report["failures"][-1] == "interrupted"
+    assert len(report["containers"]) == 2
+    alive = _docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert not set(report["containers"]) & set(alive)
+
+
+def test_a_remote_engine_gets_the_probe_as_text_not_a_mount(image: str) -> None:
+    import docker
+
+    from imagekit.verify.docker_host import DockerHost
+
+    client = docker.from_env()
+    try:
+        # Pretend the engine is remote: the probe must then travel as `python -c` text, with no bind mount.
+        host = DockerHost(client, docker_host="ssh://pretend-remote")
+        doc = host.probe(image, ["/opt/models/tts.pt"], gpu=False)
+    finally:
+        client.close()
+    assert doc["models"]["/opt/models/tts.pt"]["sha256"] == SHA
+    assert doc["torch"]["version"] == "2.13.0+cpu"

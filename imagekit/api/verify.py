@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from imagekit.errors import Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import work_dir
+from imagekit.runners.process import forward_sigterm
 from imagekit.spec import LoadedSpec, load_spec
 from imagekit.verify.docker_host import (
     DockerHost,
@@ -85,38 +86,42 @@ def verify_docker(
         report.seconds = round(time.monotonic() - t0, 3)
         return report.write(out_path)
 
-    try:
-        report.image_id = host.image_id(image_ref)
-        models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
-        # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
-        want_gpu = policy.gpu == "required"
-        reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
-        gpu_refused = False
+    # SIGTERM (docker stop, CI cancel) takes the same cleanup path as Ctrl-C.
+    with forward_sigterm():
         try:
-            report.probe = host.probe(image_ref, models, gpu=want_gpu, timeout=min(600.0, policy.timeout))
-        except ProbeFailed as exc:
-            report.failures.append(f"probe: {exc}")
-        except engine_errors() as exc:
-            # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
-            gpu_refused = want_gpu and bool(re.search(r"gpu|device driver", str(exc), re.IGNORECASE))
+            report.image_id = host.image_id(image_ref)
+            models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
+            # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
+            want_gpu = policy.gpu == "required"
+            reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
+            gpu_refused = False
+            try:
+                report.probe = host.probe(image_ref, models, gpu=want_gpu, timeout=min(600.0, policy.timeout))
+            except ProbeFailed as exc:
+                report.failures.append(f"probe: {exc}")
+            except engine_errors() as exc:
+                # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
+                gpu_refused = want_gpu and bool(re.search(r"gpu|device driver", str(exc), re.IGNORECASE))
+                if gpu_refused:
+                    report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
+                else:
+                    report.failures.append(f"probe: the engine could not run the probe container: {exc}")
+            if report.probe:
+                report.gpu_visible = gpu_visible(report.probe)
+                report.failures += compare(report.probe, loaded, name, target="docker")
             if gpu_refused:
-                report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
-            else:
-                report.failures.append(f"probe: the engine could not run the probe container: {exc}")
-        if report.probe:
-            report.gpu_visible = gpu_visible(report.probe)
-            report.failures += compare(report.probe, loaded, name, target="docker")
-        if gpu_refused:
-            pass  # the service container would be refused the same way
-        elif res.port and policy.health:
-            _serve_checks(host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter)
-        elif policy.health or policy.smoke:
-            report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
-    except KeyboardInterrupt:
-        # The containers are already removed by their context managers; leave a report of what was seen.
-        report.failures.append("interrupted")
-        finish()
-        raise Interrupted("verify interrupted; its containers were removed") from None
+                pass  # the service container would be refused the same way
+            elif res.port and policy.health:
+                _serve_checks(
+                    host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter
+                )
+            elif policy.health or policy.smoke:
+                report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
+        except KeyboardInterrupt:
+            # The containers are already removed by their context managers; leave a report of what was seen.
+            report.failures.append("interrupted")
+            partial = finish()
+            raise Interrupted(f"verify interrupted; its containers were removed (partial report: {partial})") from None
     written = finish()
     if report.failures:
         reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
