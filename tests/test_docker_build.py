@@ -301,3 +301,46 @@ def test_push_records_the_repo_digest(built: Built, registry: str) -> None:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.headers["Docker-Content-Digest"] == res.repo_digest
+
+
+def test_ctrl_c_stops_the_build_and_exits_130(built: Built, tmp_path: Path) -> None:
+    import signal
+
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        f"""\
+version: 1
+name: {built.name}-sigint
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+    run: ["echo imagekit-sleeping; sleep 300"]
+images:
+  slow: {{leaf: base}}
+"""
+    )
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "imagekit"), "build", "-f", str(spec), "--target", "docker", "--no-verify", "-v"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:
+        seen.append(line)
+        if "imagekit-sleeping" in line and "echo" not in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen[-20:])
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    rc = proc.wait(timeout=120)
+    assert rc == 130, "".join(seen[-10:]) + rest
+    assert time.monotonic() - t0 < 60
+    assert "interrupted" in rest
+    assert not DockerEngine().exists(f"imagekit/{built.name}-sigint-base:latest")
+    tagged = _docker("images", "--format", "{{.Repository}}", f"imagekit/{built.name}-sigint-base").stdout.strip()
+    assert tagged == ""
