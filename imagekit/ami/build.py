@@ -545,7 +545,7 @@ def build_ami(
     if rehearse:
         region = loaded.spec.aws.region
         log = log_dir() / "ami" / f"{loaded.spec.name}-rehearsal-{_stamp()}.log"
-        r = reh.Rehearsal(root / "rehearsal", region, log)
+        r = reh.Rehearsal(root / "rehearsal", region, log, loaded.spec.aws.ami_regions)
         # the stand-ins for the root layers' distribution AMIs must exist before moto starts (seeded ids)
         standins = {name: _standin(loaded, name, r, reporter) for name in names}
         try:

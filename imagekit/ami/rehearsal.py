@@ -93,7 +93,7 @@ class Instance:
 class Rehearsal:
     """A started moto server, the docker side of the stand-in instances, and the persisted EC2 state."""
 
-    def __init__(self, state_dir: Path, region: str, log: Path) -> None:
+    def __init__(self, state_dir: Path, region: str, log: Path, copies: tuple[str, ...] = ()) -> None:
         self.state_dir = state_dir
         self.region = region
         self.log = log
@@ -102,7 +102,7 @@ class Rehearsal:
         self.url = ""
         self.server: process.Process | None = None
         self.aws = Aws()
-        self.regions: set[str] = {region}
+        self.regions: set[str] = {region, *copies}
         self._log_fh: object = None
         self._extra: list[dict[str, object]] = []
 
@@ -282,9 +282,9 @@ class Rehearsal:
 
 
 @contextlib.contextmanager
-def rehearsal(state_dir: Path, region: str, log: Path) -> Iterator[Rehearsal]:
-    """Start moto for a rehearsal and always stop it (saving the AMIs it holds)."""
-    r = Rehearsal(state_dir, region, log)
+def rehearsal(state_dir: Path, region: str, log: Path, copies: tuple[str, ...] = ()) -> Iterator[Rehearsal]:
+    """Start moto for a rehearsal and always stop it (saving the AMIs it holds in the region and its copies)."""
+    r = Rehearsal(state_dir, region, log, copies)
     try:
         r.start()
         yield r

@@ -127,7 +127,13 @@ def main(argv: list[str]) -> int:
     if probe.exists():
         python = shutil.which("python", path=env.get("PATH")) or shutil.which("python3") or sys.executable
         models = [str(m) for m in check.get("models", [])]
-        res = subprocess.run([python, str(probe), *models], env=env, capture_output=True, text=True, check=False)
+        argv_probe = [python, str(probe), *models]
+        # the probe sees what the service sees: its user, its environment
+        if check.get("user") and os.geteuid() == 0 and shutil.which("runuser"):
+            argv_probe = ["runuser", "-u", check["user"], "--", *argv_probe]
+        res = subprocess.run(
+            argv_probe, env=env, cwd=check.get("workdir") or "/", capture_output=True, text=True, check=False
+        )
         try:
             report["probe"] = json.loads(res.stdout)
         except ValueError:

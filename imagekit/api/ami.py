@@ -53,7 +53,7 @@ def _aws(loaded: LoadedSpec, rehearse: bool) -> Iterator[Aws]:
     from imagekit.ami.rehearsal import rehearsal
 
     log = log_dir() / "ami" / f"{loaded.spec.name}-gc-rehearsal.log"
-    with rehearsal(work_dir(loaded.root) / "rehearsal", loaded.spec.aws.region, log) as r:
+    with rehearsal(work_dir(loaded.root) / "rehearsal", loaded.spec.aws.region, log, loaded.spec.aws.ami_regions) as r:
         yield r.aws
 
 

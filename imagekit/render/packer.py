@@ -20,8 +20,15 @@ BUILD_DIR = "/tmp/imagekit/build"  # noqa: S108 - a path on the build instance
 VERIFY_DIR = "/tmp/imagekit-verify"  # noqa: S108 - a path on the verify instance
 MANIFEST_FILE = "packer-manifest.json"
 AMAZON_PLUGIN = {"version": ">= 1.3.0", "source": "github.com/hashicorp/amazon"}
-# Scripts run as root, like the Dockerfile's RUN steps; the environment carries the staging folder.
-EXECUTE_COMMAND = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
+# Scripts run as root, like the Dockerfile's RUN steps; the environment carries the staging folder. The script is
+# sourced under an ERR trap (inherited by functions, -E) so a failure names its line in the script; the shift
+# leaves the script its own (empty) arguments, as when it is run directly.
+EXECUTE_COMMAND = (
+    "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash -c "
+    '\'set -E; trap "echo imagekit: failed at line \\$LINENO of the provisioning script >&2" ERR; '
+    '__imagekit_script=$1; shift; . "$__imagekit_script"\' '
+    "imagekit '{{ .Path }}'"
+)
 ROOT_DEVICE = "/dev/sda1"
 
 

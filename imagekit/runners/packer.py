@@ -17,7 +17,7 @@ MIN_VERSION = (1, 6, 6)
 PLUGINS_VERSION = (1, 7, 0)
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 # bash reports `/tmp/script_123.sh: line 7: foo: command not found`; imagekit's scripts also print `line N`.
-_SCRIPT_LINE_RE = re.compile(r"(?:\.sh: line |imagekit: failed at line |line )(\d+)")
+_SCRIPT_LINE_RE = re.compile(r"(?:imagekit: failed at line |\.sh: line )(\d+)")
 
 
 @dataclass(frozen=True)
