@@ -280,3 +280,38 @@ def test_cli_rejects_an_unknown_target(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["build", "-f", str(_spec(tmp_path)), "--target", "vm"])
     assert result.exit_code == 2
     assert "--target must be docker or ami" in result.output
+
+
+class NoImages:
+    """An engine that has no images and must not be asked to import one."""
+
+    def inspect(self, _ref: str) -> None:
+        return None
+
+    def import_tarball(self, *_args: Any, **_kwargs: Any) -> str:
+        raise AssertionError("nothing to import after a failed debootstrap")
+
+
+def test_failed_debootstrap_raises_and_cleans_up(tmp_path: Path) -> None:
+    from imagekit.runners.bootstrap import ensure_base
+
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap needs root")
+    from conftest import require_tool
+
+    require_tool("debootstrap")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    log = tmp_path / "bootstrap.log"
+    with log.open("w") as fh, pytest.raises(BuildFailed) as info:
+        ensure_base(
+            NoImages(),  # type: ignore[arg-type]
+            "base",
+            Bootstrap(distro="debian", suite="imagekit-no-such-suite"),
+            log=fh,
+            workdir=scratch,
+        )
+    assert info.value.layer == "base"
+    assert "debootstrap imagekit-no-such-suite failed" in str(info.value)
+    assert info.value.log_tail
+    assert list(scratch.iterdir()) == []  # the temporary rootfs folder is gone
