@@ -100,7 +100,7 @@ build {
 
   provisioner "shell" {
     script          = "${var.script_dir}/base.sh"
-    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash '{{ .Path }}'"
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n env {{ .Vars }} bash -c 'set -E; trap \"echo imagekit: failed at line \\$LINENO of the provisioning script >&2\" ERR; __imagekit_script=$1; shift; . \"$__imagekit_script\"' imagekit '{{ .Path }}'"
     environment_vars = [
       "IMAGEKIT_SRC=/tmp/imagekit/src",
       "IMAGEKIT_TARGET=ami",
