@@ -335,3 +335,60 @@ def test_ssh_tunnel_command_for_a_remote_engine() -> None:
     assert DockerHost(client=None, docker_host="tcp://127.0.0.1:2375").is_local
     assert not DockerHost(client=None, docker_host="ssh://gpu-host").is_local
     assert not DockerHost(client=None, docker_host="tcp://10.0.0.5:2376").is_local
+
+
+def _smoke_result(body: bytes, **kw: Any) -> Any:
+    from imagekit.verify.report import SmokeResult
+
+    fields: dict[str, Any] = {
+        "method": "POST",
+        "path": "/synthesize",
+        "status": 200,
+        "bytes": len(body),
+        "content_type": "audio/wav",
+        "latency_ms": 5.0,
+    }
+    return SmokeResult(**{**fields, **kw})
+
+
+def test_check_smoke_against_the_cpu_policy() -> None:
+    from imagekit.verify.report import check_smoke
+
+    loaded = load_spec(CPU_SPEC)
+    sm = loaded.verify_for("tts-cpu").smoke
+    assert sm is not None
+    ref = REFERENCE.read_bytes()
+    good = _smoke_result(ref)
+    assert check_smoke(loaded, sm, good, ref) == []
+    assert good.audio is not None
+    assert good.audio["rms_diff"] == 0.0
+    assert check_smoke(loaded, sm, _smoke_result(b"oops", status=500), b"oops") == [
+        "smoke status: expected 200, found 500 (oops)",
+        "smoke response too short: expected at least 8000 bytes, found 4",
+    ]
+    assert check_smoke(loaded, sm, _smoke_result(ref, content_type="text/html; charset=utf-8"), ref) == [
+        "smoke content type: expected audio/wav, found text/html; charset=utf-8"
+    ]
+    assert check_smoke(loaded, sm, _smoke_result(b"", error="URLError: refused"), b"") == [
+        "smoke POST /synthesize: no response: URLError: refused"
+    ]
+
+
+def test_check_smoke_latency_and_health(tmp_path: Path) -> None:
+    from imagekit.verify.report import HealthResult, check_health, check_smoke
+
+    loaded = _variant(tmp_path, "content_type: audio/wav,", "content_type: audio/wav, max_latency_ms: 50,")
+    sm = loaded.verify_for("tts-cpu").smoke
+    assert sm is not None
+    (tmp_path / "reference").mkdir()
+    ref = REFERENCE.read_bytes()
+    (tmp_path / "reference" / "smoke.wav").write_bytes(ref)
+    assert check_smoke(loaded, sm, _smoke_result(ref, latency_ms=75.5), ref) == [
+        "smoke latency: expected at most 50 ms, found 75.5 ms"
+    ]
+    health = loaded.verify_for("tts-cpu").health
+    assert health is not None
+    assert check_health(health, HealthResult(path="/ready", ready=True)) == []
+    assert check_health(health, HealthResult(path="/ready", last_status=503, last_body='{"status": "loading"}')) == [
+        'health: /ready did not answer 200 within 300s (last: 503 {"status": "loading"})'
+    ]

@@ -22,7 +22,7 @@ from imagekit.verify.docker_host import (
     smoke,
     wait_ready,
 )
-from imagekit.verify.report import GPU_HINT, Report, compare, compare_wav, gpu_visible
+from imagekit.verify.report import GPU_HINT, Report, check_health, check_smoke, compare, gpu_visible
 
 
 class VerifyResult(NamedTuple):
@@ -161,45 +161,11 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     health = policy.health
     assert health is not None
     report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
-    if not report.health.ready:
-        report.failures.append(
-            f"health: {health.path} did not answer 200 within {health.timeout:g}s "
-            f"(last: {report.health.last_status or 'no answer'} {report.health.last_body[:300]})"
-        )
-        return
+    report.failures += check_health(health, report.health)
     sm = policy.smoke
-    if sm is None:
+    if not report.health.ready or sm is None:
         return
     reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
     result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
     report.smoke = result
-    exp = sm.expect
-    if result.error:
-        report.failures.append(f"smoke {sm.method} {sm.path}: no response: {result.error}")
-        return
-    if result.status != exp.status:
-        snippet = body[:200].decode("utf-8", "replace")
-        report.failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
-    if result.bytes < exp.min_bytes:
-        report.failures.append(
-            f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}"
-        )
-    if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
-        report.failures.append(
-            f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}"
-        )
-    if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
-        report.failures.append(
-            f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms"
-        )
-    if exp.reference and result.status == exp.status:
-        ref_path = loaded.local(exp.reference)
-        try:
-            ref = ref_path.read_bytes()
-        except OSError as exc:
-            report.failures.append(f"smoke reference {exp.reference}: cannot read: {exc.strerror}")
-            return
-        audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
-        metrics["reference"] = exp.reference
-        result.audio = metrics
-        report.failures += audio_failures
+    report.failures += check_smoke(loaded, sm, result, body)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagekit.fsutil import atomic_write
-from imagekit.spec import LoadedSpec
+from imagekit.spec import Health, LoadedSpec, Smoke
 
 REPORT_SCHEMA = "imagekit.verify/v1"
 GPU_HINT = (
@@ -267,6 +267,48 @@ def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: st
             failures.append(f"driver: expected branch {res.driver}, found none (nvidia-smi)")
         elif driver.split(".", 1)[0] != res.driver.split(".", 1)[0]:
             failures.append(f"driver: expected branch {res.driver}, found {driver}")
+    return failures
+
+
+# --- health and smoke (shared by every host: docker here, the AMI target's instance check) ------------------
+
+
+def check_health(policy: Health, result: HealthResult) -> list[str]:
+    """The failure of a readiness check that never answered 200, if it did not."""
+    if result.ready:
+        return []
+    return [
+        f"health: {policy.path} did not answer 200 within {policy.timeout:g}s "
+        f"(last: {result.last_status or 'no answer'} {result.last_body[:300]})"
+    ]
+
+
+def check_smoke(loaded: LoadedSpec, policy: Smoke, result: SmokeResult, body: bytes) -> list[str]:
+    """Failures of a smoke response against `expect` (status, bytes, content type, latency, reference audio).
+
+    Records the audio comparison's metrics in `result.audio`.
+    """
+    exp = policy.expect
+    if result.error:
+        return [f"smoke {policy.method} {policy.path}: no response: {result.error}"]
+    failures: list[str] = []
+    if result.status != exp.status:
+        snippet = body[:200].decode("utf-8", "replace")
+        failures.append(f"smoke status: expected {exp.status}, found {result.status} ({snippet})")
+    if result.bytes < exp.min_bytes:
+        failures.append(f"smoke response too short: expected at least {exp.min_bytes} bytes, found {result.bytes}")
+    if exp.content_type and result.content_type.split(";", 1)[0].strip() != exp.content_type:
+        failures.append(f"smoke content type: expected {exp.content_type}, found {result.content_type or 'none'}")
+    if exp.max_latency_ms is not None and (result.latency_ms or 0) > exp.max_latency_ms:
+        failures.append(f"smoke latency: expected at most {exp.max_latency_ms:g} ms, found {result.latency_ms} ms")
+    if exp.reference and result.status == exp.status:
+        try:
+            ref = loaded.local(exp.reference).read_bytes()
+        except OSError as exc:
+            return [*failures, f"smoke reference {exp.reference}: cannot read: {exc.strerror}"]
+        audio_failures, metrics = compare_wav(body, ref, exp.tolerance)
+        result.audio = {**metrics, "reference": exp.reference}
+        failures += audio_failures
     return failures
 
 
