@@ -1,0 +1,50 @@
+"""gc decisions without AWS: newest N per image and layer, channel and newest-verified AMIs, parent chains."""
+
+from __future__ import annotations
+
+from imagekit.ami.gc import Protected, plan_gc
+from imagekit.runners.aws import Ami
+
+
+def ami(ami_id: str, name: str, layer: str, created: str, parent: str = "", region: str = "us-east-1") -> Ami:
+    tags = {"imagekit:spec": "s", "imagekit:image": "svc", "imagekit:layer": layer}
+    if parent:
+        tags["imagekit:parent-ami"] = parent
+    return Ami(ami_id, region, name, created, "available", tags, (f"snap-{ami_id}",))
+
+
+def test_keeps_newest_channel_verified_and_parents_in_every_region() -> None:
+    amis = [
+        ami("ami-b1", "base-1", "base", "2026-01-01"),
+        ami("ami-r1", "runtime-1", "runtime", "2026-01-02", "ami-b1"),
+        ami("ami-r2", "runtime-2", "runtime", "2026-01-05", "ami-b1"),
+        ami("ami-a1", "app-1", "app", "2026-01-03", "ami-r1"),
+        ami("ami-a1e", "app-1", "app", "2026-01-03", "ami-r1", region="eu-west-1"),
+        ami("ami-a2", "app-2", "app", "2026-01-04", "ami-r1"),
+        ami("ami-a2e", "app-2", "app", "2026-01-04", "ami-r1", region="eu-west-1"),
+        ami("ami-a3", "app-3", "app", "2026-01-06", "ami-r2"),
+        ami("ami-a4", "app-4", "app", "2026-01-07", "ami-r2"),
+    ]
+    protected = Protected(channel={"ami-a1": "svc@prod"}, verified={"ami-a3": "m3"})
+    decisions = {d.name: d for d in plan_gc(amis, keep=1, protected=protected, primary_region="us-east-1")}
+    assert decisions["app-1"].action == "keep" and "channel" in decisions["app-1"].reason
+    assert decisions["app-3"].action == "keep" and "verified" in decisions["app-3"].reason
+    assert decisions["app-4"].action == "keep"
+    assert decisions["runtime-1"].action == "keep" and "parent" in decisions["runtime-1"].reason
+    assert decisions["runtime-2"].action == "keep"
+    assert decisions["base-1"].action == "keep"
+    removed = [d for d in decisions.values() if d.action == "remove"]
+    assert [d.name for d in removed] == ["app-2"]
+    assert removed[0].amis == {"eu-west-1": "ami-a2e", "us-east-1": "ami-a2"}
+    assert removed[0].snapshots == ["snap-ami-a2", "snap-ami-a2e"]
+
+
+def test_keep_counts_builds_not_region_copies() -> None:
+    amis = [
+        ami("ami-1", "app-1", "app", "2026-01-01"),
+        ami("ami-1e", "app-1", "app", "2026-01-01", region="eu-west-1"),
+        ami("ami-2", "app-2", "app", "2026-01-02"),
+        ami("ami-2e", "app-2", "app", "2026-01-02", region="eu-west-1"),
+    ]
+    decisions = plan_gc(amis, keep=2, protected=Protected(), primary_region="us-east-1")
+    assert all(d.action == "keep" for d in decisions)
