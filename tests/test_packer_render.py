@@ -106,7 +106,8 @@ def test_root_filters_children_take_parent_ami_and_tags_carry_hashes(loaded: Loa
     assert runtime["encrypt_boot"] is True
     assert runtime["kms_key_id"] == '"alias/imagekit"'
     assert runtime["ssh_interface"] == '"private_ip"'
-    assert "custom_endpoint_ec2" not in runtime
+    assert runtime["custom_endpoint_ec2"] == "${var.ec2_endpoint}"  # AWS_ENDPOINT_URL, else ""
+    assert "skip_credential_validation" not in runtime
     assert "ssh_host" not in runtime
 
 
@@ -174,7 +175,8 @@ def test_real_aws_templates_pass_full_validate(loaded: LoadedSpec, tmp_path: Pat
     common = ["-var", "build_id=0123", "-var", f"script_dir={scripts}", "-var", f"src_dir={loaded.root}"]
     common += ["-var", f"build_dir={scripts}", "-var", 'build_env=["PIP_FIND_LINKS=/tmp/imagekit/build/wheels"]']
     for name, text in render_packer(loaded, "tts-inference").items():
-        assert "custom_endpoint_ec2" not in text and "ssh_host" not in text
+        for rehearsal_only in ("ssh_host", "ssh_port", "skip_credential_validation", "skip_metadata_api_check"):
+            assert rehearsal_only not in text
         path = tmp_path / name
         path.write_text(text)
         argv = [packer, "validate", *common, "-var", "parent_ami=ami-0123456789abcdef0", str(path)]

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -176,7 +177,9 @@ class _Builder:
     def instance(self, source_ami: str, name: str) -> Iterator[dict[str, str]]:
         """Rehearsal: an sshd container booted from the source AMI's image, removed afterwards. AWS: nothing."""
         if self.rehearsal is None:
-            yield {}
+            # standard AWS configuration: boto3 reads AWS_ENDPOINT_URL itself, Packer 1.6.6 needs it spelled out
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL") or ""
+            yield {"ec2_endpoint": endpoint}
             return
         inst = self.rehearsal.boot(source_ami, name)
         try:
@@ -203,6 +206,9 @@ class _Builder:
                 return
             if kind == "say":
                 self.event("step", text.removeprefix("==> ").split(": ", 1)[-1], image, layer)
+            elif kind == "message":
+                # provisioning output: shown with -v, always in the log file
+                self.event("log", text.split(": ", 1)[-1], image, layer)
             elif kind == "error":
                 self.event("log", text, image, layer)
 

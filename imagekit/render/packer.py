@@ -189,6 +189,8 @@ def _source(
         attrs["snapshot_tags"] = attrs["tags"]
     run_tags = {"Name": f"imagekit-build {loaded.spec.name}/{name}", "imagekit:build": "true"}
     attrs["run_tags"] = _map(run_tags)
+    # Packer 1.6.6 ignores AWS_ENDPOINT_URL; the runner passes it here ("" = AWS's own endpoint)
+    attrs["custom_endpoint_ec2"] = _expr("var.ec2_endpoint")
     if rehearsal is None:
         attrs["ssh_interface"] = _s(aws.ssh_interface)
         if aws.subnet_id:
@@ -199,7 +201,6 @@ def _source(
         # moto answers the EC2 API; an sshd container answers SSH. No real endpoint or credential is touched.
         attrs.update(
             {
-                "custom_endpoint_ec2": _expr("var.ec2_endpoint"),
                 "skip_credential_validation": True,
                 "skip_metadata_api_check": True,
                 "skip_region_validation": True,
@@ -281,8 +282,13 @@ def render_layer(
         description=_s("extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"),
     )
     paths = _upload_paths(spec_layer)
+    _variable(
+        doc,
+        "ec2_endpoint",
+        "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS",
+        default="" if rehearsal is None else None,
+    )
     if rehearsal is not None:
-        _variable(doc, "ec2_endpoint", "the rehearsal's local EC2 endpoint (moto server)")
         _variable(doc, "ssh_host", "the rehearsal container's SSH address")
         _variable(doc, "ssh_port", "the rehearsal container's SSH port")
     tags = layer_tags(loaded, image, layer, layer_hash, parent_hash)
@@ -391,8 +397,13 @@ def render_verify(
     _variable(doc, "build_id", "unique suffix for names")
     _variable(doc, "verify_dir", "folder holding vmcheck.py, probe.py and check.json")
     _variable(doc, "report_path", "where the downloaded JSON report is written")
+    _variable(
+        doc,
+        "ec2_endpoint",
+        "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS",
+        default="" if rehearsal is None else None,
+    )
     if rehearsal is not None:
-        _variable(doc, "ec2_endpoint", "the rehearsal's local EC2 endpoint (moto server)")
         _variable(doc, "ssh_host", "the rehearsal container's SSH address")
         _variable(doc, "ssh_port", "the rehearsal container's SSH port")
     verify = loaded.verify_for(image)

@@ -30,6 +30,12 @@ variable "build_env" {
   description = "extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"
 }
 
+variable "ec2_endpoint" {
+  type        = string
+  description = "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS"
+  default     = ""
+}
+
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
@@ -70,7 +76,8 @@ source "amazon-ebs" "runtime" {
     "Name"           = "imagekit-build tts/runtime"
     "imagekit:build" = "true"
   }
-  ssh_interface = "public_ip"
+  custom_endpoint_ec2 = var.ec2_endpoint
+  ssh_interface       = "public_ip"
 
   launch_block_device_mappings {
     device_name           = "/dev/sda1"
