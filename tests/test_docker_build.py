@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, require_docker, require_tool
+from test_docker_build_unit import https_server  # noqa: F401 (a fixture)
 
 from imagekit.api.build import BuildResult, build, layer_tag
 from imagekit.errors import BuildFailed
@@ -344,3 +345,37 @@ images:
     assert not DockerEngine().exists(f"imagekit/{built.name}-sigint-base:latest")
     tagged = _docker("images", "--format", "{{.Repository}}", f"imagekit/{built.name}-sigint-base").stdout.strip()
     assert tagged == ""
+
+
+def test_remote_model_is_fetched_checked_and_copied_in(
+    built: Built,
+    tmp_path: Path,
+    https_server: tuple[str, Path, list[str], Path],  # noqa: F811
+) -> None:
+    url, served, hits, cert = https_server
+    weights = os.urandom(100_000)
+    (served / "remote.bin").write_bytes(weights)
+    sha = hashlib.sha256(weights).hexdigest()
+    (tmp_path / "ca.pem").write_bytes(cert.read_bytes())
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        f"""\
+version: 1
+name: {built.name}-remote
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+    models:
+      - {{src: "{url}/remote.bin", dest: /opt/models/remote.bin, sha256: "{sha}"}}
+images:
+  remote: {{leaf: base}}
+build:
+  ca_bundle: ca.pem
+"""
+    )
+    res = build(spec, "docker", verify=False).image("remote")
+    assert hits == ["/remote.bin"]
+    out = _docker("run", "--rm", "--entrypoint", "sha256sum", res.ref, "/opt/models/remote.bin").stdout
+    assert out.split()[0] == sha
+    build(spec, "docker", force=True, verify=False)
+    assert hits == ["/remote.bin"]  # the second build took it from the cache
