@@ -96,7 +96,7 @@ def _write_spec(folder: Path, name: str, marker: str, *, extra_run: str = "") ->
 def _remove_images(name: str) -> None:
     # only the images this session tagged: its own unique repositories
     out = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
-    mine = [ref for ref in out if f"{name}" in ref.split(":")[0]]
+    mine = [ref for ref in out if name in ref.rsplit(":", 1)[0]]
     if mine:
         _docker("rmi", *mine, check=False)
 
