@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from imagekit.errors import BuildFailed, Problem, SpecError, UsageError
+from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter, silent
 from imagekit.fetch import fetch_model, stage
 from imagekit.fsutil import atomic_write
@@ -238,7 +238,7 @@ def build_docker_image(
 
     plan = plan_image(loaded, image, "docker", lookup=lookup)
     root = loaded.root
-    with log_path.open("a", encoding="utf-8") as log, _secrets(loaded) as secrets:
+    with log_path.open("a", encoding="utf-8") as log, _note_failure(log), _secrets(loaded) as secrets:
         log.write(f"# imagekit build {loaded.path} image={image} target=docker started={res.started}\n")
         # 1. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
         root_name, _root_layer = loaded.chain(image)[0]
@@ -386,7 +386,15 @@ def _ensure_base(
         return BaseResult("bootstrap", base.tag, base.image_id, base.hash, base.built, round(base.seconds, 1))
     if src is not None and src.docker:
         reporter(Event("step", f"resolving base {src.docker}", image, root_name, "docker"))
-        info = engine.resolve(src.docker)
+        try:
+            info = engine.resolve(src.docker)
+        except BuildFailed as exc:
+            raise BuildFailed(
+                f"{exc} (with no registry, start from `from: {{bootstrap: ...}}`, or `docker load` the image first)",
+                image=image,
+                layer=root_name,
+                log_path=getattr(log, "name", ""),
+            ) from None
         repo = src.docker.split("@", 1)[0].rsplit(":", 1)[0] if "/" in src.docker else src.docker.split(":")[0]
         digest = next((d for d in info.repo_digests if d.split("@", 1)[0] == repo), "")
         if not digest and info.repo_digests:
@@ -489,6 +497,19 @@ def _ca_bundle(loaded: LoadedSpec) -> Path | None:
             )
         return path
     return DEFAULT_CA_BUNDLE if DEFAULT_CA_BUNDLE.is_file() else None
+
+
+@contextlib.contextmanager
+def _note_failure(log: IO[str]) -> Iterator[None]:
+    """Write why a build stopped at the end of its log, so the file alone tells the story."""
+    try:
+        yield
+    except ImagekitError as exc:
+        log.write(f"\n# failed: {exc}\n")
+        raise
+    except KeyboardInterrupt:
+        log.write("\n# interrupted\n")
+        raise
 
 
 @contextlib.contextmanager
