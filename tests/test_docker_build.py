@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, require_docker, require_tool
@@ -379,3 +380,47 @@ build:
     assert out.split()[0] == sha
     build(spec, "docker", force=True, verify=False)
     assert hits == ["/remote.bin"]  # the second build took it from the cache
+
+
+def _cli_json(*args: str) -> tuple[int, dict[str, object], str]:
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "imagekit"), "build", *args, "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    doc = json.loads(proc.stdout) if proc.returncode == 0 else {}
+    return proc.returncode, doc, proc.stderr
+
+
+def test_cpu_example_builds_verifies_and_rebuilds_only_the_app(tmp_path: Path) -> None:
+    """The CPU example through the CLI: exit 0 with a verify report; an edit under app/ rebuilds only the app layer."""
+    require_docker()
+    import shutil
+
+    example = REPO / "examples" / "tts"
+    copy = tmp_path / "tts"
+    shutil.copytree(example, copy, ignore=shutil.ignore_patterns(".imagekit", "__pycache__"))
+    spec = copy / "imagekit-cpu.yaml"
+    rc, first, err = _cli_json("-f", str(spec), "--target", "docker")
+    assert rc == 0, err[-3000:]
+    img = first["images"][0]  # type: ignore[index]
+    assert img["image"] == "tts-cpu"
+    assert Path(img["verify_report"]).is_file()
+    assert img["ref"].startswith("imagekit/tts-cpu:")
+    (copy / "app" / "__init__.py").write_text((copy / "app" / "__init__.py").read_text() + f"# {uuid.uuid4()}\n")
+    again: Any = None
+    try:
+        rc, second, err = _cli_json("-f", str(spec), "--target", "docker", "--no-verify")
+        assert rc == 0, err[-3000:]
+        again = second["images"][0]  # type: ignore[index]
+        assert [lr["status"] for lr in again["layers"]] == ["reused", "reused", "built"]
+        assert [lr["image_id"] for lr in again["layers"][:2]] == [lr["image_id"] for lr in img["layers"][:2]]
+        assert again["image_id"] != img["image_id"]
+        print(f"cpu example app-only rebuild: {again['seconds']}s, image {again['size'] / 1e6:.0f} MB")
+    finally:
+        # keep the shared example tags as they were: :latest back on the example's own build
+        _docker("tag", img["ref"], "imagekit/tts-cpu:latest")
+        if again is not None:
+            _docker("rmi", again["ref"], again["layers"][2]["tag"], check=False)
