@@ -367,3 +367,37 @@ def test_gc_keeps_channel_newest_verified_and_parents_removes_the_rest(chain: Ch
             assert not {s for d in removed for s in d.snapshots} & snaps
     # the next rehearsal no longer sees them either
     assert not gone & set(tags_of(chain.root))
+
+
+def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> None:
+    """The CPU example (torch 2.13.0+cpu from the wheelhouse when present) as layered AMIs, verified and recorded."""
+    from conftest import EXAMPLES
+
+    root = session_env / "cpu-example"
+    shutil.copytree(EXAMPLES / "tts", root, ignore=shutil.ignore_patterns(".imagekit", "manifests", "__pycache__"))
+    spec = root / "imagekit-cpu.yaml"
+    text = spec.read_text()
+    # the example lists only the docker target; the same spec builds AMIs once `ami` is listed
+    spec.write_text(text.replace("targets: [docker]", "targets: [docker, ami]"))
+    t0 = time.monotonic()
+    res = cli("build", "-f", str(spec), "--target", "ami", "--rehearse", "--json")
+    cold = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr[-4000:]
+    (img,) = json.loads(res.stdout)["images"]
+    assert [lr["status"] for lr in img["layers"]] == ["built", "built", "built"]
+    report = json.loads(Path(img["verify_report"]).read_text())
+    assert report["ok"] is True, report["failures"]
+    assert report["probe"]["torch"]["version"].startswith("2.13.0")
+    assert report["smoke"]["content_type"] == "audio/wav"
+    server = root / "app" / "server.py"
+    server.write_text(server.read_text() + "\n# app-only change\n")
+    since = time.time() - 1
+    t0 = time.monotonic()
+    res = cli("build", "-f", str(spec), "--target", "ami", "--rehearse", "--json")
+    app_only = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr[-4000:]
+    (img,) = json.loads(res.stdout)["images"]
+    assert [lr["status"] for lr in img["layers"]] == ["reused", "reused", "built"]
+    assert packer_runs(since) == ["app.pkr.hcl", "verify.pkr.hcl"]
+    assert len(manifests(root)) == 2
+    print(f"\nCPU example rehearsal: cold build {cold:.1f}s, app-only rebuild {app_only:.1f}s")

@@ -201,9 +201,10 @@ class _Builder:
         self, image: str, layer: str, template: Path, variables: dict[str, str], log_path: Path
     ) -> pk.BuildOutcome:
         def progress(kind: str, text: str) -> None:
-            text = text.strip()
-            if not text:
-                return
+            lines = text.strip().splitlines()
+            if not lines or lines[0].startswith("-->"):
+                return  # "--> build: AMIs were created: ..." repeats what the done event says
+            text = lines[0]
             if kind == "say":
                 self.event("step", text.removeprefix("==> ").split(": ", 1)[-1], image, layer)
             elif kind == "message":
