@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import DOCKER, REPO, require_docker, require_tool
+from conftest import DOCKER, REPO, require_docker, require_packer, require_tool
 
 from imagekit.api.nightly import nightly
 from imagekit.events import Event
@@ -340,3 +340,42 @@ def test_upstream_drift_of_a_from_docker_base(tmp_path: Path, spec_name: str, re
     assert built(quiet) == [] and not quiet.failed
     warns = [e.message for e in events if e.kind == "warn"]
     assert any(f"cannot reach the registry of {upstream}" in w for w in warns), warns
+
+
+AMI_SPEC = """\
+version: 1
+name: {name}
+layers:
+  base:
+    from:
+      bootstrap: {{distro: debian, suite: bookworm}}
+      ami: {{name: "debian-12-amd64-*", owners: ["136693071363"]}}
+    cuda: "none"
+  app:
+    parent: base
+    copy: [{{src: app/, dest: /opt/app}}]
+images:
+  svc: {{leaf: app, targets: [docker, ami], repository: imagekit-test/{name}}}
+verify: {{gpu: optional}}
+"""
+
+
+@pytest.mark.packer
+@pytest.mark.aws
+def test_both_targets_in_one_run_with_the_ami_rehearsal(tmp_path: Path, spec_name: str) -> None:
+    require_packer()
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "hello.txt").write_text("hi\n")
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(AMI_SPEC.format(name=spec_name))
+    first = nightly(spec, target="all", jobs=2, rehearse=True)
+    assert not first.failed, first.runs
+    assert built(first) == [("svc", "app"), ("svc", "app"), ("svc", "base"), ("svc", "base")]
+    assert sorted((r.target, tuple(r.channels)) for r in first.runs) == [
+        ("ami", ("nightly",)),
+        ("docker", ("nightly",)),
+    ]
+    ami = next(r for r in first.runs if r.target == "ami")
+    assert ami.manifest_id and any(g["target"] == "ami" for g in first.gc)
+    second = nightly(spec, target="all", jobs=2, rehearse=True)
+    assert built(second) == [] and all(r.status == "unchanged" and not r.channels for r in second.runs)
