@@ -186,3 +186,29 @@ def test_package_changes_lists_added_and_changed() -> None:
     old = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9", "gcc": "12"}}}}
     new = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9+deb12u1", "gcc": "12", "cmake": "3.25"}}}}
     assert package_changes(old, new) == ["dpkg +cmake 3.25", "dpkg libc6 2.36-9 -> 2.36-9+deb12u1"]
+
+
+def test_imagekit_plan_shows_refresh_due_from_the_store(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from imagekit.manifest.record import record_build
+
+    (tmp_path / "imagekit.yaml").write_text(SPEC.replace('{docker: "registry.example/debian:bookworm", ', "{"))
+    loaded = load_spec(tmp_path / "imagekit.yaml")
+    layers = plan_image(loaded, "svc", "docker").layers
+    old = datetime.now(timezone.utc) - timedelta(days=9)
+    record_build(
+        loaded, "svc", "docker", layers, started=old, finished=old, image_ref="svc:1",
+        image_digest="sha256:" + "1" * 64, passed=True, report={"ok": True},
+    )  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "imagekit", "plan", "-f", str(tmp_path / "imagekit.yaml"), "--target", "docker",
+         "--json"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (img,) = json.loads(res.stdout)["images"]
+    status = {lp["name"]: (lp["status"], lp["reason"]) for lp in img["layers"]}
+    assert status["base"][0] == "stale" and status["base"][1].startswith("refresh due (last built ")
+    assert status["app"] == ("stale", "parent base is stale")

@@ -108,4 +108,11 @@ def plan_spec(
         from imagekit.manifest.record import store_lookup
 
         lookup = store_lookup(loaded)
+    if stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values()):
+        # `refresh due` from the store's build times (offline); upstream drift is asked by `imagekit nightly`
+        from imagekit.manifest.ledger import spec_store
+        from imagekit.nightly.run import verified_builds
+        from imagekit.nightly.staleness import StaleChecker
+
+        stale_check = StaleChecker(loaded, verified_builds(loaded, spec_store(loaded)))
     return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)
