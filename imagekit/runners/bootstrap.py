@@ -104,7 +104,11 @@ def ensure_base(
             layer=layer,
         )
     spec = definition(boot)
-    reporter(Event("start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer))
+    reporter(
+        Event(
+            "start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer, "docker"
+        )
+    )
     debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
     with scratch_dir(workdir) as tmp:
         rootfs = tmp / "rootfs"
