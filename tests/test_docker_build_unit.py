@@ -315,3 +315,59 @@ def test_failed_debootstrap_raises_and_cleans_up(tmp_path: Path) -> None:
     assert "debootstrap imagekit-no-such-suite failed" in str(info.value)
     assert info.value.log_tail
     assert list(scratch.iterdir()) == []  # the temporary rootfs folder is gone
+
+
+def test_an_unreachable_docker_host_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagekit.errors import ToolMissing
+    from imagekit.runners.docker import DockerEngine
+
+    # nothing listens on the discard port: the SDK follows DOCKER_HOST, and the error says where it looked
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")
+    with pytest.raises(ToolMissing, match=r"cannot reach a Docker Engine at tcp://127\.0\.0\.1:9") as info:
+        DockerEngine().exists("anything")
+    assert info.value.exit_code == 1
+
+
+class StampingEngine:
+    """Builds succeed; the built image carries the hash the Dockerfile was rendered with."""
+
+    def __init__(self, stamped: str) -> None:
+        self.stamped = stamped
+        self.removed: list[str] = []
+
+    def build(self, *_args: Any, **_kwargs: Any) -> Any:
+        from imagekit.runners.process import Result
+
+        return Result(["docker", "build"], 0, [], "", 0.1)
+
+    def inspect(self, _ref: str) -> Any:
+        from imagekit.runners.docker import ImageInfo
+
+        return ImageInfo(id="sha256:1", labels={"dev.imagekit.layer.app.hash": self.stamped})
+
+    def remove_image(self, ref: str) -> None:
+        self.removed.append(ref)
+
+
+def test_a_layer_whose_files_changed_mid_build_is_not_kept(tmp_path: Path) -> None:
+    from imagekit.plan import LayerPlan
+
+    loaded = load_spec(_spec(tmp_path))
+    lp = LayerPlan("app", "1" * 64, "stale", "not built yet")
+    log = tmp_path / "build.log"
+
+    def layer(engine: StampingEngine) -> Any:
+        with log.open("w") as fh:
+            return build_api._build_layer(
+                loaded, "one", lp, "imagekit/ikt-unit-app:1111111111111111", engine=engine,  # type: ignore[arg-type]
+                dockerfile=tmp_path / "x.Dockerfile", context=tmp_path, build_args={}, secrets={}, force=False,
+                log=fh, log_path=log, reporter=lambda _e: None,
+            )  # fmt: skip
+
+    same = StampingEngine("1" * 64)
+    assert layer(same).status == "built"
+    assert same.removed == []
+    moved = StampingEngine("2" * 64)
+    with pytest.raises(BuildFailed, match="changed while it was building"):
+        layer(moved)
+    assert moved.removed == ["imagekit/ikt-unit-app:1111111111111111"]
