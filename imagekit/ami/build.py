@@ -22,7 +22,7 @@ from imagekit.events import Event, Reporter, silent
 from imagekit.fsutil import atomic_write
 from imagekit.paths import log_dir, work_dir
 from imagekit.plan import LayerPlan, plan_image
-from imagekit.render.packer import BUILD_DIR, MANIFEST_FILE, Rehearsal, render_layer, render_verify
+from imagekit.render.packer import BUILD_DIR, MANIFEST_FILE, STOP_EXIT, Rehearsal, render_layer, render_verify
 from imagekit.runners import packer as pk
 from imagekit.runners.aws import Ami, Aws
 from imagekit.spec import LoadedSpec
@@ -356,8 +356,8 @@ class _Builder:
         with self.instance(leaf_ami, name) as conn:
             outcome = self.run_packer(image, "verify", template, {**variables, **conn}, log_path)
         self.packer_builds -= 1  # verification is not a layer build
-        self._drop_scratch(outcome)
-        if outcome.returncode != 0 or not report_path.exists():
+        stopped = any(f"exit status: {STOP_EXIT}" in e for e in outcome.errors)
+        if (outcome.returncode != 0 and not stopped) or not report_path.exists():
             tail = " | ".join(outcome.tail[-5:])
             return None, [f"verification run failed (exit {outcome.returncode}): {tail}; log {log_path}"], report_path
         raw = json.loads(report_path.read_text(encoding="utf-8"))
@@ -368,13 +368,6 @@ class _Builder:
         report.seconds = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
         report.write(report_path)
         return report.model_dump(mode="json", by_alias=True), list(report.failures), report_path
-
-    def _drop_scratch(self, outcome: pk.BuildOutcome) -> None:
-        # Packer 1.6.6 has no skip_create_ami: deregister the verification's scratch AMI at once.
-        for region, ami_id in pk.amis_of(outcome.artifacts).items():
-            for ami in self.aws.describe_images(region, ids=[ami_id]):
-                if ami.tags.get("imagekit:verify-scratch") == "true":
-                    self.aws.deregister(ami)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -19,6 +19,9 @@ STAGE_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the build instance, no
 BUILD_DIR = "/tmp/imagekit/build"  # noqa: S108 - a path on the build instance
 VERIFY_DIR = "/tmp/imagekit-verify"  # noqa: S108 - a path on the verify instance
 MANIFEST_FILE = "packer-manifest.json"
+# Packer 1.6.6 cannot skip the AMI of a verification run; this exit stops the run before it (see render_verify)
+STOP_EXIT = 86
+VERIFY_STOP = "imagekit: verification done; stopping the run so that no AMI is made"
 AMAZON_PLUGIN = {"version": ">= 1.3.0", "source": "github.com/hashicorp/amazon"}
 # Scripts run as root, like the Dockerfile's RUN steps; the environment carries the staging folder. The script is
 # sourced under an ERR trap (inherited by functions, -E) so a failure names its line in the script; the shift
@@ -169,9 +172,6 @@ def _source(
     }
     if not create_ami and modern:
         attrs["skip_create_ami"] = True
-    elif not create_ami:
-        # Packer 1.6.6 has no skip_create_ami: the scratch AMI is tagged so the runner deregisters it at once.
-        attrs["tags"] = _map({"imagekit:verify-scratch": "true"})
     if root is None:
         attrs["source_ami"] = _expr("var.parent_ami" if create_ami else "var.ami_id")
     if create_ami:
@@ -381,8 +381,9 @@ def render_verify(
 ) -> str:
     """The boot-and-verify template: boot the leaf AMI on the verify instance type, run the checks, fetch the report.
 
-    With current Packer no AMI is created (skip_create_ami); Packer 1.6.6 lacks that option, so its scratch AMI is
-    tagged `imagekit:verify-scratch` for the runner to deregister. Packer terminates the instance whatever happens.
+    With current Packer no AMI is created (skip_create_ami). Packer 1.6.6 lacks that option: its last provisioner
+    stops the build on purpose (exit STOP_EXIT) once the report is downloaded, so no AMI (a snapshot of the whole
+    volume, minutes and money) is made; the runner reads that exit as success. Packer terminates the instance.
     """
     doc = hcl2.Builder()
     if required_plugins:
@@ -437,4 +438,10 @@ def render_verify(
         source=_s(f"{VERIFY_DIR}/report.json"),
         destination=_expr("var.report_path"),
     )
+    if not required_plugins:
+        build.block(
+            "provisioner",
+            [_s("shell")],
+            inline=[_s(f"echo '{VERIFY_STOP}'"), _s(f"exit {STOP_EXIT}")],
+        )
     return _dumps(doc)
