@@ -424,3 +424,35 @@ def test_cpu_example_builds_verifies_and_rebuilds_only_the_app(tmp_path: Path) -
         _docker("tag", img["ref"], "imagekit/tts-cpu:latest")
         if again is not None:
             _docker("rmi", again["ref"], again["layers"][2]["tag"], check=False)
+
+
+def test_from_docker_pulls_and_records_the_repo_digest(built: Built, registry: str, tmp_path: Path) -> None:
+    # the runtime layer (root user; the final image's USER is app) goes to the registry, then only from there
+    runtime = built.cold.image("tiny").layers[1]
+    engine = DockerEngine()
+    dest, tag = f"{registry}/imagekit-test/{built.name}-runtime", runtime.hash[:16]
+    engine.tag(runtime.tag, dest, tag)
+    digest = engine.push(dest, tag)
+    ref = f"{dest}:{tag}"
+    _docker("rmi", ref)  # only that tag: the engine must pull it from the registry again
+    assert not engine.exists(ref)
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        f"""\
+version: 1
+name: {built.name}-pulled
+layers:
+  top:
+    from: {{docker: "{ref}"}}
+    run: ["test -f /etc/imagekit-test-runtime"]
+images:
+  pulled: {{leaf: top}}
+"""
+    )
+    res = build(spec, "docker", verify=False).image("pulled")
+    assert res.base is not None
+    assert res.base.kind == "docker"
+    assert res.base.digest == digest
+    assert res.base.ref == f"{dest}@{digest}"
+    assert res.base.image_id == runtime.image_id
+    assert [lr.status for lr in res.layers] == ["built"]
