@@ -276,6 +276,12 @@ class Rehearsal:
         for other in ami_ids[1:]:
             _docker("tag", first, ami_image(other))
 
+    def forget(self, ami_ids: list[str]) -> None:
+        """Drop the images of deregistered rehearsal AMIs from the Docker engine (gc)."""
+        tags = [ami_image(i) for i in ami_ids if image_exists(ami_image(i))]
+        if tags:
+            _docker("rmi", *tags, log=self.log)
+
     def terminate(self, instance: Instance) -> None:
         """Remove the container (the instance is always terminated)."""
         _docker("rm", "-f", "-v", instance.container, log=self.log)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagekit.ami.gc import GcResult, Protected, record_json, record_key, run_gc
 from imagekit.errors import UsageError
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import log_dir, work_dir
 from imagekit.runners.aws import Aws
+
+if TYPE_CHECKING:
+    from imagekit.ami.rehearsal import Rehearsal
 from imagekit.spec import LoadedSpec
 
 
@@ -46,15 +50,15 @@ def protected_amis(loaded: LoadedSpec, image: str | None) -> Protected:
 
 
 @contextlib.contextmanager
-def _aws(loaded: LoadedSpec, rehearse: bool) -> Iterator[Aws]:
+def _aws(loaded: LoadedSpec, rehearse: bool) -> Iterator[tuple[Aws, Rehearsal | None]]:
     if not rehearse:
-        yield Aws()
+        yield Aws(), None
         return
     from imagekit.ami.rehearsal import rehearsal
 
     log = log_dir() / "ami" / f"{loaded.spec.name}-gc-rehearsal.log"
     with rehearsal(work_dir(loaded.root) / "rehearsal", loaded.spec.aws.region, log, loaded.spec.aws.ami_regions) as r:
-        yield r.aws
+        yield r.aws, r
 
 
 def gc(
@@ -79,7 +83,7 @@ def gc(
         raise UsageError("--keep must be at least 1")
     protected = protected_amis(loaded, image)
     aws_cfg = loaded.spec.aws
-    with _aws(loaded, rehearse) as aws:
+    with _aws(loaded, rehearse) as (aws, reh):
         result = run_gc(
             aws,
             loaded.spec.name,
@@ -91,6 +95,9 @@ def gc(
             dry_run=dry_run,
             reporter=reporter,
         )
+        if reh is not None and not dry_run:
+            # a rehearsal AMI is also an image in the Docker engine
+            reh.forget([ami for d in result.removed for ami in d.amis.values()])
     result.rehearsal = rehearse
     if not dry_run and result.removed:
         store = spec_store(loaded)
