@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
+from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.fetch import fetch_model, stage
 from imagekit.fsutil import atomic_write
@@ -75,6 +75,9 @@ class ImageResult:
     base: BaseResult | None = None
     log_path: str = ""
     verify_report: str = ""
+    manifest_id: str = ""
+    manifest_path: str = ""
+    manifest_passed: bool | None = None
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -152,7 +155,14 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
             # nightly needs what was built even when the verification after it raises
             on_built(res)
         if verify:
-            res.verify_report = _verify(loaded, res, reporter)
+            try:
+                res.verify_report = _verify(loaded, res, reporter)
+            except VerifyFailed as exc:
+                # a failed verification is a record too, clearly marked failed, so it can never be promoted
+                res.verify_report = exc.report_path
+                _record(loaded, res, engine, reporter, failure="; ".join(exc.failures) or str(exc))
+                raise
+            _record(loaded, res, engine, reporter)
     return out
 
 
@@ -581,3 +591,35 @@ def _verify(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
     if isinstance(report, str | Path):
         return str(report)
     return str(getattr(report, "path", "") or getattr(report, "report_path", "") or "")
+
+
+def _record(
+    loaded: LoadedSpec, res: ImageResult, engine: DockerEngine, reporter: Reporter, *, failure: str | None = None
+) -> None:
+    """Sign and store the build's manifest (in-toto statement in a DSSE envelope) after verification."""
+    from imagekit.manifest.record import record_build
+
+    builders: dict[str, str] = {}
+    with contextlib.suppress(Exception):  # the engine version is a nicety in the record, never a reason to fail
+        builders["docker"] = str(engine.client.version().get("Version", ""))
+    base = None
+    if res.base is not None:
+        base = res.base.digest or res.base.image_id or res.base.ref
+    rec = record_build(
+        loaded,
+        res.image,
+        "docker",
+        [(lr.name, lr.hash) for lr in res.layers],
+        started=res.started,
+        finished=_now(),  # after verification: the record covers build and verify
+        image_ref=res.pushed or res.ref,
+        # a pushed image is named by its registry digest; a local one by its image (config) digest
+        image_digest=res.repo_digest or res.image_id,
+        base=base,
+        report=Path(res.verify_report) if res.verify_report else None,
+        failure=failure,
+        builders=builders,
+        size_bytes=res.size or None,
+        reporter=reporter,
+    )
+    res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed

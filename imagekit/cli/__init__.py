@@ -66,6 +66,20 @@ def _register() -> None:
 _register()
 
 
+def _one_line_help(typer_app: typer.Typer) -> None:
+    # click cuts short help at 45 characters; give each command its whole first docstring line instead.
+    for info in typer_app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None) or ""
+        if doc and info.short_help is None:
+            info.short_help = doc.strip().splitlines()[0]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_help(group.typer_instance)
+
+
+_one_line_help(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -50,5 +50,7 @@ def build(  # noqa: PLR0917 (typer options)
             err.print(f"  pushed {escape(res.pushed)}")
         if res.verify_report:
             err.print(f"  verify report: {escape(res.verify_report)}")
+        if res.manifest_id:
+            err.print(f"  signed manifest: {escape(res.manifest_id)} -> {escape(res.manifest_path)}")
         if res.log_path:
             err.print(f"  log: {escape(res.log_path)}")
