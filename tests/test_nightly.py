@@ -379,3 +379,29 @@ def test_both_targets_in_one_run_with_the_ami_rehearsal(tmp_path: Path, spec_nam
     assert ami.manifest_id and any(g["target"] == "ami" for g in first.gc)
     second = nightly(spec, target="all", jobs=2, rehearse=True)
     assert built(second) == [] and all(r.status == "unchanged" and not r.channels for r in second.runs)
+
+
+def test_docker_gc_untags_builds_beyond_keep_but_not_a_rollback_target(tmp_path: Path, spec_name: str) -> None:
+    spec = write_spec(tmp_path, spec_name)
+    spec.write_text(spec.read_text().replace("images:\n", "retention: {keep: 1}\nimages:\n"))
+    app1_tags = []
+    runs = []
+    for version in range(3):
+        (tmp_path / "app1" / "hello.txt").write_text(f"app1 v{version}\n")
+        runs.append(nightly(spec, target="docker"))
+        assert not runs[-1].failed, runs[-1].runs
+        app1_tags.append(f"imagekit/{spec_name}-app1:{_hash16(spec, 'app1')}")
+    gc = {g["image"]: g for g in runs[-1].gc}
+    first_one = runs[0].runs[0].manifest_id
+    # v0 fell out of keep=1 and is no channel's head or rollback target; v1 is nightly's rollback target
+    assert gc["one"]["removed_builds"] == [first_one]
+    assert f"imagekit-test/{spec_name}-one:{app1_tags[0].rsplit(':', 1)[1]}" in gc["one"]["removed_tags"]
+    assert app1_tags[0] in gc["one"]["removed_tags"]
+    assert not _exists(app1_tags[0]) and _exists(app1_tags[1]) and _exists(app1_tags[2])
+    # the shared base and image two (unchanged, one build) keep everything
+    assert _exists(f"imagekit/{spec_name}-base:{_hash16(spec, 'base')}")
+    assert gc["two"]["removed_tags"] == []
+
+
+def _exists(ref: str) -> bool:
+    return subprocess.run([DOCKER, "image", "inspect", ref], capture_output=True, check=False).returncode == 0

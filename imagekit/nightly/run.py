@@ -192,7 +192,7 @@ def run_nightly(
                 for fut in [pool.submit(unit) for unit in units]:
                     fut.result()
         result.runs = [t.run for t in tasks]
-        result.gc = _gc(loaded, tasks, rehearse=rehearse, reporter=reporter)
+        result.gc = _gc(ctx, tasks)
     result.finished = _iso(clock())
     if report_dir is not None:
         write_reports(result, Path(report_dir))
@@ -423,27 +423,32 @@ def _promote(ctx: _Context, task: _Task, mid: str, channel: str) -> None:
     ctx.reporter(Event("done", f"{channel} -> {mid}", task.image, "", task.target))
 
 
-def _gc(loaded: LoadedSpec, tasks: list[_Task], *, rehearse: bool, reporter: Reporter) -> list[dict[str, Any]]:
-    """Retention after the builds: AMIs through the AMI gc; docker layer tags are left in the engine."""
+def _gc(ctx: _Context, tasks: list[_Task]) -> list[dict[str, Any]]:
+    """Retention after the builds: AMIs through the AMI gc, docker images through nightly.gc (tags only)."""
+    loaded, reporter = ctx.loaded, ctx.reporter
     out: list[dict[str, Any]] = []
-    for name, image in loaded.spec.images.items():
-        keep = image.keep or loaded.spec.retention.keep
-        targets = {t.target for t in tasks if t.image == name}
-        if "ami" in targets:
-            try:
-                from imagekit.api.ami import gc
-            except ImportError:
-                out.append({"image": name, "target": "ami", "keep": keep, "note": "AMI gc is not installed"})
-            else:
-                try:
-                    res = gc(loaded.path, keep=keep, image=name, rehearse=rehearse, reporter=reporter)
-                    out.append({"image": name, "target": "ami", "keep": keep,
-                                "removed": [d.name for d in res.removed], "record": res.record})  # fmt: skip
-                except ImagekitError as exc:
-                    out.append({"image": name, "target": "ami", "keep": keep, "error": str(exc)})
-        if "docker" in targets:
-            out.append({
-                "image": name, "target": "docker", "keep": keep, "removed": [],
-                "note": "docker: nothing removed; layer tags stay in the local engine (pruned by hand)",
-            })  # fmt: skip
+    docker_images = sorted({t.image for t in tasks if t.target == "docker"})
+    if docker_images:
+        from imagekit.nightly.gc import docker_gc
+        from imagekit.runners.docker import DockerEngine
+
+        try:
+            ledger = Ledger(ctx.store, resolve_trust(loaded))
+            engine = ctx.engine or DockerEngine()
+            out += [g.to_json() for g in docker_gc(loaded, ledger, engine, images=docker_images, reporter=reporter)]
+        except ImagekitError as exc:
+            out.append({"target": "docker", "error": str(exc)})
+    for name in sorted({t.image for t in tasks if t.target == "ami"}):
+        keep = loaded.spec.images[name].keep or loaded.spec.retention.keep
+        try:
+            from imagekit.api.ami import gc
+        except ImportError:
+            out.append({"image": name, "target": "ami", "keep": keep, "note": "AMI gc is not installed"})
+            continue
+        try:
+            res = gc(loaded.path, keep=keep, image=name, rehearse=ctx.rehearse, reporter=reporter)
+            out.append({"image": name, "target": "ami", "keep": keep,
+                        "removed": [d.name for d in res.removed], "record": res.record})  # fmt: skip
+        except ImagekitError as exc:
+            out.append({"image": name, "target": "ami", "keep": keep, "error": str(exc)})
     return out

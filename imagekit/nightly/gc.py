@@ -1,0 +1,103 @@
+"""Retention for the docker target: untag the images of builds that fell out of `keep`, never one still in use.
+
+Kept, whatever `keep` says: the newest `keep` builds of each image, the build each channel points at and the one
+before it (a rollback's target), and every layer hash any kept build of any image of the spec uses. Only this
+spec's own tags are touched (`imagekit/<spec>-<layer>:<hash16>` and `<repository>:<leaf hash16>`); removing a tag
+frees the layers once nothing else uses them. Manifests are never deleted: the store stays the audit log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from imagekit.events import Event, Reporter, silent
+from imagekit.manifest.ledger import Ledger
+from imagekit.manifest.statement import BuildRecord
+from imagekit.spec import LoadedSpec
+
+
+class Untagger(Protocol):
+    """What gc needs from the engine."""
+
+    def exists(self, ref: str) -> bool: ...
+
+    def remove_image(self, ref: str) -> None: ...
+
+
+@dataclass
+class DockerGc:
+    """What docker gc kept and removed for one image."""
+
+    image: str
+    keep: int
+    kept: list[str] = field(default_factory=list)
+    removed_builds: list[str] = field(default_factory=list)
+    removed_tags: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report.json shape."""
+        return {"target": "docker", **asdict(self)}
+
+
+def _tags(loaded: LoadedSpec, b: BuildRecord) -> list[str]:
+    from imagekit.api.build import layer_tag
+
+    out = [layer_tag(loaded, name, digest) for name, digest in b.layers if name in loaded.spec.layers]
+    img = loaded.spec.images.get(b.image)
+    if img is not None and b.layers:
+        out.append(f"{img.repository or b.image}:{b.leaf_hash[:16]}")
+    return out
+
+
+def protected_ids(ledger: Ledger, image: str) -> set[str]:
+    """Each channel's current build and the one a rollback would go back to."""
+    from imagekit.manifest.channels import assignments, channel_names
+
+    out: set[str] = set()
+    for channel in channel_names(ledger.store, image):
+        stack = assignments(ledger.channel_records(image, channel))
+        out.update(stack[-2:])
+    return out
+
+
+def docker_gc(
+    loaded: LoadedSpec,
+    ledger: Ledger,
+    engine: Untagger,
+    *,
+    images: list[str],
+    reporter: Reporter = silent,
+) -> list[DockerGc]:
+    """Untag the docker images of builds beyond each image's `keep` (images.<name>.keep, else retention.keep)."""
+    entries = [e for e in ledger.entries(with_channels=False) if e.build is not None]
+    builds = [e.build for e in entries if e.build is not None and e.build.target == "docker"]
+    kept_ids: set[str] = set()
+    results: dict[str, DockerGc] = {}
+    for name in loaded.spec.images:
+        keep = loaded.spec.images[name].keep or loaded.spec.retention.keep
+        mine = [b for b in builds if b.image == name]  # oldest first
+        protected = protected_ids(ledger, name)
+        kept = {b.id for b in mine[-keep:]} | protected
+        kept_ids |= kept
+        results[name] = DockerGc(name, keep, kept=[b.id for b in mine if b.id in kept])
+    in_use = {tag for b in builds if b.id in kept_ids for tag in _tags(loaded, b)}
+    for name in images:
+        res = results[name]
+        for b in (b for b in builds if b.image == name and b.id not in kept_ids):
+            before = len(res.removed_tags)
+            for tag in _tags(loaded, b):
+                if tag in in_use or tag in res.removed_tags or not engine.exists(tag):
+                    continue
+                try:
+                    engine.remove_image(tag)
+                except Exception as exc:  # an engine refusal (in use by a container) is reported, not fatal
+                    res.errors.append(f"{tag}: {str(exc).strip()[:200]}")
+                    continue
+                res.removed_tags.append(tag)
+            if len(res.removed_tags) > before:
+                res.removed_builds.append(b.id)
+        if res.removed_tags:
+            reporter(Event("done", f"gc: untagged {len(res.removed_tags)} image(s) of old builds", name, "", "docker"))
+    return [results[n] for n in images]
