@@ -365,6 +365,13 @@ def test_gc_keeps_channel_newest_verified_and_parents_removes_the_rest(chain: Ch
             )
             snaps = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
             assert not {s for d in removed for s in d.snapshots} & snaps
+        # as `imagekit gc --rehearse` does: the removed AMIs' images leave the Docker engine
+        r.forget(sorted(gone))
+        for ami_id in gone:
+            probe = subprocess.run(
+                [DOCKER, "image", "inspect", f"imagekit-rehearsal-ami:{ami_id}"], capture_output=True, check=False
+            )
+            assert probe.returncode != 0
     # the next rehearsal no longer sees them either
     assert not gone & set(tags_of(chain.root))
 
