@@ -96,6 +96,8 @@ def test_refresh_due_after_every_days_and_not_before(loaded: LoadedSpec) -> None
 def test_docker_drift_and_an_unreachable_registry(loaded: LoadedSpec) -> None:
     b = record(loaded, "docker", finished=NOW, base=f"registry.example/debian@{OLD}")
     assert base_dependency(b) == (f"oci:registry.example/debian@{OLD}", "a" * 64)
+    # what `imagekit build` records for a pulled base: the bare digest
+    assert base_dependency(record(loaded, "docker", finished=NOW, base=OLD))[1] == "a" * 64
     reg = FakeRegistry(NEW)
     drift = reasons(loaded, StaleChecker(loaded, [b], lambda: NOW, reg))
     assert drift["base"].startswith("upstream changed (registry.example/debian:bookworm now sha256:bbbbbbbbbbbb")

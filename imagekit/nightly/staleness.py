@@ -50,8 +50,9 @@ def base_dependency(build: BuildRecord) -> tuple[str, str]:
         if isinstance(dep, dict) and dep.get("name") == "base":
             uri = str(dep.get("uri", ""))
             digest = str(dep.get("digest", {}).get("sha256", ""))
-            if not digest and "@sha256:" in uri:
-                digest = uri.split("@sha256:", 1)[1]
+            if not digest and "sha256:" in uri:
+                # `oci:repo@sha256:<hex>`, or a bare `oci:sha256:<hex>` when the build recorded only the digest
+                digest = uri.rsplit("sha256:", 1)[1]
             return uri, digest
     return "", ""
 
