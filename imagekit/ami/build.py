@@ -664,6 +664,8 @@ def as_build_result(loaded: LoadedSpec, result: AmiBuildResult) -> BuildResult:
                 ref=f"{region}:{leaf.get(region, '')}" + (" (rehearsal)" if result.rehearsal else ""),
                 tags=[f"{reg}:{ami}" for reg, ami in sorted(leaf.items())],
                 verify_report=r.report_path,
+                manifest_id=r.manifest,
+                manifest_passed=r.verified,
                 log_path=r.layers[-1].log_path if r.layers else "",
                 seconds=r.seconds,
             )
