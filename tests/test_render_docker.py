@@ -248,3 +248,28 @@ def test_compilers_live_only_in_the_builder_stage(workspace: dict[str, object], 
     _build(workspace, "runtime-builder", tag, f"IMAGEKIT_PARENT_RUNTIME=imagekit-rendertest-base:{hashes['base'][:16]}")
     assert _sh(workspace, tag, "command -v gcc") == "/usr/bin/gcc"
     assert _sh(workspace, final, "command -v gcc || echo no-gcc") == "no-gcc"
+
+
+def test_a_start_image_with_a_non_root_user_still_provisions(workspace: dict[str, object]) -> None:
+    """Each stage switches to root for provisioning, whatever USER its start image ends with."""
+    docker = str(workspace["docker"])
+    nonroot = "imagekit-rendertest-nonroot:1"
+    proc = subprocess.run(
+        [docker, "build", "-t", nonroot, "-"],
+        input=f"FROM {workspace['base']}\nUSER nobody\n",
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    made = workspace["made"]
+    assert isinstance(made, list)
+    made.append(nonroot)
+    hashes = workspace["hashes"]
+    assert isinstance(hashes, dict)
+    tag = f"imagekit-rendertest-runtime-nonroot:{hashes['runtime'][:16]}"
+    # the runtime layer creates /opt/venv and installs into it: it fails as `nobody`
+    _build(workspace, "runtime", tag, f"IMAGEKIT_PARENT_RUNTIME={nonroot}")
+    assert _sh(workspace, tag, "stat -c %U /opt/venv/bin/python") == "root"
