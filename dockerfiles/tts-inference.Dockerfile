@@ -8,11 +8,13 @@ ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="69f4cb396b4a5a3876c03935352349ffd4d0c5d1778dbe694428c8f52a3dac39"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-builder
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
@@ -22,6 +24,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="406e9c8e60a4ae531b197f1a8e666856ab9e428d456019f83820c9b49ade93e8"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
@@ -30,6 +33,7 @@ ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
 LABEL dev.imagekit.layer.app.hash="b3aff717bc80ea5bc6552d95c623a1b8e1f3622f4a04f1d8c3ccedfe70a9eb4d"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system

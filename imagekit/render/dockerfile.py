@@ -168,6 +168,7 @@ def render_dockerfile(
                 mounts.append(f"--mount=type=bind,source={lock},target={SRC_DIR}/{layer.requirements}")
             out += [
                 f"FROM {start} AS {builder_stage(name)}",
+                "# hadolint ignore=DL3002",
                 "USER root",
                 _run(
                     script,
@@ -181,7 +182,7 @@ def render_dockerfile(
         out += [f"FROM {start} AS {name}", f"LABEL {_label(f'{LABEL_PREFIX}.layer.{name}.hash', hashes[name])}"]
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
-        out.append("USER root")
+        out += ["# hadolint ignore=DL3002", "USER root"]
         stage_phases = [p for p in ("system",) if p in phases]
         if not steps.pip_work and "venv" in phases:
             stage_phases.append("venv")

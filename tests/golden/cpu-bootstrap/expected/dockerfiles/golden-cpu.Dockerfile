@@ -8,11 +8,13 @@ ARG IMAGEKIT_PARENT_APP_SVC=runtime
 
 FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="3260db2ae5bdc6ca811de145eae7883902e30abdad7b905e7367a7b82fe24221"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-builder
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,source=spec/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
@@ -23,6 +25,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="7510191f9534f430fdc86744bcef2110e5c6843ea6670c2f5747594d5ad6960f"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
@@ -31,6 +34,7 @@ ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
 LABEL dev.imagekit.layer.app-svc.hash="7856f2757bddff4cbad6b35f9c86bcc8ad684395c8a1d579e8b5408f2d83d18e"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app-svc.sh system

@@ -6,6 +6,7 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS only
 LABEL dev.imagekit.layer.only.hash="1d7ef70c6ea86193438e6367f19622e92cc19e9cf57dfcf050ebc08fe20b814c"
+# hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/only.sh,target=/tmp/imagekit/only.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/only.sh system
