@@ -45,8 +45,7 @@ class ImagePlan:
             "name": self.name,
             "target": self.target,
             "layers": [
-                {"name": lp.name, "hash": lp.hash, "status": lp.status, "reason": lp.reason}
-                for lp in self.layers
+                {"name": lp.name, "hash": lp.hash, "status": lp.status, "reason": lp.reason} for lp in self.layers
             ],
         }
 
