@@ -24,8 +24,8 @@ from imagekit.errors import BuildFailed, ImagekitError, ToolMissing
 from imagekit.fsutil import atomic_write
 from imagekit.runners import process
 from imagekit.runners.aws import Aws, Endpoint
+from imagekit.runners.docker import cli as docker_cli
 
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 AMI_REPO = "imagekit-rehearsal-ami"
 SSHD_REPO = "imagekit-rehearsal-sshd"
 LABEL = "imagekit.rehearsal"
@@ -57,12 +57,7 @@ CMD ["/usr/sbin/sshd", "-D", "-e"]
 
 
 def _docker(*args: str, log: Path | None = None, timeout: float | None = 600) -> process.Result:
-    if log is not None:
-        with log.open("a", encoding="utf-8") as fh:
-            fh.write(f"$ docker {' '.join(args)}\n")
-            fh.flush()
-            return process.run([DOCKER, *args], log=fh, capture=True, timeout=timeout)
-    return process.run([DOCKER, *args], capture=True, timeout=timeout)
+    return docker_cli(*args, log=log, timeout=timeout)
 
 
 def ami_image(ami_id: str) -> str:
@@ -215,9 +210,8 @@ class Rehearsal:
         ctx = self.state_dir / "sshd-context"
         ctx.mkdir(parents=True, exist_ok=True)
         atomic_write(ctx / "Dockerfile", SSHD_DOCKERFILE.encode())
-        with self.log.open("a", encoding="utf-8") as fh:
-            argv = [DOCKER, "build", "--build-arg", f"BASE={base}", "--label", f"{LABEL}=sshd", "-t", tag, str(ctx)]
-            res = process.run(argv, env={"DOCKER_BUILDKIT": "1"}, log=fh)
+        argv = ["build", "--build-arg", f"BASE={base}", "--label", f"{LABEL}=sshd", "-t", tag, str(ctx)]
+        res = docker_cli(*argv, env={"DOCKER_BUILDKIT": "1"}, log=self.log, timeout=None)
         if not res.ok:
             raise BuildFailed("could not build the rehearsal's sshd image", log_tail=res.tail, log_path=str(self.log))
         return tag

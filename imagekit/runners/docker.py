@@ -237,6 +237,23 @@ class DockerEngine:
         return process.run(argv, env={"DOCKER_BUILDKIT": "1"}, cwd=context, on_line=on_line, log=log)
 
 
+def cli(
+    *args: str,
+    log: Path | None = None,
+    timeout: float | None = 600,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> process.Result:
+    """Run one docker CLI command (output captured; with `log`, the command and its output are appended there)."""
+    argv = [cli_path(), *args]
+    if log is None:
+        return process.run(argv, capture=True, timeout=timeout, env=env, on_line=on_line)
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"$ docker {' '.join(args)}\n")
+        fh.flush()
+        return process.run(argv, log=fh, capture=True, timeout=timeout, env=env, on_line=on_line)
+
+
 def split_ref(ref: str) -> tuple[str, str | None]:
     """Split an image reference into repository and tag (or digest); None when neither is given."""
     if "@" in ref:
