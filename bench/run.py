@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,8 @@ def _example_copy(dest: Path, name: str) -> Path:
     spec = dest / "imagekit-cpu.yaml"
     text = spec.read_text().replace("name: tts-cpu\n", f"name: {name}\n")
     text = text.replace("repository: imagekit/tts-cpu", f"repository: imagekit-bench/{name}")
+    # the example's store is the repo's manifests/ (../../manifests): the copy keeps its records to itself
+    text = re.sub(r"(?m)^store: .*$", "store: manifests", text)
     spec.write_text(text)
     return spec
 
