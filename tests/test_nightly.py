@@ -82,10 +82,12 @@ def spec_name() -> Iterator[str]:
     require_docker()
     name = f"ikn-{uuid.uuid4().hex[:8]}"
     yield name
+    # by tag, and by digest for what a re-tag left untagged (the drift test's first upstream image)
     out = subprocess.run(
-        [DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    mine = [ref for ref in out if name in ref]
+        [DOCKER, "images", "--digests", "--format", "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    mine = [ref for ref in out if name in ref and not ref.endswith((":<none>", "@<none>"))]
     if mine:
         subprocess.run([DOCKER, "rmi", "-f", *mine], capture_output=True, check=False)
 
