@@ -214,3 +214,34 @@ def test_imagekit_plan_shows_refresh_due_from_the_store(tmp_path: Path) -> None:
     status = {lp["name"]: (lp["status"], lp["reason"]) for lp in img["layers"]}
     assert status["base"][0] == "stale" and status["base"][1].startswith("refresh due (last built ")
     assert status["app"] == ("stale", "parent base is stale")
+
+
+def test_layer_locks_let_one_build_make_a_shared_layer() -> None:
+    import threading
+
+    from imagekit.nightly.run import LayerLocks
+
+    locks = LayerLocks()
+    made: list[str] = []
+    seen: list[bool] = []
+    gate = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        gate.wait()
+        with locks("imagekit/x-base:0123") as built_elsewhere:
+            seen.append(built_elsewhere)
+            if not built_elsewhere:
+                made.append(f"worker {i}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and sorted(seen) == [False, True, True, True]
+    # a build that raised leaves the layer unbuilt: the next one builds it
+    with pytest.raises(RuntimeError), locks("imagekit/x-app:4567") as first:
+        assert first is False
+        raise RuntimeError("layer failed")
+    with locks("imagekit/x-app:4567") as second:
+        assert second is False
