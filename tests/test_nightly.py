@@ -222,7 +222,12 @@ def test_size_budget_breach_fails_the_gate_and_names_the_layer(tmp_path: Path, s
     assert two.channels == [] and channel_records(spec, "two") == nightly_before
     md = (tmp_path / "r" / "report.md").read_text()
     assert "size budget" in md and "app2" in md
-    # the over-budget build does not count as cached: the next run checks it again and fails again
+    # the gate runs before the record: the over-budget build is stored as a failed build, never promotable
+    from imagekit.api.manifest import show_manifest
+
+    shown = show_manifest(spec, str(two.manifest_id))
+    assert shown["verified"] is False and any("size budget" in f for f in shown["failures"])
+    # and it does not count as cached: the next run checks it again and fails again
     third = nightly(spec, target="docker")
     assert next(r for r in third.runs if r.image == "two").failed
 

@@ -20,7 +20,7 @@ from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
-from imagekit.nightly.budget import EngineSizes, check_budget, layer_sizes
+from imagekit.nightly.budget import BudgetOutcome, EngineSizes, check_budget, layer_sizes
 from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, write_reports
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
 from imagekit.plan import ImagePlan, plan
@@ -205,7 +205,7 @@ def _run_tasks(ctx: _Context, tasks: list[_Task]) -> None:
 
 
 def _run_task(ctx: _Context, task: _Task) -> None:
-    """Build, verify, record, gate and promote one image for one target; every failure lands in its checks."""
+    """Build, verify, gate, record and promote one image for one target; every failure lands in its checks."""
     run, plan_ = task.run, task.plan
     reasons = {lp.name: lp.reason for lp in plan_.layers}
     forced = {lp.name for lp in plan_.layers if lp.reason.startswith(FORCING)}
@@ -215,11 +215,10 @@ def _run_task(ctx: _Context, task: _Task) -> None:
     res: Any = None
     try:
         res = _build(ctx, task, forced, holder)
-    except VerifyFailed as exc:
+    except VerifyFailed as exc:  # the AMI builder verifies (and records) itself
         verify_failed = exc
         res = holder.get("res")
     except BuildFailed as exc:
-        res = holder.get("res")
         where = f"layer {exc.layer}: " if exc.layer else ""
         msg = f"{where}{exc}" + (f" (log: {exc.log_path})" if exc.log_path else "")
         if exc.log_tail:
@@ -231,7 +230,6 @@ def _run_task(ctx: _Context, task: _Task) -> None:
         run.checks.append(Check("build", False, "\n".join(exc.lines()), round(time.monotonic() - t0, 1)))
         run.status, run.error = "failed", str(exc)
         return
-    build_s = round(time.monotonic() - t0, 1)
     if res is not None:
         run.built = [
             Rebuilt(task.image, task.target, lr.name, reasons.get(lr.name) or lr.reason)
@@ -242,27 +240,20 @@ def _run_task(ctx: _Context, task: _Task) -> None:
     run.previous_id = task.previous.id if task.previous else None
     run.previous_size_bytes = task.previous.size_bytes if task.previous else None
     built_names = ", ".join(b.layer for b in run.built) or "nothing (every layer was already built)"
-    run.checks.append(Check("build", res is not None, f"built {built_names}", build_s))
-    report_path = (verify_failed.report_path if verify_failed else (res.verify_report if res else "")) or ""
-    report = _read_json(report_path)
-    if report:
-        run.verification = _figures(report)
-    if verify_failed is not None:
-        run.checks.append(Check("verify", False, "; ".join(verify_failed.failures) or str(verify_failed)))
-    elif res is not None and res.verify_report:
-        run.checks.append(Check("verify", True, f"report {res.verify_report}"))
+    run.checks.append(Check("build", res is not None, f"built {built_names}", round(time.monotonic() - t0, 1)))
+    if task.target == "docker" and res is not None:
+        _verify_gate_record(ctx, task, res)
     else:
-        run.checks.append(Check("verify", False, "no verification report: the build was not verified"))
-    mid = _manifest_of(ctx, task, res, report_path, verify_failed)
-    run.manifest_id = mid
+        report_path = (verify_failed.report_path if verify_failed else (res.verify_report if res else "")) or ""
+        _verify_check(task, report_path, verify_failed)
+        run.manifest_id = _manifest_of(ctx, task, res)
+    mid = run.manifest_id
     new_build = _load_build(ctx, mid) if mid else None
     if new_build is not None and task.previous is not None:
         from imagekit.api.manifest import diff_builds
 
         with contextlib.suppress(ImagekitError, ValueError):
             run.diff = {k: v for k, v in diff_builds(task.previous, new_build).items() if k not in ("old", "new")}
-    if task.target == "docker" and res is not None and verify_failed is None:
-        _gate(ctx, task, res, report)
     if any(not c.passed for c in run.checks):
         run.status = "failed"
         ctx.reporter(Event("fail", "failed; no channel moves", task.image, "", task.target))
@@ -278,12 +269,54 @@ def _run_task(ctx: _Context, task: _Task) -> None:
         run.status = "failed"
 
 
+def _verify_check(task: _Task, report_path: str, verify_failed: VerifyFailed | None) -> dict[str, Any] | None:
+    """The `verify` check and the figures of its report."""
+    report = _read_json(report_path)
+    if report:
+        task.run.verification = _figures(report)
+    if verify_failed is not None:
+        task.run.checks.append(Check("verify", False, "; ".join(verify_failed.failures) or str(verify_failed)))
+    elif report_path:
+        task.run.checks.append(Check("verify", True, f"report {report_path}"))
+    else:
+        task.run.checks.append(Check("verify", False, "no verification report: the build was not verified"))
+    return report
+
+
+def _verify_gate_record(ctx: _Context, task: _Task, res: Any) -> None:
+    """Docker: boot-and-verify, then the size gate, then the signed record, which says failed if either failed.
+
+    The gate runs before the record so an over-budget build is stored as a failed build: never cached by a later
+    plan, never promotable, and checked again the next night.
+    """
+    from imagekit.api.build import _record, _verify
+    from imagekit.runners.docker import DockerEngine
+
+    engine = ctx.engine or DockerEngine()
+    verify_failed: VerifyFailed | None = None
+    try:
+        res.verify_report = _verify(ctx.loaded, res, ctx.reporter)
+    except VerifyFailed as exc:
+        verify_failed = exc
+        res.verify_report = exc.report_path or ""
+    report = _verify_check(task, res.verify_report, verify_failed)
+    failure = ("; ".join(verify_failed.failures) or str(verify_failed)) if verify_failed else None
+    if verify_failed is None:
+        gate = _gate(ctx, task, res, report, engine)
+        if gate is not None and not gate.passed:
+            failure = f"size budget: {gate.message}"
+    _record(ctx.loaded, res, engine, ctx.reporter, failure=failure)
+    task.run.manifest_id = res.manifest_id or None
+
+
 def _build(ctx: _Context, task: _Task, forced: set[str], holder: dict[str, Any]) -> Any:
     from imagekit.api.build import build
 
     builder = ctx.builder or build
     if task.target == "docker":
         kwargs: dict[str, Any] = {
+            # verify, the size gate and the record happen in _verify_gate_record, in that order
+            "verify": False,
             "force_layers": forced,
             "layer_lock": ctx.locks,
             "on_built": lambda r: holder.__setitem__("res", r),
@@ -326,35 +359,18 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _manifest_of(
-    ctx: _Context, task: _Task, res: Any, report_path: str, verify_failed: VerifyFailed | None
-) -> str | None:
-    """The manifest this build recorded: from the result, else found in the store, else recorded here."""
+def _manifest_of(ctx: _Context, task: _Task, res: Any) -> str | None:
+    """The manifest the AMI builder recorded: from the result, else the store's newest with this leaf hash."""
     mid = getattr(res, "manifest_id", None) if res is not None else None
     if mid:
         return str(mid)
     leaf = task.plan.layers[-1].hash
     since = _iso(ctx.started)
-    trust = resolve_trust(ctx.loaded)
-    for e in reversed(Ledger(ctx.store, trust).entries(task.image, with_channels=False)):
+    for e in reversed(Ledger(ctx.store, resolve_trust(ctx.loaded)).entries(task.image, with_channels=False)):
         b = e.build
         if b is not None and b.target == task.target and b.leaf_hash == leaf and b.created >= since:
             return b.id
-    if res is None or task.target != "docker" or not res.image_id:
-        return None
-    # this build() does not record (an older imagekit/api/build.py): record it here, failed or not
-    from imagekit.manifest.record import record_build
-
-    digest = res.repo_digest or res.image_id
-    rec = record_build(
-        ctx.loaded, task.image, task.target, [(lr.name, lr.hash) for lr in res.layers],
-        started=res.started or since, finished=res.finished or _iso(datetime.now(timezone.utc)),
-        image_ref=res.ref, image_digest=digest, base=res.base.ref if res.base else None,
-        report=Path(report_path) if report_path else None,
-        failure="; ".join(verify_failed.failures) if verify_failed else None,
-        size_bytes=res.size or None, store=ctx.store, reporter=ctx.reporter,
-    )  # fmt: skip
-    return rec.id
+    return None
 
 
 def _load_build(ctx: _Context, mid: str) -> BuildRecord | None:
@@ -364,17 +380,11 @@ def _load_build(ctx: _Context, mid: str) -> BuildRecord | None:
         return None
 
 
-def _gate(ctx: _Context, task: _Task, res: Any, report: dict[str, Any] | None) -> None:
-    """The size budget of a docker image and its layers; a breach revokes the build so it is checked again."""
+def _gate(ctx: _Context, task: _Task, res: Any, report: dict[str, Any] | None, engine: Any) -> BudgetOutcome | None:
+    """The size budget of a docker image and its layers, against the last verified build; None when none is set."""
     from imagekit.api.build import layer_tag
 
-    if ctx.engine is not None:
-        client = ctx.engine.client
-    else:
-        from imagekit.runners.docker import DockerEngine
-
-        client = DockerEngine().client
-    sizes = EngineSizes(client)
+    sizes = EngineSizes(engine.client)
     tags = [(lr.name, lr.hash, lr.tag) for lr in res.layers]
     prev = task.previous
     prev_tags = {n: (h, layer_tag(ctx.loaded, n, h)) for n, h in (prev.layers if prev else [])}
@@ -389,22 +399,9 @@ def _gate(ctx: _Context, task: _Task, res: Any, report: dict[str, Any] | None) -
         reports=(prev_report, report),
     )  # fmt: skip
     if not outcome.checked:
-        return
+        return None
     task.run.checks.append(Check("size budget", outcome.passed, outcome.message))
-    if outcome.passed or not task.run.manifest_id:
-        return
-    # the build is recorded as verified; revoke it from the blamed layer on, so the next run does not take it
-    # as cached (and unchecked) and no channel can be pointed at it
-    from imagekit.api.manifest import revoke
-
-    try:
-        out = revoke(
-            ctx.loaded.path, task.run.manifest_id, reason=f"size budget: {outcome.message[:300]}",
-            layer=outcome.blamed, who="imagekit nightly",
-        )  # fmt: skip
-        ctx.reporter(Event("warn", f"revoked {out['manifest']} from layer {out['layer']} (over budget)", task.image))
-    except ImagekitError as exc:
-        ctx.reporter(Event("warn", f"could not revoke the over-budget build: {exc}", task.image))
+    return outcome
 
 
 def _promote(ctx: _Context, task: _Task, mid: str, channel: str) -> None:
