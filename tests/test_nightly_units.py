@@ -245,3 +245,35 @@ def test_layer_locks_let_one_build_make_a_shared_layer() -> None:
         raise RuntimeError("layer failed")
     with locks("imagekit/x-app:4567") as second:
         assert second is False
+
+
+def test_a_crash_in_one_image_leaves_the_others_and_the_reports(tmp_path: Path) -> None:
+    import json
+
+    from imagekit.errors import BuildFailed
+    from imagekit.nightly.run import run_nightly
+
+    (tmp_path / "imagekit.yaml").write_text(
+        "version: 1\nname: crash\nlayers:\n  base: {from: {bootstrap: {suite: bookworm}}, cuda: 'none'}\n"
+        "  a: {parent: base, run: ['true']}\n  b: {parent: base, run: ['false']}\n"
+        "images:\n  one: {leaf: a}\n  two: {leaf: b}\n"
+    )
+    calls: list[str] = []
+
+    def builder(_path: Any, _target: str, *, images: list[str], **_kw: Any) -> Any:
+        calls.append(images[0])
+        if images[0] == "one":
+            raise BuildFailed("step failed", image="one", layer="a", log_tail=["E: boom"], log_path="/tmp/x.log")
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_nightly(tmp_path / "imagekit.yaml", target="docker", jobs=2, report_dir=tmp_path / "r", builder=builder)
+    assert sorted(calls) == ["one", "two"]
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    runs = {r["image"]: r for r in doc["runs"]}
+    assert doc["ok"] is False and runs["one"]["failed"] and runs["two"]["failed"]
+    (check,) = runs["one"]["checks"]
+    assert check["name"] == "build" and check["message"].startswith("one/a: step failed (log: /tmp/x.log)")
+    assert "E: boom" in check["message"]
+    assert runs["two"]["error"] == "unexpected error: RuntimeError: a bug"
+    assert runs["one"]["channels"] == runs["two"]["channels"] == []

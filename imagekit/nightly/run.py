@@ -184,19 +184,32 @@ def run_nightly(
         units: list[Callable[[], None]] = [functools.partial(_run_task, ctx, t) for t in docker_tasks]
         if ami_tasks:
             units.append(functools.partial(_run_tasks, ctx, ami_tasks))
+        crashed: list[BaseException] = []
         if jobs == 1 or len(units) <= 1:
             for unit in units:
-                unit()
+                _guarded(unit, crashed)
         else:
             with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly") as pool:
-                for fut in [pool.submit(unit) for unit in units]:
+                for fut in [pool.submit(_guarded, unit, crashed) for unit in units]:
                     fut.result()
         result.runs = [t.run for t in tasks]
-        result.gc = _gc(ctx, tasks)
+        if not crashed:
+            result.gc = _gc(ctx, tasks)
     result.finished = _iso(clock())
     if report_dir is not None:
         write_reports(result, Path(report_dir))
+    if crashed:
+        # a bug (not a build or verify failure): the other images finished and the reports are written; exit 3
+        raise crashed[0]
     return result
+
+
+def _guarded(unit: Callable[[], None], crashed: list[BaseException]) -> None:
+    """Run one unit; an unexpected error is kept (and re-raised after the others) instead of stopping them."""
+    try:
+        unit()
+    except Exception as exc:
+        crashed.append(exc)
 
 
 def _run_tasks(ctx: _Context, tasks: list[_Task]) -> None:
@@ -205,6 +218,17 @@ def _run_tasks(ctx: _Context, tasks: list[_Task]) -> None:
 
 
 def _run_task(ctx: _Context, task: _Task) -> None:
+    """One image and target; an unexpected error marks it failed in the report, then goes on up (exit 3)."""
+    try:
+        _run_one(ctx, task)
+    except Exception as exc:
+        task.run.status = "failed"
+        task.run.error = f"unexpected error: {type(exc).__name__}: {exc}"
+        task.run.checks.append(Check("imagekit", False, task.run.error))
+        raise
+
+
+def _run_one(ctx: _Context, task: _Task) -> None:
     """Build, verify, gate, record and promote one image for one target; every failure lands in its checks."""
     run, plan_ = task.run, task.plan
     reasons = {lp.name: lp.reason for lp in plan_.layers}
@@ -219,7 +243,7 @@ def _run_task(ctx: _Context, task: _Task) -> None:
         verify_failed = exc
         res = holder.get("res")
     except BuildFailed as exc:
-        where = f"layer {exc.layer}: " if exc.layer else ""
+        where = "" if not exc.layer or exc.layer in str(exc) else f"layer {exc.layer}: "
         msg = f"{where}{exc}" + (f" (log: {exc.log_path})" if exc.log_path else "")
         if exc.log_tail:
             msg += "\n" + "\n".join(exc.log_tail[-10:])
