@@ -14,7 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import BuildFailed, ImagekitError, SignatureError, StoreError, UsageError, VerifyFailed
+from imagekit.errors import (
+    BuildFailed,
+    ImagekitError,
+    Interrupted,
+    SignatureError,
+    StoreError,
+    UsageError,
+    VerifyFailed,
+)
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
@@ -189,9 +197,19 @@ def run_nightly(
             for unit in units:
                 _guarded(unit, crashed)
         else:
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly") as pool:
+            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly")
+            try:
                 for fut in [pool.submit(_guarded, unit, crashed) for unit in units]:
                     fut.result()
+            except KeyboardInterrupt:
+                # Ctrl-C reaches this thread only: start nothing new, let the builds in flight end, then exit 130
+                reporter(Event("warn", "interrupted: no new image starts; waiting for the builds in progress"))
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise Interrupted(
+                    "nightly interrupted; images not started were skipped, the store is consistent"
+                ) from None
+            finally:
+                pool.shutdown(wait=True)
         result.runs = [t.run for t in tasks]
         if not crashed:
             result.gc = _gc(ctx, tasks)
