@@ -118,3 +118,18 @@ def moto_server() -> Iterator[str]:
 
 
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+def copy_example(dest: Path, name: str = "tts") -> Path:
+    """A copy of examples/<name> without its scratch, whose specs record into a store inside the copy.
+
+    The examples record into the repository's manifests/ (`store: ../../manifests`); a copy elsewhere must not
+    follow that path out of its own folder.
+    """
+    import re
+
+    shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns(".imagekit", "manifests", "__pycache__"))
+    for spec in dest.glob("*.yaml"):
+        text = spec.read_text(encoding="utf-8")
+        spec.write_text(re.sub(r"(?m)^store: .*$", "store: manifests", text), encoding="utf-8")
+    return dest

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOCKER, require_docker, require_packer
+from conftest import DOCKER, copy_example, require_docker, require_packer
 
 IMAGEKIT = [sys.executable, "-c", "from imagekit.cli import main; main()"]
 pytestmark = [pytest.mark.docker, pytest.mark.packer, pytest.mark.aws, pytest.mark.slow]
@@ -378,10 +378,9 @@ def test_gc_keeps_channel_newest_verified_and_parents_removes_the_rest(chain: Ch
 
 def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> None:
     """The CPU example (torch 2.13.0+cpu from the wheelhouse when present) as layered AMIs, verified and recorded."""
-    from conftest import EXAMPLES
 
     root = session_env / "cpu-example"
-    shutil.copytree(EXAMPLES / "tts", root, ignore=shutil.ignore_patterns(".imagekit", "manifests", "__pycache__"))
+    copy_example(root)
     spec = root / "imagekit-cpu.yaml"
     text = spec.read_text()
     # the example lists only the docker target; the same spec builds AMIs once `ami` is listed

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, REPO, require_docker, require_tool
+from conftest import IN_CI, REPO, copy_example, require_docker, require_tool
 from test_docker_build_unit import https_server  # noqa: F401 (a fixture)
 
 from imagekit.api.build import BuildResult, build, layer_tag
@@ -400,11 +400,9 @@ def _cli_json(*args: str) -> tuple[int, dict[str, object], str]:
 def test_cpu_example_builds_verifies_and_rebuilds_only_the_app(tmp_path: Path) -> None:
     """The CPU example through the CLI: exit 0 with a verify report; an edit under app/ rebuilds only the app layer."""
     require_docker()
-    import shutil
 
-    example = REPO / "examples" / "tts"
     copy = tmp_path / "tts"
-    shutil.copytree(example, copy, ignore=shutil.ignore_patterns(".imagekit", "__pycache__"))
+    copy_example(copy)
     spec = copy / "imagekit-cpu.yaml"
     rc, first, err = _cli_json("-f", str(spec), "--target", "docker")
     assert rc == 0, err[-3000:]

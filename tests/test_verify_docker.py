@@ -7,7 +7,6 @@ image from it (one-line Dockerfiles that corrupt the weights or point MODEL_PATH
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOCKER, EXAMPLES
+from conftest import DOCKER, EXAMPLES, copy_example
 from tts_image import tts_cpu_image
 
 from imagekit.errors import Interrupted, VerifyFailed
@@ -75,7 +74,7 @@ def image() -> str:
 def spec_copy(tmp_path: Path) -> Path:
     """A copy of the example folder, so a test can change the CPU spec without touching the repo."""
     folder = tmp_path / "tts"
-    shutil.copytree(TTS, folder, ignore=shutil.ignore_patterns(".imagekit", "__pycache__"))
+    copy_example(folder)
     return folder / "imagekit-cpu.yaml"
 
 
