@@ -156,13 +156,13 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
             on_built(res)
         if verify:
             try:
-                res.verify_report = _verify(loaded, res, reporter)
+                res.verify_report = verify_image(loaded, res, reporter)
             except VerifyFailed as exc:
                 # a failed verification is a record too, clearly marked failed, so it can never be promoted
                 res.verify_report = exc.report_path
-                _record(loaded, res, engine, reporter, failure="; ".join(exc.failures) or str(exc))
+                record_image(loaded, res, engine, reporter, failure="; ".join(exc.failures) or str(exc))
                 raise
-            _record(loaded, res, engine, reporter)
+            record_image(loaded, res, engine, reporter)
     return out
 
 
@@ -572,7 +572,7 @@ def _push(
     return digest, f"{dest_repo}@{digest}"
 
 
-def _verify(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
+def verify_image(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
     """Boot-and-verify the built image through the verify helper's api, when it is installed."""
     import importlib
 
@@ -593,7 +593,7 @@ def _verify(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
     return str(getattr(report, "path", "") or getattr(report, "report_path", "") or "")
 
 
-def _record(
+def record_image(
     loaded: LoadedSpec, res: ImageResult, engine: DockerEngine, reporter: Reporter, *, failure: str | None = None
 ) -> None:
     """Sign and store the build's manifest (in-toto statement in a DSSE envelope) after verification."""

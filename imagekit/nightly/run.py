@@ -331,13 +331,13 @@ def _verify_gate_record(ctx: _Context, task: _Task, res: Any) -> None:
     The gate runs before the record so an over-budget build is stored as a failed build: never cached by a later
     plan, never promotable, and checked again the next night.
     """
-    from imagekit.api.build import _record, _verify
+    from imagekit.api.build import record_image, verify_image
     from imagekit.runners.docker import DockerEngine
 
     engine = ctx.engine or DockerEngine()
     verify_failed: VerifyFailed | None = None
     try:
-        res.verify_report = _verify(ctx.loaded, res, ctx.reporter)
+        res.verify_report = verify_image(ctx.loaded, res, ctx.reporter)
     except VerifyFailed as exc:
         verify_failed = exc
         res.verify_report = exc.report_path or ""
@@ -347,7 +347,7 @@ def _verify_gate_record(ctx: _Context, task: _Task, res: Any) -> None:
         gate = _gate(ctx, task, res, report, engine)
         if gate is not None and not gate.passed:
             failure = f"size budget: {gate.message}"
-    _record(ctx.loaded, res, engine, ctx.reporter, failure=failure)
+    record_image(ctx.loaded, res, engine, ctx.reporter, failure=failure)
     task.run.manifest_id = res.manifest_id or None
 
 
