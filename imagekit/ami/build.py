@@ -560,7 +560,10 @@ def build_ami(
                 r.stop()
         return AmiBuildResult(results, True, info.version_text, b.packer_builds)
     b = _Builder(loaded, reporter, info=info, aws=aws or Aws(), rehearsal=None, scripts=scripts)
-    results = [_build_image(b, name, force=force, verify=verify, record=record, standin="") for name in names]
+    results = [
+        _build_image(b, name, force=force, verify=verify, record=record, standin="", source=_source_ami(b, name))
+        for name in names
+    ]
     return AmiBuildResult(results, False, info.version_text, b.packer_builds)
 
 
@@ -583,7 +586,22 @@ def _standin(loaded: LoadedSpec, image: str, r: reh.Rehearsal, reporter: Reporte
     return r.standin_ami(base, root_name)
 
 
-def _build_image(b: _Builder, image: str, *, force: bool, verify: bool, record: bool, standin: str) -> ImageResult:
+def _source_ami(b: _Builder, image: str) -> str:
+    """What the root layer's from.ami filter selects now, recorded as the build's source AMI (drift compares it)."""
+    root = b.loaded.chain(image)[0][1]
+    flt = root.from_.ami if root.from_ else None
+    if flt is None:
+        return ""
+    try:
+        return b.aws.newest_ami(b.region, flt.name, flt.owners, flt.architecture) or ""
+    except ImagekitError as exc:
+        b.event("warn", f"could not resolve the source AMI filter {flt.name!r}: {exc}", image)
+        return ""
+
+
+def _build_image(
+    b: _Builder, image: str, *, force: bool, verify: bool, record: bool, standin: str, source: str = ""
+) -> ImageResult:
     started = datetime.now(timezone.utc)
     plan = plan_image(b.loaded, image, TARGET)
     folder = work_dir(b.loaded.root) / "ami" / image
@@ -621,7 +639,7 @@ def _build_image(b: _Builder, image: str, *, force: bool, verify: bool, record: 
             started=started,
             finished=datetime.now(timezone.utc),
             amis=_ami_records(b.aws, result.leaf_amis, _account(b.aws, b.rehearsal is not None)),
-            base=standin or None,
+            base=standin or source or None,
             report=report,
             failure="; ".join(result.failures) if result.failures else (None if verify else "not verified"),
             builders={"packer": b.info.version_text},

@@ -205,15 +205,5 @@ class Ec2Resolver:
             from imagekit.runners.aws import Aws
 
             aws = self._aws = Aws()
-        resp = aws._call(
-            region,
-            "describe_images",
-            Owners=list(owners),
-            Filters=[
-                {"Name": "name", "Values": [name]},
-                {"Name": "architecture", "Values": [architecture]},
-                {"Name": "state", "Values": ["available"]},
-            ],
-        )
-        images = sorted(resp.get("Images", []), key=lambda i: (str(i.get("CreationDate", "")), str(i["ImageId"])))
-        return str(images[-1]["ImageId"]) if images else None
+        result: str | None = aws.newest_ami(region, name, owners, architecture)
+        return result

@@ -95,6 +95,21 @@ class Aws:
         amis = [_ami(img, region) for img in resp.get("Images", [])]
         return sorted(amis, key=lambda a: (a.created, a.id), reverse=True)
 
+    def newest_ami(self, region: str, name: str, owners: Iterable[str], architecture: str) -> str | None:
+        """The id of the newest available AMI a name filter selects among `owners` (what from.ami resolves to)."""
+        resp = self._call(
+            region,
+            "describe_images",
+            Owners=list(owners),
+            Filters=[
+                {"Name": "name", "Values": [name]},
+                {"Name": "architecture", "Values": [architecture]},
+                {"Name": "state", "Values": ["available"]},
+            ],
+        )
+        images = sorted(resp.get("Images", []), key=lambda i: (str(i.get("CreationDate", "")), str(i["ImageId"])))
+        return str(images[-1]["ImageId"]) if images else None
+
     def find_layer(self, region: str, spec: str, layer: str, layer_hash: str) -> Ami | None:
         """The newest available AMI already built for this layer hash, for reuse instead of a rebuild."""
         tags = {"imagekit:spec": spec, "imagekit:layer": layer, "imagekit:layer-hash": layer_hash}
