@@ -1,0 +1,143 @@
+"""Layer hashing and staleness: what changes which hash, the digest cache, and `plan --json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from imagekit.cli import app
+from imagekit.digests import DigestCache
+from imagekit.plan import plan, plan_image
+from imagekit.spec import load_spec
+
+SPEC = """\
+version: 1
+name: plantest
+layers:
+  base:
+    from: {bootstrap: {distro: debian, suite: bookworm}}
+    cuda: "none"
+    apt: [curl]
+  runtime:
+    parent: base
+    python: "3.11"
+    requirements: requirements.lock
+  app:
+    parent: runtime
+    copy: [{src: app/, dest: /opt/app}]
+    models: [{src: models/w.bin, dest: /opt/models/w.bin, sha256: "%(sha)s"}]
+images:
+  plantest: {leaf: app, targets: [docker, ami]}
+"""
+
+
+def _spec(root: Path, weights: bytes = b"w" * (2 << 20)) -> Path:
+    (root / "app").mkdir(parents=True, exist_ok=True)
+    (root / "app" / "server.py").write_text("print('v1')\n")
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models" / "w.bin").write_bytes(weights)
+    (root / "requirements.lock").write_text("requests==2.32.3\n")
+    spec = root / "imagekit.yaml"
+    spec.write_text(SPEC % {"sha": hashlib.sha256(weights).hexdigest()})
+    return spec
+
+
+def _hashes(spec: Path, cache: DigestCache, target: str = "docker") -> dict[str, str]:
+    return {lp.name: lp.hash for lp in plan_image(load_spec(spec), "plantest", target, cache=cache).layers}  # type: ignore[arg-type]
+
+
+def test_an_app_file_change_moves_only_the_app_hash(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache = DigestCache(tmp_path / "digests.json")
+    before = _hashes(spec, cache)
+    (tmp_path / "app" / "server.py").write_text("print('v2')\n")
+    after = _hashes(spec, cache)
+    assert before["base"] == after["base"]
+    assert before["runtime"] == after["runtime"]
+    assert before["app"] != after["app"]
+
+
+def test_a_lock_change_moves_runtime_and_everything_on_it(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache = DigestCache(tmp_path / "digests.json")
+    before = _hashes(spec, cache)
+    (tmp_path / "requirements.lock").write_text("requests==2.32.4\n")
+    after = _hashes(spec, cache)
+    assert before["base"] == after["base"]
+    assert before["runtime"] != after["runtime"]
+    assert before["app"] != after["app"]
+
+
+def test_a_definition_change_moves_its_layer_and_children(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache = DigestCache(tmp_path / "digests.json")
+    before = _hashes(spec, cache)
+    spec.write_text(spec.read_text().replace("apt: [curl]", "apt: [curl, jq]"))
+    after = _hashes(spec, cache)
+    assert all(before[k] != after[k] for k in ("base", "runtime", "app"))
+
+
+def test_targets_hash_apart_and_pycache_does_not_count(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache = DigestCache(tmp_path / "digests.json")
+    docker, ami = _hashes(spec, cache, "docker"), _hashes(spec, cache, "ami")
+    assert docker["base"] != ami["base"]
+    (tmp_path / "app" / "__pycache__").mkdir()
+    (tmp_path / "app" / "__pycache__" / "server.cpython-311.pyc").write_bytes(b"junk")
+    assert _hashes(spec, cache) == docker
+
+
+def test_big_weights_are_read_once_then_served_from_the_cache(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache_file = tmp_path / "cache" / "digests.json"
+    first = DigestCache(cache_file)
+    _hashes(spec, first)
+    assert first.misses == 1 and first.hits == 0  # only the 2 MiB weights file is cached; small files are hashed
+    second = DigestCache(cache_file)  # a new process would start like this
+    _hashes(spec, second)
+    assert second.misses == 0 and second.hits == 1
+    # any change to the file (size, mtime or inode) misses, and the new digest is the real one
+    weights = tmp_path / "models" / "w.bin"
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0xFF
+    tmp = weights.with_suffix(".new")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, weights)
+    third = DigestCache(cache_file)
+    assert third.digest(weights) == hashlib.sha256(bytes(data)).hexdigest()
+    assert third.misses == 1
+
+
+def test_plan_json_shape_and_order(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    res = CliRunner().invoke(app, ["plan", "-f", str(spec), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [(i["name"], i["target"]) for i in doc["images"]] == [("plantest", "docker"), ("plantest", "ami")]
+    for image in doc["images"]:
+        assert [lp["name"] for lp in image["layers"]] == ["base", "runtime", "app"]  # root first
+        for lp in image["layers"]:
+            assert set(lp) == {"name", "hash", "status", "reason"}
+            assert lp["status"] == "stale" and len(lp["hash"]) == 64
+    only_ami = CliRunner().invoke(app, ["plan", "-f", str(spec), "--json", "--target", "ami"])
+    assert [i["target"] for i in json.loads(only_ami.stdout)["images"]] == ["ami"]
+
+
+def test_plan_names_a_missing_input_file_with_its_line(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    (tmp_path / "requirements.lock").unlink()
+    res = CliRunner().invoke(app, ["plan", "-f", str(spec)])
+    assert res.exit_code == 2
+    assert "imagekit.yaml:11: layers.runtime.requirements: 'requirements.lock' does not exist" in res.output
+
+
+def test_plan_filters_by_image(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    plans = plan(load_spec(spec), target="docker", images=["plantest"], cache=DigestCache(tmp_path / "d.json"))
+    assert [(p.name, p.target) for p in plans] == [("plantest", "docker")]
+    res = CliRunner().invoke(app, ["plan", "-f", str(spec), "--image", "nope"])
+    assert res.exit_code == 2 and "unknown image 'nope'" in res.output
