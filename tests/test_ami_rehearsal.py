@@ -118,17 +118,21 @@ def tags_of(root: Path) -> dict[str, dict[str, str]]:
     return {a["ami_id"]: a["tags"] for a in state(root)["amis"]}
 
 
-def packer_runs(since: float) -> list[str]:
-    """Templates of every `packer build` started since `since` (from the build logs)."""
+def _all_packer_runs() -> list[tuple[str, int, str]]:
+    """Every `packer build` any log so far records: (log, line number, template)."""
     logs = Path(os.environ["IMAGEKIT_CACHE_DIR"]) / "logs" / "ami"
     runs = []
     for log in logs.glob("*.log"):
-        if log.stat().st_mtime < since:
-            continue
-        for line in log.read_text(errors="replace").splitlines():
+        for i, line in enumerate(log.read_text(errors="replace").splitlines()):
             if line.startswith("$ ") and " build -machine-readable " in line:
-                runs.append(line.rsplit(" ", 1)[-1])
-    return sorted(runs)
+                runs.append((log.name, i, line.rsplit(" ", 1)[-1]))
+    return runs
+
+
+def packer_runs_since(before: list[tuple[str, int, str]]) -> list[str]:
+    """Templates of every `packer build` started after the snapshot `before` (counted from the logs, not clocks)."""
+    seen = set(before)
+    return sorted(t for (log, i, t) in _all_packer_runs() if (log, i, t) not in seen)
 
 
 def containers(prefix: str) -> list[str]:
@@ -225,7 +229,7 @@ def test_full_chain_three_amis_each_from_its_parent_verified_and_recorded(chain:
 
 def test_app_only_change_rebuilds_only_the_app_ami(chain: Chain) -> None:
     (chain.root / "app" / "server.py").write_text(SERVER.format(version="2"))
-    since = time.time() - 1
+    before = _all_packer_runs()
     res, seconds = build(chain.root)
     assert res.returncode == 0, res.stderr[-4000:]
     (img,) = json.loads(res.stdout)["images"]
@@ -235,7 +239,7 @@ def test_app_only_change_rebuilds_only_the_app_ami(chain: Chain) -> None:
         ("app", "built"),
     ]
     # exactly one layer `packer build` (app), plus the boot-and-verify run of the new leaf
-    assert packer_runs(since) == ["app.pkr.hcl", "verify.pkr.hcl"]
+    assert packer_runs_since(before) == ["app.pkr.hcl", "verify.pkr.hcl"]
     first = {lr["name"]: lr["tag"] for lr in chain.result["images"][0]["layers"]}
     now = {lr["name"]: lr["tag"] for lr in img["layers"]}
     assert now["runtime"] == first["runtime"] and now["app"] != first["app"]
@@ -397,13 +401,13 @@ def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> No
     assert report["smoke"]["content_type"] == "audio/wav"
     server = root / "app" / "server.py"
     server.write_text(server.read_text() + "\n# app-only change\n")
-    since = time.time() - 1
+    before = _all_packer_runs()
     t0 = time.monotonic()
     res = cli("build", "-f", str(spec), "--target", "ami", "--rehearse", "--json")
     app_only = time.monotonic() - t0
     assert res.returncode == 0, res.stderr[-4000:]
     (img,) = json.loads(res.stdout)["images"]
     assert [lr["status"] for lr in img["layers"]] == ["reused", "reused", "built"]
-    assert packer_runs(since) == ["app.pkr.hcl", "verify.pkr.hcl"]
+    assert packer_runs_since(before) == ["app.pkr.hcl", "verify.pkr.hcl"]
     assert len(manifests(root)) == 2
     print(f"\nCPU example rehearsal: cold build {cold:.1f}s, app-only rebuild {app_only:.1f}s")
