@@ -103,16 +103,15 @@ def plan_spec(
                     )
                 ]
             )
-    if lookup is None:
+    if lookup is None or (stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values())):
+        from imagekit.manifest.record import lookup_from, verified_builds
+
+        builds = verified_builds(loaded)
         # default: a layer is cached when the store holds a verified, signed, not revoked build with its hash
-        from imagekit.manifest.record import store_lookup
+        lookup = lookup or lookup_from(builds)
+        if stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values()):
+            # `refresh due` from the store's build times (offline); upstream drift is asked by `imagekit nightly`
+            from imagekit.nightly.staleness import StaleChecker
 
-        lookup = store_lookup(loaded)
-    if stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values()):
-        # `refresh due` from the store's build times (offline); upstream drift is asked by `imagekit nightly`
-        from imagekit.manifest.ledger import spec_store
-        from imagekit.nightly.run import verified_builds
-        from imagekit.nightly.staleness import StaleChecker
-
-        stale_check = StaleChecker(loaded, verified_builds(loaded, spec_store(loaded)))
+            stale_check = StaleChecker(loaded, builds)
     return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)

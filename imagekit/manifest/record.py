@@ -185,34 +185,48 @@ def record_build(
     return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted)
 
 
-def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLookup:
-    """A plan lookup: cached when the store holds a verified, signed, not revoked build with that layer hash."""
-    index: dict[tuple[str, str], str] | None = None
+def verified_builds(loaded: LoadedSpec, *, store: Store | None = None, rehearsal: bool = False) -> list[BuildRecord]:
+    """The store's signed, verified, not revoked builds, oldest first (rehearsal ones only when asked).
 
-    def build_index() -> dict[tuple[str, str], str]:
-        s = store or spec_store(loaded)
-        try:
-            trust = resolve_trust(loaded)
-        except SignatureError:
-            return {}  # nothing can count as verified without a trusted key
-        ledger = Ledger(s, trust)
-        out: dict[tuple[str, str], str] = {}
-        # an unreachable store or an altered revocation log fails the plan loudly rather than showing all stale
-        for e in ledger.entries(with_channels=False):
-            b = e.build
-            if b is None or e.revoked or not b.passed or b.rehearsal:
-                continue
-            for _, h in b.layers:
-                # newest wins: entries are oldest first
-                out[(b.target, h)] = b.id
-        return out
+    Nothing counts as verified without a trusted key; an unreachable store or an altered revocation log raises,
+    so a plan fails loudly rather than showing every layer stale.
+    """
+    try:
+        trust = resolve_trust(loaded)
+    except SignatureError:
+        return []
+    out = []
+    for e in Ledger(store or spec_store(loaded), trust).entries(with_channels=False):
+        b = e.build
+        if b is None or e.revoked or not b.passed or (b.rehearsal and not rehearsal):
+            continue
+        out.append(b)
+    return out
 
-    def lookup(image: str, target: str, layer: str, digest: str) -> str | None:
-        nonlocal index
-        if index is None:
-            index = build_index()
+
+def lookup_from(builds: Sequence[BuildRecord]) -> CacheLookup:
+    """A plan lookup over verified builds: a layer hash is cached by the newest build of that target holding it."""
+    index: dict[tuple[str, str], str] = {}
+    for b in builds:  # oldest first, so the newest wins
+        for _, h in b.layers:
+            index[(b.target, h)] = b.id
+
+    def lookup(_image: str, target: str, _layer: str, digest: str) -> str | None:
         hit = index.get((target, digest))
         return f"verified build {hit}" if hit else None
+
+    return lookup
+
+
+def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLookup:
+    """A plan lookup: cached when the store holds a verified, signed, not revoked build with that layer hash."""
+    inner: CacheLookup | None = None
+
+    def lookup(image: str, target: str, layer: str, digest: str) -> str | None:
+        nonlocal inner
+        if inner is None:  # read the store only when a plan asks
+            inner = lookup_from(verified_builds(loaded, store=store))
+        return inner(image, target, layer, digest)
 
     return lookup
 

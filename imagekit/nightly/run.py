@@ -26,6 +26,7 @@ from imagekit.errors import (
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
+from imagekit.manifest.record import lookup_from, verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.budget import BudgetOutcome, EngineSizes, check_budget, layer_sizes
@@ -87,38 +88,6 @@ class _Context:
     builder: Callable[..., Any] | None = None
 
 
-def verified_builds(loaded: LoadedSpec, store: Store, *, rehearsal: bool = False) -> list[BuildRecord]:
-    """The store's signed, verified, not revoked builds, oldest first (rehearsal ones only when asked)."""
-    try:
-        trust = resolve_trust(loaded)
-    except SignatureError:
-        return []
-    try:
-        entries = Ledger(store, trust).entries(with_channels=False)
-    except (StoreError, SignatureError):
-        return []
-    out = []
-    for e in entries:
-        b = e.build
-        if b is None or e.revoked or not b.passed or (b.rehearsal and not rehearsal):
-            continue
-        out.append(b)
-    return out
-
-
-def _lookup(builds: list[BuildRecord]) -> Callable[[str, str, str, str], str | None]:
-    index: dict[tuple[str, str], str] = {}
-    for b in builds:
-        for _, h in b.layers:
-            index[(b.target, h)] = b.id  # newest wins
-
-    def lookup(_image: str, target: str, _layer: str, digest: str) -> str | None:
-        hit = index.get((target, digest))
-        return f"verified build {hit}" if hit else None
-
-    return lookup
-
-
 def run_nightly(
     path: Path | str | None,
     *,
@@ -155,7 +124,7 @@ def run_nightly(
         _signer, created = load_signer(loaded.spec.signing.key, base=loaded.root)
         if created:
             reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
-        builds = verified_builds(loaded, store, rehearsal=rehearse)
+        builds = verified_builds(loaded, store=store, rehearsal=rehearse)
         if docker_resolver is None and target in ("docker", "all"):
             from imagekit.nightly.staleness import EngineResolver
 
@@ -165,7 +134,7 @@ def run_nightly(
 
             ami_resolver = Ec2Resolver()
         checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter)
-        plans = plan(loaded, target=target, lookup=_lookup(builds), stale_check=checker)
+        plans = plan(loaded, target=target, lookup=lookup_from(builds), stale_check=checker)
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         # the wall clock, not `clock`: it finds the manifests this run's builds write
