@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, ClassVar
@@ -12,7 +13,8 @@ from rich.console import Console
 from imagekit.events import Event
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is read by people too (CI logs): tables get room instead of rich's 80-column default; $COLUMNS wins.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def print_json(doc: Any) -> None:

@@ -254,5 +254,5 @@ def open_store(url: str, *, base: Path | None = None, s3_client: Any = None) -> 
         raise UsageError(f"store {url!r}: use a folder or s3://bucket/prefix")
     path = Path(url).expanduser()
     if not path.is_absolute() and base is not None:
-        path = base / path
+        path = (base / path).resolve()  # messages show /repo/manifests, not /repo/examples/tts/../../manifests
     return Store(LocalBackend(path))
