@@ -399,6 +399,13 @@ def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> No
     assert report["ok"] is True, report["failures"]
     assert report["probe"]["torch"]["version"].startswith("2.13.0")
     assert report["smoke"]["content_type"] == "audio/wav"
+    # the app AMI starts the service at boot: its unit is installed, enabled, and what vmcheck started
+    unit = report["service_unit"]
+    assert unit["path"] == "/etc/systemd/system/imagekit-tts-cpu.service"
+    assert unit["present"] is True and unit["enabled"] is True, unit
+    assert unit["exec_start"] == ["/opt/venv/bin/python", "-m", "app.server", "--port", "7860"]
+    assert unit["user"] == "app" and unit["workingdirectory"] == "/opt/app"
+    assert unit["environment"]["PATH"].startswith("/opt/venv/bin:")
     server = root / "app" / "server.py"
     server.write_text(server.read_text() + "\n# app-only change\n")
     before = _all_packer_runs()

@@ -23,6 +23,7 @@ from imagekit.fsutil import atomic_write
 from imagekit.paths import log_dir, work_dir
 from imagekit.plan import LayerPlan, plan_image
 from imagekit.render.packer import BUILD_DIR, MANIFEST_FILE, STOP_EXIT, Rehearsal, render_layer, render_verify
+from imagekit.render.scripts import service_unit_path
 from imagekit.runners import packer as pk
 from imagekit.runners.aws import Ami, Aws
 from imagekit.spec import LoadedSpec
@@ -396,6 +397,8 @@ def check_config(loaded: LoadedSpec, image: str) -> dict[str, Any]:
         "env": dict(sorted(env.items())),
         "gpu": verify.gpu,
         "models": [m.dest for _, layer in loaded.chain(image) for m in layer.models],
+        # the systemd unit the leaf's template installs (render.scripts.render_service_install); vmcheck reports it
+        "unit": service_unit_path(image) if res.command else None,
     }
     if verify.health:
         out["health"] = verify.health.model_dump()
@@ -409,7 +412,15 @@ def vm_report(
 ) -> Any:
     """The facts vmcheck.py gathered on the instance as the verify package's Report, with the same pin and policy
     comparison as the docker target (the driver through nvidia-smi too, as target="ami")."""
-    from imagekit.verify.report import HealthResult, Report, SmokeResult, compare, compare_wav, gpu_visible
+    from imagekit.verify.report import (
+        HealthResult,
+        Report,
+        SmokeResult,
+        check_service_unit,
+        compare,
+        compare_wav,
+        gpu_visible,
+    )
 
     policy = loaded.verify_for(image)
     report = Report(
@@ -423,6 +434,9 @@ def vm_report(
         gpu_policy=policy.gpu,
     )
     report.failures += [str(f) for f in raw.get("failures", [])]
+    unit = raw.get("service_unit")
+    report.service_unit = dict(unit) if isinstance(unit, Mapping) else None
+    report.failures += check_service_unit(report.service_unit, loaded, image, target=TARGET)
     probe = raw.get("probe")
     if isinstance(probe, dict):
         report.probe = probe

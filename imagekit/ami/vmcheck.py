@@ -1,8 +1,11 @@
 """Boot-and-verify on an instance booted from the new AMI. Standard library only: it runs there, not here.
 
 Usage on the instance: `python3 vmcheck.py DIR` where DIR holds check.json (rendered from the spec) and probe.py.
-Starts the service unless its port already answers (a systemd unit may have started it), waits for the health
-endpoint, sends the smoke request, runs the probe with the service's Python, and writes the facts to
+Reports whether the image's systemd unit (check.json's "unit") is present and enabled, then starts the service
+unless its port already answers (systemd may have started it at boot). It starts it by hand, as the unit would:
+the unit's ExecStart, Environment, User and WorkingDirectory (read from the unit file, so the check exercises what
+boots; check.json's values only when there is no unit), because a rehearsal instance has no systemd. It waits for
+the health endpoint, sends the smoke request, runs the probe with the service's Python, and writes the facts to
 DIR/report.json. The policy (pins, status, size, reference audio) is applied back home, as for the docker target.
 """
 
@@ -23,6 +26,82 @@ from typing import Any
 
 ENV_FILES = ("/etc/imagekit/env", "/etc/environment")
 MAX_BODY = 32 * 1024 * 1024
+WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
+_C_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'"}
+
+
+def unit_words(text: str, *, exec_line: bool) -> list[str]:
+    """Split a systemd value into words as systemd does for what imagekit writes: double or single quotes with C
+    escapes, then %% -> % (specifiers) and, on an Exec line, $$ -> $."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        word: list[str] = []
+        while i < n and not text[i].isspace():
+            ch = text[i]
+            if ch in "\"'":
+                quote, i = ch, i + 1
+                while i < n and text[i] != quote:
+                    if text[i] == "\\" and i + 1 < n:
+                        word.append(_C_ESCAPES.get(text[i + 1], text[i + 1]))
+                        i += 2
+                        continue
+                    word.append(text[i])
+                    i += 1
+                i += 1
+                continue
+            if ch == "\\" and i + 1 < n:
+                word.append(_C_ESCAPES.get(text[i + 1], text[i + 1]))
+                i += 2
+                continue
+            word.append(ch)
+            i += 1
+        value = "".join(word).replace("%%", "%")
+        words.append(value.replace("$$", "$") if exec_line else value)
+    return words
+
+
+def read_unit(path: str) -> dict[str, Any]:
+    """The unit's presence, enablement (its multi-user.target.wants link) and what it starts."""
+    unit = Path(path)
+    wants = Path(WANTS_DIR) / unit.name
+    found: dict[str, Any] = {
+        "path": path,
+        "present": unit.is_file(),
+        "enabled": wants.exists() and os.path.realpath(wants) == os.path.realpath(unit),
+        "wants": str(wants),
+    }
+    if not found["present"]:
+        return found
+    env: dict[str, str] = {}
+    for raw in unit.read_text(encoding="utf-8").splitlines():
+        key, sep, value = raw.strip().partition("=")
+        if not sep or raw.lstrip().startswith(("#", ";")):
+            continue
+        if key == "ExecStart":
+            found["exec_start"] = unit_words(value, exec_line=True)
+        elif key == "Environment":
+            for word in unit_words(value, exec_line=False):
+                name, _, val = word.partition("=")
+                env[name] = val
+        elif key in ("User", "Group", "WorkingDirectory"):
+            found[key.lower()] = value.strip()
+    found["environment"] = env
+    return found
+
+
+def _as_user(argv: list[str], user: str | None) -> tuple[list[str], dict[str, Any]]:
+    """Run argv as the service's user: runuser for a name, Popen's user/group for a numeric id (no passwd entry)."""
+    if not user or os.geteuid() != 0:
+        return argv, {}
+    if user.isdigit():
+        return argv, {"user": int(user), "group": int(user), "extra_groups": []}
+    if shutil.which("runuser"):
+        return ["runuser", "-u", user, "--", *argv], {}
+    return argv, {}
 
 
 def _env_from_files() -> dict[str, str]:
@@ -74,22 +153,29 @@ def main(argv: list[str]) -> int:
     """Gather the facts; exit 1 when something could not run at all (the report says what)."""
     folder = Path(argv[1] if len(argv) > 1 else ".")
     check = json.loads((folder / "check.json").read_text(encoding="utf-8"))
-    env = {**os.environ, **_env_from_files(), **check.get("env", {})}
     report: dict[str, Any] = {"host": "ec2", "failures": []}
+    env = {**os.environ, **_env_from_files(), **check.get("env", {})}
+    command, user, workdir = check.get("command"), check.get("user"), check.get("workdir")
+    unit = read_unit(check["unit"]) if check.get("unit") else None
+    if unit is not None:
+        report["service_unit"] = unit
+        if unit.get("exec_start"):
+            # start what boots: the unit's own command line, environment, user and folder
+            env = {**os.environ, **unit["environment"]}
+            command, user, workdir = unit["exec_start"], unit.get("user"), unit.get("workingdirectory")
     service = None
     port = check.get("port")
-    if check.get("command") and port and not _listening(int(port)):
-        argv_cmd = list(check["command"])
+    if command and port and not _listening(int(port)):
+        argv_cmd = list(command)
         exe = shutil.which(argv_cmd[0], path=env.get("PATH"))
         if exe:
             argv_cmd[0] = exe
-        if check.get("user") and os.geteuid() == 0 and shutil.which("runuser"):
-            argv_cmd = ["runuser", "-u", check["user"], "--", *argv_cmd]
+        argv_cmd, as_user = _as_user(argv_cmd, user)
         log = (folder / "service.log").open("wb")
         service = subprocess.Popen(
-            argv_cmd, cwd=check.get("workdir") or "/", env=env, stdout=log, stderr=subprocess.STDOUT
+            argv_cmd, cwd=workdir or "/", env=env, stdout=log, stderr=subprocess.STDOUT, **as_user
         )
-        report["service"] = {"started": argv_cmd}
+        report["service"] = {"started": argv_cmd, "from_unit": bool(unit and unit.get("exec_start"))}
     health = check.get("health")
     if health and port:
         url = f"http://127.0.0.1:{port}{health['path']}"
@@ -129,10 +215,9 @@ def main(argv: list[str]) -> int:
         models = [str(m) for m in check.get("models", [])]
         argv_probe = [python, str(probe), *models]
         # the probe sees what the service sees: its user, its environment
-        if check.get("user") and os.geteuid() == 0 and shutil.which("runuser"):
-            argv_probe = ["runuser", "-u", check["user"], "--", *argv_probe]
+        argv_probe, as_user = _as_user(argv_probe, user)
         res = subprocess.run(
-            argv_probe, env=env, cwd=check.get("workdir") or "/", capture_output=True, text=True, check=False
+            argv_probe, env=env, cwd=workdir or "/", capture_output=True, text=True, check=False, **as_user
         )
         try:
             report["probe"] = json.loads(res.stdout)

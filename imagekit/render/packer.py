@@ -11,6 +11,7 @@ from typing import Any
 import hcl2
 
 from imagekit.plan import plan_image
+from imagekit.render.scripts import render_service_install
 from imagekit.spec import Layer, LoadedSpec
 
 # Where a layer's spec files (copy sources, requirements, local weights) are staged on the instance; the
@@ -33,6 +34,8 @@ EXECUTE_COMMAND = (
     "imagekit '{{ .Path }}'"
 )
 ROOT_DEVICE = "/dev/sda1"
+# The leaf's service unit step is a plain root shell script (the unit's text in a quoted here-document).
+SERVICE_EXECUTE_COMMAND = "chmod +x '{{ .Path }}' && sudo -n sh '{{ .Path }}'"
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,11 @@ def render_layer(
     rehearsal: Rehearsal | None = None,
     required_plugins: bool = False,
 ) -> str:
-    """The template that builds one layer's AMI from its parent's (or, for the root, from the AMI filter)."""
+    """The template that builds one layer's AMI from its parent's (or, for the root, from the AMI filter).
+
+    The image's leaf also installs and enables the image's systemd unit (scripts.render_service_install) after its
+    own script: an image-level step, like the Dockerfile's final stage, so each layer keeps one provisioning script.
+    """
     spec_layer = loaded.spec.layers[layer]
     is_root = spec_layer.parent is None
     doc = hcl2.Builder()
@@ -331,6 +338,14 @@ def render_layer(
         if pip_work
         else [_s(f"IMAGEKIT_SRC={STAGE_DIR}"), _s("IMAGEKIT_TARGET=ami")],
     )
+    service = render_service_install(loaded, image) if layer == loaded.spec.images[image].leaf else None
+    if service is not None:
+        build.block(
+            "provisioner",
+            [_s("shell")],
+            inline=[_s(line) for line in service.rstrip("\n").split("\n")],
+            execute_command=_s(SERVICE_EXECUTE_COMMAND),
+        )
     if staging:
         build.block("provisioner", [_s("shell")], inline=[_s("sudo -n rm -rf /tmp/imagekit")])
     build.block(

@@ -8,12 +8,14 @@ import math
 import re
 import struct
 import wave
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagekit.fsutil import atomic_write
+from imagekit.render.scripts import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
 
 REPORT_SCHEMA = "imagekit.verify/v1"
@@ -75,6 +77,8 @@ class Report(BaseModel):
     smoke: SmokeResult | None = None
     failures: list[str] = Field(default_factory=list)
     containers: list[str] = Field(default_factory=list)
+    # AMI target: the image's systemd unit as found on the booted instance (path, present, enabled, exec_start, ...)
+    service_unit: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """The report as pretty JSON with sorted keys."""
@@ -268,6 +272,22 @@ def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: st
         elif driver.split(".", 1)[0] != res.driver.split(".", 1)[0]:
             failures.append(f"driver: expected branch {res.driver}, found {driver}")
     return failures
+
+
+def check_service_unit(found: Mapping[str, Any] | None, loaded: LoadedSpec, image: str, *, target: str) -> list[str]:
+    """AMI target: the failure when the image has a command but its systemd unit is missing or not enabled.
+
+    `found` is what vmcheck.py reported (read_unit); a Docker image starts from its CMD, so it has no unit.
+    """
+    if target != "ami" or not loaded.resolved(image).command:
+        return []
+    path = service_unit_path(image)
+    if not found or not found.get("present"):
+        return [f"service unit: expected {path} (starts the service at boot), found none"]
+    if not found.get("enabled"):
+        wants = found.get("wants") or "multi-user.target.wants"
+        return [f"service unit: {path} is not enabled (no {wants} link), so the service does not start at boot"]
+    return []
 
 
 # --- health and smoke (shared by every host: docker here, the AMI target's instance check) ------------------

@@ -122,6 +122,41 @@ build {
 
   provisioner "shell" {
     inline = [
+      "set -eu",
+      "mkdir -p /etc/systemd/system/multi-user.target.wants",
+      "cat > /etc/systemd/system/imagekit-tts-inference.service.tmp <<'IMAGEKIT_UNIT'",
+      "# Written by imagekit: spec tts, image tts-inference. The AMI's counterpart of the Dockerfile's",
+      "# final stage (USER, ENV, WORKDIR, CMD): it starts the service at boot.",
+      "[Unit]",
+      "Description=imagekit tts image tts-inference",
+      "Wants=network-online.target",
+      "After=network-online.target",
+      "",
+      "[Service]",
+      "Type=simple",
+      "User=app",
+      "Environment=\"MODEL_PATH=/opt/models/tts.pt\"",
+      "Environment=\"PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"",
+      "Environment=\"PYTHONPATH=/opt/app\"",
+      "Environment=\"VIRTUAL_ENV=/opt/venv\"",
+      "WorkingDirectory=/opt/app",
+      "ExecStart=/opt/venv/bin/python -m app.server --port 7860",
+      "Restart=on-failure",
+      "RestartSec=5",
+      "",
+      "[Install]",
+      "WantedBy=multi-user.target",
+      "IMAGEKIT_UNIT",
+      "chmod 0644 /etc/systemd/system/imagekit-tts-inference.service.tmp",
+      "mv -f /etc/systemd/system/imagekit-tts-inference.service.tmp /etc/systemd/system/imagekit-tts-inference.service",
+      "ln -sfn /etc/systemd/system/imagekit-tts-inference.service /etc/systemd/system/multi-user.target.wants/imagekit-tts-inference.service",
+      "echo 'imagekit: installed and enabled /etc/systemd/system/imagekit-tts-inference.service'",
+    ]
+    execute_command = "chmod +x '{{ .Path }}' && sudo -n sh '{{ .Path }}'"
+  }
+
+  provisioner "shell" {
+    inline = [
       "sudo -n rm -rf /tmp/imagekit",
     ]
   }
