@@ -119,8 +119,17 @@ def plan_image(
     parent_hash: str | None = None
     parent_stale = False
     parent_name: str | None = None
-    for name, layer in loaded.chain(image):
+    chain = loaded.chain(image)
+    for name, layer in chain:
         inputs = layer_inputs(loaded, name, layer, cache)
+        if target == "ami" and name == chain[-1][0]:
+            # an AMI's leaf also carries the image's systemd unit (user, env, command): a layer that is one image's
+            # leaf and another's inner layer is two different AMIs, and a changed command is a rebuild
+            from imagekit.render.scripts import render_service_unit
+
+            unit = render_service_unit(loaded, image)
+            if unit is not None:
+                inputs["service-unit"] = hashlib.sha256(unit.encode()).hexdigest()
         digest = layer_hash(layer, parent_hash, target, inputs)
         status: Literal["stale", "cached"] = "stale"
         reason = "not built yet"

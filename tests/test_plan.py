@@ -141,3 +141,24 @@ def test_plan_filters_by_image(tmp_path: Path) -> None:
     assert [(p.name, p.target) for p in plans] == [("plantest", "docker")]
     res = CliRunner().invoke(app, ["plan", "-f", str(spec), "--image", "nope"])
     assert res.exit_code == 2 and "unknown image 'nope'" in res.output
+
+
+def test_an_ami_leaf_hash_covers_the_image_service_unit(tmp_path: Path) -> None:
+    """The AMI leaf carries the image's systemd unit: as another image's inner layer it is a different AMI."""
+    spec = _spec(tmp_path)
+    text = spec.read_text().replace(
+        "images:\n",
+        "    command: [python, -m, app.server]\n  extra:\n    parent: app\n    env: {MODE: extra}\n"
+        "    command: [python, -m, app.other]\nimages:\n  two: {leaf: extra, targets: [docker, ami]}\n",
+    )
+    spec.write_text(text)
+    loaded = load_spec(spec)
+    cache = DigestCache(tmp_path / "d.json")
+
+    def app_hash(image: str, target: str) -> str:
+        return next(lp.hash for lp in plan_image(loaded, image, target, cache=cache).layers if lp.name == "app")  # type: ignore[arg-type]
+
+    assert app_hash("plantest", "docker") == app_hash("two", "docker")
+    assert app_hash("plantest", "ami") != app_hash("two", "ami")
+    leaf = plan_image(loaded, "plantest", "ami", cache=cache).layers[-1]
+    assert "service-unit" in leaf.inputs

@@ -39,14 +39,14 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-f62d7a50018d7e78-${var.build_id}"
+  ami_name      = "imagekit-tts-app-52f9194bb252c928-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
+    "imagekit:layer-hash"  = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
     "imagekit:parent-ami"  = "${var.parent_ami}"
     "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
     "imagekit:pin:cuda"    = "12.4"
@@ -61,7 +61,7 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
+    "imagekit:layer-hash"  = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
     "imagekit:parent-ami"  = "${var.parent_ami}"
     "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
     "imagekit:pin:cuda"    = "12.4"
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "f62d7a50018d7e78c1edfe9ae6a761e1241efd1963784f6909c47b04cab7d5f4"
+      "layer_hash" = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
     }
   }
 }
