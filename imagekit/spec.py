@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -361,29 +361,31 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         field = next((f for n, f in model.model_fields.items() if (f.alias or n) == key), None)
         if field is None:
             return None
-        ann = field.annotation
-        nxt: type[BaseModel] | None = None
-        for cand in _models_in(ann):
-            nxt = cand
-            break
-        if nxt is None:
-            return None
-        # dict[str, Model] and tuple[Model, ...] take one more step for the key or index
-        if getattr(ann, "__origin__", None) in (dict, tuple) or (
-            (ann is not None and "dict[" in str(ann)) or "tuple[" in str(ann)
-        ):
-            i += 1
-        model = nxt
-        i += 1
+        model, nested = _held_model(field.annotation)
+        # a dict[str, Model] or tuple[Model, ...] takes one more step in the location: the key or the index
+        i += 2 if nested else 1
     return model
 
 
-def _models_in(ann: Any) -> Iterator[type[BaseModel]]:
+def _held_model(ann: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model an annotation holds, and whether it sits inside a dict or tuple; Optional is seen through."""
+    origin = get_origin(ann)
+    if origin in (Union, UnionType):
+        for arg in get_args(ann):
+            if arg is not type(None):
+                found, nested = _held_model(arg)
+                if found is not None:
+                    return found, nested
+        return None, False
+    if origin in (dict, tuple, list):
+        for arg in get_args(ann):
+            found, _ = _held_model(arg)
+            if found is not None:
+                return found, True
+        return None, False
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        yield ann
-        return
-    for arg in getattr(ann, "__args__", ()) or ():
-        yield from _models_in(arg)
+        return ann, False
+    return None, False
 
 
 def _loc_str(loc: tuple[str | int, ...]) -> str:

@@ -424,3 +424,25 @@ def test_a_layer_shared_by_two_images_is_reported_once(spec_dir: Path) -> None:
         "needs 550 or newer (>= 550.54.14) (use driver 550 or newer, or a CUDA version driver 535 runs: "
         "10.2, 11.3, 11.4, 11.5, 11.6, 11.7, 11.8, 12.0, 12.1, 12.2)"
     ]
+
+
+def test_unknown_key_hints_at_every_depth(tmp_path: Path) -> None:
+    """The `did you mean` lookup walks dicts, lists and optional sub-models alike."""
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(
+        "version: 1\nname: x\nlayers:\n  base:\n    from: {dockr: a}\n  app:\n    parent: base\n"
+        "    models: [{src: m, dest: /m, sha: x}]\nimages:\n  i: {leaf: app, verify: {gpuu: optional}}\n"
+        "verify:\n  smoke: {path: /s, expect: {statu: 200}}\n"
+    )
+    from imagekit.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    text = str(info.value)
+    for line in (
+        ":5: layers.base.from.dockr: unknown key (did you mean 'docker'?)",
+        ":8: layers.app.models[0].sha: unknown key (did you mean 'sha256'?)",
+        ":10: images.i.verify.gpuu: unknown key (did you mean 'gpu'?)",
+        ":12: verify.smoke.expect.statu: unknown key (did you mean 'status'?)",
+    ):
+        assert line in text, text
