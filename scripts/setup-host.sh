@@ -15,7 +15,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" ca-certificates
+  # with recommends: the same set (apparmor, cgroupfs-mount, ...) that dockerd was checked with here
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" ca-certificates
 fi
 
 # Debian's client at /usr/bin/docker drives BuildKit; the newer client some images put first on PATH has no buildx.
