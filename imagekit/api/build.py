@@ -170,19 +170,9 @@ def select_images(loaded: LoadedSpec, target: str, images: list[str] | None) -> 
     """The images to build: the named ones (each must build for target), else all that build for target."""
     spec = loaded.spec
     if images:
-        unknown = [i for i in images if i not in spec.images]
-        if unknown:
-            raise SpecError(
-                [
-                    Problem(
-                        loaded.file,
-                        loaded.line_of("images"),
-                        "images",
-                        f"unknown image {unknown[0]!r}",
-                        f"images: {', '.join(spec.images)}",
-                    )
-                ]
-            )
+        from imagekit.api.spec import check_images
+
+        check_images(loaded, images)
         wrong = [i for i in images if target not in spec.images[i].targets]
         if wrong:
             raise UsageError(f"image {wrong[0]} does not list target {target} (images.{wrong[0]}.targets)")

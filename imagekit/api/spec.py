@@ -89,20 +89,7 @@ def plan_spec(
 ) -> tuple[LoadedSpec, list[ImagePlan]]:
     """Validate a spec and plan its layers."""
     loaded = validate(path)
-    if images:
-        unknown = [i for i in images if i not in loaded.spec.images]
-        if unknown:
-            raise SpecError(
-                [
-                    Problem(
-                        loaded.file,
-                        loaded.line_of("images"),
-                        "images",
-                        f"unknown image {unknown[0]!r}",
-                        f"images: {', '.join(loaded.spec.images)}",
-                    )
-                ]
-            )
+    check_images(loaded, images)
     if lookup is None or (stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values())):
         from imagekit.manifest.record import lookup_from, verified_builds
 
@@ -115,3 +102,12 @@ def plan_spec(
 
             stale_check = StaleChecker(loaded, builds)
     return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)
+
+
+def check_images(loaded: LoadedSpec, images: list[str] | None) -> None:
+    """Refuse image names (from --image) that the spec does not define, naming the ones it does."""
+    unknown = [i for i in images or [] if i not in loaded.spec.images]
+    if unknown:
+        problem = Problem(loaded.file, loaded.line_of("images"), "images", f"unknown image {unknown[0]!r}",
+                          f"images: {', '.join(loaded.spec.images)}")  # fmt: skip
+        raise SpecError([problem])
