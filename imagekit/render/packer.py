@@ -289,15 +289,7 @@ def render_layer(
         description=_s("extra environment for the provisioning script (PIP_FIND_LINKS=..., PIP_CERT=...)"),
     )
     paths = _upload_paths(spec_layer)
-    _variable(
-        doc,
-        "ec2_endpoint",
-        "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS",
-        default="" if rehearsal is None else None,
-    )
-    if rehearsal is not None:
-        _variable(doc, "ssh_host", "the rehearsal container's SSH address")
-        _variable(doc, "ssh_port", "the rehearsal container's SSH port")
+    _endpoint_variables(doc, rehearsal)
     tags = layer_tags(loaded, image, layer, layer_hash, parent_hash)
     # In a rehearsal the root starts from a stand-in AMI registered in moto for the bootstrap base.
     root = spec_layer if is_root and rehearsal is None else None
@@ -413,15 +405,7 @@ def render_verify(
     _variable(doc, "build_id", "unique suffix for names")
     _variable(doc, "verify_dir", "folder holding vmcheck.py, probe.py and check.json")
     _variable(doc, "report_path", "where the downloaded JSON report is written")
-    _variable(
-        doc,
-        "ec2_endpoint",
-        "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS",
-        default="" if rehearsal is None else None,
-    )
-    if rehearsal is not None:
-        _variable(doc, "ssh_host", "the rehearsal container's SSH address")
-        _variable(doc, "ssh_port", "the rehearsal container's SSH port")
+    _endpoint_variables(doc, rehearsal)
     verify = loaded.verify_for(image)
     _source(
         doc,
@@ -460,3 +444,16 @@ def render_verify(
             inline=[_s(f"echo '{VERIFY_STOP}'"), _s(f"exit {STOP_EXIT}")],
         )
     return _dumps(doc)
+
+
+def _endpoint_variables(doc: hcl2.Builder, rehearsal: Rehearsal | None) -> None:
+    """Where EC2 and SSH are: the same variables in every layer and verify template."""
+    _variable(
+        doc,
+        "ec2_endpoint",
+        "EC2 endpoint: AWS_ENDPOINT_URL(_EC2) when set, the rehearsal's moto server, or empty for AWS",
+        default="" if rehearsal is None else None,
+    )
+    if rehearsal is not None:
+        _variable(doc, "ssh_host", "the rehearsal container's SSH address")
+        _variable(doc, "ssh_port", "the rehearsal container's SSH port")
