@@ -9,7 +9,6 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -22,6 +21,7 @@ from imagekit.plan import LayerPlan, plan_image
 from imagekit.render.dockerfile import parent_arg
 from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
+from imagekit.timefmt import iso_utc
 
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Context-relative folders the docker build uses (the build context is the spec folder).
@@ -202,10 +202,6 @@ def _parent_args(loaded: LoadedSpec, image: str, tags: dict[str, str]) -> dict[s
     }
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def build_docker_image(
     loaded: LoadedSpec,
     image: str,
@@ -224,7 +220,7 @@ def build_docker_image(
     made that tag, which is then reused, so concurrent images build a shared parent layer once.
     """
     t0 = time.monotonic()
-    res = ImageResult(image=image, target="docker", started=_now())
+    res = ImageResult(image=image, target="docker", started=iso_utc())
     log_path = log_dir() / f"build-{loaded.spec.name}-{image}-docker-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     res.log_path = str(log_path)
@@ -282,7 +278,7 @@ def build_docker_image(
         res.size = info.size if info else 0
         if push:
             res.repo_digest, res.pushed = _push(engine, final, push, image=image, reporter=reporter, log=log)
-        res.finished = _now()
+        res.finished = iso_utc()
         res.seconds = round(time.monotonic() - t0, 1)
         log.write(f"# finished {res.finished} image={res.ref} id={res.image_id}\n")
     reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", "docker"))
@@ -601,7 +597,7 @@ def record_image(
         "docker",
         [(lr.name, lr.hash) for lr in res.layers],
         started=res.started,
-        finished=_now(),  # after verification: the record covers build and verify
+        finished=iso_utc(),  # after verification: the record covers build and verify
         image_ref=res.pushed or res.ref,
         # a pushed image is named by its registry digest; a local one by its image (config) digest
         image_digest=res.repo_digest or res.image_id,

@@ -7,7 +7,6 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from imagekit.errors import SignatureError, StoreError
@@ -15,6 +14,7 @@ from imagekit.manifest.dsse import envelope_bytes, parse_envelope, sign_envelope
 from imagekit.manifest.keys import Signer, TrustedKey
 from imagekit.manifest.statement import BuildRecord, canonical_json, sha256_hex
 from imagekit.manifest.store import CHANNELS, REVOCATIONS, LogEntry, Store
+from imagekit.timefmt import iso_utc
 
 RECORD_PAYLOAD_TYPE = "application/vnd.imagekit.record+json"
 CHANNEL_TYPE = "https://imagekit.dev/channel-record/v1"
@@ -52,7 +52,7 @@ def who_default() -> str:
 
 def now_iso() -> str:
     """Current UTC time, ISO 8601 with a Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc()
 
 
 def channel_log(image: str, channel: str) -> str:

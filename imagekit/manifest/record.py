@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement
 from imagekit.manifest.store import Store
 from imagekit.plan import CacheLookup, spec_hash
 from imagekit.spec import LoadedSpec
+from imagekit.timefmt import iso_utc
 
 
 class LayerRef(Protocol):
@@ -45,11 +46,7 @@ class Recorded:
 
 
 def _iso(t: datetime | str) -> str:
-    if isinstance(t, str):
-        return t
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return t if isinstance(t, str) else iso_utc(t)
 
 
 def _git_commit(root: Path) -> str | None:

@@ -34,14 +34,11 @@ from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, wri
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
 from imagekit.plan import ImagePlan, plan
 from imagekit.spec import LoadedSpec
+from imagekit.timefmt import iso_utc
 
 NIGHTLY_CHANNEL = "nightly"
 # plan reasons that mean "rebuild although the hash is built": the build must skip the cache for that layer
 FORCING = ("refresh due", "upstream changed")
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class LayerLocks:
@@ -116,7 +113,7 @@ def run_nightly(
     loaded = validate(path)
     store = spec_store(loaded)
     started = clock()
-    result = NightlyResult(spec=str(loaded.path), started=_iso(started))
+    result = NightlyResult(spec=str(loaded.path), started=iso_utc(started))
     with store_lock(store.url, reporter=reporter, what=f"imagekit nightly {loaded.path}"):
         # the default key is created on first use: do it once here, not from several threads at once
         from imagekit.manifest.keys import load_signer
@@ -182,7 +179,7 @@ def run_nightly(
         result.runs = [t.run for t in tasks]
         if not crashed:
             result.gc = _gc(ctx, tasks)
-    result.finished = _iso(clock())
+    result.finished = iso_utc(clock())
     if report_dir is not None:
         write_reports(result, Path(report_dir))
     if crashed:
@@ -376,7 +373,7 @@ def _manifest_of(ctx: _Context, task: _Task, res: Any) -> str | None:
     if mid:
         return str(mid)
     leaf = task.plan.layers[-1].hash
-    since = _iso(ctx.started)
+    since = iso_utc(ctx.started)
     for e in reversed(Ledger(ctx.store, resolve_trust(ctx.loaded)).entries(task.image, with_channels=False)):
         b = e.build
         if b is not None and b.target == task.target and b.leaf_hash == leaf and b.created >= since:
