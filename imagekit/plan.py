@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,42 @@ class ImagePlan:
 CacheLookup = Callable[[str, str, str, str], str | None]
 # (image, target, layer name, layer hash) -> a reason to rebuild anyway (refresh, upstream drift), or None
 StaleCheck = Callable[[str, str, str, str], str | None]
+# (image, target) -> the target settings its newest verified build was made with, or None (none recorded)
+PreviousSettings = Callable[[str, str], Mapping[str, str] | None]
+
+
+def ami_settings(loaded: LoadedSpec) -> dict[str, str]:
+    """The `aws:` settings that make an AMI what it is, as `aws.<key>` -> canonical text.
+
+    Every layer AMI is built, encrypted, copied and tagged with them, so they are part of each AMI layer's hash;
+    where the build is reached from (subnet, security group, ssh interface) is not.
+    """
+    aws = loaded.spec.aws
+    values: dict[str, object] = {
+        "region": aws.region,
+        "ami_regions": sorted(set(aws.ami_regions)),
+        "encrypted": aws.encrypted,
+        "kms_key_id": aws.kms_key_id,
+        "instance_type": aws.instance_type,
+        "volume_size": aws.volume_size,
+        "ssh_username": aws.ssh_username,
+        "tags": dict(sorted(aws.tags.items())),
+    }
+    return {f"aws.{k}": json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in values.items()}
+
+
+def target_settings(loaded: LoadedSpec, target: str) -> dict[str, str]:
+    """The settings outside the layers that go into a target's layer hashes (none for docker)."""
+    return ami_settings(loaded) if target == "ami" else {}
+
+
+def settings_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """`aws.encrypted false -> true` for every setting that differs, sorted."""
+    return [
+        f"{key} {before.get(key, '(unset)')} -> {after.get(key, '(unset)')}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
 
 
 def layer_inputs(loaded: LoadedSpec, name: str, layer: Layer, cache: DigestCache) -> dict[str, str]:
@@ -90,9 +126,15 @@ def layer_inputs(loaded: LoadedSpec, name: str, layer: Layer, cache: DigestCache
     return inputs
 
 
-def layer_hash(layer: Layer, parent_hash: str | None, target: str, inputs: dict[str, str]) -> str:
-    """Content hash over the layer's definition, its parent's hash, the target and its input files."""
-    doc = {
+def layer_hash(
+    layer: Layer,
+    parent_hash: str | None,
+    target: str,
+    inputs: dict[str, str],
+    settings: Mapping[str, str] | None = None,
+) -> str:
+    """Content hash over the layer's definition, its parent's hash, the target, its input files and settings."""
+    doc: dict[str, object] = {
         "recipe": RECIPE_VERSION,
         "target": target,
         "parent": parent_hash,
@@ -100,6 +142,8 @@ def layer_hash(layer: Layer, parent_hash: str | None, target: str, inputs: dict[
         "layer": layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"}),
         "inputs": inputs,
     }
+    if settings:  # only the AMI target has any, so docker hashes stay what they were
+        doc["settings"] = dict(settings)
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -112,11 +156,18 @@ def plan_image(
     cache: DigestCache | None = None,
     lookup: CacheLookup | None = None,
     stale_check: StaleCheck | None = None,
+    previous: PreviousSettings | None = None,
 ) -> ImagePlan:
     """Hash every layer of an image's chain for a target and decide cached or stale."""
     cache = cache or DigestCache()
     layers: list[LayerPlan] = []
     parent_hash: str | None = None
+    settings = target_settings(loaded, target)
+    # the chain hashed again with the settings of the newest verified build: when only the settings moved, that
+    # chain is still in the store and the plan can name the setting instead of saying "not built yet"
+    before = previous(image, target) if previous and settings else None
+    changes = settings_changes(before, settings) if before is not None else []
+    alt_parent: str | None = None
     parent_stale = False
     parent_name: str | None = None
     chain = loaded.chain(image)
@@ -130,12 +181,22 @@ def plan_image(
             unit = render_service_unit(loaded, image)
             if unit is not None:
                 inputs["service-unit"] = hashlib.sha256(unit.encode()).hexdigest()
-        digest = layer_hash(layer, parent_hash, target, inputs)
+        digest = layer_hash(layer, parent_hash, target, inputs, settings)
         status: Literal["stale", "cached"] = "stale"
         reason = "not built yet"
         hit = lookup(image, target, name, digest) if lookup else None
         forced = stale_check(image, target, name, digest) if stale_check else None
-        if parent_stale:
+        moved: str | None = None  # only the target settings differ from a verified build's chain
+        if changes and before is not None:
+            alt_parent = layer_hash(layer, alt_parent, target, inputs, before)
+            was = lookup(image, target, name, alt_parent) if lookup and not hit else None
+            if was:
+                moved = f"{target} settings changed since {was}: {'; '.join(changes)}"
+            elif not hit:
+                reason = f"not built yet ({'; '.join(changes)})"
+        if moved:
+            reason = moved
+        elif parent_stale:
             reason = f"parent {parent_name} is stale"
         elif forced:
             reason = forced
@@ -155,6 +216,7 @@ def plan(
     cache: DigestCache | None = None,
     lookup: CacheLookup | None = None,
     stale_check: StaleCheck | None = None,
+    previous: PreviousSettings | None = None,
 ) -> list[ImagePlan]:
     """Plans for every (image, target) the spec builds, filtered by target and image names."""
     cache = cache or DigestCache()
@@ -165,7 +227,9 @@ def plan(
         for tgt in image.targets:
             if target not in ("all", tgt):
                 continue
-            out.append(plan_image(loaded, name, tgt, cache=cache, lookup=lookup, stale_check=stale_check))
+            out.append(
+                plan_image(loaded, name, tgt, cache=cache, lookup=lookup, stale_check=stale_check, previous=previous)
+            )
     return out
 
 

@@ -7,10 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from manifest_helpers import make_spec
 from typer.testing import CliRunner
 
 from imagekit.cli import app
 from imagekit.digests import DigestCache
+from imagekit.manifest.record import record_build
 from imagekit.plan import plan, plan_image
 from imagekit.spec import load_spec
 
@@ -162,3 +164,64 @@ def test_an_ami_leaf_hash_covers_the_image_service_unit(tmp_path: Path) -> None:
     assert app_hash("plantest", "ami") != app_hash("two", "ami")
     leaf = plan_image(loaded, "plantest", "ami", cache=cache).layers[-1]
     assert "service-unit" in leaf.inputs
+
+
+def _record_ami(root: Path) -> str:
+    """Sign a verified AMI build of the helper spec (with an `aws:` block) into its own store; its id."""
+    loaded = make_spec(root)
+    text = loaded.path.read_text().replace("  app: {leaf: app}", "  app: {leaf: app, targets: [docker, ami]}")
+    loaded.path.write_text(text + "aws: {region: us-east-1, encrypted: false}\n")
+    loaded = load_spec(loaded.path)
+    layers = plan_image(loaded, "app", "ami").layers
+    ami = {"region": "us-east-1", "id": "ami-12345678", "account": "123456789012", "snapshots": ["snap-1"]}
+    return record_build(loaded, "app", "ami", layers, started="a", finished="b", amis=[ami], base="ami-785db401",
+                        report={"passed": True, "failures": []}).id  # fmt: skip
+
+
+def _ami_plan(spec: Path) -> list[dict[str, str]]:
+    res = CliRunner().invoke(app, ["plan", "-f", str(spec), "--json", "--target", "ami", "--image", "app"])
+    assert res.exit_code == 0, res.output
+    (image,) = json.loads(res.stdout)["images"]
+    return image["layers"]  # type: ignore[no-any-return]
+
+
+def test_ami_settings_are_in_the_hash_and_the_plan_names_the_one_that_changed(tmp_path: Path) -> None:
+    mid = _record_ami(tmp_path)
+    spec = tmp_path / "imagekit.yaml"
+    assert [lp["status"] for lp in _ami_plan(spec)] == ["cached"] * 3
+    docker_before = _hashes_of(spec, "docker")
+
+    spec.write_text(spec.read_text().replace("encrypted: false", "encrypted: true"))
+    layers = _ami_plan(spec)
+    assert [lp["status"] for lp in layers] == ["stale"] * 3
+    for lp in layers:  # every layer AMI is encrypted anew, and each says why
+        assert lp["reason"] == f"ami settings changed since verified build {mid}: aws.encrypted false -> true"
+    assert _hashes_of(spec, "docker") == docker_before  # the docker target does not read `aws:`
+
+    spec.write_text(spec.read_text().replace("encrypted: true", "encrypted: false, ami_regions: [eu-west-1]"))
+    reasons = {lp["reason"] for lp in _ami_plan(spec)}
+    assert reasons == {f'ami settings changed since verified build {mid}: aws.ami_regions [] -> ["eu-west-1"]'}
+
+    # where the build runs from (a subnet) is not part of what the AMI is
+    spec.write_text(spec.read_text().replace("ami_regions: [eu-west-1]", "ami_regions: [], subnet_id: s-1"))
+    assert [lp["status"] for lp in _ami_plan(spec)] == ["cached"] * 3
+
+
+def test_every_identity_setting_moves_every_ami_layer_hash(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cache = DigestCache(tmp_path / "d.json")
+    base = _hashes(spec, cache, "ami")
+    text = spec.read_text()
+    for setting in ("region: eu-west-1", "ami_regions: [us-west-2]", "encrypted: true", "kms_key_id: alias/k",
+                    "instance_type: g6.xlarge", "volume_size: 200", "ssh_username: admin", "tags: {team: tts}"):  # fmt: skip
+        spec.write_text(text + f"aws: {{{setting}}}\n")
+        moved = _hashes(spec, cache, "ami")
+        assert all(moved[k] != base[k] for k in base), setting
+    spec.write_text(text + "aws: {ami_regions: [b, a, a], subnet_id: s-1, ssh_interface: private_ip}\n")
+    one = _hashes(spec, cache, "ami")
+    spec.write_text(text + "aws: {ami_regions: [a, b]}\n")
+    assert _hashes(spec, cache, "ami") == one
+
+
+def _hashes_of(spec: Path, target: str) -> dict[str, str]:
+    return {lp.name: lp.hash for lp in plan_image(load_spec(spec), "app", target).layers}  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from imagekit.digests import DigestCache
 from imagekit.errors import Problem, SpecError
-from imagekit.plan import CacheLookup, ImagePlan, StaleCheck, plan
+from imagekit.plan import CacheLookup, ImagePlan, PreviousSettings, StaleCheck, plan
 from imagekit.spec import LoadedSpec, load_spec
 
 
@@ -90,18 +90,21 @@ def plan_spec(
     """Validate a spec and plan its layers."""
     loaded = validate(path)
     check_images(loaded, images)
+    previous: PreviousSettings | None = None
     if lookup is None or (stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values())):
-        from imagekit.manifest.record import lookup_from, verified_builds
+        from imagekit.manifest.record import lookup_from, settings_from, verified_builds
 
         builds = verified_builds(loaded)
         # default: a layer is cached when the store holds a verified, signed, not revoked build with its hash
-        lookup = lookup or lookup_from(builds)
+        if lookup is None:
+            lookup, previous = lookup_from(builds), settings_from(builds)
         if stale_check is None and any(layer.refresh for layer in loaded.spec.layers.values()):
             # `refresh due` from the store's build times (offline); upstream drift is asked by `imagekit nightly`
             from imagekit.nightly.staleness import StaleChecker
 
             stale_check = StaleChecker(loaded, builds)
-    return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)
+    plans = plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check, previous=previous)
+    return loaded, plans
 
 
 def check_images(loaded: LoadedSpec, images: list[str] | None) -> None:

@@ -17,7 +17,7 @@ from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement, canonical_json, manifest_id_of
 from imagekit.manifest.store import Store
-from imagekit.plan import CacheLookup, spec_hash
+from imagekit.plan import CacheLookup, PreviousSettings, spec_hash, target_settings
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
 
@@ -162,6 +162,7 @@ def record_build(
         failures=failures,
         rehearsal=rehearsal,
         size_bytes=size_bytes,
+        settings=target_settings(loaded, target),
     )
     payload = canonical_json(build_statement(facts))
     signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
@@ -213,6 +214,20 @@ def lookup_from(builds: Sequence[BuildRecord]) -> CacheLookup:
         return f"verified build {hit}" if hit else None
 
     return lookup
+
+
+def settings_from(builds: Sequence[BuildRecord]) -> PreviousSettings:
+    """A plan's `previous`: the target settings the newest verified build of (image, target) recorded."""
+    index: dict[tuple[str, str], dict[str, str]] = {}
+    for b in builds:  # oldest first, so the newest wins
+        recorded = b.settings
+        if recorded is not None:
+            index[(b.image, b.target)] = recorded
+
+    def previous(image: str, target: str) -> Mapping[str, str] | None:
+        return index.get((image, target))
+
+    return previous
 
 
 def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLookup:

@@ -86,6 +86,7 @@ class BuildFacts:
     failures: Sequence[str] = ()
     rehearsal: bool = False
     size_bytes: int | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 def build_statement(f: BuildFacts) -> dict[str, Any]:
@@ -153,6 +154,8 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
                     "target": f.target,
                     "image": f.image,
                     "rehearsal": f.rehearsal,
+                    # the target settings in the layer hashes, so a plan can name the one that changed
+                    **({"settings": dict(sorted(f.settings.items()))} if f.settings else {}),
                 },
                 "internalParameters": {"layers": [{"name": n, "hash": h} for n, h in f.layers]},
                 "resolvedDependencies": deps,
@@ -193,6 +196,12 @@ class BuildRecord:
     def target(self) -> str:
         """docker or ami."""
         return str(self.params.get("target", ""))
+
+    @property
+    def settings(self) -> dict[str, str] | None:
+        """The target settings the build's layer hashes cover (`aws.encrypted` -> "true"), None if not recorded."""
+        raw = self.params.get("settings")
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
 
     @property
     def layers(self) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ from imagekit.errors import (
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.record import lookup_from, verified_builds
+from imagekit.manifest.record import lookup_from, settings_from, verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.budget import BudgetOutcome, EngineSizes, check_budget, layer_sizes
@@ -131,7 +131,9 @@ def run_nightly(
 
             ami_resolver = Ec2Resolver()
         checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter)
-        plans = plan(loaded, target=target, lookup=lookup_from(builds), stale_check=checker)
+        plans = plan(
+            loaded, target=target, lookup=lookup_from(builds), stale_check=checker, previous=settings_from(builds)
+        )
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         # the wall clock, not `clock`: it finds the manifests this run's builds write
