@@ -127,6 +127,9 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(f"--target must be docker or ami, not {target!r}")
     loaded = validate(path)
     selected = select_images(loaded, target, images)
+    unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
+    if unknown:
+        raise UsageError(f"--force-layer {unknown[0]!r} is no layer of {', '.join(selected)}")
     if target == "ami":
         if push:
             raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
@@ -134,7 +137,8 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         from imagekit.ami import build_ami
         from imagekit.ami.build import as_build_result
 
-        ami = build_ami(loaded, selected, force, reporter, rehearse=rehearse, verify=verify)
+        # the AMI builder has no per-layer force: a forced layer rebuilds the image's whole chain (as nightly does)
+        ami = build_ami(loaded, selected, force or bool(force_layers), reporter, rehearse=rehearse, verify=verify)
         return as_build_result(loaded, ami)
     if rehearse:
         raise UsageError("--rehearse applies to --target ami (a local moto EC2 with sshd containers)")

@@ -16,6 +16,12 @@ def build(  # noqa: PLR0917 (typer options)
     target: str = typer.Option(..., "--target", help="docker or ami."),
     image: list[str] = typer.Option([], "--image", help="Only this image (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rebuild every layer, even when its hash is already built."),
+    force_layer: list[str] = typer.Option(
+        [],
+        "--force-layer",
+        help="Rebuild this layer (and what is on it) although its hash is built; repeatable, or several names "
+        "separated by spaces or commas (a `plan --matrix` job's `force`). For AMIs it rebuilds the whole chain.",
+    ),
     push: str | None = typer.Option(None, "--push", help="Push the final image to REGISTRY/REPO[:TAG]."),
     json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
@@ -35,6 +41,7 @@ def build(  # noqa: PLR0917 (typer options)
             images=image or None,
             force=force,
             push=push,
+            force_layers=[n for item in force_layer for n in item.replace(",", " ").split()],
             reporter=printer,
             verify=not no_verify,
             rehearse=rehearse,

@@ -23,6 +23,12 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+def print_line_json(doc: Any) -> None:
+    """Machine output on one line (`echo "matrix=$(...)" >> $GITHUB_OUTPUT` takes exactly one line)."""
+    sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 class ProgressPrinter:
     """Turns core Events into one line per step on stderr, with elapsed time per image/layer."""
 

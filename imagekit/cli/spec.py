@@ -31,20 +31,39 @@ def validate(file: Path | None = SpecOpt, json_out: bool = JsonOpt) -> None:
 
 
 @app.command()
-def plan(
+def plan(  # noqa: PLR0917 (typer options)
     file: Path | None = SpecOpt,
     target: str = typer.Option("all", "--target", help="docker, ami or all."),
     image: list[str] = typer.Option([], "--image", help="Only this image (repeatable)."),
     json_out: bool = JsonOpt,
+    matrix: bool = typer.Option(
+        False,
+        "--matrix",
+        help="Print the stale (image, target) jobs of a nightly run (refresh and upstream drift included) as one "
+        'line of JSON, {"include": [{"image", "target", "layers", "force"}]}, for a CI matrix.',
+    ),
+    rehearse: bool = typer.Option(False, "--rehearse", help="With --matrix: plan against the rehearsal builds."),
 ) -> None:
     """Hash every layer and show which are cached and which need a build, and why."""
     from imagekit.api.spec import plan_spec
     from imagekit.errors import UsageError
     from imagekit.plan import ImagePlan, plan_json
 
+    if matrix:
+        from imagekit.api.fanout import plan_matrix
+        from imagekit.cli.console import ProgressPrinter, print_line_json
+
+        print_line_json(
+            run(lambda: plan_matrix(file, target=target, images=image or None, rehearse=rehearse,
+                                    reporter=ProgressPrinter()))
+        )  # fmt: skip
+        return
+
     def go() -> list[ImagePlan]:
         if target not in ("docker", "ami", "all"):
             raise UsageError(f"--target must be docker, ami or all, not {target!r}")
+        if rehearse:
+            raise UsageError("--rehearse goes with --matrix (a plain plan reads the real builds)")
         return plan_spec(file, target=target, images=image or None)[1]
 
     plans = run(go)

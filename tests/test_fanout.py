@@ -1,0 +1,83 @@
+"""Fan-out: `plan --matrix` lists the stale (image, target) jobs a nightly run would build, in a CI matrix shape."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from manifest_helpers import fake_build, make_spec
+from typer.testing import CliRunner
+
+from imagekit.api.fanout import plan_matrix
+from imagekit.cli import app
+from imagekit.spec import load_spec
+
+RECORDED_BASE = "sha256:" + "ab" * 32  # what fake_build records as the base digest
+
+
+class Upstream:
+    """A registry answering one digest for every reference (counts the questions)."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        self.asked: list[str] = []
+
+    def registry_digest(self, ref: str) -> str:
+        self.asked.append(ref)
+        return self.digest
+
+
+def test_matrix_lists_only_stale_jobs_with_their_layers(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    fake_build(loaded, "rt")  # base + runtime verified; app is not built
+    doc = plan_matrix(loaded.path, target="docker", docker_resolver=Upstream(RECORDED_BASE))
+    assert doc == {"include": [{"image": "app", "target": "docker", "layers": "app", "force": ""}]}
+
+    fake_build(loaded, "app")
+    assert plan_matrix(loaded.path, target="docker", docker_resolver=Upstream(RECORDED_BASE)) == {"include": []}
+
+
+def test_matrix_forces_what_upstream_drift_and_a_due_refresh_rebuild(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    fake_build(loaded, "app")
+    fake_build(loaded, "rt")
+    moved = Upstream("sha256:" + "cd" * 32)
+    doc = plan_matrix(loaded.path, target="docker", docker_resolver=moved)
+    assert doc["include"] == [
+        {"image": "app", "target": "docker", "layers": "base runtime app", "force": "base"},
+        {"image": "rt", "target": "docker", "layers": "base runtime", "force": "base"},
+    ]
+    assert moved.asked == ["debian:bookworm"]  # asked once per reference for the whole run
+
+    text = loaded.path.read_text().replace('    python: "3.11"\n', '    python: "3.11"\n    refresh: {every_days: 7}\n')
+    loaded.path.write_text(text)
+    fake_build(load_spec(loaded.path), "rt", seed="2")
+    later = datetime.now(timezone.utc) + timedelta(days=8)
+    doc = plan_matrix(loaded.path, target="docker", images=["rt"], docker_resolver=Upstream(RECORDED_BASE),
+                      clock=lambda: later)  # fmt: skip
+    assert doc["include"] == [{"image": "rt", "target": "docker", "layers": "runtime", "force": "runtime"}]
+
+
+def test_plan_matrix_prints_one_line_github_actions_can_take(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    text = loaded.path.read_text().replace("  app: {leaf: app}", "  app: {leaf: app, targets: [docker, ami]}")
+    loaded.path.write_text(text)
+    res = CliRunner().invoke(app, ["plan", "-f", str(loaded.path), "--matrix"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("\n") == 1  # `echo "matrix=$(imagekit plan --matrix)" >> $GITHUB_OUTPUT`
+    doc = json.loads(res.stdout)
+    assert [(j["image"], j["target"]) for j in doc["include"]] == [("app", "docker"), ("app", "ami"), ("rt", "docker")]
+    assert all(j["layers"].split()[0] == "base" and j["force"] == "" for j in doc["include"])
+    only = CliRunner().invoke(app, ["plan", "-f", str(loaded.path), "--matrix", "--target", "ami", "--rehearse"])
+    assert [j["target"] for j in json.loads(only.stdout)["include"]] == ["ami"]
+    bad = CliRunner().invoke(app, ["plan", "-f", str(loaded.path), "--rehearse"])
+    assert bad.exit_code == 2 and "--rehearse goes with --matrix" in bad.output
+
+
+def test_build_refuses_a_force_layer_the_image_does_not_have(tmp_path: Path) -> None:
+    loaded = make_spec(tmp_path)
+    res = CliRunner().invoke(app, ["build", "-f", str(loaded.path), "--target", "docker", "--image", "rt",
+                                   "--force-layer", "base, app"])  # fmt: skip
+    assert res.exit_code == 2
+    assert "--force-layer 'app' is no layer of rt" in res.output
