@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="69f4cb396b4a5a3876c03935352349ffd4d0c5d1778dbe694428c8f52a3dac39"
+LABEL dev.imagekit.layer.base.hash="f424a7346e15029c0656ae90550dcdc79e9467317369712fbc2f9503f9a45945"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
@@ -23,7 +23,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="406e9c8e60a4ae531b197f1a8e666856ab9e428d456019f83820c9b49ade93e8"
+LABEL dev.imagekit.layer.runtime.hash="06d80dd4b35cacd26f319eca7018947c79277a1576410211f326ec9b5d5dcaf8"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -32,7 +32,7 @@ COPY --from=runtime-builder /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="b3aff717bc80ea5bc6552d95c623a1b8e1f3622f4a04f1d8c3ccedfe70a9eb4d"
+LABEL dev.imagekit.layer.app.hash="cf18b12e0b4f0c8db24d8776ac87e53e7d077d3ea16ccdd82dca1041c764390d"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
@@ -56,6 +56,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="b3aff717bc80ea5b"
+    org.opencontainers.image.version="cf18b12e0b4f0c8d"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

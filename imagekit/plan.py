@@ -14,7 +14,7 @@ from imagekit.errors import Problem, SpecError
 from imagekit.spec import Layer, LoadedSpec
 
 # Bump when what a layer's build does changes for the same spec (new provisioning steps), so builds redo.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: a root layer runs apt-get upgrade
 Target = Literal["docker", "ami"]
 TARGETS: tuple[Target, ...] = ("docker", "ami")
 

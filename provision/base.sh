@@ -51,6 +51,10 @@ pip_env() {
 }
 
 phase_system() {
+    log 'upgrade: the distribution packages (apt-get upgrade)'
+    apt-get update -q
+    APT_UPDATED=1
+    apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
     log 'apt: ffmpeg libsndfile1'
     apt_install ffmpeg libsndfile1
     apt_clean

@@ -29,7 +29,8 @@ from imagekit.manifest.channels import channel_log
 from imagekit.manifest.ledger import spec_store
 from imagekit.nightly.report import NightlyResult
 from imagekit.plan import plan_image
-from imagekit.spec import load_spec
+from imagekit.runners.bootstrap import base_hash, refresh_epoch
+from imagekit.spec import Bootstrap, load_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -148,9 +149,30 @@ def test_refresh_due_rebuilds_the_base_and_everything_on_it(tmp_path: Path, spec
     assert all(r.channels == ["nightly"] for r in refreshed.runs)
     # the layer really was rebuilt (no BuildKit cache): a new image under the same hash tag
     assert _image_id(base_tag) != base_id
+    # on a renewed base: the refresh period's bootstrapped base is another debootstrap than the first run's
+    boot = load_spec(spec).spec.layers["base"].from_.bootstrap  # type: ignore[union-attr]
+    assert boot is not None
+    first_base = base_tag_of(boot, refresh_epoch(7, datetime.now(timezone.utc)))
+    renewed_base = base_tag_of(boot, refresh_epoch(7, much_later))
+    assert first_base != renewed_base and _image_id(first_base) != _image_id(renewed_base)
+    # and the refreshed layer was built on it (an imported base is one filesystem layer, the bottom of its children)
+    assert _bottom_layer(base_tag) == _bottom_layer(renewed_base) != _bottom_layer(first_base)
     # the refreshed build is new: the day after, nothing is due
     tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
     assert built(nightly(spec, target="docker", clock=lambda: tomorrow)) == []
+
+
+def base_tag_of(boot: Bootstrap, epoch: int) -> str:
+    """The tag of the bootstrapped base of layer `base` for a refresh period."""
+    return f"imagekit-base-base:{base_hash(boot, epoch)[:16]}"
+
+
+def _bottom_layer(ref: str) -> str:
+    """The diff id of an image's first filesystem layer."""
+    res = subprocess.run([DOCKER, "image", "inspect", "-f", "{{json .RootFS.Layers}}", ref], check=False,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)[0]  # type: ignore[no-any-return]
 
 
 def _hash16(spec: Path, layer: str) -> str:

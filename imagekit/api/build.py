@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -119,6 +120,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     force_layers: Collection[str] = (),
     layer_lock: LayerLock | None = None,
     on_built: Callable[[ImageResult], None] | None = None,
+    now: datetime | None = None,
 ) -> BuildResult:
     """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
     from imagekit.api.spec import validate
@@ -152,7 +154,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     for name in selected:
         res = build_docker_image(
             loaded, name, engine=engine, force=force, push=push, reporter=reporter,
-            force_layers=force_layers, layer_lock=layer_lock,
+            force_layers=force_layers, layer_lock=layer_lock, now=now,
         )  # fmt: skip
         out.images.append(res)
         if on_built is not None:
@@ -216,12 +218,14 @@ def build_docker_image(
     reporter: Reporter = silent,
     force_layers: Collection[str] = (),
     layer_lock: LayerLock | None = None,
+    now: datetime | None = None,
 ) -> ImageResult:
     """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image.
 
     force_layers: layers rebuilt without the BuildKit cache even when their tag exists (nightly refresh, upstream
     drift). layer_lock(tag): held around each layer build; it yields True when another build of this run already
-    made that tag, which is then reused, so concurrent images build a shared parent layer once.
+    made that tag, which is then reused, so concurrent images build a shared parent layer once. now: the time
+    that picks a refreshed root layer's base period (nightly passes its clock).
     """
     t0 = time.monotonic()
     res = ImageResult(image=image, target="docker", started=iso_utc())
@@ -242,7 +246,13 @@ def build_docker_image(
         log.write(f"# imagekit build {loaded.path} image={image} target=docker started={res.started}\n")
         # 1. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
         root_name, _root_layer = loaded.chain(image)[0]
-        res.base = _ensure_base(loaded, image, root_name, engine, force=force, reporter=reporter, log=log)
+        with layer_lock(f"base:{root_name}") if layer_lock else contextlib.nullcontext(False):
+            # a refresh or drift of the root layer renews its base: debootstrapped again once per refresh period,
+            # or pulled again; the lock makes the images of one run that share it wait for one renewal
+            res.base = _ensure_base(
+                loaded, image, root_name, engine, renew=root_name in force_layers, now=now, reporter=reporter,
+                log=log,
+            )  # fmt: skip
         # 2. render the Dockerfile and scripts into the context
         wheelhouse = _stage_wheelhouse(loaded, image, reporter)
         dockerfile = _render(loaded, image, wheelhouse)
@@ -371,7 +381,8 @@ def _ensure_base(
     root_name: str,
     engine: DockerEngine,
     *,
-    force: bool,
+    renew: bool,
+    now: datetime | None,
     reporter: Reporter,
     log: IO[str],
 ) -> BaseResult:
@@ -379,15 +390,22 @@ def _ensure_base(
     src = root_layer.from_
     key = ("layers", root_name, "from")
     if src is not None and src.bootstrap is not None:
-        from imagekit.runners.bootstrap import ensure_base
+        from imagekit.runners.bootstrap import ensure_base, refresh_epoch
 
-        # --force rebuilds layers, not the distribution base (minutes of debootstrap for the same packages)
-        base = ensure_base(engine, root_name, src.bootstrap, reporter=reporter, log=log, image=image)
+        # --force rebuilds layers, not the distribution base (minutes of debootstrap for the same packages); a
+        # layer with a refresh gets a new base once per refresh period (its epoch is part of the base's hash)
+        epoch = None
+        if root_layer.refresh is not None:
+            epoch = refresh_epoch(root_layer.refresh.every_days, now or datetime.now(timezone.utc))
+        base = ensure_base(engine, root_name, src.bootstrap, reporter=reporter, log=log, image=image, epoch=epoch)
         return BaseResult("bootstrap", base.tag, base.image_id, base.hash, base.built, round(base.seconds, 1))
     if src is not None and src.docker:
         reporter(Event("step", f"resolving base {src.docker}", image, root_name, "docker"))
         try:
-            info = engine.resolve(src.docker)
+            if renew:
+                reporter(Event("step", f"pulling {src.docker} again (refresh or upstream change)", image, root_name,
+                               "docker"))  # fmt: skip
+            info = engine.resolve(src.docker, renew=renew)
         except BuildFailed as exc:
             raise BuildFailed(
                 f"{exc} (with no registry, start from `from: {{bootstrap: ...}}`, or `docker load` the image first)",

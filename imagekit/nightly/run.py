@@ -83,6 +83,7 @@ class _Context:
     locks: LayerLocks
     engine: Any = None
     builder: Callable[..., Any] | None = None
+    clock: Clock = utc_now
 
 
 def run_nightly(
@@ -138,7 +139,7 @@ def run_nightly(
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         # the wall clock, not `clock`: it finds the manifests this run's builds write
         ctx = _Context(loaded, store, reporter, promote, rehearse, datetime.now(timezone.utc), LayerLocks(), engine,
-                       builder)  # fmt: skip
+                       builder, clock)  # fmt: skip
         tasks = []
         for p in plans:
             previous = next((b for b in reversed(builds) if b.image == p.name and b.target == p.target), None)
@@ -330,6 +331,8 @@ def _build(ctx: _Context, task: _Task, forced: set[str], holder: dict[str, Any])
             "force_layers": forced,
             "layer_lock": ctx.locks,
             "on_built": lambda r: holder.__setitem__("res", r),
+            # the run's clock picks a refreshed root layer's base period, as it decided the refresh was due
+            "now": ctx.clock(),
         }
         if ctx.engine is not None:
             kwargs["engine"] = ctx.engine

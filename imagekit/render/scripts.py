@@ -45,7 +45,8 @@ class LayerSteps:
         """The phases this layer's script has, in run order."""
         layer = self.layer
         has = {
-            "system": bool(layer.apt or self.python_pkgs or layer.user),
+            # a root layer always upgrades the distribution's packages (the security fixes a refresh is for)
+            "system": bool(layer.parent is None or layer.apt or self.python_pkgs or layer.user),
             "cuda": self.cuda is not None,
             "build-deps": self.pip_work,
             "venv": self.pip_work or bool(self.python_pkgs),
@@ -183,6 +184,16 @@ def _system(steps: LayerSteps) -> list[str]:
     layer = steps.layer
     body: list[str] = []
     pkgs = sorted({*layer.apt, *steps.python_pkgs})
+    if layer.parent is None:
+        # the base's own apt sources (the mirror it came from, or the AMI's); kept config files, no prompts
+        body += [
+            "log 'upgrade: the distribution packages (apt-get upgrade)'",
+            "apt-get update -q",
+            "APT_UPDATED=1",
+            "apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold",
+        ]
+        if not pkgs:
+            body.append("apt_clean")
     if pkgs:
         body += [f"log {_q('apt: ' + ' '.join(pkgs))}", "apt_install " + " ".join(_q(p) for p in pkgs), "apt_clean"]
     if layer.user:

@@ -1,7 +1,9 @@
 """A base image with no registry: debootstrap a distribution suite into a folder, tar it, `docker import` it.
 
 debootstrap needs root and takes minutes, so the result is tagged by a hash of its definition
-(`imagekit-base-<layer>:<hash16>`) and reused while that tag exists.
+(`imagekit-base-<layer>:<hash16>`) and reused while that tag exists. A root layer with `refresh: {every_days: N}`
+adds its refresh epoch (N-day periods since 1970) to that definition: once a period the base is debootstrapped
+again from the mirror as it is then, and builds of the same period (other images, other CI jobs) share it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -24,8 +27,8 @@ from imagekit.runners import process
 from imagekit.runners.docker import LABEL_PREFIX, DockerEngine
 from imagekit.spec import Bootstrap
 
-# Bump when the recipe below changes (packages, changes, tar options) so every base is made again.
-BOOTSTRAP_RECIPE = "1"
+# Bump when the recipe below changes (packages, changes, tar options, apt sources) so every base is made again.
+BOOTSTRAP_RECIPE = "2"
 MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
 # What every later layer's provisioning scripts rely on: python3 + venv for pip, CA certificates for HTTPS.
 BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv")
@@ -47,9 +50,9 @@ class BaseImage:
     seconds: float
 
 
-def definition(boot: Bootstrap) -> dict[str, object]:
-    """Everything that decides the content of a bootstrapped base."""
-    return {
+def definition(boot: Bootstrap, epoch: int | None = None) -> dict[str, object]:
+    """Everything that decides the content of a bootstrapped base (and, for a refreshed layer, when it was made)."""
+    doc: dict[str, object] = {
         "distro": boot.distro,
         "suite": boot.suite,
         "mirror": boot.mirror or MIRRORS[boot.distro],
@@ -57,12 +60,35 @@ def definition(boot: Bootstrap) -> dict[str, object]:
         "variant": "minbase",
         "recipe": BOOTSTRAP_RECIPE,
     }
+    if epoch is not None:
+        doc["refresh_epoch"] = epoch
+    return doc
 
 
-def base_hash(boot: Bootstrap) -> str:
+def refresh_epoch(every_days: int, now: datetime) -> int:
+    """The N-day period `now` falls in. A refresh is due only after N days, so it always lands in a new period."""
+    return int(now.timestamp() // (every_days * 86400))
+
+
+def base_hash(boot: Bootstrap, epoch: int | None = None) -> str:
     """sha256 of the base's definition (canonical JSON)."""
-    blob = json.dumps(definition(boot), sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(definition(boot, epoch), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def apt_sources(boot: Bootstrap) -> str:
+    """sources.list of a bootstrapped base: the suite, its -updates and its security suite, all from the mirror.
+
+    debootstrap writes the release suite alone, on which `apt-get upgrade` finds no security fix.
+    """
+    mirror = (boot.mirror or MIRRORS[boot.distro]).rstrip("/")
+    lines = [f"deb {mirror} {boot.suite} main", f"deb {mirror} {boot.suite}-updates main"]
+    if boot.distro == "ubuntu":
+        lines.append(f"deb {mirror} {boot.suite}-security main")
+    elif mirror.endswith("/debian"):
+        # Debian serves security updates beside the archive on the same host: <host>/debian-security
+        lines.append(f"deb {mirror}-security {boot.suite}-security main")
+    return "\n".join(lines) + "\n"
 
 
 def base_repository(layer: str) -> str:
@@ -85,10 +111,15 @@ def ensure_base(
     log: IO[str] | None = None,
     image: str = "",
     workdir: Path | None = None,
+    epoch: int | None = None,
 ) -> BaseImage:
-    """The bootstrapped base for a root layer: reused when its tag exists, else debootstrapped and imported."""
+    """The bootstrapped base for a root layer: reused when its tag exists, else debootstrapped and imported.
+
+    epoch: the layer's refresh epoch, when it has a refresh; the new base then also takes the plain tag (the
+    rendered Dockerfile's default BASE_IMAGE), so a hand-run `docker build` starts from the renewed base too.
+    """
     t0 = time.monotonic()
-    digest = base_hash(boot)
+    digest = base_hash(boot, epoch)
     repo, tag = base_repository(layer), digest[:16]
     ref = f"{repo}:{tag}"
     info = engine.inspect(ref)
@@ -103,7 +134,7 @@ def ensure_base(
             image=image,
             layer=layer,
         )
-    spec = definition(boot)
+    spec = definition(boot, epoch)
     reporter(
         Event(
             "start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer, "docker"
@@ -134,6 +165,7 @@ def ensure_base(
                 log_tail=res.tail,
                 log_path=getattr(log, "name", ""),
             )
+        (rootfs / "etc" / "apt" / "sources.list").write_text(apt_sources(boot), encoding="utf-8")
         # apt lists and caches are not part of a base: later layers run apt-get update themselves
         for sub in ("var/lib/apt/lists", "var/cache/apt/archives"):
             for entry in (rootfs / sub).glob("*"):
@@ -146,18 +178,23 @@ def ensure_base(
             raise BuildFailed("tar of the bootstrapped rootfs failed", image=image, layer=layer, log_tail=res.tail)
         changes = [*IMAGE_CHANGES, *(f"LABEL {LABEL_PREFIX}.base.{k}={v}" for k, v in sorted(_labels(spec).items()))]
         image_id = engine.import_tarball(tarball, repo, tag, changes)
+        if epoch is not None:
+            engine.tag(ref, repo, base_hash(boot)[:16])
     seconds = time.monotonic() - t0
     reporter(Event("done", f"base {ref} in {seconds:.0f}s", image, layer, "docker"))
     return BaseImage(ref, image_id, digest, True, seconds)
 
 
 def _labels(spec: dict[str, object]) -> dict[str, str]:
-    return {
+    labels = {
         "distro": str(spec["distro"]),
         "suite": str(spec["suite"]),
         "recipe": str(spec["recipe"]),
         "hash": hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
     }
+    if "refresh_epoch" in spec:
+        labels["refresh-epoch"] = str(spec["refresh_epoch"])
+    return labels
 
 
 @contextlib.contextmanager

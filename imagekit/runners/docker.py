@@ -126,12 +126,16 @@ class DockerEngine:
         """True when the engine has an image with this reference."""
         return self.inspect(ref) is not None
 
-    def resolve(self, ref: str, *, pull: bool = True) -> ImageInfo:
-        """A base image reference as the engine has it (pulled if missing and allowed); its Id and RepoDigests."""
+    def resolve(self, ref: str, *, pull: bool = True, renew: bool = False) -> ImageInfo:
+        """A base image reference as the engine has it (pulled if missing and allowed); its Id and RepoDigests.
+
+        renew: pull even when the engine has the reference (a refresh or an upstream that moved), so the build
+        starts from what the registry serves now, not from the copy an earlier build pulled.
+        """
         import docker
 
         info = self.inspect(ref)
-        if info is None and pull:
+        if (info is None or renew) and pull:
             repo, tag = split_ref(ref)
             try:
                 self.client.images.pull(repo, tag=tag)

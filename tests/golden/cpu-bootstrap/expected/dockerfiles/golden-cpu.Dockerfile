@@ -2,12 +2,12 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
-ARG BASE_IMAGE=imagekit-base-base:9163a8a371dbc785
+ARG BASE_IMAGE=imagekit-base-base:5cfde49b17fa3779
 ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP_SVC=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="3260db2ae5bdc6ca811de145eae7883902e30abdad7b905e7367a7b82fe24221"
+LABEL dev.imagekit.layer.base.hash="c44f9d7c31f4981a6db651b9a4eaa4894f2d75a757febb9f07d1cc8d7a814e21"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
@@ -24,7 +24,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="7510191f9534f430fdc86744bcef2110e5c6843ea6670c2f5747594d5ad6960f"
+LABEL dev.imagekit.layer.runtime.hash="5677331f1462626645f86b1b08c09bbcdd0d88c5944afbef3c1680d9efd262ae"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -33,7 +33,7 @@ COPY --from=runtime-builder /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
-LABEL dev.imagekit.layer.app-svc.hash="7856f2757bddff4cbad6b35f9c86bcc8ad684395c8a1d579e8b5408f2d83d18e"
+LABEL dev.imagekit.layer.app-svc.hash="75fe52df722ce90a7deed22b6b65f07feca20f705bbdbba199be9aaf48e13f0a"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \
@@ -58,6 +58,6 @@ LABEL dev.imagekit.image="golden-cpu" \
     dev.imagekit.spec="golden-cpu" \
     org.opencontainers.image.description="imagekit image golden-cpu of spec golden-cpu: layers base > runtime > app-svc" \
     org.opencontainers.image.title="golden-cpu" \
-    org.opencontainers.image.version="7856f2757bddff4c"
+    org.opencontainers.image.version="75fe52df722ce90a"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

@@ -5,7 +5,7 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS only
-LABEL dev.imagekit.layer.only.hash="1d7ef70c6ea86193438e6367f19622e92cc19e9cf57dfcf050ebc08fe20b814c"
+LABEL dev.imagekit.layer.only.hash="3656a652165cf51f657033eb74ee4af821ca475f1d45498ccf3f5db79d1f85d4"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/only.sh,target=/tmp/imagekit/only.sh \
@@ -21,6 +21,6 @@ LABEL dev.imagekit.image="golden-min" \
     dev.imagekit.spec="golden-min" \
     org.opencontainers.image.description="imagekit image golden-min of spec golden-min: layers only" \
     org.opencontainers.image.title="golden-min" \
-    org.opencontainers.image.version="1d7ef70c6ea86193"
+    org.opencontainers.image.version="3656a652165cf51f"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

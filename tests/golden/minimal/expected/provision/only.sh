@@ -52,6 +52,10 @@ pip_env() {
 }
 
 phase_system() {
+    log 'upgrade: the distribution packages (apt-get upgrade)'
+    apt-get update -q
+    APT_UPDATED=1
+    apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
     log 'apt: curl'
     apt_install curl
     apt_clean
