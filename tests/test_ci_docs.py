@@ -20,17 +20,24 @@ ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if 
 CI_DIR = REPO / "docs" / "ci"
 CI_FILES = sorted(p for p in CI_DIR.iterdir() if p.suffix in (".yml", ".yaml"))
 # `imagekit` (or a path ending in /imagekit) followed by its arguments, up to the end of the line
-COMMAND_RE = re.compile(r"(?:^|[\s'\"])(?:\S*/)?imagekit[ \t]+(?P<args>[a-z][^\n]*)")
+COMMAND_RE = re.compile(r"(?:^|[\s'\"(])(?:\S*/)?imagekit[ \t]+(?P<args>[a-z][^\n]*)")
 CRON_RE = re.compile(r"^#\s+(\S+\s+){5}.*imagekit nightly", re.MULTILINE)
 
 
 def imagekit_commands(text: str) -> list[list[str]]:
-    """The argument lists of every imagekit invocation in a text (shell operators end a command)."""
+    """The argument lists of every imagekit invocation in a text (a shell operator, redirection or the `)` that
+    closes a `$(...)` ends a command)."""
     out = []
     for m in COMMAND_RE.finditer(text):
-        args = m.group("args")
-        args = re.split(r"\s(?:&&|\|\||;|\|)\s", args)[0]
-        out.append(shlex.split(args, comments=True))
+        lex = shlex.shlex(m.group("args"), posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        args = []
+        # tokens are read lazily: a quote that belongs to the surrounding shell, after the end, is never read
+        for token in lex:
+            if set(token) <= set("();<>|&"):
+                break
+            args.append(token)
+        out.append(args)
     return out
 
 
@@ -77,3 +84,77 @@ def test_the_checker_rejects_a_wrong_command() -> None:
     assert imagekit_commands("run: .venv/bin/imagekit nightly -f x.yaml --jobs 2 && echo done") == [
         ["nightly", "-f", "x.yaml", "--jobs", "2"]
     ]
+    assert imagekit_commands('m="$(imagekit plan -f "$S" --matrix)" # x\nimagekit plan --json > p.json') == [
+        ["plan", "-f", "$S", "--matrix"],
+        ["plan", "--json"],
+    ]
+
+
+def _doc(name: str) -> Any:
+    return yaml.safe_load((CI_DIR / name).read_text(encoding="utf-8"))
+
+
+def test_the_github_workflow_validates_against_the_github_workflow_schema(tmp_path: Path) -> None:
+    """check-jsonschema vendors SchemaStore's github-workflow schema: this runs offline."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows"]
+    res = subprocess.run([*cli, str(CI_DIR / "github-actions.yml")], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the check can fail: a job without runs-on is not a workflow
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  x:\n    steps: [{run: echo}]\n")
+    res = subprocess.run([*cli, str(broken)], capture_output=True, text=True, check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+
+
+def test_the_github_workflow_fans_out_plan_build_collect() -> None:
+    jobs = _doc("github-actions.yml")["jobs"]
+    assert list(jobs) == ["plan", "build", "collect"]
+    plan_steps = " ".join(str(s.get("run", "")) for s in jobs["plan"]["steps"])
+    assert "plan -f" in plan_steps and "--matrix" in plan_steps and "GITHUB_OUTPUT" in plan_steps
+    build = jobs["build"]
+    assert build["needs"] == "plan" and "gpu" in build["runs-on"]
+    assert build["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert build["strategy"]["fail-fast"] is False
+    runs = [s["run"] for s in build["steps"] if "imagekit build" in str(s.get("run", ""))]
+    assert len(runs) == 2 and all("${{ matrix.image }}" in r and "${{ matrix.force }}" in r for r in runs)
+    collect = jobs["collect"]
+    assert collect["needs"] == ["plan", "build"] and "always()" in collect["if"]
+    assert any("--collect" in str(s.get("run", "")) for s in collect["steps"])
+    text = (CI_DIR / "github-actions.yml").read_text(encoding="utf-8")
+    assert "store: s3://" in text and "awskms:" in text and "imagekit.trust.yaml" in text
+
+
+def test_the_tekton_pipeline_builds_through_a_matrix_with_no_privileged_container() -> None:
+    doc = _doc("tekton.yml")
+    assert doc["apiVersion"] == "tekton.dev/v1" and doc["kind"] == "Pipeline"
+    tasks = {t["name"]: t for t in doc["spec"]["tasks"] + doc["spec"]["finally"]}
+    assert set(tasks) == {"plan", "build", "collect"}
+    assert {r["name"]: r["type"] for r in tasks["plan"]["taskSpec"]["results"]} == {"started": "string",
+                                                                                    "jobs": "array"}  # fmt: skip
+    build = tasks["build"]
+    assert build["matrix"]["params"] == [{"name": "job", "value": "$(tasks.plan.results.jobs[*])"}]
+    assert build["runAfter"] == ["plan"]
+    assert tasks["collect"] in doc["spec"]["finally"]  # collect runs after failed builds too
+    for task in tasks.values():
+        for step in task["taskSpec"]["steps"]:
+            assert not (step.get("securityContext") or {}).get("privileged"), step["name"]
+            assert "dind" not in step["image"]
+    (step,) = build["taskSpec"]["steps"]
+    env = {e["name"]: e["value"] for e in step["env"]}
+    assert env["DOCKER_HOST"] == "$(params.docker-host)" and env["DOCKER_BUILDKIT"] == "1"
+    assert step["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_concourse_pipeline_builds_across_the_plan() -> None:
+    doc = _doc("concourse.yml")
+    assert set(doc) <= {"resources", "resource_types", "jobs", "groups", "var_sources", "display"}
+    (job,) = doc["jobs"]
+    steps = job["plan"]
+    names = [s.get("task") or s.get("load_var") or s.get("get") or s["try"]["task"] for s in steps]
+    assert names == ["nightly-timer", "models-repo", "plan", "jobs", "started", "build", "collect"]
+    build = steps[5]["try"]
+    assert build["across"][0]["values"] == "((.:jobs))" and build["tags"] == ["gpu"]
+    assert build["config"]["params"]["IMAGE"] == "((.:job.image))"

@@ -32,3 +32,22 @@ def nightly(
         reporter=reporter,
         clock=clock,
     )
+
+
+def collect(
+    path: Path | str | None,
+    *,
+    since: str,
+    target: str = "all",
+    promote: str | None = None,
+    report_dir: Path | None = None,
+    rehearse: bool = False,
+    reporter: Reporter = silent,
+) -> NightlyResult:
+    """The last job of a fanned-out nightly: promote the jobs whose records verified, gc, and write the reports."""
+    from imagekit.nightly.collect import collect_nightly, parse_since
+
+    return collect_nightly(
+        path, since=parse_since(since), target=target, promote=promote, report_dir=report_dir, rehearse=rehearse,
+        reporter=reporter,
+    )  # fmt: skip
