@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from imagekit.ami.gc import Protected, plan_gc
 from imagekit.runners.aws import Ami
 
@@ -48,3 +50,30 @@ def test_keep_counts_builds_not_region_copies() -> None:
     ]
     decisions = plan_gc(amis, keep=2, protected=Protected(), primary_region="us-east-1")
     assert all(d.action == "keep" for d in decisions)
+
+
+def test_protected_amis_keep_each_channels_rollback_target(tmp_path: Path) -> None:
+    """As docker gc does: the build a `rollback` would go back to keeps its AMIs, or rollback points at nothing."""
+    from manifest_helpers import make_spec
+
+    from imagekit.api.ami import protected_amis
+    from imagekit.api.manifest import promote
+    from imagekit.manifest.record import record_build
+    from imagekit.plan import plan_image
+    from imagekit.spec import load_spec
+
+    loaded = make_spec(tmp_path)
+    loaded.path.write_text(loaded.path.read_text().replace("  app: {leaf: app}", "  app: {leaf: app, targets: [ami]}"))
+    loaded = load_spec(loaded.path)
+    layers = plan_image(loaded, "app", "ami").layers
+    ids = []
+    for n in range(3):
+        ami = {"region": "us-east-1", "id": f"ami-{n:08d}", "account": "123456789012", "snapshots": [f"snap-{n}"]}
+        ids.append(record_build(loaded, "app", "ami", layers, started="a", finished=f"2026-11-2{n}T00:00:00Z",
+                                amis=[ami], base="ami-785db401", report={"passed": True}).id)  # fmt: skip
+    for mid in ids:
+        promote(loaded.path, "app", mid, "prod", why="t", who="t")
+    protected = protected_amis(loaded, "app")
+    assert protected.channel["ami-00000002"] == "app@prod"
+    assert protected.channel["ami-00000001"] == "app@prod (rollback target)"
+    assert "ami-00000000" not in protected.channel  # two back is not a rollback target: gc may remove it

@@ -81,3 +81,47 @@ def test_build_refuses_a_force_layer_the_image_does_not_have(tmp_path: Path) -> 
                                    "--force-layer", "base, app"])  # fmt: skip
     assert res.exit_code == 2
     assert "--force-layer 'app' is no layer of rt" in res.output
+
+
+def test_the_nightly_report_lists_the_dpkg_and_pip_versions_that_changed(tmp_path: Path) -> None:
+    from imagekit.api.manifest import diff_builds
+    from imagekit.manifest.ledger import open_ledger
+    from imagekit.nightly.report import ImageRun, NightlyResult, to_json, to_markdown
+
+    loaded = make_spec(tmp_path)
+
+    def report(libc: str, numpy: str | None) -> dict[str, object]:
+        pip = {"packages": {"requests": "2.32.3", **({"numpy": numpy} if numpy else {})}}
+        return {"passed": True, "failures": [], "probe": {"dpkg": {"packages": {"libc6": libc, "bash": "5.2"}},
+                                                           "pip": pip}}  # fmt: skip
+
+    old = fake_build(loaded, "app", seed="1", report=report("2.36-9+deb12u7", None))
+    new = fake_build(loaded, "app", seed="2", report=report("2.36-9+deb12u9", "2.1.3"))
+    ledger = open_ledger(loaded)
+    a, b = ledger.build(old.id).build, ledger.build(new.id).build
+    assert a is not None and b is not None
+    run = ImageRun("app", "docker", status="ok", previous_id=old.id, diff=diff_builds(a, b))
+    result = NightlyResult(spec="s", started="t", runs=[run])
+    md = to_markdown(result)
+    assert f"## Package versions changed: app/docker (against {old.id})" in md
+    assert "- dpkg libc6: 2.36-9+deb12u7 -> 2.36-9+deb12u9" in md
+    assert "- pip numpy: (new) -> 2.1.3" in md
+    assert "bash" not in md.split("## Package versions changed")[1].split("##")[0]  # unchanged ones are not listed
+    assert to_json(result)["package_changes"] == [
+        {"image": "app", "target": "docker", "manager": "dpkg", "name": "libc6", "old": "2.36-9+deb12u7",
+         "new": "2.36-9+deb12u9"},
+        {"image": "app", "target": "docker", "manager": "pip", "name": "numpy", "old": None, "new": "2.1.3"},
+    ]  # fmt: skip
+
+
+def test_the_report_shows_the_time_to_ready_verify_measured() -> None:
+    from imagekit.nightly.report import ImageRun, NightlyResult, to_markdown
+    from imagekit.nightly.run import _figures
+    from imagekit.verify.report import HealthResult, Report
+
+    health = HealthResult(path="/ready", ready=True, seconds_to_ready=61.5)
+    report = Report(spec="s", image="app", image_ref="r", seconds=70.0, health=health)
+    figures = _figures(json.loads(report.to_json()))
+    assert figures["time_to_ready_s"] == 61.5
+    md = to_markdown(NightlyResult(spec="s", started="t", runs=[ImageRun("app", "docker", verification=figures)]))
+    assert "time_to_ready_s: 61.5" in md

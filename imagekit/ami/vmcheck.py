@@ -1,10 +1,12 @@
 """Boot-and-verify on an instance booted from the new AMI. Standard library only: it runs there, not here.
 
 Usage on the instance: `python3 vmcheck.py DIR` where DIR holds check.json (rendered from the spec) and probe.py.
-Reports whether the image's systemd unit (check.json's "unit") is present and enabled, then starts the service
-unless its port already answers (systemd may have started it at boot). It starts it by hand, as the unit would:
-the unit's ExecStart, Environment, User and WorkingDirectory (read from the unit file, so the check exercises what
-boots; check.json's values only when there is no unit), because a rehearsal instance has no systemd. It waits for
+Reports whether the image's systemd unit (check.json's "unit") is present and enabled. Where systemd runs (a real
+instance), the service is the one systemd started at boot: the check waits for it (a model that loads for a
+minute is `activating`, its port still closed) and never starts a second copy; a unit that failed at boot is a
+failure. With no systemd (a rehearsal instance is a container) it starts the service by hand unless its port
+already answers, as the unit would: the unit's ExecStart, Environment, User and WorkingDirectory (read from the
+unit file, so the check exercises what boots; check.json's values only when there is no unit). It waits for
 the health endpoint, sends the smoke request, runs the probe with the service's Python, and writes the facts to
 DIR/report.json. The policy (pins, status, size, reference audio) is applied back home, as for the docker target.
 """
@@ -27,6 +29,8 @@ from typing import Any
 ENV_FILES = ("/etc/imagekit/env", "/etc/environment")
 MAX_BODY = 32 * 1024 * 1024
 WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
+SYSTEMD_RUN_DIR = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
+RUNNING_STATES = ("active", "activating", "reloading")
 _C_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'"}
 
 
@@ -120,6 +124,16 @@ def _env_from_files() -> dict[str, str]:
     return env
 
 
+def systemd_state(unit_path: str) -> str | None:
+    """`systemctl is-active` of the unit where systemd runs; None where it does not (no boot-started service)."""
+    if not os.path.isdir(SYSTEMD_RUN_DIR) or shutil.which("systemctl") is None:
+        return None
+    res = subprocess.run(
+        ["systemctl", "is-active", os.path.basename(unit_path)], capture_output=True, text=True, check=False
+    )
+    return res.stdout.strip() or "unknown"
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -165,7 +179,14 @@ def main(argv: list[str]) -> int:
             command, user, workdir = unit["exec_start"], unit.get("user"), unit.get("workingdirectory")
     service = None
     port = check.get("port")
-    if command and port and not _listening(int(port)):
+    state = systemd_state(check["unit"]) if check.get("unit") and unit and unit.get("present") else None
+    if state is not None:
+        report["service"] = {"started": None, "by": "systemd at boot", "state": state}
+        if state not in RUNNING_STATES:
+            report["failures"].append(
+                f"{os.path.basename(check['unit'])} is {state} after boot, not running (journalctl -u on the instance)"
+            )
+    elif command and port and not _listening(int(port)):
         argv_cmd = list(command)
         exe = shutil.which(argv_cmd[0], path=env.get("PATH"))
         if exe:
@@ -177,7 +198,7 @@ def main(argv: list[str]) -> int:
         )
         report["service"] = {"started": argv_cmd, "from_unit": bool(unit and unit.get("exec_start"))}
     health = check.get("health")
-    if health and port:
+    if health and port and (state is None or state in RUNNING_STATES):
         url = f"http://127.0.0.1:{port}{health['path']}"
         timeout = float(health.get("timeout", 600))
         t0 = time.monotonic()
@@ -186,6 +207,12 @@ def main(argv: list[str]) -> int:
             if service is not None and service.poll() is not None:
                 result["last_body"] = f"the service exited with {service.returncode}"
                 break
+            if state is not None and state in RUNNING_STATES:
+                state = systemd_state(check["unit"]) or state
+                if state not in RUNNING_STATES:
+                    result["last_body"] = f"{os.path.basename(check['unit'])} became {state} while loading"
+                    report["service"]["state"] = state
+                    break
             try:
                 got = _request(url)
                 result["last_status"] = got["status"]

@@ -19,7 +19,8 @@ from imagekit.spec import LoadedSpec
 
 
 def protected_amis(loaded: LoadedSpec, image: str | None) -> Protected:
-    """AMIs gc must keep according to the signed store: channel assignments and each image's newest verified AMI."""
+    """AMIs gc must keep according to the signed store: channel heads and their rollback targets, and each image's
+    newest verified AMI."""
     from imagekit.errors import SignatureError
     from imagekit.manifest.ledger import open_ledger, spec_store
 
@@ -31,13 +32,25 @@ def protected_amis(loaded: LoadedSpec, image: str | None) -> Protected:
         if not spec_store(loaded).manifest_keys(image):
             return Protected()
         raise
+    from imagekit.manifest.channels import assignments, channel_names
+
     channel: dict[str, str] = {}
     verified: dict[str, str] = {}
     newest: dict[str, tuple[str, dict[str, str]]] = {}
+    # the build a `rollback` of each channel would go back to, as docker gc keeps it: never deregister its AMIs
+    rollback: dict[str, str] = {}
+    for name in [image] if image else sorted(loaded.spec.images):
+        for ch in channel_names(ledger.store, name):
+            stack = assignments(ledger.channel_records(name, ch))
+            if len(stack) >= 2:
+                rollback.setdefault(stack[-2], f"{name}@{ch} (rollback target)")
     for e in ledger.entries(image):
         b = e.build
         if b is None or b.target != "ami":
             continue
+        if b.id in rollback:
+            for ami in b.amis.values():
+                channel.setdefault(ami, rollback[b.id])
         for ch in e.channels:
             for ami in b.amis.values():
                 channel[ami] = f"{b.image}@{ch}"

@@ -75,6 +75,25 @@ class NightlyResult:
         return [b for r in self.runs for b in r.built]
 
 
+def version_changes(run: ImageRun) -> list[dict[str, str | None]]:
+    """The dpkg and pip packages whose version changed against the previous build: manager, name, old, new.
+
+    Read from the diff of the two builds' verification probes (keys like `probe.dpkg.packages.libc6`); a package
+    that came or went has None on the other side.
+    """
+    out: list[dict[str, str | None]] = []
+    for change in (run.diff or {}).get("packages") or []:
+        parts = [x for x in str(change.get("key", "")).replace("[", ".").replace("]", "").split(".") if x]
+        manager = next((x for x in parts if x in ("dpkg", "pip")), None)
+        if manager is None or "packages" not in parts or parts[-1] == "packages":
+            continue
+        name = ".".join(parts[parts.index("packages") + 1 :])
+        old, new = change.get("old"), change.get("new")
+        out.append({"manager": manager, "name": name, "old": None if old is None else str(old),
+                    "new": None if new is None else str(new)})  # fmt: skip
+    return sorted(out, key=lambda c: (str(c["manager"]), str(c["name"])))
+
+
 def to_json(result: NightlyResult) -> dict[str, Any]:
     """report.json: `built` lists (image, target, layer) rebuilt, plus every run's checks and figures."""
     return {
@@ -83,6 +102,9 @@ def to_json(result: NightlyResult) -> dict[str, Any]:
         "finished": result.finished,
         "ok": not result.failed,
         "built": [asdict(b) for b in result.built()],
+        "package_changes": [
+            {"image": r.image, "target": r.target, **c} for r in result.runs for c in version_changes(r)
+        ],
         "runs": [{**asdict(r), "failed": r.failed} for r in result.runs],
         "gc": result.gc,
     }
@@ -128,6 +150,11 @@ def to_markdown(result: NightlyResult) -> str:
         if r.verification:
             figures = ", ".join(f"{k}: {v}" for k, v in sorted(r.verification.items()))
             lines += ["", f"## Verification: {r.image}/{r.target}", "", f"- {figures}"]
+        changed = version_changes(r)
+        if changed:
+            lines += ["", f"## Package versions changed: {r.image}/{r.target} (against {r.previous_id})", ""]
+            lines += [f"- {c['manager']} {c['name']}: {c['old'] or '(new)'} -> {c['new'] or '(removed)'}"
+                      for c in changed]  # fmt: skip
         if r.diff:
             lines += ["", f"## Changes since the previous build: {r.image}/{r.target}", ""]
             for key, value in sorted(r.diff.items()):

@@ -363,7 +363,8 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"seconds": report.get("seconds"), "gpu_visible": report.get("gpu_visible")}
     health = report.get("health") or {}
     if health:
-        out["health_ready_s"] = health.get("seconds", health.get("elapsed"))
+        # the readiness wait as verify measured it (HealthResult.seconds_to_ready): the time-to-ready of the service
+        out["time_to_ready_s"] = health.get("seconds_to_ready")
     smoke = report.get("smoke") or {}
     if smoke:
         out["smoke_status"] = smoke.get("status")
