@@ -26,7 +26,7 @@ from test_docker_build_unit import https_server  # noqa: F401 (a fixture)
 
 from imagekit.api.build import BuildResult, build, layer_tag
 from imagekit.errors import BuildFailed
-from imagekit.runners.bootstrap import base_tag
+from imagekit.names import base_tag
 from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap, load_spec
 

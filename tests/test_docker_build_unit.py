@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from imagekit.api import build as build_api
 from imagekit.errors import BuildFailed, SpecError, UsageError
 from imagekit.fetch import fetch_model, models_cache, stage
-from imagekit.runners.bootstrap import base_hash, base_tag, definition, remove_rootfs
+from imagekit.names import base_definition as definition
+from imagekit.names import base_hash, base_tag
+from imagekit.runners.bootstrap import remove_rootfs
 from imagekit.runners.docker import is_error_line, parse_step, split_ref
 from imagekit.spec import Bootstrap, ModelFile, load_spec
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from imagekit.ami import vmcheck
+from imagekit.names import service_unit_path
 from imagekit.render.packer import render_packer
-from imagekit.render.scripts import render_service_install, render_service_unit, service_exec, service_unit_path
+from imagekit.render.scripts import render_service_install, render_service_unit, service_exec
 from imagekit.spec import LoadedSpec, load_spec
 from imagekit.verify.report import check_service_unit
 

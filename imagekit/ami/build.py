@@ -20,10 +20,10 @@ from imagekit.ami import rehearsal as reh
 from imagekit.errors import BuildFailed, ImagekitError, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.fsutil import atomic_write
+from imagekit.names import service_unit_path
 from imagekit.paths import log_dir, work_dir
 from imagekit.plan import LayerPlan, plan_image
 from imagekit.render.packer import BUILD_DIR, MANIFEST_FILE, STOP_EXIT, Rehearsal, render_layer, render_verify
-from imagekit.render.scripts import service_unit_path
 from imagekit.runners import packer as pk
 from imagekit.runners.aws import Ami, Aws
 from imagekit.spec import LoadedSpec

@@ -12,23 +12,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from imagekit import names
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.fetch import fetch_model, stage
 from imagekit.fsutil import atomic_write
+from imagekit.names import DEFAULT_CA_BUNDLE, LABEL_PREFIX, MODELS_DIR, RENDER_DIR, SCRIPTS_PREFIX, WHEELHOUSE_DIR
 from imagekit.paths import log_dir
 from imagekit.plan import LayerPlan, plan_image
 from imagekit.render.dockerfile import parent_arg
-from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
+from imagekit.runners.docker import DockerEngine, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
 
-DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-# Context-relative folders the docker build uses (the build context is the spec folder).
-RENDER_DIR = ".imagekit/render"
-SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
-WHEELHOUSE_DIR = ".imagekit/wheelhouse"
-MODELS_DIR = ".imagekit/models"
 LOG_TAIL = 25
 # tag -> a context held around building that layer; it yields True when another build already made the tag
 LayerLock = Callable[[str], contextlib.AbstractContextManager[bool]]
@@ -183,14 +179,9 @@ def select_images(loaded: LoadedSpec, target: str, images: list[str] | None) -> 
     return chosen
 
 
-def layer_repository(loaded: LoadedSpec, layer: str) -> str:
-    """`imagekit/<spec name>-<layer>`: where a layer's image is tagged by its hash."""
-    return f"imagekit/{loaded.spec.name}-{layer}"
-
-
 def layer_tag(loaded: LoadedSpec, layer: str, digest: str) -> str:
     """`imagekit/<spec name>-<layer>:<hash16>`."""
-    return f"{layer_repository(loaded, layer)}:{digest[:16]}"
+    return names.layer_tag(loaded.spec.name, layer, digest)
 
 
 def _parent_args(loaded: LoadedSpec, image: str, tags: dict[str, str]) -> dict[str, str]:

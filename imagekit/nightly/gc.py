@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from imagekit.events import Event, Reporter, silent
 from imagekit.manifest.ledger import Ledger
 from imagekit.manifest.statement import BuildRecord
+from imagekit.names import layer_tag
 from imagekit.spec import LoadedSpec
 
 
@@ -42,9 +43,7 @@ class DockerGc:
 
 
 def _tags(loaded: LoadedSpec, b: BuildRecord) -> list[str]:
-    from imagekit.api.build import layer_tag
-
-    out = [layer_tag(loaded, name, digest) for name, digest in b.layers if name in loaded.spec.layers]
+    out = [layer_tag(loaded.spec.name, name, digest) for name, digest in b.layers if name in loaded.spec.layers]
     img = loaded.spec.images.get(b.image)
     if img is not None and b.layers:
         out.append(f"{img.repository or b.image}:{b.leaf_hash[:16]}")

@@ -15,12 +15,9 @@ import shlex
 from dataclasses import dataclass
 
 from imagekit.errors import UsageError
+from imagekit.names import SRC_DIR, VENV, WANTS_DIR, service_unit_path
 from imagekit.spec import Layer, LoadedSpec, Resolved, resolve_chain
 
-VENV = "/opt/venv"
-# Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
-# Packer template uploads them there, the Dockerfile bind-mounts the lock there.
-SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
 BUILD_DEPS = ("build-essential",)
 NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
@@ -490,17 +487,10 @@ def render_scripts(loaded: LoadedSpec, image: str, target: str) -> dict[str, str
 
 # --- the service unit: the AMI's counterpart of the Dockerfile's final stage (USER, ENV, WORKDIR, CMD) ----------
 
-SYSTEMD_DIR = "/etc/systemd/system"
-WANTS_DIR = f"{SYSTEMD_DIR}/multi-user.target.wants"
 NONROOT_ID = "65532"  # the Dockerfile's non-root id, used when the spec names no user
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _UNIT_EOF = "IMAGEKIT_UNIT"
 _SAFE_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:=,+@-")
-
-
-def service_unit_path(image: str) -> str:
-    """Where an image's systemd unit lives on the AMI."""
-    return f"{SYSTEMD_DIR}/imagekit-{image}.service"
 
 
 def chain_has_venv(loaded: LoadedSpec, image: str) -> bool:

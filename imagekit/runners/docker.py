@@ -20,7 +20,6 @@ from imagekit.runners import process
 
 # Debian's client drives BuildKit (DOCKER_BUILDKIT=1); a newer client earlier on PATH may have no buildx.
 DEFAULT_CLI = "/usr/bin/docker"
-LABEL_PREFIX = "dev.imagekit"  # the same prefix the rendered Dockerfile uses
 
 # BuildKit --progress=plain lines: "#7 [runtime 2/5] RUN ...", "#7 DONE 1.2s", "#7 CACHED", "#7 ERROR: ..."
 _STEP_RE = re.compile(r"^#(\d+) \[(?:(?P<stage>[^\]\s]+) )?(?P<step>\d+/\d+)\] (?P<what>.*)$")
