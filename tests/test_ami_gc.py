@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagekit.ami.gc import Protected, plan_gc
+from imagekit.retention.ami import Protected, plan_gc
 from imagekit.runners.aws import Ami
 
 
@@ -56,10 +56,10 @@ def test_protected_amis_keep_each_channels_rollback_target(tmp_path: Path) -> No
     """As docker gc does: the build a `rollback` would go back to keeps its AMIs, or rollback points at nothing."""
     from manifest_helpers import make_spec
 
-    from imagekit.api.ami import protected_amis
     from imagekit.api.manifest import promote
     from imagekit.manifest.record import record_build
     from imagekit.plan import plan_image
+    from imagekit.retention.ami import protected_amis
     from imagekit.spec import load_spec
 
     loaded = make_spec(tmp_path)

@@ -27,9 +27,9 @@ from imagekit.events import Event
 from imagekit.locking import lock_path
 from imagekit.manifest.channels import channel_log
 from imagekit.manifest.ledger import spec_store
+from imagekit.names import base_hash, refresh_epoch
 from imagekit.nightly.report import NightlyResult
 from imagekit.plan import plan_image
-from imagekit.runners.bootstrap import base_hash, refresh_epoch
 from imagekit.spec import Bootstrap, load_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.ami import vmcheck
+from imagekit.verify import vmcheck
 
 
 @pytest.fixture
@@ -93,8 +93,6 @@ def test_with_no_systemd_it_starts_the_service_by_hand(
     check = json.loads((folder / "check.json").read_text())
     (folder / "check.json").write_text(json.dumps({**check, "health": None}))
     vmcheck.main(["vmcheck", str(folder)])
-    deadline = time.monotonic() + 10
-    while not mark.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert mark.exists()
-    assert json.loads((folder / "report.json").read_text())["service"]["from_unit"] is True
+    service = json.loads((folder / "report.json").read_text())["service"]
+    # started by hand from the unit's ExecStart (vmcheck stops it again at the end, so the mark may not be made)
+    assert service == {"started": ["/bin/sh", "-c", f"touch {mark}"], "from_unit": True}

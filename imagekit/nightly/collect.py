@@ -70,7 +70,7 @@ def collect_nightly(
         if docker_resolver is None and target in ("docker", "all"):
             from imagekit.nightly.staleness import EngineResolver
 
-            docker_resolver = EngineResolver(getattr(engine, "client", None))
+            docker_resolver = EngineResolver(engine)
         if ami_resolver is None and target in ("ami", "all") and not rehearse:
             from imagekit.nightly.staleness import Ec2Resolver
 

@@ -17,21 +17,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 from imagekit.errors import BuildFailed, ToolMissing
 from imagekit.events import Event, Reporter, silent
+from imagekit.names import LABEL_PREFIX, apt_sources, base_definition, base_hash, base_repository
 from imagekit.runners import process
-from imagekit.runners.docker import LABEL_PREFIX, DockerEngine
+from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap
 
-# Bump when the recipe below changes (packages, changes, tar options, apt sources) so every base is made again.
-BOOTSTRAP_RECIPE = "2"
-MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
-# What every later layer's provisioning scripts rely on: python3 + venv for pip, CA certificates for HTTPS.
-BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv")
 IMAGE_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "ENV LANG=C.UTF-8",
@@ -48,57 +43,6 @@ class BaseImage:
     hash: str
     built: bool
     seconds: float
-
-
-def definition(boot: Bootstrap, epoch: int | None = None) -> dict[str, object]:
-    """Everything that decides the content of a bootstrapped base (and, for a refreshed layer, when it was made)."""
-    doc: dict[str, object] = {
-        "distro": boot.distro,
-        "suite": boot.suite,
-        "mirror": boot.mirror or MIRRORS[boot.distro],
-        "packages": sorted({*BASE_PACKAGES, *boot.packages}),
-        "variant": "minbase",
-        "recipe": BOOTSTRAP_RECIPE,
-    }
-    if epoch is not None:
-        doc["refresh_epoch"] = epoch
-    return doc
-
-
-def refresh_epoch(every_days: int, now: datetime) -> int:
-    """The N-day period `now` falls in. A refresh is due only after N days, so it always lands in a new period."""
-    return int(now.timestamp() // (every_days * 86400))
-
-
-def base_hash(boot: Bootstrap, epoch: int | None = None) -> str:
-    """sha256 of the base's definition (canonical JSON)."""
-    blob = json.dumps(definition(boot, epoch), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def apt_sources(boot: Bootstrap) -> str:
-    """sources.list of a bootstrapped base: the suite, its -updates and its security suite, all from the mirror.
-
-    debootstrap writes the release suite alone, on which `apt-get upgrade` finds no security fix.
-    """
-    mirror = (boot.mirror or MIRRORS[boot.distro]).rstrip("/")
-    lines = [f"deb {mirror} {boot.suite} main", f"deb {mirror} {boot.suite}-updates main"]
-    if boot.distro == "ubuntu":
-        lines.append(f"deb {mirror} {boot.suite}-security main")
-    elif mirror.endswith("/debian"):
-        # Debian serves security updates beside the archive on the same host: <host>/debian-security
-        lines.append(f"deb {mirror}-security {boot.suite}-security main")
-    return "\n".join(lines) + "\n"
-
-
-def base_repository(layer: str) -> str:
-    """The repository a bootstrapped base of a root layer is tagged in (the Dockerfile's BASE_IMAGE default)."""
-    return f"imagekit-base-{layer}"
-
-
-def base_tag(layer: str, boot: Bootstrap) -> str:
-    """`imagekit-base-<layer>:<hash16>`."""
-    return f"{base_repository(layer)}:{base_hash(boot)[:16]}"
 
 
 def ensure_base(
@@ -134,7 +78,7 @@ def ensure_base(
             image=image,
             layer=layer,
         )
-    spec = definition(boot, epoch)
+    spec = base_definition(boot, epoch)
     reporter(
         Event(
             "start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer, "docker"
