@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from manifest_helpers import fake_build, make_spec
 from typer.testing import CliRunner
 
-from imagekit.api.fanout import plan_matrix
+from imagekit.api.fanout import nightly_plans, plan_matrix
 from imagekit.cli import app
 from imagekit.spec import load_spec
 
@@ -125,3 +126,36 @@ def test_the_report_shows_the_time_to_ready_verify_measured() -> None:
     assert figures["time_to_ready_s"] == 61.5
     md = to_markdown(NightlyResult(spec="s", started="t", runs=[ImageRun("app", "docker", verification=figures)]))
     assert "time_to_ready_s: 61.5" in md
+
+
+def test_a_revoked_layer_is_rebuilt_from_scratch_and_then_is_good_again(tmp_path: Path) -> None:
+    import hashlib
+
+    from imagekit.api.manifest import revoke
+    from imagekit.manifest.record import record_build, revoked_layers, verified_builds
+    from imagekit.plan import plan_image
+    from imagekit.timefmt import iso_utc
+
+    loaded = make_spec(tmp_path)
+    bad = fake_build(loaded, "app")
+    fake_build(loaded, "rt")
+    revoke(loaded.path, bad.id, reason="CVE in the base", layer="base")
+    assert verified_builds(loaded) == []  # both builds stand on the revoked base
+    doc = plan_matrix(loaded.path, target="docker", docker_resolver=Upstream(RECORDED_BASE))
+    assert {(j["image"], j["force"]) for j in doc["include"]} == {("app", "base"), ("rt", "base")}
+    (app_plan,) = nightly_plans(loaded.path, target="docker", images=["app"], docker_resolver=Upstream(RECORDED_BASE))
+    base = app_plan.layers[0]
+    assert base.reason.startswith(f"revoked layer, rebuilt from scratch (revoked with build {bad.id} by ")
+    assert base.reason.endswith(": CVE in the base)")
+    base_hash = base.hash
+
+    # the nightly's rebuild of the same hash, made after the revocation, is not covered by it
+    time.sleep(1.1)  # record times have whole seconds: one made in the revocation's second counts as covered
+    layers = plan_image(loaded, "app", "docker").layers
+    fresh = record_build(loaded, "app", "docker", layers, started=iso_utc(), finished=iso_utc(),
+                         image_ref="r:t", image_digest="sha256:" + hashlib.sha256(b"fresh").hexdigest(),
+                         report={"passed": True, "failures": []})  # fmt: skip
+    assert [b.id for b in verified_builds(loaded)] == [fresh.id]
+    assert base_hash not in revoked_layers(loaded)
+    # and its base and runtime layers are rt's too: nothing is left to build
+    assert plan_matrix(loaded.path, target="docker", docker_resolver=Upstream(RECORDED_BASE)) == {"include": []}

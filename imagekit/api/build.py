@@ -65,7 +65,11 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
     if unknown:
         raise UsageError(f"--force-layer {unknown[0]!r} is no layer of {', '.join(selected)}")
-    options = BuildOptions(force, force_layers, push, rehearse, engine, reporter, now)
+    from imagekit.manifest.record import revoked_layers
+
+    options = BuildOptions(
+        force, force_layers, push, rehearse, engine, reporter, now, frozenset(revoked_layers(loaded))
+    )
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:
         for name in selected:
@@ -106,7 +110,7 @@ def build_image(
     found: dict[tuple[str, str], LayerResult] = {}
 
     def lookup(_img: str, _tgt: str, layer: str, digest: str) -> str | None:
-        if options.force or layer in options.force_layers:
+        if options.force or layer in options.force_layers or digest in options.no_reuse:
             return None
         hit = tgt.reuse(image, layer, digest)
         if hit is None:
@@ -129,7 +133,7 @@ def build_image(
                     reporter(Event("cached", f"{again.tag} ({again.reason})", image, lp.name, tgt.name))
                     res.layers.append(again)
                 else:
-                    force = options.force or lp.name in options.force_layers
+                    force = options.force or lp.name in options.force_layers or lp.hash in options.no_reuse
                     res.layers.append(tgt.build_layer(image, lp, list(res.layers), force=force))
         res.seconds = round(time.monotonic() - t0, 1)
         tgt.finish(image, res)

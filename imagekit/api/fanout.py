@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.events import Reporter, silent
+from imagekit.nightly.run import FORCING
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, utc_now
 from imagekit.plan import ImagePlan
-
-# plan reasons that mean "rebuild although the hash is built" (kept in step with nightly.run.FORCING)
-FORCING = ("refresh due", "upstream changed")
 
 
 def nightly_plans(
@@ -28,7 +26,7 @@ def nightly_plans(
     from imagekit.api.spec import check_images, validate
     from imagekit.errors import UsageError
     from imagekit.manifest.ledger import spec_store
-    from imagekit.manifest.record import lookup_from, settings_from, verified_builds
+    from imagekit.manifest.record import lookup_from, revoked_layers, settings_from, verified_builds
     from imagekit.nightly.staleness import StaleChecker
     from imagekit.plan import plan
 
@@ -36,7 +34,8 @@ def nightly_plans(
         raise UsageError(f"--target must be docker, ami or all, not {target!r}")
     loaded = validate(path)
     check_images(loaded, images)
-    builds = verified_builds(loaded, store=spec_store(loaded), rehearsal=rehearse)
+    store = spec_store(loaded)
+    builds = verified_builds(loaded, store=store, rehearsal=rehearse)
     if docker_resolver is None and target in ("docker", "all"):
         from imagekit.nightly.staleness import EngineResolver
 
@@ -45,7 +44,8 @@ def nightly_plans(
         from imagekit.nightly.staleness import Ec2Resolver
 
         ami_resolver = Ec2Resolver()
-    checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter)
+    revoked = revoked_layers(loaded, store=store, builds=builds)
+    checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter, revoked)
     return plan(
         loaded, target=target, images=images, lookup=lookup_from(builds), stale_check=checker,
         previous=settings_from(builds),

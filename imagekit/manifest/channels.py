@@ -182,7 +182,9 @@ class Revocations:
             return f"build {build.id} was revoked{what} {rec.describe()}"
         for name, h in build.layers:
             rec = self.hashes.get(h)
-            if rec:
+            # a layer revoked by hash covers the builds made until then; one finished after it is a rebuild from
+            # scratch (nightly and build never reuse a revoked layer's image or AMI), not the revoked artifact
+            if rec and build.created <= str(rec.doc.get("when", "")):
                 return (
                     f"its layer {name} ({h[:12]}) was revoked with build {rec.manifest} "
                     f"({rec.doc.get('layer', '?')}) {rec.describe()}"

@@ -228,6 +228,28 @@ def settings_from(builds: Sequence[BuildRecord]) -> PreviousSettings:
     return previous
 
 
+def revoked_layers(
+    loaded: LoadedSpec, *, store: Store | None = None, builds: Sequence[BuildRecord] | None = None
+) -> dict[str, str]:
+    """Layer hashes that a revocation covers and no verified build made after it holds: hash -> why.
+
+    Nightly rebuilds these from scratch and a build never reuses their image or AMI; once one is rebuilt and
+    verified, the hash is good again.
+    """
+    try:
+        ledger = Ledger(store or spec_store(loaded), resolve_trust(loaded))
+        revocations = ledger.revocations
+    except SignatureError:
+        return {}
+    good = builds if builds is not None else verified_builds(loaded, store=store)
+    out: dict[str, str] = {}
+    for digest, rec in revocations.hashes.items():
+        when = str(rec.doc.get("when", ""))
+        if not any(b.created > when and any(h == digest for _, h in b.layers) for b in good):
+            out[digest] = f"revoked with build {rec.manifest} {rec.describe()}"
+    return out
+
+
 def store_lookup(loaded: LoadedSpec, *, store: Store | None = None) -> CacheLookup:
     """A plan lookup: cached when the store holds a verified, signed, not revoked build with that layer hash."""
     inner: CacheLookup | None = None

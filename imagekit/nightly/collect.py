@@ -17,7 +17,7 @@ from imagekit.errors import ImagekitError, UsageError
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.record import lookup_from, settings_from, verified_builds
+from imagekit.manifest.record import lookup_from, revoked_layers, settings_from, verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, NightlyResult, Rebuilt, write_reports
@@ -76,7 +76,8 @@ def collect_nightly(
 
             ami_resolver = Ec2Resolver()
         # the plan job's view: what was verified before it started, refresh due as of then
-        checker = StaleChecker(loaded, before, lambda: since, docker_resolver, ami_resolver, reporter)
+        revoked = revoked_layers(loaded, store=store, builds=before)
+        checker = StaleChecker(loaded, before, lambda: since, docker_resolver, ami_resolver, reporter, revoked)
         plans = plan(loaded, target=target, lookup=lookup_from(before), stale_check=checker,
                      previous=settings_from(before))  # fmt: skip
         if not plans:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,12 +26,13 @@ from imagekit.errors import (
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.record import lookup_from, settings_from, verified_builds
+from imagekit.manifest.record import lookup_from, revoked_layers, settings_from, verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, write_reports
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
 from imagekit.plan import ImagePlan, plan
+from imagekit.runners import process
 from imagekit.spec import LoadedSpec
 from imagekit.targets import TARGETS
 from imagekit.targets.results import ImageResult
@@ -38,7 +40,7 @@ from imagekit.timefmt import iso_utc
 
 NIGHTLY_CHANNEL = "nightly"
 # plan reasons that mean "rebuild although the hash is built": the build must skip the cache for that layer
-FORCING = ("refresh due", "upstream changed")
+FORCING = ("refresh due", "upstream changed", "revoked layer")
 
 
 class LayerLocks:
@@ -131,7 +133,8 @@ def run_nightly(
             from imagekit.nightly.staleness import Ec2Resolver
 
             ami_resolver = Ec2Resolver()
-        checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter)
+        checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter,
+                               revoked_layers(loaded, store=store, builds=builds))  # fmt: skip
         plans = plan(
             loaded, target=target, lookup=lookup_from(builds), stale_check=checker, previous=settings_from(builds)
         )
@@ -164,23 +167,7 @@ def run_nightly(
             elif mine:
                 units.append(functools.partial(_run_tasks, ctx, mine))
         crashed: list[BaseException] = []
-        if jobs == 1 or len(units) <= 1:
-            for unit in units:
-                _guarded(unit, crashed)
-        else:
-            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly")
-            try:
-                for fut in [pool.submit(_guarded, unit, crashed) for unit in units]:
-                    fut.result()
-            except KeyboardInterrupt:
-                # Ctrl-C reaches this thread only: start nothing new, let the builds in flight end, then exit 130
-                reporter(Event("warn", "interrupted: no new image starts; waiting for the builds in progress"))
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise Interrupted(
-                    "nightly interrupted; images not started were skipped, the store is consistent"
-                ) from None
-            finally:
-                pool.shutdown(wait=True)
+        _run_units(units, jobs, crashed, reporter)
         result.runs = [t.run for t in tasks]
         if not crashed:
             result.gc = _gc(ctx, tasks)
@@ -193,10 +180,45 @@ def run_nightly(
     return result
 
 
+def _run_units(units: list[Callable[[], None]], jobs: int, crashed: list[BaseException], reporter: Reporter) -> None:
+    """Run the builds, `jobs` at a time. Ctrl-C or SIGTERM (which reach this, the main thread, only) cancels the
+    whole run: every child process group of every worker is stopped and waited for (Packer terminates its
+    instance), the containers go with their context managers, no unfinished build is recorded; then Interrupted
+    (exit 130)."""
+    with process.forward_sigterm():
+        try:
+            if jobs == 1 or len(units) <= 1:
+                for unit in units:
+                    _guarded(unit, crashed)
+                return
+            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imagekit-nightly")
+            try:
+                futures = [pool.submit(_guarded, unit, crashed) for unit in units]
+                for fut in futures:
+                    fut.result()
+            finally:
+                if process.cancel_requested() or sys.exc_info()[0] is not None:
+                    process.request_cancel()
+                    reporter(Event("warn", "interrupted: stopping every build in progress and cleaning up"))
+                pool.shutdown(wait=True, cancel_futures=True)
+        except (KeyboardInterrupt, Interrupted):
+            process.request_cancel()
+            raise Interrupted(
+                "nightly interrupted; the builds in progress were stopped and cleaned up, none was recorded"
+            ) from None
+        finally:
+            process.reset_cancel()
+
+
 def _guarded(unit: Callable[[], None], crashed: list[BaseException]) -> None:
-    """Run one unit; an unexpected error is kept (and re-raised after the others) instead of stopping them."""
+    """Run one unit; an unexpected error is kept (and re-raised after the others) instead of stopping them.
+
+    Interrupted is no error of the unit: it ends the run (see _run_units)."""
     try:
         unit()
+    except Interrupted:
+        process.request_cancel()
+        raise
     except Exception as exc:
         crashed.append(exc)
 
@@ -210,6 +232,8 @@ def _run_task(ctx: _Context, task: _Task) -> None:
     """One image and target; an unexpected error marks it failed in the report, then goes on up (exit 3)."""
     try:
         _run_one(ctx, task)
+    except Interrupted:
+        raise
     except Exception as exc:
         task.run.status = "failed"
         task.run.error = f"unexpected error: {type(exc).__name__}: {exc}"
@@ -233,6 +257,8 @@ def _run_one(ctx: _Context, task: _Task) -> None:
         run.checks.append(Check("build", False, msg, round(time.monotonic() - t0, 1)))
         run.status, run.error = "failed", str(exc)
         return
+    except Interrupted:
+        raise  # the run is cancelled: nothing of this build is judged, recorded or promoted
     except ImagekitError as exc:
         run.checks.append(Check("build", False, "\n".join(exc.lines()), round(time.monotonic() - t0, 1)))
         run.status, run.error = "failed", str(exc)

@@ -71,6 +71,8 @@ class StaleChecker:
     docker: DockerResolver | None = None
     ami: AmiResolver | None = None
     reporter: Reporter = silent
+    # layer hashes revoked and not rebuilt since (manifest.record.revoked_layers): hash -> why
+    revoked: dict[str, str] = field(default_factory=dict)
     _upstream: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +85,9 @@ class StaleChecker:
         return found
 
     def __call__(self, image: str, target: str, layer: str, layer_hash: str) -> str | None:
+        if layer_hash in self.revoked:
+            # the same hash would reuse the revoked image or AMI: it is built again from scratch
+            return f"revoked layer, rebuilt from scratch ({self.revoked[layer_hash]})"
         last = self.last_build(target, layer_hash)
         if last is None:
             return None  # never built: the plan already says "not built yet"

@@ -168,7 +168,7 @@ def remove_rootfs(root: Path) -> None:
     A rmtree through a still-mounted /dev or /sys bind would delete the host's files, so it is refused then.
     """
     for point in _mounts_under(root):
-        process.run(["umount", "-l", point], timeout=60)
+        process.run(["umount", "-l", point], timeout=60, cancellable=False)
     left = _mounts_under(root)
     if left:
         raise BuildFailed(f"cannot remove {root}: still mounted: {', '.join(left)} (unmount them, then delete it)")

@@ -161,9 +161,8 @@ def _wait(proc: process.Process, grace: float) -> process.Result:
 
     with process.forward_sigterm():
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.cancel(grace=grace)
+            return proc.wait_or_cancel(grace)
+        except Interrupted:
             raise Interrupted("interrupted; packer was stopped and cleaned up what it created") from None
 
 

@@ -19,6 +19,33 @@ from imagekit.errors import ImagekitError, Interrupted, ToolMissing
 LineCallback = Callable[[str], None]
 TAIL_LINES = 40
 
+# A run-wide cancel (nightly --jobs N): Ctrl-C and SIGTERM reach the main thread only, while the children are
+# waited on by worker threads. The main thread sets this; every worker then stops its own child's process group
+# (waiting for the tool's cleanup, e.g. Packer terminating its instance) and raises Interrupted, and no new
+# child starts.
+_CANCEL = threading.Event()
+
+
+def request_cancel() -> None:
+    """Ask every child of this process, waited on by any thread, to stop and clean up (see Process.wait_or_cancel)."""
+    _CANCEL.set()
+
+
+def cancel_requested() -> bool:
+    """True once request_cancel() was called (until reset_cancel())."""
+    return _CANCEL.is_set()
+
+
+def check_cancel(what: str = "interrupted") -> None:
+    """Raise Interrupted when a cancel was requested: long waits outside a child (health polls) call this."""
+    if _CANCEL.is_set():
+        raise Interrupted(f"{what}: the run was cancelled")
+
+
+def reset_cancel() -> None:
+    """Forget a finished run's cancel, so the next run in this process starts children again."""
+    _CANCEL.clear()
+
 
 class CommandTimeout(ImagekitError):
     """A command ran past its time limit; it was stopped (its process group signalled) before this was raised."""
@@ -56,6 +83,7 @@ class Process:
         stdin: IO[bytes] | int | None = subprocess.DEVNULL,
         capture: bool = False,
         tail_lines: int = TAIL_LINES,
+        cancellable: bool = True,
     ) -> None:
         self.argv = [str(a) for a in argv]
         self.on_line = on_line
@@ -64,6 +92,8 @@ class Process:
         self.tail: deque[str] = deque(maxlen=tail_lines)
         self._chunks: list[str] = []
         self.t0 = time.monotonic()
+        if cancellable:  # cleanup commands (umount after a cancelled debootstrap) still run
+            check_cancel(f"{Path(self.argv[0]).name} not started")
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -116,6 +146,26 @@ class Process:
         self._reader.join(timeout=10)
         return Result(self.argv, rc, list(self.tail), "\n".join(self._chunks), time.monotonic() - self.t0)
 
+    def wait_or_cancel(self, grace: float = 120.0, timeout: float | None = None) -> Result:
+        """Wait for exit; on Ctrl-C/SIGTERM (KeyboardInterrupt, main thread) or a run-wide cancel (any thread)
+        stop the group with cancel(grace), then raise Interrupted. CommandTimeout after `timeout` (stopped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                if _CANCEL.is_set():
+                    self.cancel(grace=grace)
+                    raise Interrupted(f"interrupted; {Path(self.argv[0]).name} was stopped and cleaned up")
+                step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                try:
+                    return self.wait(timeout=step)
+                except CommandTimeout:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.cancel(grace=10.0)
+                        raise CommandTimeout(f"{Path(self.argv[0]).name} did not finish within {timeout:g}s") from None
+        except KeyboardInterrupt:
+            self.cancel(grace=grace)
+            raise Interrupted(f"interrupted; {Path(self.argv[0]).name} was stopped and cleaned up") from None
+
     def cancel(self, grace: float = 120.0) -> Result:
         """SIGINT to the group, wait up to `grace` for the tool's own cleanup, then SIGTERM, then SIGKILL."""
         for sig, wait_s in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -138,18 +188,20 @@ def run(
     capture: bool = False,
     timeout: float | None = None,
     cancel_grace: float = 120.0,
+    cancellable: bool = True,
 ) -> Result:
-    """Run to completion, streaming lines; on Ctrl-C/SIGTERM signal the whole group, wait, raise Interrupted."""
-    proc = Process(argv, env=env, cwd=cwd, on_line=on_line, log=log, stdin=stdin, capture=capture)
-    with forward_sigterm():
+    """Run to completion, streaming lines; on Ctrl-C/SIGTERM or a run-wide cancel signal the whole group, wait,
+    raise Interrupted. cancellable=False: a cleanup step, which a cancel neither refuses nor stops."""
+    proc = Process(argv, env=env, cwd=cwd, on_line=on_line, log=log, stdin=stdin, capture=capture,
+                   cancellable=cancellable)  # fmt: skip
+    if not cancellable:
         try:
             return proc.wait(timeout=timeout)
         except CommandTimeout:
             proc.cancel(grace=10.0)
             raise
-        except KeyboardInterrupt:
-            proc.cancel(grace=cancel_grace)
-            raise Interrupted(f"interrupted; {Path(proc.argv[0]).name} was stopped and cleaned up") from None
+    with forward_sigterm():
+        return proc.wait_or_cancel(cancel_grace, timeout)
 
 
 @contextlib.contextmanager

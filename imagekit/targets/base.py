@@ -31,6 +31,8 @@ class BuildOptions:
     reporter: Reporter = field(default=silent)
     # the time that picks a refreshed root layer's base period (nightly passes its clock; default: now)
     now: datetime | None = None
+    # layer hashes whose image or AMI must not be reused: revoked and not rebuilt since (built without any cache)
+    no_reuse: frozenset[str] = frozenset()
 
 
 class Target(Protocol):

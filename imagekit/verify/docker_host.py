@@ -27,7 +27,7 @@ from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import work_dir
 from imagekit.runners.docker import client_from_env, engine_errors, gpu_requests, image_not_found
-from imagekit.runners.process import Process, forward_sigterm
+from imagekit.runners.process import Process, check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
 from imagekit.verify.report import (
     GPU_HINT,
@@ -263,6 +263,8 @@ def wait_ready(
     result = HealthResult(path=path, timeout=timeout)
     deadline = svc.started + timeout
     while True:
+        # a cancelled run (nightly --jobs: the signal reached another thread) stops waiting; the container goes
+        check_cancel("verify interrupted while waiting for health")
         try:
             status, _, body = _http("GET", svc.base_url + path, timeout=max(1.0, min(10.0, interval * 5)))
             result.last_status = status
