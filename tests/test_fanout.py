@@ -159,3 +159,31 @@ def test_a_revoked_layer_is_rebuilt_from_scratch_and_then_is_good_again(tmp_path
     assert base_hash not in revoked_layers(loaded)
     # and its base and runtime layers are rt's too: nothing is left to build
     assert plan_matrix(loaded.path, target="docker", docker_resolver=Upstream(RECORDED_BASE)) == {"include": []}
+
+
+def test_a_reused_ami_layer_brings_every_region_copy_or_is_rebuilt(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from imagekit.runners.aws import Ami
+    from imagekit.spec import load_spec
+    from imagekit.targets.ami import AmiTarget
+
+    loaded = make_spec(tmp_path)
+    loaded.path.write_text(loaded.path.read_text() + "aws: {region: us-east-1, ami_regions: [eu-west-1, us-west-2]}\n")
+    loaded = load_spec(loaded.path)
+    found = {"us-east-1": "ami-1", "eu-west-1": "ami-2"}
+
+    class Ec2:
+        def find_layer(self, region: str, spec: str, layer: str, layer_hash: str) -> Ami | None:
+            ami = found.get(region)
+            return Ami(ami, region, "n", "2026-12-01", "available", {}, ()) if ami else None
+
+    events: list[str] = []
+    target = SimpleNamespace(aws=Ec2(), region="us-east-1", loaded=loaded, ec2=None,
+                             event=lambda kind, message, *_: events.append(message))  # fmt: skip
+    assert AmiTarget.reuse(target, "app", "base", "h" * 64) is None  # type: ignore[arg-type]
+    assert events == ["AMI ami-1 has no copy in us-west-2; rebuilding base for every region"]
+    found["us-west-2"] = "ami-3"
+    reused = AmiTarget.reuse(target, "app", "base", "h" * 64)  # type: ignore[arg-type]
+    assert reused is not None
+    assert reused.amis == {"us-east-1": "ami-1", "eu-west-1": "ami-2", "us-west-2": "ami-3"}

@@ -135,8 +135,19 @@ class AmiTarget:
         if self.ec2 is not None and not reh.image_exists(reh.ami_image(ami.id)):
             self.event("warn", f"AMI {ami.id} has no rehearsal image; rebuilding {layer}", image, layer)
             return None
-        why = f"AMI {ami.id} has layer hash {digest[:12]}"
-        return LayerResult(layer, digest, f"{ami.region}:{ami.id}", "reused", 0.0, ami.id, why, {ami.region: ami.id})
+        # every region copy (aws.ami_regions) is part of the layer: reused and recorded all together, or the layer is
+        # built again so Packer makes the missing copies; never a reused layer that silently lacks a region
+        amis = {ami.region: ami.id}
+        for region in sorted(set(self.loaded.spec.aws.ami_regions) - {self.region}):
+            copy = self.aws.find_layer(region, self.loaded.spec.name, layer, digest)
+            if copy is None:
+                self.event("warn", f"AMI {ami.id} has no copy in {region}; rebuilding {layer} for every region", image,
+                           layer)  # fmt: skip
+                return None
+            amis[region] = copy.id
+        why = f"AMI {ami.id} has layer hash {digest[:12]}" + (f" (and its copies in {len(amis) - 1} regions)"
+                                                              if len(amis) > 1 else "")  # fmt: skip
+        return LayerResult(layer, digest, f"{ami.region}:{ami.id}", "reused", 0.0, ami.id, why, amis)
 
     def build_layer(self, image: str, lp: LayerPlan, done: list[LayerResult], *, force: bool) -> LayerResult:
         """One `packer build` from the parent's AMI (the root from the from.ami filter or the stand-in)."""
