@@ -10,6 +10,9 @@ FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="f424a7346e15029c0656ae90550dcdc79e9467317369712fbc2f9503f9a45945"
 # hadolint ignore=DL3002
 USER root
+RUN apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 

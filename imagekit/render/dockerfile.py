@@ -16,7 +16,7 @@ import re
 from imagekit.errors import UsageError
 from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
-from imagekit.render.scripts import layer_steps
+from imagekit.render.scripts import UPGRADE_RUN, layer_steps
 from imagekit.spec import LoadedSpec
 
 OCI = "org.opencontainers.image"
@@ -165,6 +165,7 @@ def render_dockerfile(
                 f"FROM {start} AS {builder_stage(name)}",
                 "# hadolint ignore=DL3002",
                 "USER root",
+                *([UPGRADE_RUN] if layer.parent is None else []),
                 _run(
                     script,
                     name,
@@ -178,6 +179,8 @@ def render_dockerfile(
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
         out += ["# hadolint ignore=DL3002", "USER root"]
+        if layer.parent is None:
+            out.append(UPGRADE_RUN)
         stage_phases = [p for p in ("system",) if p in phases]
         if not steps.pip_work and "venv" in phases:
             stage_phases.append("venv")

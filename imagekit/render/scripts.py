@@ -173,6 +173,16 @@ def _venv_lines(phases: tuple[str, ...], python: str) -> str:
     return lines
 
 
+APT_UPGRADE = "apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+# A root layer's first docker step: the distribution's updates. A plain RUN (no script mount) so every build on
+# the same base shares it from the BuildKit cache; a refresh (no cache) runs it again.
+UPGRADE_RUN = (
+    "RUN apt-get update -q \\\n"
+    f"    && DEBIAN_FRONTEND=noninteractive {APT_UPGRADE} \\\n"
+    "    && apt-get clean && rm -rf /var/lib/apt/lists/*"
+)
+
+
 def _fn(name: str, body: list[str]) -> list[str]:
     return [f"phase_{name.replace('-', '_')}() {{", *[f"    {line}" if line else "" for line in body], "}", ""]
 
@@ -182,15 +192,17 @@ def _system(steps: LayerSteps) -> list[str]:
     body: list[str] = []
     pkgs = sorted({*layer.apt, *steps.python_pkgs})
     if layer.parent is None:
-        # the base's own apt sources (the mirror it came from, or the AMI's); kept config files, no prompts
+        # the base's own apt sources (the mirror it came from, or the AMI's); kept config files, no prompts. The
+        # Dockerfile upgrades in a step of its own (UPGRADE_RUN), which builds of the same base share.
         body += [
-            "log 'upgrade: the distribution packages (apt-get upgrade)'",
-            "apt-get update -q",
-            "APT_UPDATED=1",
-            "apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold",
+            'if [ "$IMAGEKIT_TARGET" = ami ]; then',
+            "    log 'upgrade: the distribution packages (apt-get upgrade)'",
+            "    apt-get update -q",
+            "    APT_UPDATED=1",
+            f"    {APT_UPGRADE}",
+            *(["    apt_clean"] if not pkgs else []),
+            "fi",
         ]
-        if not pkgs:
-            body.append("apt_clean")
     if pkgs:
         body += [f"log {_q('apt: ' + ' '.join(pkgs))}", "apt_install " + " ".join(_q(p) for p in pkgs), "apt_clean"]
     if layer.user:

@@ -10,6 +10,9 @@ FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="c44f9d7c31f4981a6db651b9a4eaa4894f2d75a757febb9f07d1cc8d7a814e21"
 # hadolint ignore=DL3002
 USER root
+RUN apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 

@@ -51,11 +51,13 @@ pip_env() {
 }
 
 phase_system() {
-    log 'upgrade: the distribution packages (apt-get upgrade)'
-    apt-get update -q
-    APT_UPDATED=1
-    apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
-    apt_clean
+    if [ "$IMAGEKIT_TARGET" = ami ]; then
+        log 'upgrade: the distribution packages (apt-get upgrade)'
+        apt-get update -q
+        APT_UPDATED=1
+        apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+        apt_clean
+    fi
 }
 
 phase_cuda() {

@@ -8,6 +8,9 @@ FROM ${BASE_IMAGE} AS only
 LABEL dev.imagekit.layer.only.hash="3656a652165cf51f657033eb74ee4af821ca475f1d45498ccf3f5db79d1f85d4"
 # hadolint ignore=DL3002
 USER root
+RUN apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,source=provision/only.sh,target=/tmp/imagekit/only.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/only.sh system
 RUN --mount=type=bind,source=provision/only.sh,target=/tmp/imagekit/only.sh \

@@ -52,10 +52,12 @@ pip_env() {
 }
 
 phase_system() {
-    log 'upgrade: the distribution packages (apt-get upgrade)'
-    apt-get update -q
-    APT_UPDATED=1
-    apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+    if [ "$IMAGEKIT_TARGET" = ami ]; then
+        log 'upgrade: the distribution packages (apt-get upgrade)'
+        apt-get update -q
+        APT_UPDATED=1
+        apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+    fi
     log 'apt: curl'
     apt_install curl
     apt_clean
