@@ -284,15 +284,19 @@ def cli(
     timeout: float | None = 600,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    cleanup: bool = False,
 ) -> process.Result:
-    """Run one docker CLI command (output captured; with `log`, the command and its output are appended there)."""
+    """Run one docker CLI command (output captured; with `log`, the command and its output are appended there).
+
+    cleanup: a removal that must run also after a run-wide cancel (process.request_cancel)."""
     argv = [cli_path(), *args]
     if log is None:
-        return process.run(argv, capture=True, timeout=timeout, env=env, on_line=on_line)
+        return process.run(argv, capture=True, timeout=timeout, env=env, on_line=on_line, cancellable=not cleanup)
     with log.open("a", encoding="utf-8") as fh:
         fh.write(f"$ docker {' '.join(args)}\n")
         fh.flush()
-        return process.run(argv, log=fh, capture=True, timeout=timeout, env=env, on_line=on_line)
+        return process.run(argv, log=fh, capture=True, timeout=timeout, env=env, on_line=on_line,
+                           cancellable=not cleanup)  # fmt: skip
 
 
 class EngineSizes:

@@ -56,8 +56,8 @@ CMD ["/usr/sbin/sshd", "-D", "-e"]
 """
 
 
-def _docker(*args: str, log: Path | None = None, timeout: float | None = 600) -> process.Result:
-    return docker_cli(*args, log=log, timeout=timeout)
+def _docker(*args: str, log: Path | None = None, timeout: float | None = 600, cleanup: bool = False) -> process.Result:
+    return docker_cli(*args, log=log, timeout=timeout, cleanup=cleanup)
 
 
 def ami_image(ami_id: str) -> str:
@@ -278,7 +278,8 @@ class RehearsalEc2:
 
     def terminate(self, instance: Instance) -> None:
         """Remove the container (the instance is always terminated)."""
-        _docker("rm", "-f", "-v", instance.container, log=self.log)
+        # also after a cancel: the stand-in instance goes with the build that booted it
+        _docker("rm", "-f", "-v", instance.container, log=self.log, cleanup=True)
 
 
 @contextlib.contextmanager
