@@ -16,7 +16,8 @@ import re
 from imagekit.errors import UsageError
 from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
-from imagekit.render.scripts import UPGRADE_RUN, layer_steps
+from imagekit.render.scripts import layer_steps
+from imagekit.render.upgrade import UPGRADE_RUN
 from imagekit.spec import LoadedSpec
 
 OCI = "org.opencontainers.image"

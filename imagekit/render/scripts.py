@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from imagekit.errors import UsageError
 from imagekit.names import SRC_DIR, VENV
+from imagekit.render.upgrade import APT_UPGRADE
 from imagekit.spec import Layer, LoadedSpec, Resolved, resolve_chain
 
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
@@ -171,16 +172,6 @@ def _venv_lines(phases: tuple[str, ...], python: str) -> str:
     if "venv" in phases:
         lines += f"PYTHON={python}\n"
     return lines
-
-
-APT_UPGRADE = "apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
-# A root layer's first docker step: the distribution's updates. A plain RUN (no script mount) so every build on
-# the same base shares it from the BuildKit cache; a refresh (no cache) runs it again.
-UPGRADE_RUN = (
-    "RUN apt-get update -q \\\n"
-    f"    && DEBIAN_FRONTEND=noninteractive {APT_UPGRADE} \\\n"
-    "    && apt-get clean && rm -rf /var/lib/apt/lists/*"
-)
 
 
 def _fn(name: str, body: list[str]) -> list[str]:
