@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import difflib
+import math
+import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from imagekit.errors import Problem, SpecError
-from imagekit.yamlsrc import Located, YamlSyntaxError, load_located
+from imagekit.inputs import MAX_INPUT_BYTES, clip, read_regular
+from imagekit.yamlsrc import KeyPath, Located, YamlSyntaxError, load_located
 
 SPEC_FILENAME = "imagekit.yaml"
+MAX_SPEC_BYTES = MAX_INPUT_BYTES
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# a day: longer than any boot or smoke test, short enough to be a number every tool can sleep for
+MAX_TIMEOUT = 86400
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -31,6 +38,32 @@ def _version(value: Any) -> Any:
 
 
 Version = Annotated[str, BeforeValidator(_version), Field(min_length=1, max_length=64)]
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1 in lax mode: `port: true` would become EXPOSE 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _spec_version(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"the spec version is the number 1, got {str(value).lower()}")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    # `.inf` and `.nan` are valid YAML floats but no usable timeout, size or tolerance
+    value = _not_bool(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Num = Annotated[float, BeforeValidator(_finite)]
+SpecVersion = Annotated[Literal[1], BeforeValidator(_spec_version)]
 
 
 class _Model(BaseModel):
@@ -57,7 +90,7 @@ class Bootstrap(_Model):
 class From(_Model):
     """Where the root layer starts: a container image, an AMI filter, and/or a bootstrap base."""
 
-    docker: str | None = Field(default=None, min_length=1)
+    docker: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     ami: AmiFilter | None = None
     bootstrap: Bootstrap | None = None
 
@@ -92,14 +125,14 @@ class ModelFile(_Model):
 class Refresh(_Model):
     """Rebuild the layer once its last build is older than this, to pick up distro security updates."""
 
-    every_days: int = Field(ge=1, le=3650)
+    every_days: Int = Field(ge=1, le=3650)
 
 
 class Budget(_Model):
     """A size gate: growth against the last verified build, and/or an absolute size."""
 
-    max_growth_pct: float | None = Field(default=None, ge=0)
-    max_bytes: int | None = Field(default=None, ge=1)
+    max_growth_pct: Num | None = Field(default=None, ge=0)
+    max_bytes: Int | None = Field(default=None, ge=1)
 
 
 class Layer(_Model):
@@ -122,7 +155,7 @@ class Layer(_Model):
     user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     workdir: str | None = None
     command: tuple[str, ...] | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Int | None = Field(default=None, ge=1, le=65535)
     refresh: Refresh | None = None
     budget: Budget | None = None
 
@@ -152,20 +185,21 @@ class Layer(_Model):
 class Health(_Model):
     """The service's readiness endpoint and how long to wait for it."""
 
-    path: str = Field(default="/ready", pattern=r"^/")
-    timeout: float = Field(default=600, gt=0)
-    interval: float = Field(default=1.0, gt=0)
+    # a URL path: it is written into the HEALTHCHECK command and the verify scripts, so no quotes or spaces
+    path: str = Field(default="/ready", pattern=r"^/[A-Za-z0-9._~!$&()*+,;=:@%/?-]*$")
+    timeout: Num = Field(default=600, gt=0, le=MAX_TIMEOUT)
+    interval: Num = Field(default=1.0, gt=0, le=3600)
 
 
 class Expect(_Model):
     """What a smoke response must look like."""
 
-    status: int = Field(default=200, ge=100, le=599)
-    min_bytes: int = Field(default=1, ge=0)
+    status: Int = Field(default=200, ge=100, le=599)
+    min_bytes: Int = Field(default=1, ge=0)
     content_type: str | None = None
     reference: str | None = None
-    tolerance: float = Field(default=0.02, ge=0)
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    tolerance: Num = Field(default=0.02, ge=0)
+    max_latency_ms: Num | None = Field(default=None, gt=0)
 
 
 class Smoke(_Model):
@@ -185,7 +219,7 @@ class Verify(_Model):
     health: Health | None = None
     smoke: Smoke | None = None
     instance_type: str | None = None
-    timeout: float = Field(default=1800, gt=0)
+    timeout: Num = Field(default=1800, gt=0, le=MAX_TIMEOUT)
 
 
 class Image(_Model):
@@ -196,7 +230,7 @@ class Image(_Model):
     verify: Verify | None = None
     repository: str | None = None
     budget: Budget | None = None
-    keep: int | None = Field(default=None, ge=1)
+    keep: Int | None = Field(default=None, ge=1)
 
 
 class Aws(_Model):
@@ -211,7 +245,7 @@ class Aws(_Model):
     security_group_id: str | None = None
     ssh_interface: Literal["public_ip", "private_ip", "session_manager"] = "public_ip"
     ssh_username: str = "ubuntu"
-    volume_size: int = Field(default=100, ge=8)
+    volume_size: Int = Field(default=100, ge=8)
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -233,13 +267,13 @@ class Signing(_Model):
 class Retention(_Model):
     """How many builds of each image gc keeps."""
 
-    keep: int = Field(default=5, ge=1)
+    keep: Int = Field(default=5, ge=1)
 
 
 class Spec(_Model):
     """A whole validated spec."""
 
-    version: Literal[1]
+    version: SpecVersion
     name: str = Field(pattern=NAME_RE.pattern)
     layers: dict[str, Layer] = Field(min_length=1)
     images: dict[str, Image] = Field(min_length=1)
@@ -275,6 +309,8 @@ class LoadedSpec:
     path: Path
     text: str
     located: Located
+    # per-layer facts folded root first, computed once each, so renderers stay linear in the number of layers
+    memo: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @property
     def file(self) -> str:
@@ -296,7 +332,26 @@ class LoadedSpec:
 
     def resolved(self, image: str) -> Resolved:
         """The effective pins of an image's chain."""
-        return resolve_chain(self.chain(image))
+        return self.resolved_upto(self.spec.images[image].leaf)
+
+    def fold_upto(self, kind: str, layer: str, step: Callable[[Any, Layer], Any]) -> Any:
+        """step folded over the chain root .. layer (step(None, root) first), memoised per (kind, layer)."""
+        pending: list[str] = []
+        name: str | None = layer
+        while name is not None and (kind, name) not in self.memo:
+            pending.append(name)
+            name = self.spec.layers[name].parent
+            if len(pending) > len(self.spec.layers):
+                raise ValueError(f"parent cycle at {layer}")
+        value = self.memo[(kind, name)] if name is not None else None
+        for current in reversed(pending):
+            value = step(value, self.spec.layers[current])
+            self.memo[(kind, current)] = value
+        return value
+
+    def resolved_upto(self, layer: str) -> Resolved:
+        """The effective pins of the chain that ends at a layer."""
+        return cast(Resolved, self.fold_upto("resolved", layer, _fold_layer))
 
     def verify_for(self, image: str) -> Verify:
         """The verify policy of an image (its own, else the top-level one)."""
@@ -322,27 +377,28 @@ def chain_of(spec: Spec, leaf: str) -> list[tuple[str, Layer]]:
     return list(reversed(out))
 
 
+_PINNED = ("cuda", "cudnn", "driver", "python", "torch", "user", "command", "port", "workdir")
+
+
+def _fold_layer(prev: Resolved | None, layer: Layer) -> Resolved:
+    """One step of resolving a chain: the layer's scalars override, its env merges over the parent's."""
+    vals: dict[str, Any] = (
+        {k: getattr(prev, k) for k in _PINNED} if prev is not None else {k: None for k in _PINNED} | {"cuda": "none"}
+    )
+    for key in _PINNED:
+        value = getattr(layer, key)
+        if value is not None:
+            vals[key] = value
+    env = {**prev.env, **layer.env} if prev is not None else dict(layer.env)
+    return Resolved(env=env, **vals)
+
+
 def resolve_chain(chain: list[tuple[str, Layer]]) -> Resolved:
     """Fold a chain root first: later layers override scalars, env merges."""
-    vals: dict[str, Any] = {"cuda": "none", "env": {}}
+    out: Resolved | None = None
     for _, layer in chain:
-        for key in ("cuda", "cudnn", "driver", "python", "torch", "user", "command", "port", "workdir"):
-            value = getattr(layer, key)
-            if value is not None:
-                vals[key] = value
-        vals["env"] = {**vals["env"], **layer.env}
-    return Resolved(
-        cuda=vals["cuda"],
-        cudnn=vals.get("cudnn"),
-        driver=vals.get("driver"),
-        python=vals.get("python"),
-        torch=vals.get("torch"),
-        user=vals.get("user"),
-        command=vals.get("command"),
-        port=vals.get("port"),
-        workdir=vals.get("workdir"),
-        env=vals["env"],
-    )
+        out = _fold_layer(out, layer)
+    return out if out is not None else _fold_layer(None, Layer())
 
 
 # --- loading -------------------------------------------------------------------------------------------
@@ -432,6 +488,65 @@ def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+# Bounds on what a spec may hold, so every command refuses the same oversized input before any work.
+MAX_STRING = 4096
+MAX_SCRIPT = 65536  # a `run` entry is shell, and may be a long one
+MAX_ITEMS = 10_000  # layers, images, list entries, env keys
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every C0 control but tab, and DEL
+# Where a value is a statement on one line (Dockerfile, systemd unit, shell assignment), a newline starts a new one.
+# Only `run` entries (shell that runs as written) and the smoke request body may hold newlines; NUL is never allowed.
+_MULTILINE = ("run",)
+
+
+def _check_text(located: Located, file: str) -> list[Problem]:
+    """Problems with the raw values: NUL or control characters, oversized strings and collections."""
+    problems: list[Problem] = []
+
+    def bad(path: KeyPath, message: str, hint: str = "") -> None:
+        problems.append(Problem(file, located.line_of(path), _loc_str(path), message, hint))
+
+    def check_str(path: KeyPath, text: str, *, multiline: bool, is_key: bool = False) -> None:
+        what = "key" if is_key else "value"
+        if "\x00" in text:
+            bad(path, f"the {what} contains a NUL byte", "remove it")
+        elif not multiline and _CONTROL.search(text):
+            char = _CONTROL.search(text)
+            assert char is not None
+            bad(
+                path,
+                f"the {what} contains the control character '{clip(char.group())}'",
+                "a line break here would start a new statement in the rendered files; keep it on one line",
+            )
+        limit = MAX_SCRIPT if multiline else MAX_STRING
+        if len(text) > limit:
+            bad(path, f"the {what} is {len(text)} characters long; the limit is {limit}")
+
+    # an explicit stack: a document nests at most yamlsrc.MAX_DEPTH levels, but keep this loop free of recursion
+    stack: list[tuple[KeyPath, Any, bool, bool]] = [((), located.data, False, False)]
+    while stack:
+        path, node, multiline, free = stack.pop()
+        if isinstance(node, dict):
+            if len(node) > MAX_ITEMS:
+                bad(path, f"{len(node)} entries; the limit is {MAX_ITEMS}")
+            for key, value in node.items():
+                child = (*path, key if isinstance(key, str | int) else str(key))
+                if isinstance(key, str) and not free:
+                    check_str(child, key, multiline=False, is_key=True)
+                in_json = free or (key == "json" and len(path) >= 2 and path[-1] == "smoke")
+                stack.append((child, value, multiline or (key in _MULTILINE and not free), in_json))
+        elif isinstance(node, list):
+            if len(node) > MAX_ITEMS:
+                bad(path, f"{len(node)} entries; the limit is {MAX_ITEMS}")
+            stack.extend(((*path, i), item, multiline, free) for i, item in enumerate(node))
+        elif isinstance(node, str):
+            if free:
+                if "\x00" in node:
+                    bad(path, "the value contains a NUL byte", "remove it")
+            else:
+                check_str(path, node, multiline=multiline)
+    return problems
+
+
 def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
@@ -447,7 +562,9 @@ def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> lis
         elif etype == "missing":
             message = "required key is missing"
         elif etype == "literal_error":
-            message = f"{err['msg'].lower()}, got {err.get('input')!r}"
+            msg = str(err["msg"])
+            # only the first letter: the expected values themselves are case-sensitive ('POST', not 'post')
+            message = f"{msg[:1].lower()}{msg[1:]}, got {clip(repr(err.get('input')))}"
         elif etype == "value_error":
             message = str(err["msg"]).removeprefix("Value error, ")
         else:
@@ -515,25 +632,30 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
                         f"did you mean {close[0]!r}?" if close else f"layers: {', '.join(names)}",
                     )
                 )
-    # cycles
+    # cycles: each layer is walked once (linear in the number of layers, however long the chains)
+    done: set[str] = set()
     for start in names:
-        seen: list[str] = []
+        walk: dict[str, int] = {}
+        order: list[str] = []
         cur: str | None = start
-        while cur is not None and cur in spec.layers:
-            if cur in seen:
-                if cur == start:
-                    cycle = " -> ".join([*seen, cur])
+        while cur is not None and cur in spec.layers and cur not in done:
+            if cur in walk:
+                members = order[walk[cur] :]
+                for i, member in enumerate(members):
+                    cycle = " -> ".join([*members[i:], *members[:i], member])
                     problems.append(
                         Problem(
                             file,
-                            located.line_of(("layers", start, "parent")),
-                            f"layers.{start}.parent",
+                            located.line_of(("layers", member, "parent")),
+                            f"layers.{member}.parent",
                             f"parent cycle: {cycle}",
                         )
                     )
                 break
-            seen.append(cur)
+            walk[cur] = len(order)
+            order.append(cur)
             cur = spec.layers[cur].parent
+        done.update(order)
     for name, image in spec.images.items():
         if not NAME_RE.match(name):
             problems.append(
@@ -555,6 +677,19 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
                     f"did you mean {close[0]!r}?" if close else f"layers: {', '.join(names)}",
                 )
             )
+        root = _root_of(spec, image.leaf)
+        if root is not None and "docker" in image.targets:
+            base = root[1].from_
+            if base is not None and not (base.docker or base.bootstrap):
+                problems.append(
+                    Problem(
+                        file,
+                        located.line_of(("images", name, "targets")),
+                        f"images.{name}.targets",
+                        f"the docker target needs a container base, but root layer {root[0]!r} has only from.ami",
+                        "add from.docker or from.bootstrap to it, or drop docker from targets",
+                    )
+                )
         if len(set(image.targets)) != len(image.targets):
             problems.append(
                 Problem(
@@ -565,6 +700,63 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
                 )
             )
     return problems
+
+
+# Weights land read-only and root-owned; under these they would replace what the system runs or trusts.
+SYSTEM_PATHS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run", "/sbin",
+    "/sys", "/usr/bin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/include",
+    "/usr/share/ca-certificates", "/var/lib/apt", "/var/lib/dpkg", "/tmp",  # noqa: S108 - refused, not used
+)  # fmt: skip
+
+
+def system_path(dest: str) -> str | None:
+    """The system folder a destination lies in (after normalising `..`), or None; `/` itself counts."""
+    norm = posixpath.normpath("/" + dest.lstrip("/"))
+    if norm == "/":
+        return "/"
+    for prefix in SYSTEM_PATHS:
+        if norm == prefix or norm.startswith(prefix + "/"):
+            return prefix
+    return None
+
+
+def _root_of(spec: Spec, leaf: str) -> tuple[str, Layer] | None:
+    """The root layer of a chain, or None when the chain is broken (unknown parent, cycle: reported elsewhere)."""
+    seen: set[str] = set()
+    name = leaf
+    while name in spec.layers and name not in seen:
+        seen.add(name)
+        parent = spec.layers[name].parent
+        if parent is None:
+            return name, spec.layers[name]
+        name = parent
+    return None
+
+
+def _check_store(spec: Spec, file: str, located: Located) -> list[Problem]:
+    """`store:` is a folder or s3://bucket/prefix; a URL with credentials in it is refused by every command."""
+    url = spec.store
+    line = located.line_of(("store",))
+    if url.startswith("s3://"):
+        if not url[len("s3://") :].partition("/")[0]:
+            return [Problem(file, line, "store", f"store {clip(url)!r}: expected s3://bucket/prefix")]
+        return []
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        hint = "credentials do not belong in the spec; " if "@" in url.split("://", 1)[1].split("/", 1)[0] else ""
+        return [
+            Problem(
+                file,
+                line,
+                "store",
+                f"store scheme {clip(scheme)!r} is not supported",
+                f"{hint}use a folder or s3://bucket/prefix",
+            )
+        ]
+    if not url.strip():
+        return [Problem(file, line, "store", "store is empty", "use a folder or s3://bucket/prefix")]
+    return []
 
 
 def _escapes(root: Path, rel: str) -> bool:
@@ -605,6 +797,12 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
                 bad((*base, "models", i, "src"), "plain http:// is not allowed for weights", "use https://")
             if not model.dest.startswith("/"):
                 bad((*base, "models", i, "dest"), f"destination {model.dest!r} is not absolute")
+            elif shadowed := system_path(model.dest):
+                bad(
+                    (*base, "models", i, "dest"),
+                    f"destination {clip(model.dest)!r} would replace a system path ({shadowed})",
+                    "put weights under /opt, /srv or /models",
+                )
         if layer.requirements is not None and _escapes(root, layer.requirements):
             bad((*base, "requirements"), f"{layer.requirements!r} escapes the spec's folder")
         if layer.workdir is not None and not layer.workdir.startswith("/"):
@@ -648,6 +846,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise SpecError([*problems, *(Problem(file, 1, "", f"key {k!r} is not a string") for k in bad_keys)])
+    problems += _check_text(located, file)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -656,6 +855,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
         raise SpecError([*problems, Problem(file, 1, "", f"cannot read the spec: {exc}")]) from None
     problems += _check_graph(spec, file, located)
     problems += _check_paths(spec, path.parent, file, located)
+    problems += _check_store(spec, file, located)
     if problems:
         raise SpecError(problems)
     return LoadedSpec(spec=spec, path=path, text=text, located=located)
@@ -664,8 +864,11 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
 def find_spec(path: Path | str | None) -> Path:
     """The spec path for `-f`: the given file, or imagekit.yaml in the current folder."""
     candidate = Path(path) if path else Path.cwd() / SPEC_FILENAME
-    if candidate.is_dir():
-        candidate = candidate / SPEC_FILENAME
+    try:
+        if candidate.is_dir():
+            candidate = candidate / SPEC_FILENAME
+    except OSError:
+        pass  # a name the kernel refuses (too long): reading it below says so
     return candidate
 
 
@@ -673,12 +876,12 @@ def load_spec(path: Path | str | None = None) -> LoadedSpec:
     """Read and validate a spec file; raises SpecError with file:line problems."""
     spec_path = find_spec(path)
     try:
-        raw = spec_path.read_bytes()
+        raw = read_regular(spec_path, what="spec", limit=MAX_SPEC_BYTES)
     except FileNotFoundError:
         raise SpecError(
             [
                 Problem(
-                    str(spec_path),
+                    clip(str(spec_path)),
                     0,
                     "",
                     "no such file",
@@ -686,11 +889,9 @@ def load_spec(path: Path | str | None = None) -> LoadedSpec:
                 )
             ]
         ) from None
-    except OSError as exc:
-        raise SpecError([Problem(str(spec_path), 0, "", f"cannot read: {exc.strerror}")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError([Problem(str(spec_path), line, "", "not UTF-8 text")]) from None
+        raise SpecError([Problem(clip(str(spec_path)), line, "", "not UTF-8 text")]) from None
     return parse_spec(text, spec_path.absolute())
