@@ -24,6 +24,10 @@ MAX_DEPTH = 64
 class InputError(UsageError):
     """A file imagekit was given cannot be read as input: not a regular file, too big, not text."""
 
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
 
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
@@ -42,6 +46,7 @@ def read_regular(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> byte
 
     FileNotFoundError is passed through so callers keep their own "does not exist" message.
     """
+    shown, where = f"{what} {clip(str(path))}", str(path)
     try:
         # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it is refused right after.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -49,16 +54,22 @@ def read_regular(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> byte
         raise
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
-            raise InputError(f"{what} {clip(str(path))}: the file name is too long (over 255 bytes)") from None
+            raise InputError(
+                f"{what} {clip(str(path))}: the file name is too long (over 255 bytes)", where=str(path)
+            ) from None
         if exc.errno == errno.ENOTDIR:
-            raise InputError(f"{what} {clip(str(path))}: a part of the path is a file, not a folder") from None
-        raise InputError(f"{what} {clip(str(path))}: cannot read: {exc.strerror or exc}") from None
+            raise InputError(
+                f"{what} {clip(str(path))}: a part of the path is a file, not a folder", where=str(path)
+            ) from None
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}", where=where) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{what} {clip(str(path))} is {_kind(st.st_mode)}: give a regular file")
+            raise InputError(f"{shown} is {_kind(st.st_mode)}: give a regular file", where=where)
         if st.st_size > limit:
-            raise InputError(f"{what} {clip(str(path))} is {st.st_size} bytes; the limit is {limit} bytes")
+            raise InputError(
+                f"{what} {clip(str(path))} is {st.st_size} bytes; the limit is {limit} bytes", where=str(path)
+            )
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -67,11 +78,11 @@ def read_regular(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> byte
                 break
             total += len(chunk)
             if total > limit:  # the file grew while being read
-                raise InputError(f"{what} {clip(str(path))} is over the limit of {limit} bytes")
+                raise InputError(f"{shown} is over the limit of {limit} bytes", where=where)
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise InputError(f"{what} {clip(str(path))}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}", where=where) from None
     finally:
         os.close(fd)
 
@@ -79,11 +90,12 @@ def read_regular(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> byte
 def read_text(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> str:
     """A regular file's UTF-8 text; InputError when it is not text."""
     raw = read_regular(path, what=what, limit=limit)
+    shown, where = f"{what} {clip(str(path))}", str(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{what} {clip(str(path))}:{line}: not UTF-8 text") from None
+        raise InputError(f"{shown}:{line}: not UTF-8 text", where=where) from None
 
 
 def json_depth_ok(data: bytes | str, max_depth: int = MAX_DEPTH) -> bool:

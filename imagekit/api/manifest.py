@@ -358,6 +358,8 @@ def rollback(
         current, earlier = stack[-1], stack[:-1]
         target = None
         for mid in reversed(earlier):
+            if mid == current:
+                continue  # promoted twice in a row: going "back" to it would record a move from X to X
             b = ledger.entry(mid).build
             if b is not None and not revoked.reason(b):
                 target = b

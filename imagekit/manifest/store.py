@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from imagekit.errors import StoreError, UsageError
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import clip
 
 MANIFEST_SUFFIX = ".intoto.json"
 CHANNELS = "_channels"
@@ -30,6 +31,12 @@ HEAD_NAME = "head.json"
 
 class Conflict(StoreError):
     """An object with that key already exists (someone else wrote it first)."""
+
+
+class UnknownManifest(UsageError, StoreError):
+    """No manifest has the id the user gave: a usage error (exit 2), still a StoreError for callers that catch one."""
+
+    exit_code = 2
 
 
 class Backend(Protocol):
@@ -291,7 +298,7 @@ class Store:
             raise UsageError(f"manifest id {ref!r} is too short: give at least 6 characters")
         hits = [k for k in self.manifest_keys() if k.split("/")[1].startswith(ref)]
         if not hits:
-            raise StoreError(f"no manifest {ref!r} in {self.url} (see `imagekit manifest list`)")
+            raise UnknownManifest(f"no manifest {clip(ref)!r} in {self.url} (see `imagekit manifest list`)")
         if len(hits) > 1:
             ids = ", ".join(k.split("/")[1][: -len(MANIFEST_SUFFIX)] for k in hits[:5])
             raise UsageError(f"manifest id {ref!r} is ambiguous: {ids}")
