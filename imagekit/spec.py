@@ -515,7 +515,8 @@ def _check_text(located: Located, file: str) -> list[Problem]:
             bad(
                 path,
                 f"the {what} contains the control character '{clip(char.group())}'",
-                "a line break here would start a new statement in the rendered files; keep it on one line",
+                "rendered files take this value as one line of a statement (a line break would start a new one); "
+                "keep it to one printable line",
             )
         limit = MAX_SCRIPT if multiline else MAX_STRING
         if len(text) > limit:
