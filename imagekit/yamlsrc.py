@@ -12,7 +12,7 @@ KeyPath = tuple[str | int, ...]
 # Bounds on what one document may expand to. A spec nests a handful of levels and has a few thousand nodes even
 # with thousands of layers; an alias bomb of 300 bytes expands to hundreds of millions and must stop before that.
 MAX_DEPTH = 64
-MAX_NODES = 500_000
+MAX_NODES = 200_000
 MAX_TEXT = 4 * 1024 * 1024
 
 
