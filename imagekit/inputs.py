@@ -17,6 +17,8 @@ from imagekit.errors import UsageError
 
 # A spec, a trust file or a store record is a few KB; anything past this is a mistake or an attack.
 MAX_INPUT_BYTES = 4 * 1024 * 1024
+# A signed manifest embeds its report and package lists: bigger than a spec, still bounded.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 # JSON and YAML documents deeper than this are refused before a recursive parser sees them.
 MAX_DEPTH = 64
 

@@ -735,7 +735,7 @@ def _root_of(spec: Spec, leaf: str) -> tuple[str, Layer] | None:
     return None
 
 
-def _check_store(spec: Spec, file: str, located: Located) -> list[Problem]:
+def _check_store(spec: Spec, root: Path, file: str, located: Located) -> list[Problem]:
     """`store:` is a folder or s3://bucket/prefix; a URL with credentials in it is refused by every command."""
     url = spec.store
     line = located.line_of(("store",))
@@ -757,7 +757,17 @@ def _check_store(spec: Spec, file: str, located: Located) -> list[Problem]:
         ]
     if not url.strip():
         return [Problem(file, line, "store", "store is empty", "use a folder or s3://bucket/prefix")]
+    folder = posixpath.normpath(posixpath.join(str(root), url)) if not url.startswith("~") else url
+    if folder == "/" or folder in _SYSTEM_FOLDERS or folder.startswith(("/proc/", "/sys/", "/dev/")):
+        # every command would list (and plan would walk) the whole of it
+        return [Problem(file, line, "store", f"store {clip(url)!r} is a system folder", "use a folder of its own")]
     return []
+
+
+_SYSTEM_FOLDERS = frozenset(
+    {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
+     "/tmp", "/usr", "/var"}  # noqa: S108 - refused, not used
+)  # fmt: skip
 
 
 def _escapes(root: Path, rel: str) -> bool:
@@ -856,7 +866,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
         raise SpecError([*problems, Problem(file, 1, "", f"cannot read the spec: {exc}")]) from None
     problems += _check_graph(spec, file, located)
     problems += _check_paths(spec, path.parent, file, located)
-    problems += _check_store(spec, file, located)
+    problems += _check_store(spec, path.parent, file, located)
     if problems:
         raise SpecError(problems)
     return LoadedSpec(spec=spec, path=path, text=text, located=located)

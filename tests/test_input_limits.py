@@ -244,3 +244,27 @@ def test_graph_checks_are_linear(tmp_path: Path) -> None:
 
     small, big = timed(400), timed(1600)
     assert big < small * 4 * 2, (small, big)  # 4x the layers: linear is ~4x, quadratic would be ~16x
+
+
+def test_store_at_the_filesystem_root_is_refused(tmp_path: Path) -> None:
+    path = spec(tmp_path, tail="store: /\n")
+    t0 = time.monotonic()
+    err = one_line_error(cli("plan", "-f", str(path)))
+    assert "store '/' is a system folder" in err and time.monotonic() - t0 < 5
+
+
+def test_oversized_store_record_is_refused(tmp_path: Path) -> None:
+    from imagekit.errors import StoreError
+    from imagekit.manifest.store import open_store
+
+    store = open_store("m", base=tmp_path)
+    store.put_manifest("app", "abcdef123456", b"x")
+    record = tmp_path / "m" / "app" / "abcdef123456.intoto.json"
+    with record.open("r+b") as fh:
+        fh.truncate(17 * 1024 * 1024)
+    with pytest.raises(StoreError, match="the limit is"):
+        store.read("app/abcdef123456.intoto.json")
+    record.unlink()
+    os.mkfifo(record)
+    with pytest.raises(StoreError, match="named pipe"):
+        store.read("app/abcdef123456.intoto.json")

@@ -8,6 +8,7 @@ and retry on conflict, so concurrent writers never lose a record and no mutable 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import time
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from imagekit.errors import StoreError, UsageError
 from imagekit.fsutil import atomic_write
-from imagekit.inputs import clip
+from imagekit.inputs import MAX_RECORD_BYTES, InputError, clip, read_regular
 
 MANIFEST_SUFFIX = ".intoto.json"
 CHANNELS = "_channels"
@@ -27,6 +28,8 @@ SEQ_RE = re.compile(r"^(\d{10})\.json$")
 MAX_CLAIM_ATTEMPTS = 200
 # Each log's signed head (sequence number and digest of its newest record): the one object that is replaced.
 HEAD_NAME = "head.json"
+# _channels/<image>/<channel>/<seq>.json is the deepest key: folders below that are never listed
+MAX_KEY_DEPTH = 4
 
 
 class Conflict(StoreError):
@@ -127,11 +130,11 @@ class LocalBackend:
 
     def read(self, key: str) -> bytes:
         try:
-            return (self.root / key).read_bytes()
+            return read_regular(self.root / key, what="store record", limit=MAX_RECORD_BYTES)
         except FileNotFoundError:
             raise StoreError(f"{self.root / key} does not exist") from None
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.root / key}: {exc.strerror or exc}") from None
+        except InputError as exc:
+            raise StoreError(str(exc)) from None
 
     def keys(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
@@ -144,11 +147,15 @@ class LocalBackend:
                 "move it away or restore the folder"
             )
         out = []
-        for path in base.rglob("*"):
-            rel = path.relative_to(self.root)
-            # dot-names are atomic_write's temp files (or editor litter), never records
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                out.append(rel.as_posix())
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = Path(dirpath).relative_to(self.root)
+            # records lie at most MAX_KEY_DEPTH folders deep: never walk below that (a store at a big folder)
+            depth = len(rel_dir.parts)
+            # dot-names are atomic_write's temp files and lock files (or editor litter), never records
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth + 1 < MAX_KEY_DEPTH)
+            for name in filenames:
+                if not name.startswith(".") and os.path.isfile(os.path.join(dirpath, name)):
+                    out.append((rel_dir / name).as_posix())
         return sorted(out)
 
     def location(self, key: str) -> str:
@@ -200,6 +207,9 @@ class S3Backend:
 
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            # the size S3 states, checked before reading (read(amt) would allocate the whole limit every time)
+            if int(resp.get("ContentLength") or 0) > MAX_RECORD_BYTES:
+                raise StoreError(f"{self.location(key)} is over the limit of {MAX_RECORD_BYTES} bytes for a record")
             return bytes(resp["Body"].read())
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
