@@ -41,7 +41,10 @@ def _version(value: Any) -> Any:
     return value
 
 
-Version = Annotated[str, BeforeValidator(_version), Field(min_length=1, max_length=64)]
+# versions reach package names, URLs and shell lines unquoted in places: letters, digits and . + _ - only
+Version = Annotated[
+    str, BeforeValidator(_version), Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+]
 
 
 def _not_bool(value: Any) -> Any:
