@@ -23,6 +23,7 @@ from imagekit.errors import (
     UsageError,
 )
 from imagekit.events import Event, Reporter, silent
+from imagekit.fsutil import check_dir
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.record import lookup_from, verified_builds
@@ -110,6 +111,9 @@ def run_nightly(
         raise UsageError("--jobs must be at least 1")
     if promote:
         _check_channel(promote)
+    if report_dir is not None:
+        # before an hour of builds, not after: the reports could not be written
+        check_dir(Path(report_dir), "--report")
     loaded = validate(path)
     store = spec_store(loaded)
     started = clock()
