@@ -2,12 +2,12 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
-ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+ARG BASE_IMAGE=imagekit-base-base:9163a8a371dbc785
 ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="69f4cb396b4a5a3876c03935352349ffd4d0c5d1778dbe694428c8f52a3dac39"
+LABEL dev.imagekit.layer.base.hash="d371f35bd034d0c9cbb13527c11a494c9a004eb2cdf5474898b5895fada6ccdc"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
@@ -23,7 +23,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="406e9c8e60a4ae531b197f1a8e666856ab9e428d456019f83820c9b49ade93e8"
+LABEL dev.imagekit.layer.runtime.hash="9294954e66d2becd7039f81d9eec464e001aab9e56113fc0b7606b8c8ac48f47"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -32,7 +32,7 @@ COPY --from=runtime-builder /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="b3aff717bc80ea5bc6552d95c623a1b8e1f3622f4a04f1d8c3ccedfe70a9eb4d"
+LABEL dev.imagekit.layer.app.hash="2984381059d944d5edda0ae3183c75b633cb9c3c49f2f80576568c3be9a17286"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
@@ -56,6 +56,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="b3aff717bc80ea5b"
+    org.opencontainers.image.version="2984381059d944d5"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

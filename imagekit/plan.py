@@ -92,12 +92,16 @@ def layer_inputs(loaded: LoadedSpec, name: str, layer: Layer, cache: DigestCache
 
 def layer_hash(layer: Layer, parent_hash: str | None, target: str, inputs: dict[str, str]) -> str:
     """Content hash over the layer's definition, its parent's hash, the target and its input files."""
+    # refresh and budget decide when and whether to build, not what is built
+    dumped = layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"})
+    for model in dumped.get("models") or []:
+        if model.get("mode") is None:
+            model.pop("mode", None)  # a model without `mode` hashes as before the key existed
     doc = {
         "recipe": RECIPE_VERSION,
         "target": target,
         "parent": parent_hash,
-        # refresh and budget decide when and whether to build, not what is built
-        "layer": layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"}),
+        "layer": dumped,
         "inputs": inputs,
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -58,7 +58,7 @@ phase_system() {
 
 phase_cuda() {
     if [ "$IMAGEKIT_TARGET" = docker ]; then
-        log 'cuda: a container takes CUDA 12.4 from its base image; nothing to install'
+        log 'cuda: a container takes CUDA 12.4 user space from the nvidia-* wheels torch depends on (the lock pins them); nothing to install'
         return 0
     fi
     # shellcheck disable=SC1091

@@ -85,7 +85,7 @@ phase_install() {
     pip="$VENV/bin/python -m pip"
     # PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off
     # a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise
-    default_index="https://download.pytorch.org/whl/cu124"
+    default_index=""
     if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi
     torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"
     extra=""

@@ -10,7 +10,7 @@ import pytest
 
 from imagekit.errors import UsageError
 from imagekit.render.scripts import cudnn_package, layer_steps, render_scripts, torch_index
-from imagekit.spec import load_spec
+from imagekit.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 GPU = REPO / "examples" / "tts" / "imagekit.yaml"
@@ -53,7 +53,20 @@ def test_install_uses_lock_without_deps_plus_torch_pin() -> None:
     assert '--no-deps -r "$lock" torch==2.5.1' in text
     assert '--require-hashes --no-deps -r "$lock"' in text
     assert "/run/secrets/ca" in text
-    assert "https://download.pytorch.org/whl/cu124" in text
+    # PyPI's torch 2.5.1 is the cu124 build and the base brings no CUDA: PyPI alone, no second index
+    assert 'default_index=""' in text
+    assert "download.pytorch.org" not in text
+
+
+def test_a_cuda_build_pypi_does_not_serve_asks_pytorchs_index(tmp_path: Path) -> None:
+    text = GPU.read_text(encoding="utf-8").replace('cuda: "12.4"', 'cuda: "12.1"')
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(text, encoding="utf-8")
+    (tmp_path / "requirements.lock").write_bytes((GPU.parent / "requirements.lock").read_bytes())
+    runtime = render_scripts(parse_spec(text, spec), "tts-inference", "ami")["runtime"]
+    assert 'default_index="https://download.pytorch.org/whl/cu121"' in runtime
+    base = render_scripts(parse_spec(text, spec), "tts-inference", "ami")["base"]
+    assert "CUDA 12.1 user space from the nvidia-* wheels" in base
 
 
 def test_models_are_root_owned_read_only() -> None:

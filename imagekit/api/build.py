@@ -119,12 +119,22 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     force_layers: Collection[str] = (),
     layer_lock: LayerLock | None = None,
     on_built: Callable[[ImageResult], None] | None = None,
+    gpu: str | None = None,
 ) -> BuildResult:
-    """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
+    """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built.
+
+    `gpu` (required|optional) overrides verify.gpu for the verification after the build (docker target).
+    """
     from imagekit.api.spec import validate
 
     if target not in ("docker", "ami"):
         raise UsageError(f"--target must be docker or ami, not {target!r}")
+    if gpu is not None and gpu not in ("required", "optional"):
+        raise UsageError(f"--gpu must be required or optional, not {gpu!r}")
+    if gpu is not None and target == "ami":
+        raise UsageError(
+            "--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says"
+        )
     loaded = validate(path)
     selected = select_images(loaded, target, images)
     if target == "ami":
@@ -156,7 +166,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
             on_built(res)
         if verify:
             try:
-                res.verify_report = verify_image(loaded, res, reporter)
+                res.verify_report = verify_image(loaded, res, reporter, gpu=gpu)
             except VerifyFailed as exc:
                 # a failed verification is a record too, clearly marked failed, so it can never be promoted
                 res.verify_report = exc.report_path
@@ -558,7 +568,7 @@ def _push(
     return digest, f"{dest_repo}@{digest}"
 
 
-def verify_image(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
+def verify_image(loaded: LoadedSpec, res: ImageResult, reporter: Reporter, *, gpu: str | None = None) -> str:
     """Boot-and-verify the built image through the verify helper's api, when it is installed."""
     import importlib
 
@@ -573,7 +583,7 @@ def verify_image(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> st
     if verify_docker is None:
         reporter(Event("warn", "verify_docker is not available; skipped", res.image, "", "docker"))
         return ""
-    report = verify_docker(loaded.path, res.ref, image=res.image, reporter=reporter)
+    report = verify_docker(loaded.path, res.ref, image=res.image, reporter=reporter, gpu=gpu)
     if isinstance(report, str | Path):
         return str(report)
     return str(getattr(report, "path", "") or getattr(report, "report_path", "") or "")

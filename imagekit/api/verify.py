@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timezone
@@ -22,7 +23,10 @@ from imagekit.verify.docker_host import (
     smoke,
     wait_ready,
 )
+from imagekit.verify.policy import GpuPolicy, looks_like_probe, service_device_failures
 from imagekit.verify.report import GPU_HINT, Report, check_health, check_smoke, compare, gpu_visible
+
+GPU_POLICIES = ("required", "optional")
 
 
 class VerifyResult(NamedTuple):
@@ -50,6 +54,17 @@ def report_path_for(loaded: LoadedSpec, image: str, when: datetime) -> Path:
     return work_dir(loaded.root) / "reports" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', image)}-{stamp}.json"
 
 
+def gpu_policy(loaded: LoadedSpec, image: str, override: str | None) -> GpuPolicy:
+    """The GPU policy of this run: --gpu when given, else the image's verify.gpu."""
+    if override is None:
+        return loaded.verify_for(image).gpu
+    if override == "required":
+        return "required"
+    if override == "optional":
+        return "optional"
+    raise UsageError(f"--gpu must be required or optional, not {override!r}")
+
+
 def verify_docker(
     path: Path | str | None,
     image_ref: str,
@@ -57,14 +72,17 @@ def verify_docker(
     reporter: Reporter = silent,
     *,
     client: Any = None,
+    gpu: str | None = None,
 ) -> VerifyResult:
     """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
 
-    Raises VerifyFailed (after writing the report) when anything does not match, Interrupted on Ctrl-C.
+    `gpu` (required|optional) overrides the image's verify.gpu for this run. Raises VerifyFailed (after writing
+    the report) when anything does not match, Interrupted on Ctrl-C.
     """
     loaded = load_spec(path)
     name = pick_image(loaded, image)
     policy = loaded.verify_for(name)
+    gpu_rule = gpu_policy(loaded, name, gpu)
     res = loaded.resolved(name)
     host = DockerHost(client if client is not None else client_from_env(), reporter)
     started = datetime.now(timezone.utc)
@@ -75,7 +93,7 @@ def verify_docker(
         image_ref=image_ref,
         host=host.name,
         started_at=started.isoformat(),
-        gpu_policy=policy.gpu,
+        gpu_policy=gpu_rule,
     )
     out_path = report_path_for(loaded, name, started)
 
@@ -92,7 +110,7 @@ def verify_docker(
             report.image_id = host.image_id(image_ref)
             models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
             # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
-            want_gpu = policy.gpu == "required"
+            want_gpu = gpu_rule == "required"
             reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
             gpu_refused = False
             try:
@@ -108,7 +126,7 @@ def verify_docker(
                     report.failures.append(f"probe: the engine could not run the probe container: {exc}")
             if report.probe:
                 report.gpu_visible = gpu_visible(report.probe)
-                report.failures += compare(report.probe, loaded, name, target="docker")
+                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule)
             if gpu_refused:
                 pass  # the service container would be refused the same way
             elif res.port and policy.health:
@@ -162,6 +180,11 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     assert health is not None
     report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
     report.failures += check_health(health, report.health)
+    if report.health.ready:
+        # the smoke request must run with the model where the GPU policy says it is
+        report.failures += service_device_failures(
+            report.health.last_body, report.probe, report.gpu_policy, health.path
+        )
     sm = policy.smoke
     if not report.health.ready or sm is None:
         return
@@ -169,3 +192,76 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
     report.smoke = result
     report.failures += check_smoke(loaded, sm, result, body)
+
+
+def read_probe(probe_file: Path | str) -> dict[str, Any]:
+    """A saved probe's JSON; UsageError (exit 2) when the file is missing, not JSON or not a probe."""
+    where = Path(probe_file)
+    try:
+        text = where.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--probe-file {where}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--probe-file {where}: not a probe (not UTF-8 text)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--probe-file {where}:{exc.lineno}: not a probe (not JSON: {exc.msg}); "
+            "write one with `python -m imagekit.verify.probe MODEL_FILE... > probe.json`"
+        ) from None
+    why = looks_like_probe(data)
+    if why:
+        raise UsageError(
+            f"--probe-file {where}: not a probe ({why}); "
+            "write one with `python -m imagekit.verify.probe MODEL_FILE... > probe.json`"
+        )
+    assert isinstance(data, dict)
+    return data
+
+
+def verify_probe_file(
+    path: Path | str | None,
+    probe_file: Path | str,
+    image: str | None = None,
+    reporter: Reporter = silent,
+    *,
+    gpu: str | None = None,
+) -> VerifyResult:
+    """Judge a saved probe (run by hand on a GPU or bare-metal host) against the spec, with no container.
+
+    The same pin and GPU rules as a boot on Docker; the health and smoke checks need the running service and are
+    not part of it (the report says so). Raises VerifyFailed (after writing the report) on failed checks.
+    """
+    loaded = load_spec(path)
+    name = pick_image(loaded, image)
+    gpu_rule = gpu_policy(loaded, name, gpu)
+    probe = read_probe(probe_file)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    source = Path(probe_file).resolve()
+    reporter(Event("start", f"judging the saved probe {source}", image=name, target="probe-file"))
+    report = Report(
+        spec=str(loaded.path),
+        image=name,
+        image_ref=f"probe-file:{source}",
+        target="probe-file",
+        host=str((probe.get("os") or {}).get("pretty_name") or "a saved probe"),
+        started_at=started.isoformat(),
+        gpu_policy=gpu_rule,
+        probe=probe,
+    )
+    report.gpu_visible = gpu_visible(probe)
+    # a probe on a host is judged as on Docker: the driver is the host's, checked against the image's CUDA build
+    report.failures += compare(probe, loaded, name, target="docker", gpu=gpu_rule)
+    report.ok = not report.failures
+    report.finished_at = datetime.now(timezone.utc).isoformat()
+    report.seconds = round(time.monotonic() - t0, 3)
+    written = report.write(report_path_for(loaded, name, started))
+    if report.failures:
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        raise VerifyFailed(
+            f"{name}: the saved probe {source} fails the spec", failures=report.failures, report_path=str(written)
+        )
+    reporter(Event("done", f"the saved probe passes (no health/smoke: no service ran); report {written}", image=name))
+    return VerifyResult(report, written)

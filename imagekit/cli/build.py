@@ -19,6 +19,12 @@ def build(  # noqa: PLR0917 (typer options)
     push: str | None = typer.Option(None, "--push", help="Push the final image to REGISTRY/REPO[:TAG]."),
     json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        help="required|optional: overrides verify.gpu for this run's verify.",
+        metavar="required|optional",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
     rehearse: bool = typer.Option(
         False, "--rehearse", help="AMI target without AWS: local moto EC2, sshd containers as instances."
@@ -38,6 +44,7 @@ def build(  # noqa: PLR0917 (typer options)
             reporter=printer,
             verify=not no_verify,
             rehearse=rehearse,
+            gpu=gpu,
         )
     )
     if json_out:

@@ -15,7 +15,7 @@ import re
 
 from imagekit.errors import UsageError
 from imagekit.plan import plan_image
-from imagekit.render.scripts import SRC_DIR, VENV, layer_steps
+from imagekit.render.scripts import SRC_DIR, VENV, layer_steps, model_owner
 from imagekit.spec import LoadedSpec
 
 LABEL_PREFIX = "dev.imagekit"
@@ -197,7 +197,11 @@ def render_dockerfile(
             out.append(_copy(_ctx(src_prefix, item.src), item.dest))
         for model in layer.models:
             rel = f"{REMOTE_MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
-            out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
+            flags: tuple[str, ...] = ("--chmod=0444",)
+            if model.mode:
+                owner = model_owner(loaded, name)
+                flags = (f"--chown={owner}:{owner}", f"--chmod={model.mode}")
+            out.append(_copy(_ctx(src_prefix, rel), model.dest, *flags))
         if layer.env:
             out.append("ENV " + " ".join(f"{k}={_env_value(v)}" for k, v in sorted(layer.env.items())))
         if layer.workdir:

@@ -39,6 +39,7 @@ class LayerSteps:
     cudnn: str | None
     driver: str | None
     pip_work: bool  # torch, a requirements lock or pip packages
+    wheel_cuda: bool = False  # the container's base is bootstrapped: CUDA user space comes from torch's nvidia-* wheels
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -84,7 +85,14 @@ def layer_steps(loaded: LoadedSpec, layer_name: str) -> LayerSteps:
         cudnn=upto.cudnn if owns_cuda else None,
         driver=upto.driver if owns_cuda else None,
         pip_work=pip_work,
+        wheel_cuda=_bootstrapped(chain[0][1]),
     )
+
+
+def _bootstrapped(root: Layer) -> bool:
+    # a bootstrap base wins over from.docker for the container (render/dockerfile.py), as here
+    src = root.from_
+    return src is not None and src.bootstrap is not None
 
 
 def _pip_work(layer: Layer) -> bool:
@@ -205,9 +213,14 @@ def _cuda(steps: LayerSteps) -> list[str]:
     pkgs.append("cuda-libraries-" + "-".join(cuda.split(".")[:2]))
     if steps.cudnn:
         pkgs.append(cudnn_package(steps.cudnn, cuda))
+    source = (
+        f"CUDA {cuda} user space from the nvidia-* wheels torch depends on (the lock pins them)"
+        if steps.wheel_cuda
+        else f"CUDA {cuda} from its base image"
+    )
     return [
         'if [ "$IMAGEKIT_TARGET" = docker ]; then',
-        f"    log {_q(f'cuda: a container takes CUDA {cuda} from its base image; nothing to install')}",
+        f"    log {_q(f'cuda: a container takes {source}; nothing to install')}",
         "    return 0",
         "fi",
         "# shellcheck disable=SC1091",
@@ -270,6 +283,9 @@ def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
     body = ["pip_env", 'pip="$VENV/bin/python -m pip"']
     torch = layer.torch
     index = torch_index(cuda_upto)
+    if torch and steps.wheel_cuda and _pypi_is(torch, cuda_upto):
+        # CUDA from the wheels, and PyPI's torch is already this CUDA build: no second index to ask
+        index = ""
     if torch:
         body += [
             "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
@@ -321,6 +337,13 @@ def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
         check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
         body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
     return body
+
+
+def _pypi_is(torch: str, cuda: str) -> bool:
+    from imagekit.compat import cuda_key, pypi_build
+
+    build = pypi_build(torch)
+    return build is not None and cuda != "none" and build.cuda == cuda_key(cuda)
 
 
 def _drop_build_deps(steps: LayerSteps) -> list[str]:
@@ -389,7 +412,14 @@ install_model() {
 """
 
 
-def _files(layer: Layer) -> list[str]:
+def model_owner(loaded: LoadedSpec, layer_name: str) -> str:
+    """Who owns weights with a `mode`: the user the chain up to this layer runs as (root when none)."""
+    from imagekit.spec import chain_of
+
+    return resolve_chain(chain_of(loaded.spec, layer_name)).user or "root"
+
+
+def _files(layer: Layer, owner: str = "root") -> list[str]:
     body: list[str] = []
     if layer.workdir:
         body.append(f"install -d -m 0755 {_q(layer.workdir)}")
@@ -404,6 +434,9 @@ def _files(layer: Layer) -> list[str]:
             f"log {_q(f'model: {model.src} -> {model.dest}')}",
             f"install_model {src} {_q(model.dest)} {model.sha256}",
         ]
+        if model.mode:
+            # readable by the service user, writable by nobody else (the spec's mode)
+            body += [f"chown {_q(owner)}:{_q(owner)} {_q(model.dest)}", f"chmod {model.mode} {_q(model.dest)}"]
     return body
 
 
@@ -449,7 +482,7 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
         "venv": _venv(),
         "install": _install(steps, upto.cuda) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
-        "files": _files(steps.layer),
+        "files": _files(steps.layer, upto.user or "root"),
         "run": _run(steps.layer, upto),
     }
     for phase in phases:

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-52f9194bb252c928-${var.build_id}"
+  ami_name      = "imagekit-tts-app-d3085f15ce751e32-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
+    "imagekit:layer-hash"  = "d3085f15ce751e323de995ea0ecd6c507e7f07e40652824e9b6eefff97707949"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:parent-hash" = "85d23a86ddb982d80ac9c6b0cd3648cbd8003f5944b184fd50074921a2ed0766"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -61,9 +61,9 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
+    "imagekit:layer-hash"  = "d3085f15ce751e323de995ea0ecd6c507e7f07e40652824e9b6eefff97707949"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:parent-hash" = "85d23a86ddb982d80ac9c6b0cd3648cbd8003f5944b184fd50074921a2ed0766"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "52f9194bb252c928cff9521994c4fb8d6399b8a7dabc766544bc1e259c47437b"
+      "layer_hash" = "d3085f15ce751e323de995ea0ecd6c507e7f07e40652824e9b6eefff97707949"
     }
   }
 }

@@ -40,13 +40,13 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-f9f136faebd34f7d-${var.build_id}"
+  ami_name      = "imagekit-tts-base-cc713ee0219fc3da-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:layer-hash"  = "cc713ee0219fc3daf31f7cfc4c7f456061cb9169e071c97be34597a8d30943a1"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -60,7 +60,7 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:layer-hash"  = "cc713ee0219fc3daf31f7cfc4c7f456061cb9169e071c97be34597a8d30943a1"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+      "layer_hash" = "cc713ee0219fc3daf31f7cfc4c7f456061cb9169e071c97be34597a8d30943a1"
     }
   }
 }

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-be98e68e6a7489dc-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-85d23a86ddb982d8-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:layer-hash"  = "85d23a86ddb982d80ac9c6b0cd3648cbd8003f5944b184fd50074921a2ed0766"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:parent-hash" = "cc713ee0219fc3daf31f7cfc4c7f456061cb9169e071c97be34597a8d30943a1"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -61,9 +61,9 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+    "imagekit:layer-hash"  = "85d23a86ddb982d80ac9c6b0cd3648cbd8003f5944b184fd50074921a2ed0766"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "f9f136faebd34f7de1c5f3ec41c7ce5eb3bc773327525cd5dd874add46ec5cc2"
+    "imagekit:parent-hash" = "cc713ee0219fc3daf31f7cfc4c7f456061cb9169e071c97be34597a8d30943a1"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "be98e68e6a7489dccd950a48719a563cb1f010809ede554fdb3660ba9c049e58"
+      "layer_hash" = "85d23a86ddb982d80ac9c6b0cd3648cbd8003f5944b184fd50074921a2ed0766"
     }
   }
 }
