@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -18,6 +18,7 @@ from imagekit.fetch import fetch_model, stage
 from imagekit.fsutil import atomic_write
 from imagekit.paths import log_dir
 from imagekit.plan import LayerPlan, plan_image
+from imagekit.release import Release
 from imagekit.render.dockerfile import parent_arg
 from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
@@ -68,6 +69,7 @@ class ImageResult:
     layers: list[LayerResult] = field(default_factory=list)
     ref: str = ""
     tags: list[str] = field(default_factory=list)
+    release_tags: list[str] = field(default_factory=list)  # --tag values, recorded in the signed manifest
     image_id: str = ""
     size: int = 0
     repo_digest: str = ""
@@ -120,10 +122,12 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     layer_lock: LayerLock | None = None,
     on_built: Callable[[ImageResult], None] | None = None,
     gpu: str | None = None,
+    tags: Sequence[str] = (),
 ) -> BuildResult:
     """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built.
 
     `gpu` (required|optional) overrides verify.gpu for the verification after the build (docker target).
+    `tags` (--tag, `{git_sha}` expands to the commit) also tag the final image and go into its signed manifest.
     """
     from imagekit.api.spec import validate
 
@@ -137,6 +141,11 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         )
     loaded = validate(path)
     selected = select_images(loaded, target, images)
+    if tags and target == "ami":
+        raise UsageError("--tag applies to --target docker (an AMI is named by its id and its layer-hash tags)")
+    from imagekit.release import release_for
+
+    release = release_for(loaded.root, tags)
     if target == "ami":
         if push:
             raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
@@ -158,7 +167,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     for name in selected:
         res = build_docker_image(
             loaded, name, engine=engine, force=force, push=push, reporter=reporter,
-            force_layers=force_layers, layer_lock=layer_lock,
+            force_layers=force_layers, layer_lock=layer_lock, release=release,
         )  # fmt: skip
         out.images.append(res)
         if on_built is not None:
@@ -222,6 +231,7 @@ def build_docker_image(
     reporter: Reporter = silent,
     force_layers: Collection[str] = (),
     layer_lock: LayerLock | None = None,
+    release: Release | None = None,
 ) -> ImageResult:
     """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image.
 
@@ -253,6 +263,9 @@ def build_docker_image(
         wheelhouse = _stage_wheelhouse(loaded, image, reporter)
         dockerfile = _render(loaded, image, wheelhouse)
         build_args = {"BASE_IMAGE": res.base.ref}
+        if release is not None:
+            # the final stage's OCI labels; a leaf reused by its hash keeps those of the build that made it
+            build_args |= {"IMAGEKIT_REVISION": release.revision, "IMAGEKIT_SOURCE": release.source}
         tags: dict[str, str] = {}
         for lp in plan.layers:
             tag = layer_tag(loaded, lp.name, lp.hash)
@@ -283,6 +296,10 @@ def build_docker_image(
         engine.tag(leaf.tag, repo, leaf.hash[:16])
         engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
+        for rtag in release.tags if release is not None else ():
+            engine.tag(leaf.tag, repo, rtag)
+            res.tags.append(f"{repo}:{rtag}")
+            res.release_tags.append(rtag)
         info = engine.inspect(final)
         res.image_id = info.id if info else leaf.image_id
         res.size = info.size if info else 0
@@ -617,5 +634,6 @@ def record_image(
         builders=builders,
         size_bytes=res.size or None,
         reporter=reporter,
+        tags=res.release_tags,
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed

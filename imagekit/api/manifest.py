@@ -304,7 +304,13 @@ def promote(
     _check_channel(channel)
     loaded, ledger, signer = _context(path, trust, key)
     _check_image(loaded, image)
-    e = promotable(ledger, ref, image, allow_rehearsal=allow_rehearsal)
+    try:
+        e = promotable(ledger, ref, image, allow_rehearsal=allow_rehearsal)
+    except (StoreError, UsageError):
+        # not a manifest id (prefix): a release tag names the newest verified build carrying it
+        if not any(e.build is not None and ref in e.build.tags for e in ledger.entries(image, with_channels=False)):
+            raise
+        e = promotable(ledger, tagged_build(ledger, image, ref).id, image, allow_rehearsal=allow_rehearsal)
     assert e.build is not None
     build = e.build
 
@@ -422,12 +428,36 @@ def revoke(
             "record": rec.location}  # fmt: skip
 
 
-def resolve(path: Path | str | None, image: str, channel: str, trust: Path | None = None) -> dict[str, Any]:
-    """What a channel points at now: the image digest reference and/or AMI per region, from verified records."""
-    _check_channel(channel)
+def tagged_build(ledger: Ledger, image: str, tag: str) -> Entry:
+    """The newest signed, verified, not revoked build of `image` recorded with release tag `tag`."""
+    hits = [e for e in ledger.entries(image, with_channels=False) if e.build is not None and tag in e.build.tags]
+    good = [e for e in hits if e.build is not None and e.build.passed and not e.revoked]
+    if not good:
+        why = f"{len(hits)} tagged build(s), none verified and not revoked" if hits else "no build carries it"
+        raise StoreError(f"tag {tag} of {image}: {why} (tag a build with `imagekit build --tag {tag}`)")
+    return good[-1]  # entries are oldest first
+
+
+def resolve(
+    path: Path | str | None,
+    image: str,
+    channel: str | None = None,
+    trust: Path | None = None,
+    *,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """What a channel (or a release tag) points at now: the image digest reference and/or AMI per region."""
+    if (channel is None) == (tag is None):
+        raise UsageError("resolve takes --channel NAME or --tag TAG (one of them)")
     loaded = load_spec(path)
     _check_image(loaded, image)
     ledger = open_ledger(loaded, trust)
+    if tag is not None:
+        e = tagged_build(ledger, image, tag)
+        assert e.build is not None
+        return {"image": image, "tag": tag, "manifest": e.id, **e.build.artifact()}
+    assert channel is not None
+    _check_channel(channel)
     stack = assignments(ledger.channel_records(image, channel))
     if not stack:
         raise StoreError(f"channel {channel} of {image} points at nothing (promote a build first)")

@@ -25,6 +25,11 @@ def build(  # noqa: PLR0917 (typer options)
         help="required|optional: overrides verify.gpu for this run's verify.",
         metavar="required|optional",
     ),
+    tag: list[str] = typer.Option(
+        [],
+        "--tag",
+        help="Also tag the final image (repeatable), e.g. v1.5.0 or '{git_sha}'; recorded in the signed manifest.",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
     rehearse: bool = typer.Option(
         False, "--rehearse", help="AMI target without AWS: local moto EC2, sshd containers as instances."
@@ -45,6 +50,7 @@ def build(  # noqa: PLR0917 (typer options)
             verify=not no_verify,
             rehearse=rehearse,
             gpu=gpu,
+            tags=tag,
         )
     )
     if json_out:
@@ -53,6 +59,8 @@ def build(  # noqa: PLR0917 (typer options)
     for res in result.images:
         built = ", ".join(res.built_layers) or "none (all reused)"
         err.print(f"[green]built[/] {escape(res.ref or res.image)}  layers built: {escape(built)}")
+        if res.release_tags:
+            err.print(f"  tagged {escape(', '.join(res.release_tags))}")
         if res.pushed:
             err.print(f"  pushed {escape(res.pushed)}")
         if res.verify_report:

@@ -183,7 +183,7 @@ def diff(
 @app.command()
 def promote(  # noqa: PLR0917 - typer maps each parameter to an option
     image: str = typer.Argument(..., help="The image name in the spec."),
-    ref: str = typer.Argument(..., help="Manifest id to promote."),
+    ref: str = typer.Argument(..., help="Manifest id to promote, or a release tag (build --tag)."),
     channel: str = typer.Option(..., "--channel", help="Channel name, e.g. stable."),
     why: str = typer.Option("", "--why", help="Why (goes into the signed record)."),
     allow_rehearsal: bool = typer.Option(False, "--allow-rehearsal", help="Allow a rehearsal build."),
@@ -248,17 +248,18 @@ def revoke(  # noqa: PLR0917 - typer maps each parameter to an option
 
 
 @app.command()
-def resolve(
+def resolve(  # noqa: PLR0917 - typer maps each parameter to an option
     image: str = typer.Argument(..., help="The image name in the spec."),
-    channel: str = typer.Option(..., "--channel", help="Channel name."),
+    channel: str | None = typer.Option(None, "--channel", help="Channel name."),
+    tag: str | None = typer.Option(None, "--tag", help="A release tag given to `build --tag` instead."),
     file: Path | None = SpecOpt,
     trust: Path | None = TrustOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Print what a channel points at: the image digest reference, or the AMI id per region."""
+    """Print what a channel (or release tag) points at: the image digest reference, or the AMI id per region."""
     from imagekit.api.manifest import resolve as api_resolve
 
-    res = run(lambda: api_resolve(file, image, channel, trust))
+    res = run(lambda: api_resolve(file, image, channel, trust, tag=tag))
     if json_out:
         print_json(res)
         return

@@ -49,6 +49,11 @@ def _iso(t: datetime | str) -> str:
     return t if isinstance(t, str) else iso_utc(t)
 
 
+def git_commit(root: Path) -> str | None:
+    """The HEAD commit of the git work tree holding `root`, or None outside git."""
+    return _git_commit(root)
+
+
 def _git_commit(root: Path) -> str | None:
     import subprocess
 
@@ -115,6 +120,7 @@ def record_build(
     key: str | None = None,
     store: Store | None = None,
     reporter: Reporter = silent,
+    tags: Sequence[str] = (),
 ) -> Recorded:
     """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
     pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
@@ -162,6 +168,7 @@ def record_build(
         failures=failures,
         rehearsal=rehearsal,
         size_bytes=size_bytes,
+        tags=tuple(tags),
     )
     payload = canonical_json(build_statement(facts))
     signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)

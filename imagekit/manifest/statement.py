@@ -86,6 +86,7 @@ class BuildFacts:
     failures: Sequence[str] = ()
     rehearsal: bool = False
     size_bytes: int | None = None
+    tags: Sequence[str] = ()  # release tags (--tag v1.5.0, --tag {git_sha}) the image was also tagged with
 
 
 def build_statement(f: BuildFacts) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
                     "target": f.target,
                     "image": f.image,
                     "rehearsal": f.rehearsal,
+                    **({"tags": list(f.tags)} if f.tags else {}),
                 },
                 "internalParameters": {"layers": [{"name": n, "hash": h} for n, h in f.layers]},
                 "resolvedDependencies": deps,
@@ -193,6 +195,11 @@ class BuildRecord:
     def target(self) -> str:
         """docker or ami."""
         return str(self.params.get("target", ""))
+
+    @property
+    def tags(self) -> list[str]:
+        """The release tags recorded with the build (--tag), if any."""
+        return [str(x) for x in self.params.get("tags") or []]
 
     @property
     def layers(self) -> list[tuple[str, str]]:
