@@ -82,6 +82,21 @@ class ModelFile(_Model):
     src: str = Field(min_length=1)
     dest: str = Field(min_length=1)
     sha256: str
+    # e.g. "0600": the file is then owned by the image's user (readable by it, writable by nobody else);
+    # without it weights are root-owned 0444
+    mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3}$")
+
+    @field_validator("mode", mode="after")
+    @classmethod
+    def _mode(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        bits = int(value, 8)
+        if bits & 0o400 == 0:
+            raise ValueError(f"mode {value} does not let the owner (the image's user) read the weights")
+        if bits & 0o022:
+            raise ValueError(f"mode {value} lets group or others write the weights; use 0600, 0400, 0640 or 0444")
+        return f"0{bits:03o}"
 
     @field_validator("sha256", mode="before")
     @classmethod

@@ -64,7 +64,9 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     if push and target != "docker":
         raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
     if gpu is not None and target != "docker":
-        raise UsageError("--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says")
+        raise UsageError(
+            "--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says"
+        )
     if tags and target != "docker":
         raise UsageError("--tag applies to --target docker (an AMI is named by its id and its layer-hash tags)")
     if gpu is not None:

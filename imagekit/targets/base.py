@@ -13,6 +13,7 @@ from imagekit.targets.results import ImageResult, LayerResult
 
 if TYPE_CHECKING:
     from imagekit.nightly.budget import SizeSource
+    from imagekit.release import Release
 
 # key -> a context held around building that layer; it yields True when another build already made the layer
 LayerLock = Callable[[str], contextlib.AbstractContextManager[bool]]
@@ -28,6 +29,8 @@ class BuildOptions:
     rehearse: bool = False
     engine: Any = None  # a DockerEngine (or a test fake) for the docker target
     reporter: Reporter = field(default=silent)
+    gpu: str | None = None  # --gpu: overrides verify.gpu for this call's verification (docker target)
+    release: Release | None = None  # --tag: release tags and the git facts for the OCI labels (docker target)
 
 
 class Target(Protocol):

@@ -91,7 +91,12 @@ class DockerTarget:
             res.base = _ensure_base(loaded, image, root_name, self.engine, reporter=self.reporter, log=log)
             wheelhouse = _stage_wheelhouse(loaded, image, self.reporter)
             dockerfile = _render(loaded, image, wheelhouse)
-            self._state[image] = _ImageState(log, log_path, dockerfile, secrets, {"BASE_IMAGE": res.base.ref})
+            build_args = {"BASE_IMAGE": res.base.ref}
+            release = self.options.release
+            if release is not None:
+                # the final stage's OCI labels; a leaf reused by its hash keeps those of the build that made it
+                build_args |= {"IMAGEKIT_REVISION": release.revision, "IMAGEKIT_SOURCE": release.source}
+            self._state[image] = _ImageState(log, log_path, dockerfile, secrets, build_args)
             try:
                 yield
                 log.write(f"# finished {res.finished} image={res.ref} id={res.image_id}\n")
@@ -126,6 +131,10 @@ class DockerTarget:
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
+        for rtag in self.options.release.tags if self.options.release is not None else ():
+            self.engine.tag(leaf.tag, repo, rtag)
+            res.tags.append(f"{repo}:{rtag}")
+            res.release_tags.append(rtag)
         info = self.engine.inspect(final)
         res.image_id = info.id if info else leaf.image_id
         res.size = info.size if info else 0
@@ -141,7 +150,7 @@ class DockerTarget:
         """Boot-and-verify on the Docker host (DOCKER_HOST): probe, pins, health, smoke."""
         from imagekit.verify.docker_host import verify_docker
 
-        _report, path = verify_docker(self.loaded, res.ref, image=image, reporter=self.reporter)
+        _report, path = verify_docker(self.loaded, res.ref, image=image, reporter=self.reporter, gpu=self.options.gpu)
         return str(path)
 
     def record_facts(self, res: ImageResult) -> dict[str, Any]:
@@ -159,6 +168,7 @@ class DockerTarget:
             "base": base,
             "builders": dict(self.builders),
             "size_bytes": res.size or None,
+            "tags": list(res.release_tags),
         }
 
     def sizes(self) -> EngineSizes:

@@ -274,3 +274,16 @@ def service_device_failures(ready_body: str, probe: dict[str, Any], gpu: str, pa
             "the service fell back to the CPU; check its device selection and its log"
         ]
     return []
+
+
+def effective_gpu(spec_policy: GpuPolicy, override: str | None) -> GpuPolicy:
+    """The GPU policy of one run: --gpu when given, else the spec's verify.gpu."""
+    from imagekit.errors import UsageError
+
+    if override is None:
+        return spec_policy
+    if override == "required":
+        return "required"
+    if override == "optional":
+        return "optional"
+    raise UsageError(f"--gpu must be required or optional, not {override!r}")
