@@ -97,6 +97,16 @@ def test_tags_are_recorded_labelled_resolved_promoted_and_rolled_back(voxcpm: di
     report = json.loads(Path(first["verify_report"]).read_text(encoding="utf-8"))
     assert report["ok"] and report["smoke"]["status"] == 200  # the service answered on 6006
 
+    # a release of the same content at a new commit reuses every layer, yet names its own commit
+    _git(voxcpm["dir"], "commit", "-q", "--allow-empty", "-m", "v1.4.1")
+    again = _build(spec, "v1.4.1")
+    assert [lr["status"] for lr in again["layers"]] == ["reused", "reused", "reused"]
+    relabel = json.loads(
+        _run(DOCKER, "image", "inspect", f"{repo}:v1.4.1", "--format", "{{json .Config.Labels}}").stdout
+    )
+    assert relabel["org.opencontainers.image.revision"] == _git(voxcpm["dir"], "rev-parse", "HEAD") != sha
+    assert again["ref"] == f"{repo}:v1.4.1"  # what is verified and signed is the release image
+
     # the next release: an app change, committed
     app = voxcpm["dir"] / "app" / "__init__.py"
     app.write_text(app.read_text(encoding="utf-8") + "# v1.5.0\n", encoding="utf-8")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter
@@ -35,7 +35,11 @@ from imagekit.targets.base import BuildOptions
 from imagekit.targets.results import BaseResult, ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 
+if TYPE_CHECKING:
+    from imagekit.release import Release
+
 TARGET = "docker"
+OCI = "org.opencontainers.image"
 LOG_TAIL = 25
 
 
@@ -131,10 +135,12 @@ class DockerTarget:
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
-        for rtag in self.options.release.tags if self.options.release is not None else ():
-            self.engine.tag(leaf.tag, repo, rtag)
-            res.tags.append(f"{repo}:{rtag}")
-            res.release_tags.append(rtag)
+        release = self.options.release
+        if release is not None and release.tags:
+            final = self._release_image(image, leaf, repo, release)
+            res.ref = final
+            res.tags += [f"{repo}:{rtag}" for rtag in release.tags]
+            res.release_tags = list(release.tags)
         info = self.engine.inspect(final)
         res.image_id = info.id if info else leaf.image_id
         res.size = info.size if info else 0
@@ -145,6 +151,36 @@ class DockerTarget:
             )
         res.finished = iso_utc()
         self.reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", TARGET))
+
+    def _release_image(self, image: str, leaf: LayerResult, repo: str, release: Release) -> str:
+        """The leaf with this release's OCI revision/source labels, tagged with the release tags.
+
+        A leaf reused by its hash carries the labels of the build that made it; the release gets its own config
+        (same layers, no new content) so what is tagged, verified and signed names this commit.
+        """
+        want = {f"{OCI}.revision": release.revision, f"{OCI}.source": release.source}
+        refs = [f"{repo}:{rtag}" for rtag in release.tags]
+        info = self.engine.inspect(leaf.tag)
+        if info is not None and all(info.labels.get(k) == v for k, v in want.items()):
+            for rtag in release.tags:
+                self.engine.tag(leaf.tag, repo, rtag)
+            return refs[0]
+        st = self._state[image]
+        with tempfile.TemporaryDirectory(prefix="imagekit-release-") as tmp:
+            dockerfile = Path(tmp) / "Dockerfile"
+            dockerfile.write_text("ARG LEAF\nFROM ${LEAF} AS release\n", encoding="utf-8")
+            result = self.engine.build(
+                Path(tmp), dockerfile=dockerfile, target="release", tags=refs, build_args={"LEAF": leaf.tag},
+                labels=want, log=st.log,
+            )  # fmt: skip
+        if not result.ok:
+            raise BuildFailed(
+                f"tagging the release {', '.join(release.tags)} failed: docker build exited {result.returncode}",
+                image=image,
+                log_tail=result.tail[-LOG_TAIL:],
+                log_path=str(st.log_path),
+            )
+        return refs[0]
 
     def verify(self, image: str, res: ImageResult) -> str:
         """Boot-and-verify on the Docker host (DOCKER_HOST): probe, pins, health, smoke."""
