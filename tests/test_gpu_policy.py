@@ -312,3 +312,14 @@ def test_probe_file_and_image_ref_together_is_a_usage_error(tmp_path: Path) -> N
         check=False,
     )
     assert out.returncode == 2 and "not both" in out.stderr
+
+
+def test_a_cuda_11_runtime_without_a_version_is_judged_by_its_wheel() -> None:
+    probe = constructed_gpu_probe()
+    probe["cuda_libs"]["cudart"] = {
+        "path": "/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.11.0",
+        "error": "RuntimeError: cudaRuntimeGetVersion returned status 35",
+        "wheel": {"name": "nvidia-cuda-runtime-cu11", "version": "11.8.89"},
+    }
+    (failure,) = gpu_failures(probe, "required")
+    assert "torch is the CUDA 12.4 build but the process loaded" in failure and "(CUDA 11.8)" in failure

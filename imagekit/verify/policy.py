@@ -225,6 +225,8 @@ def cuda_runtime_version(value: Any) -> str | None:
 def _library_failures(probe: dict[str, Any], cuda_built: str) -> list[str]:
     cudart = _dict(_dict(probe.get("cuda_libs")).get("cudart"))
     found = cuda_runtime_version(cudart.get("version"))
+    if found is None:  # CUDA 11's runtime reports no version without a driver: its wheel's version says it
+        found = compat.cuda_key(str(_dict(cudart.get("wheel")).get("version") or ""))
     if not cuda_built or found is None:
         return []
     if compat.cuda_key(found) != compat.cuda_key(cuda_built):

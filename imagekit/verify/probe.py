@@ -249,6 +249,24 @@ def _lib_version(lib: Any, name: str, func: str) -> int | str:
     return int(value.value)
 
 
+def _wheel_of(path: str) -> dict[str, str] | None:
+    """The installed distribution (name, version) whose files include `path`, e.g. nvidia-cuda-runtime-cu11."""
+    try:
+        from importlib import metadata
+
+        real = os.path.realpath(path)
+        for dist in metadata.distributions():
+            name = str(dist.metadata["Name"] or "")
+            if not name.lower().startswith("nvidia-"):
+                continue
+            for f in dist.files or []:
+                if os.path.realpath(str(dist.locate_file(f))) == real:
+                    return {"name": name, "version": str(dist.version)}
+    except BaseException:
+        return None
+    return None
+
+
 def cuda_libs() -> dict[str, Any]:
     """The CUDA libraries in the image: every file found, the one this process loads, and its own version.
 
@@ -272,6 +290,9 @@ def cuda_libs() -> dict[str, Any]:
         path = candidates[0]
         entry["loaded_by_torch"] = bool(in_process)
         entry["from_wheel"] = f"{os.sep}nvidia{os.sep}{wheel_dir}{os.sep}" in path
+        if entry["from_wheel"]:
+            # the wheel's own version: CUDA 11's cudart reports nothing without a driver (status 35)
+            entry["wheel"] = _wheel_of(path)
         try:
             lib = ctypes.CDLL(path)
             entry["path"] = path
