@@ -61,19 +61,19 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     from imagekit.api.spec import validate
 
     info = target_info(target)
-    if push and target != "docker":
-        raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
-    if gpu is not None and target != "docker":
-        raise UsageError(
-            "--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says"
-        )
-    if tags and target != "docker":
-        raise UsageError("--tag applies to --target docker (an AMI is named by its id and its layer-hash tags)")
+    if push and info.push:
+        raise UsageError(info.push)
+    if rehearse and info.rehearse:
+        raise UsageError(info.rehearse)
+    if gpu is not None and info.gpu:
+        raise UsageError(info.gpu)
+    if tags and info.tag:
+        raise UsageError(info.tag)
     if gpu is not None:
         effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
     loaded = validate(path)
     selected = select_images(loaded, target, images)
-    release = release_for(loaded.root, tags) if target == "docker" else None
+    release = release_for(loaded.root, tags) if info.tag is None else None
     options = BuildOptions(force, force_layers, push, rehearse, engine, reporter, gpu=gpu, release=release)
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:
