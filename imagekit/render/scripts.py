@@ -157,11 +157,17 @@ pip_env() {{
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }}
 """
 
@@ -267,7 +273,7 @@ def _venv() -> list[str]:
 
 def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
     layer = steps.layer
-    body = ["pip_env", 'pip="$VENV/bin/python -m pip"']
+    body = ["pip_env", "find_uv"]
     torch = layer.torch
     index = torch_index(cuda_upto)
     if torch:
@@ -278,7 +284,14 @@ def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
             'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
             'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
             'extra=""',
-            'if [ -n "$torch_index" ]; then extra="--extra-index-url $torch_index"; fi',
+            'if [ -n "$torch_index" ]; then',
+            "    # an index that does not answer costs pip minutes of retries and fails uv: leave it out, and say so",
+            '    if index_answers "$torch_index"; then',
+            '        extra="--extra-index-url $torch_index"',
+            "    else",
+            '        log "install: $torch_index does not answer; torch comes from the default index"',
+            "    fi",
+            "fi",
         ]
     if layer.requirements:
         lock = f"$IMAGEKIT_SRC/{layer.requirements}"
@@ -292,30 +305,30 @@ def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
                 "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
                 f"    log {_q('install: hashed lock (torch from the lock)')}",
                 "    # shellcheck disable=SC2086",
-                '    $pip install $extra --require-hashes --no-deps -r "$lock"',
+                '    pkg_install $extra --require-hashes --no-deps -r "$lock"',
             ]
         else:
-            body += ["    log 'install: hashed lock'", '    $pip install --require-hashes --no-deps -r "$lock"']
+            body += ["    log 'install: hashed lock'", '    pkg_install --require-hashes --no-deps -r "$lock"']
         body += ["else"]
         if torch:
             body += [
                 f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
                 "    # shellcheck disable=SC2086",
-                f'    $pip install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
+                f'    pkg_install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
             ]
         else:
-            body += ["    log 'install: lock (no deps)'", '    $pip install --no-deps -r "$lock"']
+            body += ["    log 'install: lock (no deps)'", '    pkg_install --no-deps -r "$lock"']
         body += ["fi"]
     elif torch:
         body += [
             f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
             "# shellcheck disable=SC2086",
-            f"$pip install $extra {_q(f'torch=={torch}')}",
+            f"pkg_install $extra {_q(f'torch=={torch}')}",
         ]
     if layer.pip:
         body += [
             f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "$pip install " + " ".join(_q(p) for p in layer.pip),
+            "pkg_install " + " ".join(_q(p) for p in layer.pip),
         ]
     if torch:
         check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
@@ -334,6 +347,68 @@ def _drop_build_deps(steps: LayerSteps) -> list[str]:
         f"rm -f {_q(record)}",
     ]
 
+
+# uv (PyPI `uv`, pinned here) installs Python packages: the same lock, hashes and no-deps rules as pip, parallel
+# downloads. It is fetched with pip into the build's cache mount (or a temporary folder on a VM), never into the venv.
+UV_VERSION = "0.13.9"
+_INSTALL_HELPERS = f"""\
+UV_VERSION={UV_VERSION}
+# Downloads are cached in $IMAGEKIT_CACHE (a BuildKit cache mount) when it is set, so --force, refreshes and sibling
+# images reuse them; without it (a VM) nothing is cached.
+find_uv() {{
+    UV=""
+    if [ -n "${{IMAGEKIT_NO_UV:-}}" ]; then
+        log "install: IMAGEKIT_NO_UV is set; installing with pip"
+        return 0
+    fi
+    if [ -n "${{PIP_CONFIG_FILE:-}}" ]; then
+        log "install: a pip.conf is given (secret pipconf) and uv does not read it; installing with pip"
+        return 0
+    fi
+    if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then uv_home="$IMAGEKIT_CACHE/uv-$UV_VERSION"; else uv_home="$(mktemp -d)/uv"; fi
+    if [ ! -x "$uv_home/bin/uv" ]; then
+        rm -rf "$uv_home.$$"
+        if ! "$VENV/bin/python" -m pip install -q --no-cache-dir --target "$uv_home.$$" "uv==$UV_VERSION"; then
+            rm -rf "$uv_home.$$"
+            log "install: could not get uv==$UV_VERSION from the package index; installing with pip (slower)"
+            return 0
+        fi
+        rm -rf "$uv_home"
+        mv "$uv_home.$$" "$uv_home" 2>/dev/null || rm -rf "$uv_home.$$"
+    fi
+    if ! "$uv_home/bin/uv" --version >/dev/null 2>&1; then
+        libc="$(ldd --version 2>&1 | head -n 1)"
+        log "install: uv $UV_VERSION cannot run here (it needs glibc >= 2.17; this system: $libc); installing with pip"
+        return 0
+    fi
+    UV="$uv_home/bin/uv"
+    log "install: uv $UV_VERSION"
+}}
+
+index_answers() {{
+    "$VENV/bin/python" - "$1" <<'IMAGEKIT_PY' >/dev/null 2>&1
+import os, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/", timeout=10, context=ctx)
+IMAGEKIT_PY
+}}
+
+# pkg_install ARGS: `pip install ARGS` into $VENV, by uv where find_uv found it
+pkg_install() {{
+    if [ -n "$UV" ]; then
+        set -- --python "$VENV/bin/python" --index-strategy unsafe-best-match --compile-bytecode "$@"
+        if [ -n "${{PIP_FIND_LINKS:-}}" ]; then set -- --find-links "$PIP_FIND_LINKS" "$@"; fi
+        if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then
+            set -- --cache-dir "$IMAGEKIT_CACHE/uv" --link-mode copy "$@"
+        else
+            set -- --no-cache "$@"
+        fi
+        SSL_CERT_FILE="${{PIP_CERT:-${{SSL_CERT_FILE:-}}}}" "$UV" pip install "$@"
+    else
+        "$VENV/bin/python" -m pip install "$@"
+    fi
+}}
+"""
 
 _FILES_HELPERS = """\
 # Files and weights are root-owned and not writable by the app user: files 0644 (weights 0444), folders 0755.
@@ -393,16 +468,17 @@ def _files(layer: Layer) -> list[str]:
     body: list[str] = []
     if layer.workdir:
         body.append(f"install -d -m 0755 {_q(layer.workdir)}")
-    for item in layer.copy_:
-        body += [
-            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
-            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
-        ]
+    # weights before code, as in the Dockerfile
     for model in layer.models:
         src = _q(model.src) if model.is_remote else f'"$IMAGEKIT_SRC"/{_q(model.src)}'
         body += [
             f"log {_q(f'model: {model.src} -> {model.dest}')}",
             f"install_model {src} {_q(model.dest)} {model.sha256}",
+        ]
+    for item in layer.copy_:
+        body += [
+            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
+            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
         ]
     return body
 
@@ -440,6 +516,8 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
             venv_lines=_venv_lines(phases, steps.python),
         )
     ]
+    if "install" in phases:
+        lines.append(_INSTALL_HELPERS)
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
