@@ -67,9 +67,20 @@ find_uv() {
         log "install: IMAGEKIT_NO_UV is set; installing with pip"
         return 0
     fi
+    PIPCONF_INDEX=""
+    PIPCONF_EXTRA=""
+    PIPCONF_CERT=""
     if [ -n "${PIP_CONFIG_FILE:-}" ]; then
-        log "install: a pip.conf is given (secret pipconf) and uv does not read it; installing with pip"
-        return 0
+        # uv reads no pip.conf: it gets the index settings imagekit writes there as flags; anything else, pip
+        known='^[[:space:]]*($|[#;]|\[global\]|((extra-)?index-url|cert)[[:space:]]*=)'
+        other="$(grep -vE "$known" "$PIP_CONFIG_FILE" || true)"
+        if [ -n "$other" ]; then
+            log "install: the pip.conf secret sets more than index-url, extra-index-url and cert; installing with pip"
+            return 0
+        fi
+        PIPCONF_INDEX="$(sed -n 's/^[[:space:]]*index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
+        PIPCONF_EXTRA="$(sed -n 's/^[[:space:]]*extra-index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE")"
+        PIPCONF_CERT="$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
     fi
     if [ -n "${IMAGEKIT_CACHE:-}" ]; then uv_home="$IMAGEKIT_CACHE/uv-$UV_VERSION"; else uv_home="$(mktemp -d)/uv"; fi
     if [ ! -x "$uv_home/bin/uv" ]; then
@@ -104,12 +115,14 @@ pkg_install() {
     if [ -n "$UV" ]; then
         set -- --python "$VENV/bin/python" --index-strategy unsafe-best-match --compile-bytecode "$@"
         if [ -n "${PIP_FIND_LINKS:-}" ]; then set -- --find-links "$PIP_FIND_LINKS" "$@"; fi
+        if [ -n "$PIPCONF_INDEX" ]; then set -- --index-url "$PIPCONF_INDEX" "$@"; fi
+        for url in $PIPCONF_EXTRA; do set -- --extra-index-url "$url" "$@"; done
         if [ -n "${IMAGEKIT_CACHE:-}" ]; then
             set -- --cache-dir "$IMAGEKIT_CACHE/uv" --link-mode copy "$@"
         else
             set -- --no-cache "$@"
         fi
-        SSL_CERT_FILE="${PIP_CERT:-${SSL_CERT_FILE:-}}" "$UV" pip install "$@"
+        SSL_CERT_FILE="${PIP_CERT:-${PIPCONF_CERT:-${SSL_CERT_FILE:-}}}" "$UV" pip install "$@"
     else
         "$VENV/bin/python" -m pip install "$@"
     fi
