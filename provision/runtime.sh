@@ -128,14 +128,8 @@ pkg_install() {
     fi
 }
 
-phase_system() {
-    log 'apt: python3.11 python3.11-venv'
-    apt_install python3.11 python3.11-venv
-    apt_clean
-}
-
-phase_build_deps() {
-    # compilers for sdists; remembered so drop-build-deps removes only what this layer added
+install_build_deps() {
+    # remembered so drop-build-deps removes only what this layer added
     mkdir -p /var/lib/imagekit
     : >/var/lib/imagekit/build-deps.runtime
     for pkg in build-essential python3.11-dev; do
@@ -147,6 +141,26 @@ phase_build_deps() {
         apt_install $(cat /var/lib/imagekit/build-deps.runtime)
         apt_clean
     fi
+}
+
+# pkg_install_or_build ARGS: wheels only first; when that fails, compilers in and the same install again
+pkg_install_or_build() {
+    if pkg_install --only-binary :all: "$@"; then return 0; fi
+    log 'install: not everything installs from wheels; installing compilers and trying again'
+    install_build_deps
+    pkg_install "$@"
+}
+
+phase_system() {
+    log 'apt: python3.11 python3.11-venv'
+    apt_install python3.11 python3.11-venv
+    apt_clean
+}
+
+phase_build_deps() {
+    # compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:
+    # the install phase calls install_build_deps then; a lock of wheels builds with none of them
+    log 'build-deps: only if a package must be built from source'
 }
 
 phase_venv() {
@@ -179,11 +193,11 @@ phase_install() {
         grep -qiE '^torch==' "$lock" || die 'a hashed lock must pin torch==2.5.1'
         log 'install: hashed lock (torch from the lock)'
         # shellcheck disable=SC2086
-        pkg_install $extra --require-hashes --no-deps -r "$lock"
+        pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"
     else
         log 'install: lock (no deps) + torch==2.5.1'
         # shellcheck disable=SC2086
-        pkg_install $extra --no-deps -r "$lock" torch==2.5.1
+        pkg_install_or_build $extra --no-deps -r "$lock" torch==2.5.1
     fi
     "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.5.1 || die "torch in $VENV is not 2.5.1"
 }

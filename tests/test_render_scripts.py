@@ -171,3 +171,21 @@ def test_install_falls_back_to_pip_and_says_why(tmp_path: Path) -> None:
     calls, log = _run_install(script, "find_uv\npkg_install x==1", {"PIP_CONFIG_FILE": str(conf)})
     assert "sets more than index-url" in log
     assert calls.splitlines()[-1] == "pip: -m pip install x==1"
+
+
+def test_compilers_come_in_only_when_a_package_needs_building(tmp_path: Path) -> None:
+    # a uv that has wheels for nothing: the wheel-only try fails, the compilers come in, the plain install runs
+    fake = f'#!/bin/sh\necho "uv: $*" >> {tmp_path}/calls\ncase "$*" in *--only-binary*) exit 1 ;; esac\n'
+    script = _install_helpers(tmp_path, fake)
+    stub = f'install_build_deps() {{ echo "build-deps" >> {tmp_path}/calls; }}\n'
+    calls, log = _run_install(script, f"{stub}find_uv\npkg_install_or_build --no-deps -r /tmp/lock")
+    steps = [c.split(" --cache-dir")[0] for c in calls.splitlines()]
+    assert steps == ["uv: --version", "uv: pip install", "build-deps", "uv: pip install"], calls
+    assert "--only-binary :all: --no-deps -r /tmp/lock" in calls.splitlines()[1]
+    assert calls.splitlines()[3].endswith("--compile-bytecode --no-deps -r /tmp/lock")
+    assert "installing compilers and trying again" in log
+    # with wheels for everything, no compilers
+    (tmp_path / "calls").unlink()
+    script = _install_helpers(tmp_path / "w", f'#!/bin/sh\necho "uv: $*" >> {tmp_path}/w/calls\n')
+    calls, _ = _run_install(script, f"{stub}find_uv\npkg_install_or_build --no-deps -r /tmp/lock")
+    assert "build-deps" not in calls and "--only-binary :all:" in calls

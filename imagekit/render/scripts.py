@@ -243,22 +243,41 @@ def _cuda(steps: LayerSteps) -> list[str]:
     ]
 
 
-def _build_deps(steps: LayerSteps) -> list[str]:
+def _build_deps() -> list[str]:
+    return [
+        "# compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:",
+        "# the install phase calls install_build_deps then; a lock of wheels builds with none of them",
+        "log 'build-deps: only if a package must be built from source'",
+    ]
+
+
+def _install_build_deps(steps: LayerSteps) -> list[str]:
     pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
     record = f"/var/lib/imagekit/build-deps.{steps.name}"
     return [
-        "# compilers for sdists; remembered so drop-build-deps removes only what this layer added",
-        "mkdir -p /var/lib/imagekit",
-        f": >{_q(record)}",
-        f"for pkg in {' '.join(_q(p) for p in pkgs)}; do",
-        f'    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
-        "done",
-        f"if [ -s {_q(record)} ]; then",
-        f"    log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
-        "    # shellcheck disable=SC2046",
-        f"    apt_install $(cat {_q(record)})",
-        "    apt_clean",
-        "fi",
+        "install_build_deps() {",
+        "    # remembered so drop-build-deps removes only what this layer added",
+        "    mkdir -p /var/lib/imagekit",
+        f"    : >{_q(record)}",
+        f"    for pkg in {' '.join(_q(p) for p in pkgs)}; do",
+        f'        dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
+        "    done",
+        f"    if [ -s {_q(record)} ]; then",
+        f"        log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
+        "        # shellcheck disable=SC2046",
+        f"        apt_install $(cat {_q(record)})",
+        "        apt_clean",
+        "    fi",
+        "}",
+        "",
+        "# pkg_install_or_build ARGS: wheels only first; when that fails, compilers in and the same install again",
+        "pkg_install_or_build() {",
+        '    if pkg_install --only-binary :all: "$@"; then return 0; fi',
+        "    log 'install: not everything installs from wheels; installing compilers and trying again'",
+        "    install_build_deps",
+        '    pkg_install "$@"',
+        "}",
+        "",
     ]
 
 
@@ -305,30 +324,30 @@ def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
                 "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
                 f"    log {_q('install: hashed lock (torch from the lock)')}",
                 "    # shellcheck disable=SC2086",
-                '    pkg_install $extra --require-hashes --no-deps -r "$lock"',
+                '    pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"',
             ]
         else:
-            body += ["    log 'install: hashed lock'", '    pkg_install --require-hashes --no-deps -r "$lock"']
+            body += ["    log 'install: hashed lock'", '    pkg_install_or_build --require-hashes --no-deps -r "$lock"']
         body += ["else"]
         if torch:
             body += [
                 f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
                 "    # shellcheck disable=SC2086",
-                f'    pkg_install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
+                f'    pkg_install_or_build $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
             ]
         else:
-            body += ["    log 'install: lock (no deps)'", '    pkg_install --no-deps -r "$lock"']
+            body += ["    log 'install: lock (no deps)'", '    pkg_install_or_build --no-deps -r "$lock"']
         body += ["fi"]
     elif torch:
         body += [
             f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
             "# shellcheck disable=SC2086",
-            f"pkg_install $extra {_q(f'torch=={torch}')}",
+            f"pkg_install_or_build $extra {_q(f'torch=={torch}')}",
         ]
     if layer.pip:
         body += [
             f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "pkg_install " + " ".join(_q(p) for p in layer.pip),
+            "pkg_install_or_build " + " ".join(_q(p) for p in layer.pip),
         ]
     if torch:
         check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
@@ -531,12 +550,13 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
     ]
     if "install" in phases:
         lines.append(_INSTALL_HELPERS)
+        lines += _install_build_deps(steps)
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
         "system": _system(steps) if "system" in phases else [],
         "cuda": _cuda(steps) if "cuda" in phases else [],
-        "build-deps": _build_deps(steps) if "build-deps" in phases else [],
+        "build-deps": _build_deps() if "build-deps" in phases else [],
         "venv": _venv(),
         "install": _install(steps, upto.cuda) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],

@@ -128,14 +128,8 @@ pkg_install() {
     fi
 }
 
-phase_system() {
-    log 'apt: python3.10 python3.10-venv'
-    apt_install python3.10 python3.10-venv
-    apt_clean
-}
-
-phase_build_deps() {
-    # compilers for sdists; remembered so drop-build-deps removes only what this layer added
+install_build_deps() {
+    # remembered so drop-build-deps removes only what this layer added
     mkdir -p /var/lib/imagekit
     : >/var/lib/imagekit/build-deps.torch
     for pkg in build-essential python3.10-dev; do
@@ -147,6 +141,26 @@ phase_build_deps() {
         apt_install $(cat /var/lib/imagekit/build-deps.torch)
         apt_clean
     fi
+}
+
+# pkg_install_or_build ARGS: wheels only first; when that fails, compilers in and the same install again
+pkg_install_or_build() {
+    if pkg_install --only-binary :all: "$@"; then return 0; fi
+    log 'install: not everything installs from wheels; installing compilers and trying again'
+    install_build_deps
+    pkg_install "$@"
+}
+
+phase_system() {
+    log 'apt: python3.10 python3.10-venv'
+    apt_install python3.10 python3.10-venv
+    apt_clean
+}
+
+phase_build_deps() {
+    # compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:
+    # the install phase calls install_build_deps then; a lock of wheels builds with none of them
+    log 'build-deps: only if a package must be built from source'
 }
 
 phase_venv() {
@@ -175,7 +189,7 @@ phase_install() {
     fi
     log 'install: torch==2.1.2 with its dependencies (no lock)'
     # shellcheck disable=SC2086
-    pkg_install $extra torch==2.1.2
+    pkg_install_or_build $extra torch==2.1.2
     "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.1.2 || die "torch in $VENV is not 2.1.2"
 }
 
