@@ -79,7 +79,7 @@ def _measure(quick: bool) -> dict[str, Any]:
     if quick in _MEASURED:
         return _MEASURED[quick]
     sizes = (100, 500) if quick else (100, 1000, 10_000)
-    out: dict[str, Any] = {"resolve": {}, "list": {}, "fill_s": 0.0}
+    out: dict[str, Any] = {"resolve": {}, "list": {}, "reads": {}, "fill_s": 0.0}
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-store-") as tmp:
         root = _workspace(tmp)
         spec = root / "imagekit.yaml"
@@ -96,15 +96,42 @@ def _measure(quick: bool) -> dict[str, Any]:
             out["fill_s"] += time.perf_counter() - t0
             done = size
             resolve(spec, "app", "prod", trust=trust)  # warm-up: imports, key parsing
-            out["resolve"][size] = _timed(lambda: resolve(spec, "app", "prod", trust=trust), repeat=5)
+            out["resolve"][size] = _timed(lambda: resolve(spec, "app", "prod", trust=trust), repeat=20)
+            out["reads"][size] = _store_calls(lambda: resolve(spec, "app", "prod", trust=trust))
             assert resolve(spec, "app", "prod", trust=trust)["manifest"] == last
-            out["list"][size] = _timed(lambda: list_manifests(spec, trust=trust), repeat=2)
+            out["list"][size] = _timed(lambda: list_manifests(spec, trust=trust), repeat=3)
             assert len(list_manifests(spec, trust=trust)) == size
     _MEASURED[quick] = out
     return out
 
 
 _MEASURED: dict[bool, dict[str, Any]] = {}
+
+
+def _store_calls(fn: Any) -> dict[str, int]:
+    """How many objects one call reads from the folder store, and how many keys it lists (the machine-independent
+    figure: wall times of a few ms on a shared machine are noise)."""
+    from imagekit.manifest.store import LocalBackend
+
+    counts = {"objects_read": 0, "keys_listed": 0}
+    read, keys = LocalBackend.read, LocalBackend.keys
+
+    def counted_read(self: LocalBackend, key: str) -> bytes:
+        counts["objects_read"] += 1
+        return read(self, key)
+
+    def counted_keys(self: LocalBackend, prefix: str) -> list[str]:
+        found = keys(self, prefix)
+        counts["keys_listed"] += len(found)
+        return found
+
+    LocalBackend.read = counted_read  # type: ignore[method-assign]
+    LocalBackend.keys = counted_keys  # type: ignore[method-assign]
+    try:
+        fn()
+    finally:
+        LocalBackend.read, LocalBackend.keys = read, keys  # type: ignore[method-assign]
+    return counts
 
 
 def bench_store_resolve_growth(quick: bool) -> dict[str, Any]:
@@ -116,6 +143,7 @@ def bench_store_resolve_growth(quick: bool) -> dict[str, Any]:
         "ratio": m["resolve"][big] / m["resolve"][small],
         **{f"resolve_at_{n}_s": t for n, t in m["resolve"].items()},
         "records": big,
+        **{f"resolve_store_calls_at_{n}": c for n, c in m["reads"].items()},
         "channel_promotions": PROMOTIONS,
         "fill_s": m["fill_s"],
         "signatures": "ecdsa-p256, verified on read",
