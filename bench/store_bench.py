@@ -78,7 +78,7 @@ def _measure(quick: bool) -> dict[str, Any]:
 
     if quick in _MEASURED:
         return _MEASURED[quick]
-    sizes = (100, 500) if quick else (100, 1000, 10_000)
+    sizes = (100, 300) if quick else (100, 1000, 10_000)
     out: dict[str, Any] = {"resolve": {}, "list": {}, "reads": {}, "fill_s": 0.0}
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-store-") as tmp:
         root = _workspace(tmp)
