@@ -503,7 +503,7 @@ def _handtuned(seed: Seed) -> dict[str, Any]:
     if "handtuned" in seed.figures:
         return dict(seed.figures["handtuned"])
     cold = _cold(seed)
-    from imagekit.runners.bootstrap import base_tag
+    from imagekit.names import base_tag
     from imagekit.spec import Bootstrap
 
     text = (HANDTUNED / "Dockerfile").read_text()

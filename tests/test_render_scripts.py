@@ -110,7 +110,7 @@ def _install_helpers(tmp_path: Path, fake_uv: str | None) -> Path:
     """The runtime script's install helpers in a shell file, with a stand-in uv in the cache that records its argv."""
     import re as _re
 
-    from imagekit.render.scripts import UV_VERSION
+    from imagekit.render.install import UV_VERSION
 
     text = render_scripts(load_spec(GPU), "tts-inference", "docker")["runtime"]
     helpers = text[text.index("UV_VERSION=") : text.index("phase_system()")]

@@ -14,15 +14,12 @@ import posixpath
 import re
 
 from imagekit.errors import UsageError
+from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
-from imagekit.render.scripts import SRC_DIR, VENV, layer_steps
+from imagekit.render.scripts import layer_steps
 from imagekit.spec import LoadedSpec
 
-LABEL_PREFIX = "dev.imagekit"
 OCI = "org.opencontainers.image"
-# Remote weights (https://, s3://) are fetched and checked by the docker runner before a build and staged in the
-# build context under this folder, named by their sha256 (imagekit.api.build.MODELS_DIR).
-REMOTE_MODELS_DIR = ".imagekit/models"
 WHEELS_DIR = "/wheels"
 SCRIPT_DIR = "/tmp/imagekit"  # noqa: S108 - a mount point inside the build, nothing stays there
 # uv's and pip's download caches: a BuildKit cache mount outlives --no-cache (--force), a refresh and the image;
@@ -134,9 +131,7 @@ def render_dockerfile(
     root_name, root = chain[0]
     src = root.from_
     if src is not None and src.bootstrap is not None:
-        # the tag the docker runner gives a bootstrapped base: imagekit-base-<layer>:<definition hash16>
-        from imagekit.runners.bootstrap import base_tag
-
+        # the tag the docker target gives a bootstrapped base: imagekit-base-<layer>:<definition hash16>
         base_default = base_tag(root_name, src.bootstrap)
     elif src is not None and src.docker:
         base_default = src.docker
@@ -198,7 +193,7 @@ def render_dockerfile(
         # layer (code, apt, user, venv) leaves their layers and digests as they were, so a rebuild re-copies and a
         # push re-uploads nothing of them (as cog's --separate-weights). A changed model rebuilds from its own COPY.
         for model in layer.models:
-            rel = f"{REMOTE_MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
+            rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
             out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
         stage_phases = [p for p in ("system",) if p in phases]
         if not steps.pip_work and "venv" in phases:

@@ -15,14 +15,11 @@ import shlex
 from dataclasses import dataclass
 
 from imagekit.errors import UsageError
+from imagekit.names import SRC_DIR, VENV
+from imagekit.render.install import INSTALL_HELPERS, install_body, install_build_deps
 from imagekit.spec import Layer, LoadedSpec, Resolved, resolve_chain
 
-VENV = "/opt/venv"
-# Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
-# Packer template uploads them there, the Dockerfile bind-mounts the lock there.
-SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
-BUILD_DEPS = ("build-essential",)
 NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
 TORCH_INDEX = "https://download.pytorch.org/whl"
 
@@ -251,36 +248,6 @@ def _build_deps() -> list[str]:
     ]
 
 
-def _install_build_deps(steps: LayerSteps) -> list[str]:
-    pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
-    record = f"/var/lib/imagekit/build-deps.{steps.name}"
-    return [
-        "install_build_deps() {",
-        "    # remembered so drop-build-deps removes only what this layer added",
-        "    mkdir -p /var/lib/imagekit",
-        f"    : >{_q(record)}",
-        f"    for pkg in {' '.join(_q(p) for p in pkgs)}; do",
-        f'        dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
-        "    done",
-        f"    if [ -s {_q(record)} ]; then",
-        f"        log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
-        "        # shellcheck disable=SC2046",
-        f"        apt_install $(cat {_q(record)})",
-        "        apt_clean",
-        "    fi",
-        "}",
-        "",
-        "# pkg_install_or_build ARGS: wheels only first; when that fails, compilers in and the same install again",
-        "pkg_install_or_build() {",
-        '    if pkg_install --only-binary :all: "$@"; then return 0; fi',
-        "    log 'install: not everything installs from wheels; installing compilers and trying again'",
-        "    install_build_deps",
-        '    pkg_install "$@"',
-        "}",
-        "",
-    ]
-
-
 def _venv() -> list[str]:
     return [
         'if [ ! -x "$VENV/bin/python" ]; then',
@@ -288,71 +255,6 @@ def _venv() -> list[str]:
         '    "$PYTHON" -m venv "$VENV"',
         "fi",
     ]
-
-
-def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
-    layer = steps.layer
-    body = ["pip_env", "find_uv"]
-    torch = layer.torch
-    index = torch_index(cuda_upto)
-    if torch:
-        body += [
-            "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
-            "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
-            f'default_index="{index}"',
-            'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
-            'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
-            'extra=""',
-            'if [ -n "$torch_index" ]; then',
-            "    # an index that does not answer costs pip minutes of retries and fails uv: leave it out, and say so",
-            '    if index_answers "$torch_index"; then',
-            '        extra="--extra-index-url $torch_index"',
-            "    else",
-            '        log "install: $torch_index does not answer; torch comes from the default index"',
-            "    fi",
-            "fi",
-        ]
-    if layer.requirements:
-        lock = f"$IMAGEKIT_SRC/{layer.requirements}"
-        body += [
-            f'lock="{lock}"',
-            '[ -f "$lock" ] || die "requirements lock $lock is missing"',
-            "if grep -q -- '--hash=' \"$lock\"; then",
-        ]
-        if torch:
-            body += [
-                "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
-                f"    log {_q('install: hashed lock (torch from the lock)')}",
-                "    # shellcheck disable=SC2086",
-                '    pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"',
-            ]
-        else:
-            body += ["    log 'install: hashed lock'", '    pkg_install_or_build --require-hashes --no-deps -r "$lock"']
-        body += ["else"]
-        if torch:
-            body += [
-                f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
-                "    # shellcheck disable=SC2086",
-                f'    pkg_install_or_build $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
-            ]
-        else:
-            body += ["    log 'install: lock (no deps)'", '    pkg_install_or_build --no-deps -r "$lock"']
-        body += ["fi"]
-    elif torch:
-        body += [
-            f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
-            "# shellcheck disable=SC2086",
-            f"pkg_install_or_build $extra {_q(f'torch=={torch}')}",
-        ]
-    if layer.pip:
-        body += [
-            f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "pkg_install_or_build " + " ".join(_q(p) for p in layer.pip),
-        ]
-    if torch:
-        check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
-        body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
-    return body
 
 
 def _drop_build_deps(steps: LayerSteps) -> list[str]:
@@ -366,81 +268,6 @@ def _drop_build_deps(steps: LayerSteps) -> list[str]:
         f"rm -f {_q(record)}",
     ]
 
-
-# uv (PyPI `uv`, pinned here) installs Python packages: the same lock, hashes and no-deps rules as pip, parallel
-# downloads. It is fetched with pip into the build's cache mount (or a temporary folder on a VM), never into the venv.
-UV_VERSION = "0.13.9"
-_INSTALL_HELPERS = f"""\
-UV_VERSION={UV_VERSION}
-# Downloads are cached in $IMAGEKIT_CACHE (a BuildKit cache mount) when it is set, so --force, refreshes and sibling
-# images reuse them; without it (a VM) nothing is cached.
-find_uv() {{
-    UV=""
-    if [ -n "${{IMAGEKIT_NO_UV:-}}" ]; then
-        log "install: IMAGEKIT_NO_UV is set; installing with pip"
-        return 0
-    fi
-    PIPCONF_INDEX=""
-    PIPCONF_EXTRA=""
-    PIPCONF_CERT=""
-    if [ -n "${{PIP_CONFIG_FILE:-}}" ]; then
-        # uv reads no pip.conf: it gets the index settings imagekit writes there as flags; anything else, pip
-        known='^[[:space:]]*($|[#;]|\\[global\\]|((extra-)?index-url|cert)[[:space:]]*=)'
-        other="$(grep -vE "$known" "$PIP_CONFIG_FILE" || true)"
-        if [ -n "$other" ]; then
-            log "install: the pip.conf secret sets more than index-url, extra-index-url and cert; installing with pip"
-            return 0
-        fi
-        PIPCONF_INDEX="$(sed -n 's/^[[:space:]]*index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
-        PIPCONF_EXTRA="$(sed -n 's/^[[:space:]]*extra-index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE")"
-        PIPCONF_CERT="$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
-    fi
-    if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then uv_home="$IMAGEKIT_CACHE/uv-$UV_VERSION"; else uv_home="$(mktemp -d)/uv"; fi
-    if [ ! -x "$uv_home/bin/uv" ]; then
-        rm -rf "$uv_home.$$"
-        if ! "$VENV/bin/python" -m pip install -q --no-cache-dir --target "$uv_home.$$" "uv==$UV_VERSION"; then
-            rm -rf "$uv_home.$$"
-            log "install: could not get uv==$UV_VERSION from the package index; installing with pip (slower)"
-            return 0
-        fi
-        rm -rf "$uv_home"
-        mv "$uv_home.$$" "$uv_home" 2>/dev/null || rm -rf "$uv_home.$$"
-    fi
-    if ! "$uv_home/bin/uv" --version >/dev/null 2>&1; then
-        libc="$(ldd --version 2>&1 | head -n 1)"
-        log "install: uv $UV_VERSION cannot run here (it needs glibc >= 2.17; this system: $libc); installing with pip"
-        return 0
-    fi
-    UV="$uv_home/bin/uv"
-    log "install: uv $UV_VERSION"
-}}
-
-index_answers() {{
-    "$VENV/bin/python" - "$1" <<'IMAGEKIT_PY' >/dev/null 2>&1
-import os, ssl, sys, urllib.request
-ctx = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
-urllib.request.urlopen(sys.argv[1].rstrip("/") + "/", timeout=10, context=ctx)
-IMAGEKIT_PY
-}}
-
-# pkg_install ARGS: `pip install ARGS` into $VENV, by uv where find_uv found it
-pkg_install() {{
-    if [ -n "$UV" ]; then
-        set -- --python "$VENV/bin/python" --index-strategy unsafe-best-match --compile-bytecode "$@"
-        if [ -n "${{PIP_FIND_LINKS:-}}" ]; then set -- --find-links "$PIP_FIND_LINKS" "$@"; fi
-        if [ -n "$PIPCONF_INDEX" ]; then set -- --index-url "$PIPCONF_INDEX" "$@"; fi
-        for url in $PIPCONF_EXTRA; do set -- --extra-index-url "$url" "$@"; done
-        if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then
-            set -- --cache-dir "$IMAGEKIT_CACHE/uv" --link-mode copy "$@"
-        else
-            set -- --no-cache "$@"
-        fi
-        SSL_CERT_FILE="${{PIP_CERT:-${{PIPCONF_CERT:-${{SSL_CERT_FILE:-}}}}}}" "$UV" pip install "$@"
-    else
-        "$VENV/bin/python" -m pip install "$@"
-    fi
-}}
-"""
 
 _FILES_HELPERS = """\
 # Files and weights are root-owned and not writable by the app user: files 0644 (weights 0444), folders 0755.
@@ -549,8 +376,8 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
         )
     ]
     if "install" in phases:
-        lines.append(_INSTALL_HELPERS)
-        lines += _install_build_deps(steps)
+        lines.append(INSTALL_HELPERS)
+        lines += install_build_deps(steps)
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
@@ -558,7 +385,7 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
         "cuda": _cuda(steps) if "cuda" in phases else [],
         "build-deps": _build_deps() if "build-deps" in phases else [],
         "venv": _venv(),
-        "install": _install(steps, upto.cuda) if "install" in phases else [],
+        "install": install_body(steps, torch_index(upto.cuda)) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
         "files": _files(steps.layer),
         "run": _run(steps.layer, upto),
@@ -597,129 +424,3 @@ def render_scripts(loaded: LoadedSpec, image: str, target: str) -> dict[str, str
     if image not in loaded.spec.images:
         raise UsageError(f"unknown image {image!r} (images: {', '.join(loaded.spec.images)})")
     return {name: render_layer_script(loaded, name) for name, _ in loaded.chain(image)}
-
-
-# --- the service unit: the AMI's counterpart of the Dockerfile's final stage (USER, ENV, WORKDIR, CMD) ----------
-
-SYSTEMD_DIR = "/etc/systemd/system"
-WANTS_DIR = f"{SYSTEMD_DIR}/multi-user.target.wants"
-NONROOT_ID = "65532"  # the Dockerfile's non-root id, used when the spec names no user
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_UNIT_EOF = "IMAGEKIT_UNIT"
-_SAFE_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:=,+@-")
-
-
-def service_unit_path(image: str) -> str:
-    """Where an image's systemd unit lives on the AMI."""
-    return f"{SYSTEMD_DIR}/imagekit-{image}.service"
-
-
-def chain_has_venv(loaded: LoadedSpec, image: str) -> bool:
-    """Whether some layer of the image's chain creates the virtualenv at VENV (as the Dockerfile's ENV line does)."""
-    for name, _ in loaded.chain(image):
-        steps = layer_steps(loaded, name)
-        if steps.pip_work or "venv" in steps.phases:
-            return True
-    return False
-
-
-def service_environment(loaded: LoadedSpec, image: str) -> dict[str, str]:
-    """The service's environment: the chain's env, plus VIRTUAL_ENV and the venv's bin first on PATH when it has one."""
-    env = dict(loaded.resolved(image).env)
-    if chain_has_venv(loaded, image):
-        env["VIRTUAL_ENV"] = VENV
-        path = env.get("PATH", DEFAULT_PATH)
-        if not path.startswith(f"{VENV}/bin:"):
-            env["PATH"] = f"{VENV}/bin:{path}"
-    return dict(sorted(env.items()))
-
-
-def service_exec(loaded: LoadedSpec, image: str) -> list[str] | None:
-    """The unit's ExecStart argv: a leading python* becomes an absolute interpreter, other names go through env."""
-    command = loaded.resolved(image).command
-    if not command:
-        return None
-    exe, *args = command
-    if exe.startswith("python") and "/" not in exe:
-        if chain_has_venv(loaded, image):
-            exe = f"{VENV}/bin/python"
-        else:
-            exe = "/usr/bin/python3" if exe in ("python", "python3") else f"/usr/bin/{exe}"
-        return [exe, *args]
-    if exe.startswith("/"):
-        return [exe, *args]
-    # systemd wants an absolute path; /usr/bin/env finds the name on the unit's PATH (the venv's bin first)
-    return ["/usr/bin/env", exe, *args]
-
-
-def _sd_escape(text: str, *, dollar: bool) -> str:
-    """Escape for inside a double-quoted systemd value: C escapes, %% for specifiers, $$ where $ expands (ExecStart)."""
-    out = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    out = out.replace("%", "%%")
-    return out.replace("$", "$$") if dollar else out
-
-
-def _exec_word(word: str) -> str:
-    if word and set(word) <= _SAFE_WORD:
-        return word
-    return '"' + _sd_escape(word, dollar=True) + '"'
-
-
-def render_service_unit(loaded: LoadedSpec, image: str) -> str | None:
-    """The systemd unit that starts the image's command at boot, from its resolved chain; None without a command."""
-    argv = service_exec(loaded, image)
-    if argv is None:
-        return None
-    res = loaded.resolved(image)
-    lines = [
-        f"# Written by imagekit: spec {loaded.spec.name}, image {image}. The AMI's counterpart of the Dockerfile's",
-        "# final stage (USER, ENV, WORKDIR, CMD): it starts the service at boot.",
-        "[Unit]",
-        f"Description=imagekit {loaded.spec.name} image {image}",
-        "Wants=network-online.target",
-        "After=network-online.target",
-        "",
-        "[Service]",
-        "Type=simple",
-    ]
-    if res.user:
-        lines.append(f"User={res.user}")
-    else:
-        lines += [f"User={NONROOT_ID}", f"Group={NONROOT_ID}"]
-    for key, value in service_environment(loaded, image).items():
-        lines.append('Environment="' + _sd_escape(f"{key}={value}", dollar=False) + '"')
-    if res.workdir:
-        lines.append(f"WorkingDirectory={res.workdir}")
-    lines += [
-        "ExecStart=" + " ".join(_exec_word(w) for w in argv),
-        "Restart=on-failure",
-        "RestartSec=5",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def render_service_install(loaded: LoadedSpec, image: str) -> str | None:
-    """Shell that writes the image's unit and enables it by its wants symlink (no running systemd needed); None
-    without a command. Run as root once, after the leaf layer's script."""
-    unit = render_service_unit(loaded, image)
-    if unit is None:
-        return None
-    path = service_unit_path(image)
-    name = path.rsplit("/", 1)[1]
-    lines = [
-        "set -eu",
-        f"mkdir -p {WANTS_DIR}",
-        # a quoted here-document: the unit's text is written as is, with no expansion by the shell
-        f"cat > {path}.tmp <<'{_UNIT_EOF}'",
-        *unit.rstrip("\n").split("\n"),
-        _UNIT_EOF,
-        f"chmod 0644 {path}.tmp",
-        f"mv -f {path}.tmp {path}",
-        # what `systemctl enable` does for WantedBy=multi-user.target
-        f"ln -sfn {path} {WANTS_DIR}/{name}",
-        f"echo 'imagekit: installed and enabled {path}'",
-    ]
-    return "\n".join(lines) + "\n"
