@@ -72,6 +72,7 @@ class Seed:
     name: str
     spec: Path
     weights_bytes: int
+    image: str = "tts-inference"
     figures: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 
@@ -95,8 +96,13 @@ def seed_workspace(quick: bool) -> Seed:
     shutil.copytree(EXAMPLE, root / "ex", ignore=shutil.ignore_patterns(".imagekit", "manifests", "__pycache__"))
     ex = root / "ex"
     sha = _write_random(ex / "models" / "big.bin", size)
-    text = (ex / "imagekit.yaml").read_text()
-    text = text.replace("name: tts\n", f"name: {name}\n")
+    # IMAGEKIT_BENCH_SEED_RUNTIME=cpu: the CPU example's runtime (torch from /opt/wheels, ~1 GB) under the same
+    # 4 GiB of weights, for the weight-layer rows when the engine's disk or time cannot take the CUDA runtime
+    cpu = os.environ.get("IMAGEKIT_BENCH_SEED_RUNTIME") == "cpu"
+    source = ex / ("imagekit-cpu.yaml" if cpu else "imagekit.yaml")
+    text = source.read_text()
+    text = text.replace("name: tts\n", f"name: {name}\n").replace("name: tts-cpu\n", f"name: {name}\n")
+    text = text.replace("    repository: imagekit/tts-cpu\n", f"    repository: imagekit-bench/{name}\n")
     text = re.sub(r"(?m)^      docker: nvidia/cuda:.*$", "      bootstrap: {distro: debian, suite: bookworm}", text)
     text = re.sub(r"(?m)^store: .*$", "store: manifests", text)
     text = text.replace(
@@ -113,7 +119,7 @@ def seed_workspace(quick: bool) -> Seed:
     text = text.replace("    budget: {max_growth_pct: 10}\n", f"    repository: imagekit-bench/{name}\n")
     spec = ex / "imagekit.yaml"
     spec.write_text(text)
-    seed = Seed(root, name, spec, size)
+    seed = Seed(root, name, spec, size, image="tts-cpu" if cpu else "tts-inference")
     _SEED[quick] = seed
     return seed
 
@@ -215,9 +221,9 @@ def _cold(seed: Seed) -> dict[str, Any]:
     # --force: no BuildKit cache either (the base's apt step is the same text in every GPU-example build), as the
     # hand-tuned build runs with --no-cache; the package cache mount is the spec's own and starts empty
     _need_disk(seed.weights_bytes * 2 / 1e9 + 17, "the cold build")
-    res, wall = _build(seed, images=["tts-inference"], force=True)
+    res, wall = _build(seed, images=[seed.image], force=True)
     prune_own_records(builder_only=True)  # ~6 GB nobody needs once the runtime layer has its venv
-    img = res.image("tts-inference")
+    img = res.image(seed.image)
     seed.figures["cold"] = {
         "wall_s": wall,
         "layers_s": {lr.name: lr.seconds for lr in img.layers},
@@ -238,8 +244,8 @@ def _app_change(seed: Seed) -> dict[str, Any]:
     before = _diff_ids(cold["ref"])
     server = seed.spec.parent / "app" / "server.py"
     server.write_text(server.read_text() + "\n# benchmark: one changed line\n")
-    res, wall = _build(seed, images=["tts-inference"])
-    img = res.image("tts-inference")
+    res, wall = _build(seed, images=[seed.image])
+    img = res.image(seed.image)
     after = _diff_ids(img.ref)
     parent = _diff_ids(cold["runtime_tag"])
     # weight layers: the app layer's COPYs of the model files, which the Dockerfile puts first, right on the parent,
