@@ -55,7 +55,9 @@ def _aws(loaded: LoadedSpec, rehearse: bool) -> Iterator[tuple[Aws, Rehearsal | 
         yield Aws(), None
         return
     from imagekit.ami.rehearsal import rehearsal
+    from imagekit.extras import require
 
+    require("rehearsal", "--rehearse")
     log = log_dir() / "ami" / f"{loaded.spec.name}-gc-rehearsal.log"
     with rehearsal(work_dir(loaded.root) / "rehearsal", loaded.spec.aws.region, log, loaded.spec.aws.ami_regions) as r:
         yield r.aws, r

@@ -128,6 +128,10 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     loaded = validate(path)
     selected = select_images(loaded, target, images)
     if target == "ami":
+        if rehearse:
+            from imagekit.extras import require
+
+            require("rehearsal", "--rehearse")
         if push:
             raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
         # the AMI helper owns this path: Packer amazon-ebs per layer (imagekit/ami)

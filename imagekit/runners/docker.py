@@ -73,7 +73,10 @@ class ImageInfo:
 def _client_from_env() -> Any:
     import docker
 
+    from imagekit.extras import require_docker_host
+
     host = os.environ.get("DOCKER_HOST", "")
+    require_docker_host(host)
     try:
         # ssh:// through the system ssh client (keys, agent, ~/.ssh/config) rather than paramiko
         return docker.from_env(use_ssh_client=host.startswith("ssh://"))

@@ -37,6 +37,9 @@ _FIND_PYTHON = (
 
 def client_from_env() -> Any:
     """A docker SDK client for DOCKER_HOST (or the local socket); ToolMissing when the engine does not answer."""
+    from imagekit.extras import require_docker_host
+
+    require_docker_host()
     try:
         import docker
 
