@@ -62,6 +62,16 @@ def plan(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON Schema of imagekit.yaml (the file docs/imagekit.schema.json holds), for editors and CI."""
+    import sys
+
+    from imagekit.api.spec import schema_text
+
+    sys.stdout.write(run(schema_text))
+
+
+@app.command()
 def doctor(
     json_out: bool = JsonOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything is missing."),
