@@ -62,6 +62,24 @@ def plan(
 
 
 @app.command()
+def init(
+    folder: Path | None = typer.Argument(None, help="The app folder (default: the current folder)."),
+    cpu: bool = typer.Option(False, "--cpu", help="A CPU image on a debootstrapped Debian base (no CUDA)."),
+) -> None:
+    """Write a first imagekit.yaml for an app folder (requirements, torch, CUDA, models, server); never overwrites."""
+    from imagekit.api.init import init as api_init
+    from imagekit.spec import display_path
+
+    result = run(lambda: api_init(folder, cpu=cpu))
+    for line in result.found:
+        err.print(f"[cyan]found[/] {escape(line)}")
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    shown = display_path(result.path.absolute())
+    err.print(f"[green]wrote[/] {escape(shown)} (it validates); next: imagekit plan -f {escape(shown)}")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of imagekit.yaml (the file docs/imagekit.schema.json holds), for editors and CI."""
     import sys
