@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import ProgressPrinter, err, escape, print_json
+from imagekit.cli.console import display, err, escape, print_json
 
 
 @app.command()
@@ -22,8 +22,12 @@ def gc(  # noqa: PLR0917 (typer options)
     """Deregister old AMIs and delete their snapshots in every region (channel, newest verified, parents kept)."""
     from imagekit.api.ami import gc as api_gc
 
-    printer = ProgressPrinter(show_log=False)
-    result = run(lambda: api_gc(file, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=printer))
+    show = display()
+    result = run(
+        lambda: show.run(
+            lambda: api_gc(file, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=show)
+        )
+    )
     if json_out:
         print_json(result.to_json())
         return
