@@ -109,13 +109,12 @@ def _http_chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> tuple[i
 
 
 def _s3_chunks(bucket: str, key: str) -> tuple[int | None, Iterator[bytes]]:
-    import boto3
-    import botocore.exceptions
+    from imagekit.runners.aws import aws_errors, s3_client
 
     # boto3 honours AWS_ENDPOINT_URL / AWS_PROFILE / AWS_REGION like the aws CLI does
     try:
-        obj = boto3.client("s3").get_object(Bucket=bucket, Key=key)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
+    except aws_errors() as exc:
         raise BuildFailed(f"cannot download model s3://{bucket}/{key}: {exc}") from None
     length = obj.get("ContentLength")
     return (int(length) if isinstance(length, int) else None), _read_body(obj["Body"])

@@ -330,7 +330,8 @@ def choose_pins(facts: AppFacts, *, cpu: bool) -> Pins:
                 why = f"torch {facts.torch}'s newest CUDA build in the matrix"
                 notes.append(f"the lock does not say torch's CUDA build; chose CUDA {cuda}, its newest in the matrix")
         cuda = cuda or DEFAULT_CUDA
-        majors = compat.cudnn_majors(cuda)
+        ckey = compat.cuda_key(cuda)
+        majors = compat.matrix().cudnn.get(ckey, ()) if ckey else ()
         cudnn = facts.cudnn_from_lock if facts.cudnn_from_lock in majors else (majors[-1] if majors else None)
         branch = compat.min_driver_branch(cuda)
         python = GPU_PYTHON

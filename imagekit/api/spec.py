@@ -108,7 +108,7 @@ def schema_text() -> str:
     """The JSON Schema of imagekit.yaml, as committed in docs/imagekit.schema.json (sorted keys, trailing newline)."""
     import json
 
-    from imagekit.spec import json_schema
+    from imagekit.spec_model import json_schema
 
     return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

@@ -50,14 +50,12 @@ def _iso(t: datetime | str) -> str:
 
 
 def _git_commit(root: Path) -> str | None:
-    import subprocess
-
-    from imagekit.errors import ToolMissing
+    from imagekit.errors import ImagekitError
     from imagekit.runners.process import capture
 
     try:
         res = capture(["git", "-C", str(root), "rev-parse", "HEAD"], timeout=10)
-    except (ToolMissing, OSError, subprocess.TimeoutExpired):
+    except (ImagekitError, OSError):  # git missing, or it did not answer (CommandTimeout)
         # a build outside git (or without git installed) is still recorded, just without a commit
         return None
     sha = res.output.strip()
