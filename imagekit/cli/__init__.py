@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import typer
 
-from imagekit.errors import ImagekitError, SpecError
+from imagekit.errors import BuildFailed, ImagekitError, SpecError
 
 app = typer.Typer(
     name="imagekit",
@@ -50,12 +50,15 @@ def run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ImagekitError as exc:
+        lines = [one_line(line) for line in exc.lines()]
+        _json_error(" ".join(lines) if isinstance(exc, SpecError) else lines[0], where_of(exc), exc.exit_code)
         # Spec problems already read FILE:LINE: key: what; other errors get an "error:" lead-in.
         lead = "" if isinstance(exc, SpecError) else "[bold red]error:[/] "
-        for i, line in enumerate(exc.lines()):
+        for i, line in enumerate(lines):
             err.print((lead if i == 0 else "") + escape(line))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        _json_error("interrupted", "", 130)
         err.print("[bold red]interrupted[/]")
         raise typer.Exit(130) from None
     except typer.Exit:
@@ -64,9 +67,56 @@ def run(fn: Callable[[], T]) -> T:
         fd, log = tempfile.mkstemp(prefix="imagekit-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)
-        err.print(f"[bold red]unexpected error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}")
+        message = one_line(f"{type(exc).__name__}: {exc}")
+        _json_error(f"unexpected error: {message} (a bug in imagekit; traceback in {log})", "", 3)
+        err.print(f"[bold red]unexpected error:[/] {escape(message)}")
         err.print(f"this is a bug in imagekit; the traceback is in {log}")
         raise typer.Exit(3) from None
+
+
+MAX_LINE = 2000
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: control characters escaped, cut when very long (values of 100 KB)."""
+    from imagekit.inputs import printable
+
+    shown = printable(text)
+    return shown if len(shown) <= MAX_LINE else f"{shown[:MAX_LINE]}… ({len(shown) - MAX_LINE} more characters)"
+
+
+def where_of(exc: ImagekitError) -> str:
+    """Where an error happened, as `--json` reports it: file:line, image/layer, or ''."""
+    if isinstance(exc, SpecError) and exc.problems:
+        first = exc.problems[0]
+        return one_line(f"{first.file}:{first.line}" if first.line else first.file)
+    if isinstance(exc, BuildFailed):
+        return one_line("/".join(x for x in (exc.image, exc.layer) if x))
+    return one_line(str(getattr(exc, "where", "")))
+
+
+def _json_requested() -> bool:
+    """Whether the running command was given --json (every command names that option json_out)."""
+    import importlib
+
+    # typer 0.20+ runs commands on its own copy of click; older ones on click itself
+    for name in ("typer._click.globals", "click.globals"):
+        try:
+            ctx = importlib.import_module(name).get_current_context(silent=True)
+        except ModuleNotFoundError:
+            continue
+        if ctx is not None:
+            return bool(ctx.params.get("json_out"))
+    return False
+
+
+def _json_error(message: str, where: str, code: int) -> None:
+    """On a failed `--json` run, stdout still gets JSON: {"error": {"message", "where", "exit_code"}}."""
+    if not _json_requested():
+        return
+    from imagekit.cli.console import print_json
+
+    print_json({"error": {"message": message, "where": where, "exit_code": code}})
 
 
 def _register() -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import JsonInputError, load_json
 from imagekit.manifest.keys import Signer, TrustedKey, b64, verify_signature
 
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -58,9 +59,9 @@ def _b64decode(text: Any, what: str) -> bytes:
 def parse_envelope(raw: bytes) -> dict[str, Any]:
     """Parse envelope JSON and check its shape."""
     try:
-        env = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"not a DSSE envelope (invalid JSON: {exc})") from None
+        env = load_json(raw)
+    except JsonInputError as exc:
+        raise SignatureError(f"not a DSSE envelope ({exc})") from None
     if not isinstance(env, dict) or not {"payload", "payloadType", "signatures"} <= env.keys():
         raise SignatureError("not a DSSE envelope (needs payload, payloadType and signatures)")
     if not isinstance(env["signatures"], list) or not env["signatures"]:

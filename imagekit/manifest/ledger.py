@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import clip, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -58,9 +59,9 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
 def trust_from_file(path: Path, *, kms_client: Any = None) -> Trust:
     """A trust YAML file, or a bare PEM public key (cosign.pub, imagekit.pub)."""
     try:
-        head = path.read_bytes()[:64]
+        head = read_regular(path, what="trust file")[:64]
     except FileNotFoundError:
-        raise SignatureError(f"trust file {path} does not exist") from None
+        raise SignatureError(f"trust file {clip(str(path))} does not exist") from None
     if head.lstrip().startswith(b"-----BEGIN"):
         return Trust([trusted_from_pem(path)], str(path))
     return Trust(load_trust(path, kms_client=kms_client), str(path))

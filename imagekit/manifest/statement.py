@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -297,7 +298,10 @@ class BuildRecord:
         raw = base64.b64decode(str(bp.get("content", "")))
         if sha256_hex(raw) != bp.get("digest", {}).get("sha256"):
             raise SignatureError(f"manifest {self.id}: the embedded verification report does not match its digest")
-        doc = json.loads(raw)
+        try:
+            doc = load_json(raw)
+        except JsonInputError as exc:
+            raise SignatureError(f"manifest {self.id}: the embedded verification report is unreadable: {exc}") from None
         return doc if isinstance(doc, dict) else None
 
     def artifact(self) -> dict[str, Any]:
@@ -313,9 +317,9 @@ class BuildRecord:
 def parse_statement(manifest_id: str, payload: bytes) -> BuildRecord:
     """Parse a payload as an imagekit build statement; SignatureError when it is not one."""
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"manifest {manifest_id}: payload is not JSON ({exc})") from None
+        doc = load_json(payload, limit=MAX_RECORD_BYTES)
+    except JsonInputError as exc:
+        raise SignatureError(f"manifest {manifest_id}: payload is not readable JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
         raise SignatureError(f"manifest {manifest_id}: payload is not an in-toto Statement v1")
     if doc.get("predicateType") != PREDICATE_TYPE:
