@@ -105,6 +105,15 @@ def plan_spec(
     return loaded, plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check)
 
 
+def schema_text() -> str:
+    """The JSON Schema of imagekit.yaml, as committed in docs/imagekit.schema.json (sorted keys, trailing newline)."""
+    import json
+
+    from imagekit.spec_model import json_schema
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def check_images(loaded: LoadedSpec, images: list[str] | None) -> None:
     """Refuse image names (from --image) that the spec does not define, naming the ones it does."""
     unknown = [i for i in images or [] if i not in loaded.spec.images]

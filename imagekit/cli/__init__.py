@@ -18,12 +18,30 @@ app = typer.Typer(
     name="imagekit",
     help="Golden machine images for GPU inference services: validate, plan, render, build, verify, sign.",
     no_args_is_help=True,
-    add_completion=False,
+    # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
 T = TypeVar("T")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imagekit import __version__
+
+        typer.echo(f"imagekit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print imagekit's version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Golden machine images for GPU inference services: validate, plan, render, build, verify, sign."""
 
 
 def run(fn: Callable[[], T]) -> T:
