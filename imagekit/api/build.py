@@ -61,6 +61,10 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(info.rehearse)
     loaded = validate(path)
     selected = select_images(loaded, target, images)
+    if rehearse and target == "ami":
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
     options = BuildOptions(force, force_layers, push, rehearse, engine, reporter)
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:

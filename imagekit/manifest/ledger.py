@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError, StoreError
-from imagekit.inputs import clip, read_regular
+from imagekit.inputs import clip, exists, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -46,10 +46,10 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
         return trust_from_file(override, kms_client=kms_client)
     if loaded is not None:
         path = loaded.local(loaded.spec.signing.trust)
-        if path.exists():
+        if exists(path):
             return trust_from_file(path, kms_client=kms_client)
     default_pub = config_dir() / PUBLIC_NAME
-    if default_pub.exists():
+    if exists(default_pub):
         # No trust file yet: the local default flow (build, verify on the same machine) trusts the local key.
         return Trust([trusted_from_pem(default_pub, f"the local default key {default_pub}")], str(default_pub))
     where = loaded.local(loaded.spec.signing.trust) if loaded else Path("imagekit.trust.yaml")
