@@ -20,7 +20,8 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
-    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system build-deps venv install
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="9294954e66d2becd7039f81d9eec464e001aab9e56113fc0b7606b8c8ac48f47"
@@ -35,10 +36,10 @@ FROM ${IMAGEKIT_PARENT_APP} AS app
 LABEL dev.imagekit.layer.app.hash="2984381059d944d5edda0ae3183c75b633cb9c3c49f2f80576568c3be9a17286"
 # hadolint ignore=DL3002
 USER root
+COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system
 COPY examples/tts/app/ /opt/app/app
-COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 ENV MODEL_PATH="/opt/models/tts.pt" PYTHONPATH="/opt/app"
 WORKDIR /opt/app
 USER app

@@ -199,7 +199,7 @@ def test_hostile_values_never_reach_a_rendered_file(spec_path: Path, field: tupl
         assert all("\n" not in str(p) for p in exc.problems)
         return
     from imagekit.render.dockerfile import render_dockerfile
-    from imagekit.render.scripts import render_service_unit
+    from imagekit.render.service_unit import render_service_unit
 
     dockerfile = render_dockerfile(loaded, "x")
     # every instruction line starts with a known keyword or is a continuation/comment: nothing injected

@@ -73,6 +73,10 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
     loaded = validate(path)
     selected = select_images(loaded, target, images)
+    if rehearse and target == "ami":
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
     release = release_for(loaded.root, tags) if info.tag is None else None
     options = BuildOptions(force, force_layers, push, rehearse, engine, reporter, gpu=gpu, release=release)
     out = BuildResult(spec=str(loaded.path), target=target)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError, StoreError, UsageError
+from imagekit.inputs import MAX_RECORD_BYTES, is_file, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     REVOCATION_TYPE,
@@ -119,6 +120,10 @@ def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
     )
 
 
+def _read_manifest(path: Path) -> bytes:
+    return read_regular(path, what="manifest", limit=MAX_RECORD_BYTES)
+
+
 def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> VerifyOutcome:
     """Offline check: a trusted key signed it, the payload parses, and the build is not revoked."""
     ref_path = Path(ref)
@@ -127,12 +132,12 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         loaded = load_spec(path)
     notes: list[str] = []
     if loaded is None:
-        if not ref_path.is_file():
+        if not is_file(ref_path):
             raise UsageError(f"{ref} is not a file, and there is no spec (-f) to find a manifest id in")
         if trust is None:
             raise UsageError("without a spec, pass --trust FILE (a trust file or a public key PEM)")
         tr: Trust = trust_from_file(trust)
-        build, key = check_envelope(None, ref_path.read_bytes(), tr)
+        build, key = check_envelope(None, _read_manifest(ref_path), tr)
         notes.append("revocation not checked: no spec (-f) locates the store")
         return VerifyOutcome(
             build.id, build.image, key.source, key.keyid, build.passed, False,
@@ -140,8 +145,8 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         )  # fmt: skip
     ledger = open_ledger(loaded, trust)
     assert ledger.trust is not None
-    if ref_path.is_file() and ref_path.name.endswith(".json"):
-        build, key = check_envelope(None, ref_path.read_bytes(), ledger.trust)
+    if is_file(ref_path) and ref_path.name.endswith(".json"):
+        build, key = check_envelope(None, _read_manifest(ref_path), ledger.trust)
         location = str(ref_path)
     else:
         e = ledger.build(ref)
@@ -472,7 +477,7 @@ def resolve(
     stack = assignments(ledger.channel_records(image, channel))
     if not stack:
         raise StoreError(f"channel {channel} of {image} points at nothing (promote a build first)")
-    e = ledger.build(stack[-1])
+    e = ledger.build(stack[-1], image)
     assert e.build is not None
     if e.revoked:
         raise StoreError(

@@ -7,8 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import SignatureError
-from imagekit.inputs import clip, read_regular
+from imagekit.errors import SignatureError, StoreError
+from imagekit.inputs import clip, exists, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -46,10 +46,10 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
         return trust_from_file(override, kms_client=kms_client)
     if loaded is not None:
         path = loaded.local(loaded.spec.signing.trust)
-        if path.exists():
+        if exists(path):
             return trust_from_file(path, kms_client=kms_client)
     default_pub = config_dir() / PUBLIC_NAME
-    if default_pub.exists():
+    if exists(default_pub):
         # No trust file yet: the local default flow (build, verify on the same machine) trusts the local key.
         return Trust([trusted_from_pem(default_pub, f"the local default key {default_pub}")], str(default_pub))
     where = loaded.local(loaded.spec.signing.trust) if loaded else Path("imagekit.trust.yaml")
@@ -159,13 +159,20 @@ class Ledger:
         out.sort(key=lambda e: (e.build.created if e.build else "", e.id))
         return out
 
-    def entry(self, ref: str) -> Entry:
-        """The manifest with id (or unique id prefix) ref."""
+    def entry(self, ref: str, image: str | None = None) -> Entry:
+        """The manifest with id (or unique id prefix) ref; with its image, a full id is read without a listing."""
+        if image is not None:
+            # a channel record names the full id of a build of its image: one read, however big the store is
+            key = self.store.manifest_key(image, ref)
+            try:
+                return self.read_entry(key)
+            except StoreError:
+                pass  # not there under that name: find() says what is (or why not)
         return self.read_entry(self.store.find(ref))
 
-    def build(self, ref: str) -> Entry:
+    def build(self, ref: str, image: str | None = None) -> Entry:
         """A manifest that must verify; SignatureError with why otherwise."""
-        e = self.entry(ref)
+        e = self.entry(ref, image)
         if e.build is None:
             raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
         return e

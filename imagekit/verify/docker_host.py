@@ -405,13 +405,13 @@ def verify_docker(
             raise Interrupted(f"verify interrupted; its containers were removed (partial report: {partial})") from None
     written = finish()
     if report.failures:
-        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name, target="docker"))
         raise VerifyFailed(
             f"{name}: verification of {image_ref} failed on {host.name}",
             failures=report.failures,
             report_path=str(written),
         )
-    reporter(Event("done", f"verified; report {written}", image=name))
+    reporter(Event("done", f"verified; report {written}", image=name, target="docker"))
     return VerifyResult(report, written)
 
 
@@ -429,7 +429,7 @@ def _serve_checks(
     policy = loaded.verify_for(name)
     health = policy.health
     assert health is not None
-    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
+    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name, target="docker"))
     try:
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
@@ -450,7 +450,7 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     sm = policy.smoke
     if not report.health.ready or sm is None:
         return
-    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name, target="docker"))
     result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
     report.smoke = result
     report.failures += check_smoke(loaded, sm, result, body)
