@@ -60,7 +60,7 @@ def test_ami_and_model_subjects(tmp_path: Path) -> None:
     loaded = make_spec(tmp_path)
     layers = plan_image(loaded, "app", "ami").layers
     ami = {"id": "ami-0123", "region": "eu-west-1", "account": "123456789012", "snapshot_ids": ["snap-2", "snap-1"]}
-    rec = record_build(loaded, "app", "ami", layers, started="a", finished="b", amis=[ami], base="ami-785db401",
+    rec = record_build(loaded, "app", "ami", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", amis=[ami], base="ami-785db401",
                        report={"passed": True})  # fmt: skip
     st = _statement(rec.location)
     (s,) = st["subject"]
@@ -75,7 +75,7 @@ def test_failed_and_rehearsal_builds_are_recorded_and_marked(tmp_path: Path) -> 
     failed = fake_build(loaded, seed="f", passed=False)
     assert not failed.passed
     layers = plan_image(loaded, "app", "docker").layers
-    crashed = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r:t",
+    crashed = record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", image_ref="r:t",
                            image_digest="sha256:" + "1" * 64, report=None, failure="health endpoint never answered")  # fmt: skip
     rehearsal = fake_build(loaded, seed="r", rehearsal=True)
     rows = {r["id"]: r for r in api.list_manifests(tmp_path)}
@@ -97,7 +97,7 @@ def test_default_key_is_created_on_first_record_and_reported(tmp_path: Path, mon
 
     loaded = load_spec(tmp_path / "s" / "imagekit.yaml")
     events = []
-    rec = record_build(loaded, "app", "docker", plan_image(loaded, "app", "docker").layers, started="a", finished="b",
+    rec = record_build(loaded, "app", "docker", plan_image(loaded, "app", "docker").layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z",
                        image_ref="r:t", image_digest="sha256:" + "2" * 64, report={"passed": True},
                        reporter=events.append)  # fmt: skip
     assert rec.key_created == tmp_path / "cfg" / "imagekit" / "imagekit.key"
@@ -225,9 +225,9 @@ def test_report_as_file_or_model_and_latest_verified(tmp_path: Path) -> None:
     layers = plan_image(loaded, "app", "docker").layers
     rf = tmp_path / "report.json"
     rf.write_text(json.dumps({"passed": True, "failures": [], "torch": "2.5.1"}))
-    a = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-01T00:00:00Z",
+    a = record_build(loaded, "app", "docker", layers, started="2026-01-01T00:00:00Z", finished="2026-01-01T00:00:00Z",
                      image_ref="r@sha256:" + "3" * 64, report=rf)  # fmt: skip
-    b = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-02T00:00:00Z",
+    b = record_build(loaded, "app", "docker", layers, started="2026-01-01T00:00:00Z", finished="2026-01-02T00:00:00Z",
                      image_ref="r:t", image_digest="r@sha256:" + "4" * 64,
                      report=Rep(passed=False, failures=["torch 2.4.0 != 2.5.1"], torch="2.4.0"))  # fmt: skip
     assert a.passed and not b.passed
@@ -244,7 +244,7 @@ def test_ed25519_builds_verify_without_a_cosign_line(tmp_path: Path) -> None:
     priv, _pub = keygen(tmp_path / "ed", "ed25519")
     (tmp_path / "imagekit.trust.yaml").write_text("keys:\n  - pem: keys/imagekit.pub\n  - pem: ed/imagekit.pub\n")
     layers = plan_image(loaded, "app", "docker").layers
-    rec = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r@sha256:" + "5" * 64,
+    rec = record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", image_ref="r@sha256:" + "5" * 64,
                        report={"passed": True}, key=str(priv))  # fmt: skip
     out = api.verify_manifest(tmp_path, rec.id)
     assert out.keyid == rec.keyid and out.cosign is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from imagekit.manifest.channels import (
 )
 from imagekit.manifest.dsse import envelope_payload
 from imagekit.manifest.keys import KMS_PREFIX, KeyType, TrustedKey, keygen, load_signer
-from imagekit.manifest.ledger import Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
+from imagekit.manifest.ledger import Checked, Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
 from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
-from imagekit.manifest.store import REVOCATIONS
+from imagekit.manifest.store import MANIFEST_SUFFIX, REVOCATIONS
 from imagekit.spec import NAME_RE, LoadedSpec, find_spec, load_spec
+
+ID_FILE_RE = re.compile(r"^([0-9a-f]{16})" + re.escape(MANIFEST_SUFFIX) + "$")
 
 
 def generate_key(out: Path | None, kind: KeyType = "ecdsa-p256") -> tuple[Path, Path]:
@@ -68,7 +71,7 @@ def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) 
     problem = e.problem
     if e.build is None:
         # show what it claims, with the signature problem in front: the content is not to be trusted
-        e.build = parse_statement(e.id, envelope_payload(e.raw))
+        e.build = parse_statement(e.id, envelope_payload(e.raw), strict=False)
     doc = entry_json(e)
     doc["signature"] = "ok" if problem is None else problem
     b = e.build
@@ -119,8 +122,26 @@ def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
     )
 
 
+def _check_file_name(path: Path, checked: Checked) -> list[str]:
+    """A stored-looking file name (<16 hex>.intoto.json) must be the payload's id; other names only get a note."""
+    m = ID_FILE_RE.match(path.name)
+    if m and m.group(1) != checked.build.id:
+        raise SignatureError(
+            f"{path}: the file is named for manifest {m.group(1)} but its payload hashes to id {checked.build.id} "
+            "(rule: file name is the id)"
+        )
+    return [] if m else [f"{path.name} is not named <id>{MANIFEST_SUFFIX}; its id is {checked.build.id}"]
+
+
+def _hint_note(checked_ok: bool, key: TrustedKey) -> list[str]:
+    if checked_ok:
+        return []
+    return [f"warning: the signature's keyid does not name the key that verified it ({key.keyid[:16]}…, "
+            f"{key.source}); the keyid is an unsigned hint, so re-sign or fix the producer"]  # fmt: skip
+
+
 def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> VerifyOutcome:
-    """Offline check: a trusted key signed it, the payload parses, and the build is not revoked."""
+    """Offline check: a trusted key signed it, the statement meets every strict rule, and it is not revoked."""
     ref_path = Path(ref)
     loaded: LoadedSpec | None = None
     if path is not None or find_spec(None).exists():
@@ -132,7 +153,9 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         if trust is None:
             raise UsageError("without a spec, pass --trust FILE (a trust file or a public key PEM)")
         tr: Trust = trust_from_file(trust)
-        build, key = check_envelope(None, ref_path.read_bytes(), tr)
+        checked = check_envelope(None, ref_path.read_bytes(), tr)
+        build, key = checked.build, checked.key
+        notes += _check_file_name(ref_path, checked) + _hint_note(checked.keyid_hint_ok, key)
         notes.append("revocation not checked: no spec (-f) locates the store")
         return VerifyOutcome(
             build.id, build.image, key.source, key.keyid, build.passed, False,
@@ -141,12 +164,14 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
     ledger = open_ledger(loaded, trust)
     assert ledger.trust is not None
     if ref_path.is_file() and ref_path.name.endswith(".json"):
-        build, key = check_envelope(None, ref_path.read_bytes(), ledger.trust)
-        location = str(ref_path)
+        checked = check_envelope(None, ref_path.read_bytes(), ledger.trust)
+        build, key, location = checked.build, checked.key, str(ref_path)
+        notes += _check_file_name(ref_path, checked) + _hint_note(checked.keyid_hint_ok, key)
     else:
         e = ledger.build(ref)
         assert e.build is not None and e.key_used is not None
         build, key, location = e.build, e.key_used, e.location
+        notes += _hint_note(e.keyid_hint_ok, key)
     reason = ledger.revocations.reason(build)
     if reason:
         raise SignatureError(f"manifest {build.id} is revoked: {reason}")

@@ -128,7 +128,7 @@ def verify(
     trust: Path | None = TrustOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Offline: exit 0 only if a trusted key signed it, the payload parses and the build is not revoked."""
+    """Offline: exit 0 only if a trusted key signed it, every strict rule holds and the build is not revoked."""
     from dataclasses import asdict
 
     from imagekit.api.manifest import verify_manifest
@@ -140,7 +140,8 @@ def verify(
     err.print(f"[green]ok[/] manifest {res.id} ({res.image}) signed by {escape(res.key_source)} "
               f"(keyid {res.keyid[:16]}…)" + ("; not revoked" if res.revocation_checked else ""))  # fmt: skip
     for note in res.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        label = "" if note.startswith("warning:") else "note: "
+        err.print(f"[yellow]{label}[/]{escape(note)}")
     if res.cosign:
         err.print("the same check with cosign:")
         out.print(res.cosign)

@@ -75,6 +75,7 @@ class Entry:
     raw: bytes
     build: BuildRecord | None = None
     key_used: TrustedKey | None = None
+    keyid_hint_ok: bool = True
     problem: str | None = None
     revoked: str | None = None
     channels: list[str] = field(default_factory=list)
@@ -90,13 +91,24 @@ class Entry:
         return self.build is not None and self.problem is None
 
 
-def check_envelope(manifest_id: str | None, raw: bytes, trust: Trust) -> tuple[BuildRecord, TrustedKey]:
-    """Verify one manifest envelope against the trusted keys and parse its statement."""
+@dataclass(frozen=True)
+class Checked:
+    """A manifest envelope that verified and met every rule: its build, the key, and whether the keyid hint agreed."""
+
+    build: BuildRecord
+    key: TrustedKey
+    keyid_hint_ok: bool
+
+
+def check_envelope(manifest_id: str | None, raw: bytes, trust: Trust) -> Checked:
+    """Verify one manifest envelope against the trusted keys, parse its statement and apply the strict rules."""
     verified = verify_envelope(parse_envelope(raw), trust.keys)
     mid = manifest_id_of(verified.payload)
     if manifest_id is not None and mid != manifest_id:
-        raise SignatureError(f"manifest {manifest_id}: its payload hashes to id {mid} (renamed or replaced)")
-    return parse_statement(mid, verified.payload), verified.key
+        raise SignatureError(
+            f"manifest {manifest_id}: its payload hashes to id {mid} (renamed or replaced) (rule: file name is the id)"
+        )
+    return Checked(parse_statement(mid, verified.payload), verified.key, verified.hint_matches)
 
 
 class Ledger:
@@ -139,10 +151,11 @@ class Ledger:
             entry.problem = self.trust_error or "no trusted keys"
             return entry
         try:
-            entry.build, entry.key_used = check_envelope(entry.id, entry.raw, self.trust)
+            checked = check_envelope(entry.id, entry.raw, self.trust)
         except SignatureError as exc:
             entry.problem = str(exc)
             return entry
+        entry.build, entry.key_used, entry.keyid_hint_ok = checked.build, checked.key, checked.keyid_hint_ok
         entry.revoked = self.revocations.reason(entry.build)
         return entry
 

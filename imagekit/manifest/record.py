@@ -15,6 +15,7 @@ from imagekit.events import Event, Reporter, silent
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
+from imagekit.manifest.rules import is_rfc3339
 from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement, canonical_json, manifest_id_of
 from imagekit.manifest.store import Store
 from imagekit.plan import CacheLookup, spec_hash
@@ -46,7 +47,11 @@ class Recorded:
 
 
 def _iso(t: datetime | str) -> str:
-    return t if isinstance(t, str) else iso_utc(t)
+    text = t if isinstance(t, str) else iso_utc(t)
+    if not is_rfc3339(text):
+        # `manifest verify` refuses such a record, so signing one would only store something unusable
+        raise ValueError(f"record_build: time {text!r} is not RFC 3339 (e.g. 2026-11-21T06:30:00Z)")
+    return text
 
 
 def _git_commit(root: Path) -> str | None:

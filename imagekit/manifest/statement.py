@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.manifest.dsse import loads_strict
+from imagekit.manifest.rules import check_statement
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -310,16 +312,20 @@ class BuildRecord:
         return out
 
 
-def parse_statement(manifest_id: str, payload: bytes) -> BuildRecord:
-    """Parse a payload as an imagekit build statement; SignatureError when it is not one."""
+def parse_statement(manifest_id: str, payload: bytes, *, strict: bool = True) -> BuildRecord:
+    """Parse a payload as an imagekit build statement; SignatureError when it is not one (or, strict, breaks a rule)."""
     try:
-        doc = json.loads(payload)
+        doc = loads_strict(payload) if strict else json.loads(payload)
+    except SignatureError as exc:
+        raise SignatureError(f"manifest {manifest_id}: payload: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise SignatureError(f"manifest {manifest_id}: payload is not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
         raise SignatureError(f"manifest {manifest_id}: payload is not an in-toto Statement v1")
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise SignatureError(f"manifest {manifest_id}: predicateType is {doc.get('predicateType')!r}")
+    if strict:
+        check_statement(manifest_id, doc)
     rec = BuildRecord(manifest_id, doc)
     try:
         if not rec.image or not rec.layers:
