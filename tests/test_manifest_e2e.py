@@ -45,8 +45,8 @@ def test_build_verify_promote_resolve(tmp_path: Path) -> None:
     assert resolved.returncode == 0, resolved.stderr
     doc = json.loads(resolved.stdout)
     assert doc["manifest"] == mid
-    # not pushed: the image is named by its content digest (the engine's image id)
-    assert doc["image"] == f"imagekit/tts-cpu@{img['image_id']}"
+    # not pushed: named for what it is, the engine's image ID (no pullable repo@sha256: lookalike)
+    assert "image" not in doc and doc["image_id"] == img["image_id"] and doc["local_ref"] == img["ref"]
 
     # a deploy host with only the public key and the envelope file
     pub = Path(os.environ["XDG_CONFIG_HOME"]) / "imagekit" / "imagekit.pub"

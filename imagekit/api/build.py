@@ -588,9 +588,12 @@ def record_image(
     builders: dict[str, str] = {}
     with contextlib.suppress(Exception):  # the engine version is a nicety in the record, never a reason to fail
         builders["docker"] = str(engine.client.version().get("Version", ""))
-    base = None
+    base = base_id = recipe = None
     if res.base is not None:
-        base = res.base.digest or res.base.image_id or res.base.ref
+        # the reference built FROM (repo@sha256:… when resolved at a registry), the image ID it was, and for a
+        # bootstrapped base the hash of its recipe
+        base, base_id = res.base.ref, res.base.image_id or None
+        recipe = res.base.digest if res.base.kind == "bootstrap" else None
     rec = record_build(
         loaded,
         res.image,
@@ -599,9 +602,11 @@ def record_image(
         started=res.started,
         finished=iso_utc(),  # after verification: the record covers build and verify
         image_ref=res.pushed or res.ref,
-        # a pushed image is named by its registry digest; a local one by its image (config) digest
+        # a pushed image is named by its registry digest; a local one by its image ID, labelled as such
         image_digest=res.repo_digest or res.image_id,
         base=base,
+        base_image_id=base_id,
+        base_recipe=recipe,
         report=Path(res.verify_report) if res.verify_report else None,
         failure=failure,
         builders=builders,

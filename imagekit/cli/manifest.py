@@ -36,6 +36,8 @@ def list_cmd(
         return
     from rich.table import Table
 
+    from imagekit.manifest.statement import LOCAL_IMAGE_PREFIX
+
     table = Table()
     for name in ("id", "image", "target", "created", "verified", "channels"):
         table.add_column(name, no_wrap=True)
@@ -51,10 +53,11 @@ def list_cmd(
             state += " (rehearsal)"
         # the digest (or AMI ids) is what tells builds apart; the full subjects are in --json and `show`
         artifact = ", ".join(
-            s.split("@", 1)[1][:19] if s.startswith("oci:") else s[4:]
+            s.split("@", 1)[1][:19] if s.startswith("oci:") else "local " + s.split(":", 1)[1] if s.startswith(
+                LOCAL_IMAGE_PREFIX) else s[4:]
             for s in r["subjects"]
-            if s.startswith(("oci:", "aws:"))
-        )
+            if s.startswith(("oci:", "aws:", LOCAL_IMAGE_PREFIX))
+        )  # fmt: skip
         created = (r["created"] or "?").replace("T", " ")[:16]
         table.add_row(r["id"], r["image"], r["target"] or "?", created, state, ", ".join(r["channels"]),
                       escape(artifact))  # fmt: skip
@@ -256,7 +259,7 @@ def resolve(
     trust: Path | None = TrustOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Print what a channel points at: the image digest reference, or the AMI id per region."""
+    """Print what a channel points at: REGISTRY/REPO@sha256:… (pushed), the local image ID, or AMI per region."""
     from imagekit.api.manifest import resolve as api_resolve
 
     res = run(lambda: api_resolve(file, image, channel, trust))
@@ -265,6 +268,10 @@ def resolve(
         return
     if "image" in res:
         out.print(res["image"])
+    elif "image_id" in res:
+        # not pushed: only the engine that built it can run this ID; say so on stderr, keep stdout the value
+        err.print(f"[yellow]note:[/] {escape(res['local_ref'])} was not pushed; this image ID is local to its engine")
+        out.print(res["image_id"])
     for region, ami in sorted(res.get("amis", {}).items()):
         out.print(f"{region} {ami}")
 

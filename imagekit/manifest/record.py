@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from imagekit import __version__
 from imagekit.errors import SignatureError, StoreError
@@ -16,7 +18,14 @@ from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.rules import is_rfc3339
-from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement, canonical_json, manifest_id_of
+from imagekit.manifest.statement import (
+    BuildFacts,
+    BuildRecord,
+    build_statement,
+    builder_id,
+    canonical_json,
+    manifest_id_of,
+)
 from imagekit.manifest.store import Store
 from imagekit.plan import CacheLookup, spec_hash
 from imagekit.spec import LoadedSpec
@@ -54,19 +63,70 @@ def _iso(t: datetime | str) -> str:
     return text
 
 
-def _git_commit(root: Path) -> str | None:
+@dataclass(frozen=True)
+class GitSource:
+    """The commit a build came from, and where anyone can fetch it."""
+
+    commit: str
+    remote: str
+    toplevel: Path
+
+    @property
+    def uri(self) -> str:
+        """`git+<remote URL>` (credentials stripped), else `git+file://<work tree>`."""
+        return f"git+{self.remote}" if self.remote else "git+" + self.toplevel.as_uri()
+
+    def file_uri(self, path: Path) -> str | None:
+        """`git+<remote>@<commit>#<path>` for a file inside the work tree, when the tree has a remote."""
+        try:
+            rel = path.resolve().relative_to(self.toplevel.resolve()).as_posix()
+        except ValueError:
+            return None
+        return f"{self.uri}@{self.commit}#{rel}" if self.remote else None
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if not parts.scheme and ":" in url and "@" in url.split(":", 1)[0]:
+        # scp-like git@host:org/repo.git: the user name is no secret, but it is not a URI either
+        host_part, path = url.split(":", 1)
+        return f"ssh://{host_part}/{path}"
+    return url
+
+
+def _git_source(root: Path) -> GitSource | None:
     import subprocess
 
     from imagekit.errors import ToolMissing
     from imagekit.runners.process import capture
 
-    try:
-        res = capture(["git", "-C", str(root), "rev-parse", "HEAD"], timeout=10)
-    except (ToolMissing, OSError, subprocess.TimeoutExpired):
-        # a build outside git (or without git installed) is still recorded, just without a commit
+    def git(*args: str) -> str | None:
+        try:
+            res = capture(["git", "-C", str(root), *args], timeout=10)
+        except (ToolMissing, OSError, subprocess.TimeoutExpired):
+            # a build outside git (or without git installed) is still recorded, just without a commit
+            return None
+        return res.output.strip() if res.ok else None
+
+    sha = git("rev-parse", "HEAD") or ""
+    if len(sha) != 40:
         return None
-    sha = res.output.strip()
-    return sha if res.ok and len(sha) == 40 else None
+    top = git("rev-parse", "--show-toplevel") or str(root)
+    remotes = (git("remote") or "").split()
+    remote = ""
+    if remotes:
+        name = "origin" if "origin" in remotes else remotes[0]
+        remote = _strip_credentials(git("remote", "get-url", name) or "")
+    return GitSource(sha, remote, Path(top))
+
+
+def _model_uri(loaded: LoadedSpec, src: str, is_remote: bool, git: GitSource | None) -> str:
+    if is_remote:
+        return src
+    path = loaded.local(src)
+    return (git.file_uri(path) if git else None) or path.resolve().as_uri()
 
 
 def _report_dict(report: Any) -> dict[str, Any] | None:
@@ -110,6 +170,8 @@ def record_build(
     image_digest: str | None = None,
     amis: Sequence[Mapping[str, Any]] = (),
     base: str | None = None,
+    base_image_id: str | None = None,
+    base_recipe: str | None = None,
     report: Mapping[str, Any] | Path | Any = None,
     failure: str | None = None,
     passed: bool | None = None,
@@ -134,17 +196,29 @@ def record_build(
     ok, failures = _report_passed(report, failure)
     if passed is not None:
         ok = passed and not failure
+    from imagekit.digests import DigestCache, real_digest
+
+    cache = DigestCache()
     collected: dict[str, str] = dict(inputs or {})
     if inputs is None:
-        from imagekit.digests import DigestCache
         from imagekit.plan import layer_inputs
 
-        cache = DigestCache()
         for name, layer in loaded.chain(image):
             collected.update(layer_inputs(loaded, name, layer, cache))
+    input_digests: dict[str, dict[str, str]] = {}
+    for k in collected:
+        kind, _, rel = k.partition(":")
+        if kind != "model" and loaded.local(rel).exists():
+            input_digests[k] = real_digest(loaded.local(rel), cache)
+    git = _git_source(loaded.root)
     models = [
-        {"name": m.dest, "src": m.src, "sha256": m.sha256} for _, layer in loaded.chain(image) for m in layer.models
+        {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
+        for _, layer in loaded.chain(image)
+        for m in layer.models
     ]
+    signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
+    if created:
+        reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
     spec_path = loaded.path.name
     facts = BuildFacts(
         image=image,
@@ -159,9 +233,14 @@ def record_build(
         image_digest=image_digest,
         amis=list(amis),
         base=base,
+        base_image_id=base_image_id,
+        base_recipe=base_recipe,
         models=models,
         inputs=collected,
-        git_commit=_git_commit(loaded.root),
+        input_digests=input_digests,
+        git_commit=git.commit if git else None,
+        git_uri=git.uri if git else None,
+        builder_id=builder_id(socket.gethostname(), signer.keyid),
         report=report,
         passed=ok,
         failures=failures,
@@ -169,9 +248,6 @@ def record_build(
         size_bytes=size_bytes,
     )
     payload = canonical_json(build_statement(facts))
-    signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
-    if created:
-        reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
     envelope = sign_envelope(payload, signer)
     mid = manifest_id_of(payload)
     store = store or spec_store(loaded)
