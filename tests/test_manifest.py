@@ -112,8 +112,16 @@ def test_verify_list_show(tmp_path: Path) -> None:
     rec = fake_build(loaded, report={"passed": True, "torch": "2.5.1", "latency_ms": 40})
     out = api.verify_manifest(tmp_path, rec.id[:8])
     assert out.id == rec.id and out.revocation_checked and out.passed
-    assert out.cosign and "cosign verify-blob-attestation --key" in out.cosign
-    assert f"--type {PREDICATE_TYPE} --insecure-ignore-tlog" in out.cosign and rec.location in out.cosign
+    bundle = rec.location.removesuffix(".intoto.json") + ".sigstore.json"
+    digest = _statement(rec.location)["subject"][0]["digest"]["sha256"]
+    blob, image = out.cosign.splitlines() if out.cosign else ("", "")
+    # the cosign v3 form: the bundle, and the subject's real digest instead of --check-claims=false
+    assert blob.startswith(f"cosign verify-blob-attestation --bundle {bundle} --key ")
+    assert f"--type {PREDICATE_TYPE} --insecure-ignore-tlog --digest {digest} --digestAlg sha256" in blob
+    assert "--check-claims=false" not in out.cosign and "--signature" not in out.cosign
+    assert image.startswith("cosign verify-attestation --key ") and image.endswith(
+        f"localhost:5000/demo-app@sha256:{digest}"
+    )
     # the file alone, with only the public key (no spec): works offline
     monkey_cwd = tmp_path / "elsewhere"
     monkey_cwd.mkdir()

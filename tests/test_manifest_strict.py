@@ -207,3 +207,32 @@ def test_ecdsa_signatures_are_low_s(tmp_path: Path) -> None:
     for i in range(64):  # a random-S signer gives high S half the time: 64 draws all low by chance is 2^-64
         _r, s = decode_dss_signature(signer.sign(b"message %d" % i))
         assert s <= P256_ORDER // 2
+
+
+def test_a_bundle_that_carries_another_envelope(spec: tuple[LoadedSpec, dict[str, Any]]) -> None:
+    loaded, st = spec
+    mid = _store_signed(loaded, st)
+    other = _store_signed(loaded, st)
+    store = spec_store(loaded)
+    # the bundle of `other` put beside `mid`: both verify alone, but they are not the same claim
+    from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
+
+    env = json.loads(store.read(store.manifest_key("app", other)))
+    store.put_sidecar("app", mid, BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(env)))
+    _verify_fails(loaded, mid, "bundle matches envelope")
+
+
+def test_a_record_in_the_previous_format_still_verifies(spec: tuple[LoadedSpec, dict[str, Any]]) -> None:
+    loaded, st = spec
+    old = copy.deepcopy(st)
+    # before: the model file as a subject, a constant builder id and buildType, no bundle beside it
+    old["subject"].append({"name": "/opt/models/tts.pt", "digest": {"sha256": "4" * 64}})
+    old["predicate"]["buildDefinition"]["buildType"] = "https://imagekit.dev/build/v1"
+    old["predicate"]["runDetails"]["builder"]["id"] = "https://imagekit.dev/builder/v1"
+    mid = _store_signed(loaded, old)
+    r = cli("manifest", "verify", mid, "-f", str(loaded.path))
+    assert r.exit_code == 0, r.output
+    assert "no Sigstore bundle beside" in r.stderr
+    from imagekit.api.manifest import show_manifest
+
+    assert show_manifest(loaded.root, mid)["models"] == {"/opt/models/tts.pt": "4" * 64}

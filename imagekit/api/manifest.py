@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError, StoreError, UsageError
+from imagekit.manifest.bundle import BUNDLE_SUFFIX, check_bundle
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     REVOCATION_TYPE,
@@ -19,7 +20,7 @@ from imagekit.manifest.channels import (
     now_iso,
     who_default,
 )
-from imagekit.manifest.dsse import envelope_payload
+from imagekit.manifest.dsse import envelope_payload, parse_envelope
 from imagekit.manifest.keys import KMS_PREFIX, KeyType, TrustedKey, keygen, load_signer
 from imagekit.manifest.ledger import Checked, Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
 from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
@@ -106,9 +107,9 @@ class VerifyOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
-    """The equivalent cosign check; cosign verifies ECDSA P-256 DSSE envelopes (not Ed25519)."""
-    if key.kind != "ecdsa-p256":
+def _cosign_command(envelope_path: str, key: TrustedKey, build: BuildRecord) -> str | None:
+    """The equivalent cosign (v3) checks, which match the subject digest; cosign verifies ECDSA P-256, not Ed25519."""
+    if key.kind != "ecdsa-p256" or not build.subjects:
         return None
     if key.path is not None:
         key_arg = str(key.path)
@@ -116,10 +117,36 @@ def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
         key_arg = "awskms:///" + key.source[len(KMS_PREFIX) :]
     else:
         key_arg = "cosign.pub"
+    bundle = sidecar_path(envelope_path, BUNDLE_SUFFIX)
+    digest = str(build.subjects[0].get("digest", {}).get("sha256", ""))
+    lines = [
+        f"cosign verify-blob-attestation --bundle {bundle} --key {key_arg} --type {PREDICATE_TYPE} "
+        f"--insecure-ignore-tlog --digest {digest} --digestAlg sha256"
+    ]
+    if build.oci:
+        # the pushed image: cosign finds the attestation at the registry (sha256-<digest>.att) and matches its digest
+        lines.append(
+            f"cosign verify-attestation --key {key_arg} --type {PREDICATE_TYPE} --insecure-ignore-tlog {build.oci}"
+        )
+    return "\n".join(lines)
+
+
+def sidecar_path(envelope_path: str, suffix: str) -> str:
+    """The path (or URL) of a file beside an envelope: <id>.intoto.json -> <id><suffix>."""
     return (
-        f"cosign verify-blob-attestation --key {key_arg} --type {PREDICATE_TYPE} --insecure-ignore-tlog "
-        f"--check-claims=false --signature {entry_path}"
+        envelope_path.removesuffix(MANIFEST_SUFFIX) + suffix
+        if envelope_path.endswith(MANIFEST_SUFFIX)
+        else (envelope_path + suffix)
     )
+
+
+def _bundle_notes(ledger: Ledger, e: Entry) -> list[str]:
+    raw = ledger.store.read_sidecar(e.key, BUNDLE_SUFFIX)
+    if raw is None:
+        return [f"no Sigstore bundle beside {e.id} (recorded before imagekit wrote them)"]
+    check_bundle(raw, parse_envelope(e.raw), ledger.store.location(ledger.store.sidecar_key(
+        e.key.split("/", 1)[0], e.id, BUNDLE_SUFFIX)))  # fmt: skip
+    return []
 
 
 def _check_file_name(path: Path, checked: Checked) -> list[str]:
@@ -159,7 +186,7 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         notes.append("revocation not checked: no spec (-f) locates the store")
         return VerifyOutcome(
             build.id, build.image, key.source, key.keyid, build.passed, False,
-            _cosign_command(str(ref_path), key), notes,
+            _cosign_command(str(ref_path), key, build), notes,
         )  # fmt: skip
     ledger = open_ledger(loaded, trust)
     assert ledger.trust is not None
@@ -171,7 +198,7 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         e = ledger.build(ref)
         assert e.build is not None and e.key_used is not None
         build, key, location = e.build, e.key_used, e.location
-        notes += _hint_note(e.keyid_hint_ok, key)
+        notes += _hint_note(e.keyid_hint_ok, key) + _bundle_notes(ledger, e)
     reason = ledger.revocations.reason(build)
     if reason:
         raise SignatureError(f"manifest {build.id} is revoked: {reason}")
@@ -181,7 +208,7 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         notes.append("this is a rehearsal build")
     return VerifyOutcome(
         build.id, build.image, key.source, key.keyid, build.passed, True,
-        _cosign_command(location, key), notes,
+        _cosign_command(location, key, build), notes,
     )  # fmt: skip
 
 

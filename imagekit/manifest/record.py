@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from imagekit import __version__
 from imagekit.errors import SignatureError, StoreError
 from imagekit.events import Event, Reporter, silent
+from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
@@ -252,6 +253,8 @@ def record_build(
     mid = manifest_id_of(payload)
     store = store or spec_store(loaded)
     location = store.put_manifest(image, mid, envelope_bytes(envelope))
+    # the same envelope as a Sigstore bundle v0.3, for @sigstore/verify and `cosign … --bundle`
+    store.put_sidecar(image, mid, BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(envelope)))
     trusted: bool | None
     try:
         trusted = signer.keyid in {t.keyid for t in resolve_trust(loaded).keys}
