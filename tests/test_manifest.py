@@ -187,7 +187,10 @@ def test_diff_with_real_verify_reports(tmp_path: Path) -> None:
     d = api.diff_manifests(tmp_path, a.id, b.id)
     assert [c["key"] for c in d["layers"]] == ["app"]
     assert d["versions"] == [{"key": "probe.torch.version", "old": "2.13.0+cpu", "new": "2.13.1+cpu"}]
-    assert {c["key"] for c in d["packages"]} == {"probe.pip.packages.filelock", "probe.dpkg.packages.hostname"}
+    # read from the signed SBOMs beside the records (one entry per package, from its purl)
+    assert {c["key"] for c in d["packages"]} == {"pip.filelock", "dpkg.hostname"}
+    assert next(c for c in d["packages"] if c["key"] == "dpkg.hostname")["new"] == "3.24"
+    assert a.sbom_location and b.sbom_location
     assert d["verification"] == [{"key": "smoke.latency_ms", "old": 40.0, "new": 44.0}]  # host/times are noise
     assert d["size"] == {"old": 1000, "new": 1100}
     assert api.diff_manifests(tmp_path, a.id, a.id)["packages"] == []

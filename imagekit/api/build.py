@@ -78,6 +78,7 @@ class ImageResult:
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None
+    attestations: str = ""
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -614,3 +615,10 @@ def record_image(
         reporter=reporter,
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
+    if res.pushed and rec.passed and rec.store is not None:
+        # where cosign and admission controllers look: the attestations beside the pushed image
+        from imagekit.api.manifest import attach_stored
+
+        done = attach_stored(rec.store, res.image, rec.id)
+        res.attestations = done["reference"]
+        reporter(Event("done", f"attestations at {done['reference']}", res.image, "", "docker"))

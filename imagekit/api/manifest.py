@@ -23,8 +23,9 @@ from imagekit.manifest.channels import (
 from imagekit.manifest.dsse import envelope_payload, parse_envelope
 from imagekit.manifest.keys import KMS_PREFIX, KeyType, TrustedKey, keygen, load_signer
 from imagekit.manifest.ledger import Checked, Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
+from imagekit.manifest.sbom import SBOM_PREDICATE_TYPE, SBOM_SUFFIX, sbom_packages
 from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
-from imagekit.manifest.store import MANIFEST_SUFFIX, REVOCATIONS
+from imagekit.manifest.store import MANIFEST_SUFFIX, REVOCATIONS, Store
 from imagekit.spec import NAME_RE, LoadedSpec, find_spec, load_spec
 
 ID_FILE_RE = re.compile(r"^([0-9a-f]{16})" + re.escape(MANIFEST_SUFFIX) + "$")
@@ -167,8 +168,28 @@ def _hint_note(checked_ok: bool, key: TrustedKey) -> list[str]:
             f"{key.source}); the keyid is an unsigned hint, so re-sign or fix the producer"]  # fmt: skip
 
 
-def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> VerifyOutcome:
-    """Offline check: a trusted key signed it, the statement meets every strict rule, and it is not revoked."""
+def check_served(build: BuildRecord, image_ref: str) -> str:
+    """The registry serves, for image_ref now, exactly the image the record's subject names; its digest."""
+    from imagekit.runners.registry import Registry, split_reference
+
+    host, repo, tag = split_reference(image_ref)
+    served = Registry(host).manifest_digest(repo, tag or "latest")
+    digests = {"sha256:" + str(s.get("digest", {}).get("sha256", "")) for s in build.subjects}
+    if served is None or served not in digests:
+        raise SignatureError(
+            f"manifest {build.id}: {image_ref} is {served or 'not served'} at its registry, not the subject "
+            f"{', '.join(sorted(digests))} (rule: subject is what the registry serves)"
+        )
+    return served
+
+
+def verify_manifest(
+    path: Path | str | None, ref: str, trust: Path | None = None, image: str | None = None
+) -> VerifyOutcome:
+    """Offline check: a trusted key signed it, the statement meets every strict rule, and it is not revoked.
+
+    With image (REGISTRY/REPO:TAG), also online: the registry serves that subject for the reference now.
+    """
     ref_path = Path(ref)
     loaded: LoadedSpec | None = None
     if path is not None or find_spec(None).exists():
@@ -184,6 +205,8 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         build, key = checked.build, checked.key
         notes += _check_file_name(ref_path, checked) + _hint_note(checked.keyid_hint_ok, key)
         notes.append("revocation not checked: no spec (-f) locates the store")
+        if image:
+            notes.append(f"{image} is {check_served(build, image)} at its registry: the subject")
         return VerifyOutcome(
             build.id, build.image, key.source, key.keyid, build.passed, False,
             _cosign_command(str(ref_path), key, build), notes,
@@ -199,6 +222,8 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         assert e.build is not None and e.key_used is not None
         build, key, location = e.build, e.key_used, e.location
         notes += _hint_note(e.keyid_hint_ok, key) + _bundle_notes(ledger, e)
+        if ledger.sbom(e) is not None:
+            notes.append(f"SBOM {e.id}{SBOM_SUFFIX}: signed, same subjects, matches the record's digest")
     reason = ledger.revocations.reason(build)
     if reason:
         raise SignatureError(f"manifest {build.id} is revoked: {reason}")
@@ -206,10 +231,26 @@ def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None
         notes.append(f"the signature is good, but this build FAILED verification: {'; '.join(build.failures)}")
     if build.rehearsal:
         notes.append("this is a rehearsal build")
+    if image:
+        notes.append(f"{image} is {check_served(build, image)} at its registry: the subject")
     return VerifyOutcome(
         build.id, build.image, key.source, key.keyid, build.passed, True,
         _cosign_command(location, key, build), notes,
     )  # fmt: skip
+
+
+def manifest_sbom(path: Path | str | None, ref: str, trust: Path | None = None) -> dict[str, Any]:
+    """`imagekit manifest sbom ID`: the verified CycloneDX document of a build."""
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust)
+    e = ledger.build(ref)
+    bom = ledger.sbom(e)
+    if bom is None:
+        raise StoreError(
+            f"manifest {e.id} has no SBOM (recorded before imagekit wrote them, or its verification listed no "
+            "packages); rebuild to get one"
+        )
+    return bom
 
 
 # --- diff --------------------------------------------------------------------------------------------
@@ -261,8 +302,10 @@ def _kind(key: str) -> str:
     return "verification"
 
 
-def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
-    """What changed between two builds, by section."""
+def diff_builds(
+    a: BuildRecord, b: BuildRecord, sboms: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
+) -> dict[str, Any]:
+    """What changed between two builds, by section; packages from their SBOMs when both have one."""
 
     def flat(report: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in _flatten(report or {}).items() if _segments(k)[-1:] and _segments(k)[-1] not in _NOISE}
@@ -270,6 +313,9 @@ def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
     by_kind: dict[str, list[dict[str, Any]]] = {"packages": [], "weights": [], "versions": [], "verification": []}
     for change in _changes(flat(a.report()), flat(b.report())):
         by_kind[_kind(change["key"])].append(change)
+    if sboms[0] is not None and sboms[1] is not None:
+        # the signed inventory of what was verified, one entry per package (older records: the report's lists)
+        by_kind["packages"] = _changes(sbom_packages(sboms[0]), sbom_packages(sboms[1]))
     status = _changes({"passed": a.passed, "failures": a.failures}, {"passed": b.passed, "failures": b.failures})
     return {
         "old": a.id,
@@ -289,13 +335,14 @@ def diff_manifests(path: Path | str | None, old: str, new: str, trust: Path | No
     """`manifest diff ID1 ID2`."""
     loaded = load_spec(path)
     ledger = open_ledger(loaded, trust, require_trust=False)
-    builds = []
+    builds, boms = [], []
     for ref in (old, new):
         e = ledger.entry(ref)
         if e.build is None:
             raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
         builds.append(e.build)
-    return diff_builds(builds[0], builds[1])
+        boms.append(ledger.sbom(e) if ledger.trust is not None else None)
+    return diff_builds(builds[0], builds[1], (boms[0], boms[1]))
 
 
 # --- channels ----------------------------------------------------------------------------------------
@@ -493,6 +540,16 @@ def resolve(path: Path | str | None, image: str, channel: str, trust: Path | Non
     return {"image": image, "channel": channel, "manifest": e.id, **e.build.artifact()}
 
 
+def write_json(path: Path, doc: Any) -> None:
+    """Write JSON (indented, sorted keys) to a file the user named; UsageError naming it when that fails."""
+    from imagekit.fsutil import atomic_write
+
+    try:
+        atomic_write(path, json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def dumps(doc: Any) -> str:
     """JSON text for messages."""
     return json.dumps(doc, sort_keys=True)
@@ -511,3 +568,61 @@ def channel_history(
         {"seq": r.seq, **{k: r.doc[k] for k in fields if k in r.doc}, "keyid": r.keyid}
         for r in ledger.channel_records(image, channel)
     ]
+
+
+# --- registry ----------------------------------------------------------------------------------------
+
+
+def _attestations_of(store: Store, key: str, raw: bytes) -> list[tuple[bytes, str]]:
+    """(envelope bytes, predicateType) of a record and the SBOM statement beside it."""
+    out = [(raw, PREDICATE_TYPE)]
+    sbom = store.read_sidecar(key, SBOM_SUFFIX)
+    if sbom is not None:
+        out.append((sbom, SBOM_PREDICATE_TYPE))
+    return out
+
+
+def attach_record(
+    store: Store, key: str, raw: bytes, build: BuildRecord, registry: str | None = None
+) -> dict[str, Any]:
+    """Push a record's envelopes beside its image at the registry (cosign's sha256-<digest>.att tag)."""
+    from imagekit.manifest.attach import attach
+    from imagekit.runners.registry import Registry, split_reference
+
+    if not build.oci:
+        raise UsageError(
+            f"manifest {build.id} names no pushed image ({', '.join(build.subject_names)}): a registry holds "
+            "attestations only beside an image it serves; build with --push REGISTRY/REPO"
+        )
+    host, repo, digest = split_reference(build.oci)
+    if registry:
+        host, repo, _ = split_reference(registry)
+    done = attach(Registry(host), repo, digest, _attestations_of(store, key, raw))
+    return {
+        "manifest": build.id,
+        "image": f"{host}/{repo}@{digest}",
+        "tag": done.tag,
+        "reference": done.reference,
+        "attestations": len(done.layers),
+        "added": len(done.added),
+        "manifest_digest": done.manifest_digest,
+    }
+
+
+def attach_stored(store: Store, image: str, manifest_id: str) -> dict[str, Any]:
+    """Attach a record just written (by its own signer, which the trust file may not list yet) beside its image."""
+    key = store.manifest_key(image, manifest_id)
+    raw = store.read(key)
+    return attach_record(store, key, raw, parse_statement(manifest_id, envelope_payload(raw)))
+
+
+def attach_manifest(
+    path: Path | str | None, ref: str, registry: str | None = None, trust: Path | None = None
+) -> dict[str, Any]:
+    """`imagekit manifest attach ID [--registry REGISTRY/REPO]`: for a record made before, or to a mirror."""
+    loaded = load_spec(path)
+    ledger = open_ledger(loaded, trust)
+    e = ledger.build(ref)  # only what verifies (and its SBOM too) goes out
+    assert e.build is not None
+    ledger.sbom(e)
+    return attach_record(ledger.store, e.key, e.raw, e.build, registry)

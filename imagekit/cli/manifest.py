@@ -129,6 +129,9 @@ def verify(
     ref: str = typer.Argument(..., help="Manifest id, or an envelope file (.intoto.json)."),
     file: Path | None = SpecOpt,
     trust: Path | None = TrustOpt,
+    image: str | None = typer.Option(
+        None, "--image", help="Also check that the registry serves this subject for REGISTRY/REPO:TAG now (online)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Offline: exit 0 only if a trusted key signed it, every strict rule holds and the build is not revoked."""
@@ -136,7 +139,7 @@ def verify(
 
     from imagekit.api.manifest import verify_manifest
 
-    res = run(lambda: verify_manifest(file, ref, trust))
+    res = run(lambda: verify_manifest(file, ref, trust, image))
     if json_out:
         print_json({"ok": True, **asdict(res)})
         return
@@ -148,6 +151,45 @@ def verify(
     if res.cosign:
         err.print("the same check with cosign:")
         out.print(res.cosign)
+
+
+@manifest_app.command("sbom")
+def sbom(
+    ref: str = typer.Argument(..., help="Manifest id (or a unique prefix)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the CycloneDX JSON here (default: stdout)."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+) -> None:
+    """The build's SBOM (CycloneDX 1.6 JSON of the verified image's pip and dpkg packages), after checking it."""
+    from imagekit.api.manifest import manifest_sbom, write_json
+
+    bom = run(lambda: manifest_sbom(file, ref, trust))
+    if output is None:
+        print_json(bom)
+        return
+    run(lambda: write_json(output, bom))
+    err.print(f"[green]ok[/] {len(bom.get('components', []))} components -> {escape(str(output))}")
+
+
+@manifest_app.command("attach")
+def attach(
+    ref: str = typer.Argument(..., help="Manifest id (or a unique prefix) of a pushed build."),
+    registry: str | None = typer.Option(
+        None, "--registry", help="REGISTRY/REPO to attach at (default: where the build pushed its image)."
+    ),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Push the signed provenance (and SBOM) beside the image, as cosign does: the sha256-<digest>.att tag."""
+    from imagekit.api.manifest import attach_manifest
+
+    res = run(lambda: attach_manifest(file, ref, registry, trust))
+    if json_out:
+        print_json(res)
+        return
+    err.print(f"[green]ok[/] {res['attestations']} attestation(s) at {escape(res['reference'])} "
+              f"({res['added']} new) for {escape(res['image'])}")  # fmt: skip
 
 
 @manifest_app.command("diff")

@@ -18,8 +18,10 @@ from imagekit.manifest.channels import (
     read_revocations,
     read_verified,
 )
-from imagekit.manifest.dsse import parse_envelope, verify_envelope
+from imagekit.manifest.dsse import loads_strict, parse_envelope, verify_envelope
 from imagekit.manifest.keys import PUBLIC_NAME, TrustedKey, load_trust, trusted_from_pem
+from imagekit.manifest.rules import check_statement
+from imagekit.manifest.sbom import SBOM_SUFFIX, check_sbom_statement
 from imagekit.manifest.statement import BuildRecord, manifest_id_of, parse_statement
 from imagekit.manifest.store import MANIFEST_SUFFIX, Store, open_store
 from imagekit.paths import config_dir
@@ -174,6 +176,25 @@ class Ledger:
     def entry(self, ref: str) -> Entry:
         """The manifest with id (or unique id prefix) ref."""
         return self.read_entry(self.store.find(ref))
+
+    def sbom(self, e: Entry) -> dict[str, Any] | None:
+        """The CycloneDX document beside a verified record, checked: signed by a trusted key, over the record's
+        subjects, hashing to the digest the record signed. None for a record without one (older, or no probe)."""
+        assert e.build is not None
+        raw = self.store.read_sidecar(e.key, SBOM_SUFFIX)
+        if raw is None:
+            if e.build.sbom_sha256:
+                raise SignatureError(
+                    f"manifest {e.id}: it names an SBOM but none lies beside it (rule: SBOM matches its signed digest)"
+                )
+            return None
+        try:
+            verified = verify_envelope(parse_envelope(raw), self.keys)
+            doc = loads_strict(verified.payload)
+        except SignatureError as exc:
+            raise SignatureError(f"manifest {e.id}: its SBOM statement: {exc}") from None
+        check_statement(e.id, doc)
+        return check_sbom_statement(e.id, doc, e.build.subjects, e.build.sbom_sha256)
 
     def build(self, ref: str) -> Entry:
         """A manifest that must verify; SignatureError with why otherwise."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +19,14 @@ from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.rules import is_rfc3339
+from imagekit.manifest.sbom import (
+    SBOM_BUNDLE_SUFFIX,
+    SBOM_SUFFIX,
+    bom_sha256,
+    cyclonedx_sbom,
+    inventory,
+    sbom_statement,
+)
 from imagekit.manifest.statement import (
     BuildFacts,
     BuildRecord,
@@ -54,6 +62,8 @@ class Recorded:
     keyid: str
     key_created: Path | None = None
     trusted: bool | None = None
+    sbom_location: str | None = None
+    store: Store | None = None
 
 
 def _iso(t: datetime | str) -> str:
@@ -248,10 +258,23 @@ def record_build(
         rehearsal=rehearsal,
         size_bytes=size_bytes,
     )
+    sbom_envelope = None
+    pip, dpkg, os_info = inventory(report)
+    if pip or dpkg:
+        # the SBOM of what was verified, signed over the same subjects and bound to the record by its digest
+        subjects = build_statement(facts)["subject"]
+        bom = cyclonedx_sbom(image, subjects, pip, dpkg, os_info, tool_version=__version__, timestamp=facts.finished)
+        facts = replace(facts, sbom_sha256=bom_sha256(bom))
+        sbom_envelope = sign_envelope(canonical_json(sbom_statement(subjects, bom)), signer)
     payload = canonical_json(build_statement(facts))
     envelope = sign_envelope(payload, signer)
     mid = manifest_id_of(payload)
     store = store or spec_store(loaded)
+    sbom_location = None
+    if sbom_envelope is not None:
+        # before the record: a record that names an SBOM never lies in the store without it
+        sbom_location = store.put_sidecar(image, mid, SBOM_SUFFIX, envelope_bytes(sbom_envelope))
+        store.put_sidecar(image, mid, SBOM_BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(sbom_envelope)))
     location = store.put_manifest(image, mid, envelope_bytes(envelope))
     # the same envelope as a Sigstore bundle v0.3, for @sigstore/verify and `cosign … --bundle`
     store.put_sidecar(image, mid, BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(envelope)))
@@ -263,7 +286,7 @@ def record_build(
     if trusted is False:
         reporter(Event("warn", f"key {signer.ref} is not in the trust file; `manifest verify` will reject {mid}"))
     reporter(Event("done", f"manifest {mid} ({'verified' if ok else 'FAILED verification'}) -> {location}", image))
-    return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted)
+    return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted, sbom_location, store)
 
 
 def verified_builds(loaded: LoadedSpec, *, store: Store | None = None, rehearsal: bool = False) -> list[BuildRecord]:
