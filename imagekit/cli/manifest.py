@@ -10,7 +10,7 @@ import typer
 from imagekit.cli import app, run
 from imagekit.cli.console import err, escape, out, print_json
 
-manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, diff.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, sbom, attach, diff.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 
 SpecOpt = typer.Option(None, "-f", "--file", help="The spec file (locates the store and trust file).")
