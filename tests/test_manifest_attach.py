@@ -83,7 +83,7 @@ def test_attach_puts_the_envelopes_where_cosign_looks(tmp_path: Path, docker_reg
     _h, first = _http(f"http://{docker_registry}/v2/team/app/blobs/{manifest['layers'][0]['digest']}")
     assert first == (stored / f"{mid}.intoto.json").read_bytes()  # the layer IS the stored envelope
     _h, second = _http(f"http://{docker_registry}/v2/team/app/blobs/{manifest['layers'][1]['digest']}")
-    assert second == (stored / f"{mid}.sbom.intoto.json").read_bytes()
+    assert second == (stored / f"{mid}.sbom.dsse.json").read_bytes()
 
     # attaching again adds nothing; the image's own tag is untouched
     again = cli("manifest", "attach", mid, "-f", spec, "--json")

@@ -52,7 +52,7 @@ def test_manifest_sbom_writes_a_valid_cyclonedx_document(tmp_path: Path) -> None
 def test_sbom_is_its_own_statement_over_the_same_subject(tmp_path: Path) -> None:
     loaded = make_spec(tmp_path)
     rec = fake_build(loaded, report=_report())
-    assert rec.sbom_location == str(Path(rec.location).with_name(f"{rec.id}.sbom.intoto.json"))
+    assert rec.sbom_location == str(Path(rec.location).with_name(f"{rec.id}.sbom.dsse.json"))
     st = json.loads(envelope_payload(Path(rec.location).read_bytes()))
     sbom = json.loads(envelope_payload(Path(rec.sbom_location).read_bytes()))
     assert sbom["predicateType"] == SBOM_PREDICATE_TYPE == "https://cyclonedx.org/bom"
@@ -92,4 +92,4 @@ def test_a_record_without_an_inventory_has_no_sbom(tmp_path: Path) -> None:
     assert rec.sbom_location is None
     r = cli("manifest", "sbom", rec.id, "-f", str(loaded.path))
     assert r.exit_code == 1 and "has no SBOM" in r.stderr and r.stderr.count("\n") == 1
-    assert not any(k.endswith(".sbom.intoto.json") for k in spec_store(loaded).backend.keys("app/"))
+    assert not any(k.endswith(".sbom.dsse.json") for k in spec_store(loaded).backend.keys("app/"))

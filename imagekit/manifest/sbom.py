@@ -1,7 +1,7 @@
 """The SBOM of what was verified: CycloneDX 1.6 JSON from the probe's pip and dpkg inventory of the booted image.
 
 It is signed as its own in-toto statement (predicateType https://cyclonedx.org/bom) over the same subjects as the
-provenance, stored beside it as `<id>.sbom.intoto.json`, and bound to it by the sha256 of the document's canonical
+provenance, stored beside it as `<id>.sbom.dsse.json`, and bound to it by the sha256 of the document's canonical
 JSON (the provenance's `sbom` byproduct).
 """
 
@@ -18,7 +18,7 @@ from imagekit.errors import SignatureError
 from imagekit.manifest.statement import STATEMENT_TYPE, canonical_json, sha256_hex
 
 SBOM_PREDICATE_TYPE = "https://cyclonedx.org/bom"
-SBOM_SUFFIX = ".sbom.intoto.json"
+SBOM_SUFFIX = ".sbom.dsse.json"
 SBOM_BUNDLE_SUFFIX = ".sbom.sigstore.json"
 # a fixed namespace: the same subjects give the same serial number, so an SBOM is reproducible
 SERIAL_NAMESPACE = uuid.UUID("6f1f3b0e-5c1a-4b8e-9a57-1d2b3c4d5e6f")

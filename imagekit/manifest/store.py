@@ -213,7 +213,7 @@ class Store:
         return self.backend.read(key)
 
     def manifest_keys(self, image: str | None = None) -> list[str]:
-        """Keys of every manifest (of one image, or all); `<id>.sbom.intoto.json` and other sidecars are not."""
+        """Keys of every manifest (of one image, or all); `<id>.sbom.dsse.json` and other sidecars are not."""
         keys = self.backend.keys(f"{image}/" if image else "")
         return [
             k
