@@ -215,8 +215,7 @@ verify: {{gpu: optional}}
 
 def bench_app_rebuild_ami(quick: bool) -> dict[str, Any]:
     """Rehearsal (moto EC2 + sshd containers, real packer): `packer build` runs after an app-only change."""
-    from imagekit.ami import build_ami
-    from imagekit.spec import load_spec
+    from imagekit.api.build import build
 
     name = f"bench-ami-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-") as tmp:
@@ -226,11 +225,11 @@ def bench_app_rebuild_ami(quick: bool) -> dict[str, Any]:
         (root / "imagekit.yaml").write_text(AMI_SPEC.format(name=name))
         try:
             t0 = time.perf_counter()
-            cold = build_ami(load_spec(root / "imagekit.yaml"), ["svc"], False, rehearse=True, verify=False)
+            cold = build(root / "imagekit.yaml", "ami", ["svc"], rehearse=True, verify=False)
             cold_s = time.perf_counter() - t0
             (root / "app" / "server.py").write_text("print('v2')\n")
             t0 = time.perf_counter()
-            warm = build_ami(load_spec(root / "imagekit.yaml"), ["svc"], False, rehearse=True, verify=False)
+            warm = build(root / "imagekit.yaml", "ami", ["svc"], rehearse=True, verify=False)
             warm_s = time.perf_counter() - t0
         finally:
             _remove_tags(name)
@@ -238,10 +237,10 @@ def bench_app_rebuild_ami(quick: bool) -> dict[str, Any]:
     built = [lr.name for lr in warm.images[0].layers if lr.status == "built"]
     return {
         "name": "app_rebuild_ami",
-        "ratio": warm.packer_builds / layers,
-        "layer_builds": f"{warm.packer_builds} of {layers}",
-        "packer_builds_cold": cold.packer_builds,
-        "packer_builds_after_app_change": warm.packer_builds,
+        "ratio": warm.layer_builds / layers,
+        "layer_builds": f"{warm.layer_builds} of {layers}",
+        "packer_builds_cold": cold.layer_builds,
+        "packer_builds_after_app_change": warm.layer_builds,
         "built_after_app_change": built,
         "cold_s": cold_s,
         "app_change_s": warm_s,
@@ -251,7 +250,7 @@ def bench_app_rebuild_ami(quick: bool) -> dict[str, Any]:
 
 def bench_image_size(quick: bool) -> dict[str, Any]:
     """Our final image vs bench/naive/Dockerfile (one FROM, compilers and pip cache kept, weights before code)."""
-    from imagekit.runners.bootstrap import base_tag
+    from imagekit.names import base_tag
     from imagekit.spec import Bootstrap
 
     name = f"bench-size-{uuid.uuid4().hex[:6]}"

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ def _probe(capture: Capture, argv: Sequence[str], env: Mapping[str, str] | None 
     """Run a short query; None when the tool is absent, hangs, or cannot start."""
     try:
         return capture(list(argv), env=env, timeout=PROBE_TIMEOUT)
-    except (ImagekitError, subprocess.TimeoutExpired, OSError):
+    except (ImagekitError, OSError):  # ToolMissing, CommandTimeout
         return None
 
 
@@ -158,23 +157,15 @@ def check_packer(capture: Capture, which: Which) -> Check:
 
 def check_aws(session_factory: Callable[[], Any] | None = None) -> list[Check]:
     """AWS credentials and region from the usual chain, without calling AWS (instance metadata: 1 s, 1 try)."""
-    import boto3
-    import botocore.session
-    from botocore.exceptions import BotoCoreError
+    from imagekit.runners.aws import aws_errors, offline_session
 
+    unreadable: tuple[type[Exception], ...] = (*aws_errors(), ValueError, OSError)
     try:
-        if session_factory is not None:
-            session = session_factory()
-        else:
-            core = botocore.session.get_session()
-            # Off EC2 the metadata service is unreachable: keep its probe short so doctor never hangs.
-            core.set_config_variable("metadata_service_timeout", 1)
-            core.set_config_variable("metadata_service_num_attempts", 1)
-            session = boto3.Session(botocore_session=core)
+        session = session_factory() if session_factory is not None else offline_session()
         creds = session.get_credentials()
         # botocore reads AWS_DEFAULT_REGION; AWS_REGION is what most other AWS tools (and SDKs) read.
         region = session.region_name or os.environ.get("AWS_REGION")
-    except (BotoCoreError, ValueError, OSError) as exc:
+    except unreadable as exc:
         fix = "fix the AWS config files (~/.aws/config, ~/.aws/credentials) or the AWS_* environment"
         return [Check("aws credentials", False, f"cannot read the AWS configuration: {exc}", fix, "AMI builds")]
     if creds is None:

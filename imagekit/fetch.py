@@ -93,13 +93,12 @@ def _http_chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> Iterato
 
 
 def _s3_chunks(bucket: str, key: str) -> Iterator[bytes]:
-    import boto3
-    import botocore.exceptions
+    from imagekit.runners.aws import aws_errors, s3_client
 
     # boto3 honours AWS_ENDPOINT_URL / AWS_PROFILE / AWS_REGION like the aws CLI does
     try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except aws_errors() as exc:
         raise BuildFailed(f"cannot download model s3://{bucket}/{key}: {exc}") from None
     while chunk := body.read(CHUNK):
         yield chunk

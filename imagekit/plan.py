@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Literal
 
 from imagekit.digests import DigestCache, tree_digest
@@ -125,7 +124,7 @@ def plan_image(
         if target == "ami" and name == chain[-1][0]:
             # an AMI's leaf also carries the image's systemd unit (user, env, command): a layer that is one image's
             # leaf and another's inner layer is two different AMIs, and a changed command is a rebuild
-            from imagekit.render.scripts import render_service_unit
+            from imagekit.render.service_unit import render_service_unit
 
             unit = render_service_unit(loaded, image)
             if unit is not None:
@@ -174,19 +173,6 @@ def plan_json(plans: list[ImagePlan]) -> dict[str, object]:
     return {"images": [p.to_json() for p in plans]}
 
 
-def as_dict(lp: LayerPlan) -> dict[str, object]:
-    """A layer plan as plain data (for manifests and reports)."""
-    return asdict(lp)
-
-
 def spec_hash(loaded: LoadedSpec) -> str:
     """sha256 of the spec file's bytes, as recorded in manifests."""
     return hashlib.sha256(loaded.text.encode("utf-8")).hexdigest()
-
-
-def relative_to_spec(loaded: LoadedSpec, path: Path) -> str:
-    """A path as the spec would name it, for messages."""
-    try:
-        return path.resolve().relative_to(loaded.root).as_posix()
-    except ValueError:
-        return str(path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imagekit.ami.gc import Protected, plan_gc
+from imagekit.retention.ami import Protected, plan_gc
 from imagekit.runners.aws import Ami
 
 

@@ -302,12 +302,11 @@ def test_failing_provisioner_exits_1_naming_layer_line_and_log(chain: Chain) -> 
 
 
 def test_gc_keeps_channel_newest_verified_and_parents_removes_the_rest(chain: Chain) -> None:
-    from imagekit.ami.gc import run_gc
-    from imagekit.ami.rehearsal import rehearsal
-    from imagekit.api.ami import protected_amis
     from imagekit.api.manifest import promote
     from imagekit.manifest.ledger import open_ledger
+    from imagekit.retention.ami import protected_amis, run_gc
     from imagekit.spec import load_spec
+    from imagekit.targets.ami.rehearsal import rehearsal
 
     spec = chain.root / "imagekit.yaml"
     # the first build goes to a channel (rehearsal builds need --allow-rehearsal to be promoted)

@@ -24,9 +24,9 @@ import pytest
 from conftest import IN_CI, REPO, copy_example, require_docker, require_tool
 from test_docker_build_unit import https_server  # noqa: F401 (a fixture)
 
-from imagekit.api.build import BuildResult, build, layer_tag
+from imagekit.api.build import BuildResult, build
 from imagekit.errors import BuildFailed
-from imagekit.runners.bootstrap import base_tag
+from imagekit.names import base_tag, layer_tag
 from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap, load_spec
 
@@ -129,7 +129,9 @@ def test_cold_build_builds_every_layer_and_tags_by_hash(built: Built) -> None:
     loaded = load_spec(built.spec)
     engine = DockerEngine()
     for lr in res.layers:
-        assert lr.tag == layer_tag(loaded, lr.name, lr.hash) == f"imagekit/{built.name}-{lr.name}:{lr.hash[:16]}"
+        assert (
+            lr.tag == layer_tag(loaded.spec.name, lr.name, lr.hash) == f"imagekit/{built.name}-{lr.name}:{lr.hash[:16]}"
+        )
         info = engine.inspect(lr.tag)
         assert info is not None
         assert info.id == lr.image_id

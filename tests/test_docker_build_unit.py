@@ -16,9 +16,12 @@ from typer.testing import CliRunner
 from imagekit.api import build as build_api
 from imagekit.errors import BuildFailed, SpecError, UsageError
 from imagekit.fetch import fetch_model, models_cache, stage
-from imagekit.runners.bootstrap import base_hash, base_tag, definition, remove_rootfs
+from imagekit.names import base_definition as definition
+from imagekit.names import base_hash, base_tag
+from imagekit.runners.bootstrap import remove_rootfs
 from imagekit.runners.docker import is_error_line, parse_step, split_ref
 from imagekit.spec import Bootstrap, ModelFile, load_spec
+from imagekit.targets import docker as docker_target
 
 
 def test_parse_step_reads_buildkit_plain_progress() -> None:
@@ -238,7 +241,7 @@ def test_select_images(tmp_path: Path) -> None:
 
 def test_secrets_are_files_outside_the_context(tmp_path: Path) -> None:
     loaded = load_spec(_spec(tmp_path))
-    with build_api._secrets(loaded) as secrets:
+    with docker_target._secrets(loaded) as secrets:
         assert secrets["ca"] == tmp_path / "ca.pem"
         pipconf = secrets["pipconf"]
         text = pipconf.read_text()
@@ -251,24 +254,24 @@ def test_secrets_are_files_outside_the_context(tmp_path: Path) -> None:
 
 def test_wheelhouse_is_mirrored_or_skipped(tmp_path: Path) -> None:
     loaded = load_spec(_spec(tmp_path))
-    assert build_api._stage_wheelhouse(loaded, "one", lambda _e: None) is None  # absent: pip uses the index
+    assert docker_target._stage_wheelhouse(loaded, "one", lambda _e: None) is None  # absent: pip uses the index
     (tmp_path / "wheels").mkdir()
     (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"a")
     staged = tmp_path / ".imagekit" / "wheelhouse"
     staged.mkdir(parents=True)
     (staged / "stale.whl").write_bytes(b"old")
-    assert build_api._stage_wheelhouse(loaded, "one", lambda _e: None) == ".imagekit/wheelhouse"
+    assert docker_target._stage_wheelhouse(loaded, "one", lambda _e: None) == ".imagekit/wheelhouse"
     assert sorted(p.name for p in staged.iterdir()) == ["a-1-py3-none-any.whl"]
 
 
 def test_children_start_from_their_parents_tagged_image(tmp_path: Path) -> None:
     loaded = load_spec(_spec(tmp_path))
     # the rendered Dockerfile names the arg after the child stage (IMAGEKIT_PARENT_<CHILD>)
-    assert build_api._parent_args(loaded, "one", {}) == {}
-    assert build_api._parent_args(loaded, "one", {"base": "imagekit/ikt-unit-base:0123"}) == {
+    assert docker_target._parent_args(loaded, "one", {}) == {}
+    assert docker_target._parent_args(loaded, "one", {"base": "imagekit/ikt-unit-base:0123"}) == {
         "IMAGEKIT_PARENT_APP": "imagekit/ikt-unit-base:0123"
     }
-    text = build_api._render(loaded, "one", None).read_text()
+    text = docker_target._render(loaded, "one", None).read_text()
     assert "FROM ${IMAGEKIT_PARENT_APP} AS app" in text
     assert (tmp_path / ".imagekit" / "render" / "one.Dockerfile.dockerignore").is_file()
     assert (tmp_path / ".imagekit" / "render" / "provision" / "app.sh").is_file()
@@ -358,7 +361,7 @@ def test_a_layer_whose_files_changed_mid_build_is_not_kept(tmp_path: Path) -> No
 
     def layer(engine: StampingEngine) -> Any:
         with log.open("w") as fh:
-            return build_api._build_layer(
+            return docker_target._build_layer(
                 loaded, "one", lp, "imagekit/ikt-unit-app:1111111111111111", engine=engine,  # type: ignore[arg-type]
                 dockerfile=tmp_path / "x.Dockerfile", context=tmp_path, build_args={}, secrets={}, force=False,
                 log=fh, log_path=log, reporter=lambda _e: None,

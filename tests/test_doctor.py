@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,7 +179,7 @@ def test_a_tool_that_hangs_is_missing_not_fatal(tmp_path: Path, monkeypatch: pyt
 
 
 def test_probe_survives_timeouts_and_missing_binaries() -> None:
-    fake = FakeTools({("packer", "version"): subprocess.TimeoutExpired(["packer"], 1)})
+    fake = FakeTools({("packer", "version"): process.CommandTimeout("packer did not finish within 1s")})
     assert not doctor.check_packer(fake, fake.which).ok
     assert not doctor.check_packer(process.capture, lambda _n: "/nonexistent/packer").ok
     assert not doctor.check_packer(process.capture, lambda _n: None).ok

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from manifest_helpers import fake_build, make_spec
 
+from imagekit.api import attest
 from imagekit.api import manifest as api
 from imagekit.errors import SignatureError
 from imagekit.manifest.dsse import envelope_payload
@@ -104,13 +105,13 @@ def test_default_key_is_created_on_first_record_and_reported(tmp_path: Path, mon
     assert any(str(rec.key_created) in e.message for e in events)
     assert not list((tmp_path / "s").rglob("*.key"))  # never into the repo
     # with no trust file, the local default public key is trusted: the local flow needs no setup
-    assert api.verify_manifest(tmp_path / "s", rec.id).id == rec.id
+    assert attest.verify_manifest(tmp_path / "s", rec.id).id == rec.id
 
 
 def test_verify_list_show(tmp_path: Path) -> None:
     loaded = make_spec(tmp_path)
     rec = fake_build(loaded, report={"passed": True, "torch": "2.5.1", "latency_ms": 40})
-    out = api.verify_manifest(tmp_path, rec.id[:8])
+    out = attest.verify_manifest(tmp_path, rec.id[:8])
     assert out.id == rec.id and out.revocation_checked and out.passed
     bundle = rec.location.removesuffix(".intoto.json") + ".sigstore.json"
     digest = _statement(rec.location)["subject"][0]["digest"]["sha256"]
@@ -130,7 +131,7 @@ def test_verify_list_show(tmp_path: Path) -> None:
     old = os.getcwd()
     os.chdir(monkey_cwd)
     try:
-        alone = api.verify_manifest(None, rec.location, trust=tmp_path / "keys" / "imagekit.pub")
+        alone = attest.verify_manifest(None, rec.location, trust=tmp_path / "keys" / "imagekit.pub")
     finally:
         os.chdir(old)
     assert alone.id == rec.id and not alone.revocation_checked
@@ -156,17 +157,17 @@ def test_tampered_or_untrusted_manifest_fails_verify(tmp_path: Path) -> None:
         other = tmp_path / "bad.intoto.json"
         other.write_text(json.dumps(bad))
         with pytest.raises(SignatureError):
-            api.verify_manifest(tmp_path, str(other))
+            attest.verify_manifest(tmp_path, str(other))
     from imagekit.manifest.keys import keygen
 
     _, pub = keygen(tmp_path / "stranger")
     with pytest.raises(SignatureError, match="unknown key"):
-        api.verify_manifest(tmp_path, rec.id, trust=pub)
+        attest.verify_manifest(tmp_path, rec.id, trust=pub)
     # a re-signed payload under a new name is caught by the id check
     alias = path.with_name("0000000000000000.intoto.json")
     alias.write_bytes(good)
     with pytest.raises(SignatureError, match="renamed or replaced"):
-        api.verify_manifest(tmp_path, "0000000000000000")
+        attest.verify_manifest(tmp_path, "0000000000000000")
 
 
 def test_diff_with_real_verify_reports(tmp_path: Path) -> None:
@@ -257,5 +258,5 @@ def test_ed25519_builds_verify_without_a_cosign_line(tmp_path: Path) -> None:
     layers = plan_image(loaded, "app", "docker").layers
     rec = record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", image_ref="r@sha256:" + "5" * 64,
                        report={"passed": True}, key=str(priv))  # fmt: skip
-    out = api.verify_manifest(tmp_path, rec.id)
+    out = attest.verify_manifest(tmp_path, rec.id)
     assert out.keyid == rec.keyid and out.cosign is None

@@ -9,7 +9,7 @@ import hcl2
 import pytest
 from conftest import require_packer
 
-from imagekit.render.packer import Rehearsal, fmt, render_packer, render_verify
+from imagekit.render.packer import RehearsalRender, fmt, render_packer, render_verify
 from imagekit.spec import LoadedSpec, load_spec
 
 SPEC = """\
@@ -62,7 +62,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> LoadedSpec:
 
 def _all(loaded: LoadedSpec) -> dict[str, str]:
     out: dict[str, str] = {}
-    for prefix, reh in (("", None), ("rehearsal-", Rehearsal())):
+    for prefix, reh in (("", None), ("rehearsal-", RehearsalRender())):
         for name, text in render_packer(loaded, "tts-inference", rehearsal=reh).items():
             out[prefix + name] = text
         out[prefix + "verify.pkr.hcl"] = render_verify(loaded, "tts-inference", rehearsal=reh)
@@ -126,7 +126,7 @@ def test_app_change_changes_only_app_template(loaded: LoadedSpec, tmp_path: Path
 
 
 def test_rehearsal_render_points_at_variables_only(loaded: LoadedSpec) -> None:
-    out = render_packer(loaded, "tts-inference", rehearsal=Rehearsal())
+    out = render_packer(loaded, "tts-inference", rehearsal=RehearsalRender())
     base = _source(out["base.pkr.hcl"])
     assert base["custom_endpoint_ec2"] == "${var.ec2_endpoint}"
     assert base["source_ami"] == "${var.parent_ami}"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.ami import vmcheck
+from imagekit.names import service_unit_path
 from imagekit.render.packer import render_packer
-from imagekit.render.scripts import render_service_install, render_service_unit, service_exec, service_unit_path
+from imagekit.render.service_unit import render_service_install, render_service_unit, service_exec
 from imagekit.spec import LoadedSpec, load_spec
+from imagekit.verify import vmcheck
 from imagekit.verify.report import check_service_unit
 
 VENV_SPEC = """\
@@ -150,7 +151,7 @@ def test_missing_unit_fails_only_on_ami_with_a_command(venv_spec: LoadedSpec) ->
 def test_ami_verify_report_fails_without_an_enabled_unit(venv_spec: LoadedSpec) -> None:
     from datetime import datetime, timezone
 
-    from imagekit.ami.build import check_config, vm_report
+    from imagekit.verify.ec2_host import check_config, vm_report
 
     assert check_config(venv_spec, "tts")["unit"] == "/etc/systemd/system/imagekit-tts.service"
     raw = {"failures": [], "service_unit": {"path": service_unit_path("tts"), "present": True, "enabled": False}}

@@ -170,10 +170,11 @@ def test_weights_whose_sha256_differs_exit_1_naming_both_digests(image: str, der
 
 def test_a_service_that_never_becomes_healthy_exits_1(image: str, spec_copy: Path, derived: Any) -> None:
     ref = derived("ENV MODEL_PATH=/opt/models/missing.pt")
-    _edit(spec_copy, "health: {path: /ready, timeout: 300}", "health: {path: /ready, timeout: 4}")
+    # 20 s: long enough for the server to be up and answering 503 on a loaded 2-core machine (4 s was not)
+    _edit(spec_copy, "health: {path: /ready, timeout: 300}", "health: {path: /ready, timeout: 20}")
     code, _, err = _verify(spec_copy, ref)
     assert code == 1, err
-    assert "health: /ready did not answer 200 within 4s (last: 503" in err
+    assert "health: /ready did not answer 200 within 20s (last: 503" in err
     assert "missing.pt" in err
     assert _leftovers(err) == []
 

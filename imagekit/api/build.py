@@ -1,109 +1,32 @@
-"""build: spec -> images. The docker target lives here; the ami target is dispatched to imagekit.ami."""
+"""build: the one pipeline for every target: select, plan (with the target's reuse lookup), build, verify, size
+gate, record. `imagekit build` and `imagekit nightly` both drive it; nothing here branches on the target's name."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
+import json
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import TYPE_CHECKING, Any, cast
 
-from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError, VerifyFailed
+from imagekit.errors import BuildFailed, ImagekitError, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
-from imagekit.fetch import fetch_model, stage
-from imagekit.fsutil import atomic_write
-from imagekit.paths import log_dir
-from imagekit.plan import LayerPlan, plan_image
-from imagekit.render.dockerfile import parent_arg
-from imagekit.runners.docker import LABEL_PREFIX, DockerEngine, is_error_line, parse_step
+from imagekit.plan import Target as TargetName
+from imagekit.plan import plan_image
 from imagekit.spec import LoadedSpec
+from imagekit.targets import BuildOptions, LayerLock, Target, target_info
+from imagekit.targets.results import BaseResult, BuildResult, ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 
-DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-# Context-relative folders the docker build uses (the build context is the spec folder).
-RENDER_DIR = ".imagekit/render"
-SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
-WHEELHOUSE_DIR = ".imagekit/wheelhouse"
-MODELS_DIR = ".imagekit/models"
-LOG_TAIL = 25
-# tag -> a context held around building that layer; it yields True when another build already made the tag
-LayerLock = Callable[[str], contextlib.AbstractContextManager[bool]]
+if TYPE_CHECKING:
+    from imagekit.manifest.statement import BuildRecord
+    from imagekit.nightly.budget import BudgetOutcome
 
+__all__ = ["BaseResult", "BuildResult", "ImageResult", "LayerResult", "build", "select_images"]
 
-@dataclass
-class LayerResult:
-    """One layer of a built image: its hash, tag, and whether this run built it or reused the tagged image."""
-
-    name: str
-    hash: str
-    tag: str
-    status: Literal["built", "reused"]
-    seconds: float
-    image_id: str = ""
-    reason: str = ""
-
-
-@dataclass
-class BaseResult:
-    """Where the root layer started: a bootstrapped base or a docker reference, with what it resolved to."""
-
-    kind: Literal["bootstrap", "docker"]
-    ref: str
-    image_id: str
-    digest: str = ""
-    built: bool = False
-    seconds: float = 0.0
-
-
-@dataclass
-class ImageResult:
-    """One image built for one target."""
-
-    image: str
-    target: str
-    layers: list[LayerResult] = field(default_factory=list)
-    ref: str = ""
-    tags: list[str] = field(default_factory=list)
-    image_id: str = ""
-    size: int = 0
-    repo_digest: str = ""
-    pushed: str = ""
-    base: BaseResult | None = None
-    log_path: str = ""
-    verify_report: str = ""
-    manifest_id: str = ""
-    manifest_path: str = ""
-    manifest_passed: bool | None = None
-    attestations: str = ""
-    started: str = ""
-    finished: str = ""
-    seconds: float = 0.0
-
-    @property
-    def built_layers(self) -> list[str]:
-        """Names of the layers this run built (not reused)."""
-        return [lr.name for lr in self.layers if lr.status == "built"]
-
-
-@dataclass
-class BuildResult:
-    """What `imagekit build` did, as data (the CLI prints it; `--json` dumps `to_json()`)."""
-
-    spec: str
-    target: str
-    images: list[ImageResult] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON-able data."""
-        return asdict(self)
-
-    def image(self, name: str) -> ImageResult:
-        """The result of one image by name."""
-        return next(r for r in self.images if r.image == name)
+# image -> its last verified build of this target (the size gate's baseline), or None
+Previous = Callable[[str], "BuildRecord | None"]
 
 
 def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, force, push, reporter))
@@ -115,55 +38,38 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     reporter: Reporter = silent,
     *,
     verify: bool = True,
-    engine: DockerEngine | None = None,
+    engine: Any = None,
     rehearse: bool = False,
     force_layers: Collection[str] = (),
     layer_lock: LayerLock | None = None,
-    on_built: Callable[[ImageResult], None] | None = None,
+    previous: Previous | None = None,
+    raise_failures: bool = True,
 ) -> BuildResult:
-    """Build the spec's images for one target (docker or ami), reusing layers whose hash is already built."""
+    """Build the spec's images for one target, reusing layers whose hash is already built; verify, gate, record.
+
+    force_layers: layers rebuilt (without any build cache) although their hash is built (nightly refresh, upstream
+    drift). layer_lock(key): held around each layer build; it yields True when another build of this run already
+    made that layer, which is then reused. previous(image): the size gate's baseline (default: the store's last
+    verified build). raise_failures=False leaves a failed verification or size gate in the result (nightly).
+    """
     from imagekit.api.spec import validate
 
-    if target not in ("docker", "ami"):
-        raise UsageError(f"--target must be docker or ami, not {target!r}")
+    info = target_info(target)
+    if push and target != "docker":
+        raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
     loaded = validate(path)
     selected = select_images(loaded, target, images)
-    if target == "ami":
-        if push:
-            raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
-        # the AMI helper owns this path: Packer amazon-ebs per layer (imagekit/ami)
-        from imagekit.ami import build_ami
-        from imagekit.ami.build import as_build_result
-
-        ami = build_ami(loaded, selected, force, reporter, rehearse=rehearse, verify=verify)
-        return as_build_result(loaded, ami)
-    if rehearse:
-        raise UsageError("--rehearse applies to --target ami (a local moto EC2 with sshd containers)")
-    if push and len(selected) > 1:
-        raise UsageError(f"--push takes one image; pick it with --image ({', '.join(selected)})")
-    # every remote model of every selected image is fetched and checked before the engine is asked anything
-    for name in selected:
-        _stage_models(loaded, name, reporter)
-    engine = engine or DockerEngine()
+    options = BuildOptions(force, force_layers, push, rehearse, engine, reporter)
     out = BuildResult(spec=str(loaded.path), target=target)
-    for name in selected:
-        res = build_docker_image(
-            loaded, name, engine=engine, force=force, push=push, reporter=reporter,
-            force_layers=force_layers, layer_lock=layer_lock,
-        )  # fmt: skip
-        out.images.append(res)
-        if on_built is not None:
-            # nightly needs what was built even when the verification after it raises
-            on_built(res)
-        if verify:
-            try:
-                res.verify_report = verify_image(loaded, res, reporter)
-            except VerifyFailed as exc:
-                # a failed verification is a record too, clearly marked failed, so it can never be promoted
-                res.verify_report = exc.report_path
-                record_image(loaded, res, engine, reporter, failure="; ".join(exc.failures) or str(exc))
-                raise
-            record_image(loaded, res, engine, reporter)
+    with info.open(loaded, selected, options) as tgt:
+        for name in selected:
+            res = build_image(loaded, tgt, name, options, layer_lock)
+            out.images.append(res)
+            if verify:
+                verify_gate_record(loaded, tgt, res, reporter, previous=previous)
+                if raise_failures:
+                    _raise_failure(res)
+        out.builders, out.layer_builds = dict(tgt.builders), tgt.layer_builds
     return out
 
 
@@ -184,441 +90,145 @@ def select_images(loaded: LoadedSpec, target: str, images: list[str] | None) -> 
     return chosen
 
 
-def layer_repository(loaded: LoadedSpec, layer: str) -> str:
-    """`imagekit/<spec name>-<layer>`: where a layer's image is tagged by its hash."""
-    return f"imagekit/{loaded.spec.name}-{layer}"
-
-
-def layer_tag(loaded: LoadedSpec, layer: str, digest: str) -> str:
-    """`imagekit/<spec name>-<layer>:<hash16>`."""
-    return f"{layer_repository(loaded, layer)}:{digest[:16]}"
-
-
-def _parent_args(loaded: LoadedSpec, image: str, tags: dict[str, str]) -> dict[str, str]:
-    # every child whose parent is already tagged starts from that image, never from the parent's stage
-    return {
-        parent_arg(name): tags[layer.parent]
-        for name, layer in loaded.chain(image)
-        if layer.parent is not None and layer.parent in tags
-    }
-
-
-def build_docker_image(
-    loaded: LoadedSpec,
-    image: str,
-    *,
-    engine: DockerEngine,
-    force: bool = False,
-    push: str | None = None,
-    reporter: Reporter = silent,
-    force_layers: Collection[str] = (),
-    layer_lock: LayerLock | None = None,
+def build_image(
+    loaded: LoadedSpec, tgt: Target, image: str, options: BuildOptions, layer_lock: LayerLock | None = None
 ) -> ImageResult:
-    """Build one image's stale layers root first with BuildKit, tag each by hash, tag (and push) the final image.
-
-    force_layers: layers rebuilt without the BuildKit cache even when their tag exists (nightly refresh, upstream
-    drift). layer_lock(tag): held around each layer build; it yields True when another build of this run already
-    made that tag, which is then reused, so concurrent images build a shared parent layer once.
-    """
+    """Plan one image with the target's reuse lookup, build its stale layers root first, finish the artifact."""
     t0 = time.monotonic()
-    res = ImageResult(image=image, target="docker", started=iso_utc())
-    log_path = log_dir() / f"build-{loaded.spec.name}-{image}-docker-{time.strftime('%Y%m%dT%H%M%S')}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    res.log_path = str(log_path)
-    reporter(Event("info", f"full log: {log_path}", image, "", "docker"))
+    reporter = options.reporter
+    res = ImageResult(image=image, target=tgt.name, started=iso_utc())
+    found: dict[tuple[str, str], LayerResult] = {}
 
     def lookup(_img: str, _tgt: str, layer: str, digest: str) -> str | None:
-        tag = layer_tag(loaded, layer, digest)
-        if force or layer in force_layers:
+        if options.force or layer in options.force_layers:
             return None
-        return f"image {tag} exists" if engine.exists(tag) else None
+        hit = tgt.reuse(image, layer, digest)
+        if hit is None:
+            return None
+        found[(layer, digest)] = hit
+        return hit.reason
 
-    plan = plan_image(loaded, image, "docker", lookup=lookup)
-    root = loaded.root
-    with log_path.open("a", encoding="utf-8") as log, _note_failure(log), _secrets(loaded) as secrets:
-        log.write(f"# imagekit build {loaded.path} image={image} target=docker started={res.started}\n")
-        # 1. the root layer's base: bootstrapped (cached by definition hash) or a docker reference
-        root_name, _root_layer = loaded.chain(image)[0]
-        res.base = _ensure_base(loaded, image, root_name, engine, force=force, reporter=reporter, log=log)
-        # 2. render the Dockerfile and scripts into the context
-        wheelhouse = _stage_wheelhouse(loaded, image, reporter)
-        dockerfile = _render(loaded, image, wheelhouse)
-        build_args = {"BASE_IMAGE": res.base.ref}
-        tags: dict[str, str] = {}
+    plan = plan_image(loaded, image, cast(TargetName, tgt.name), lookup=lookup)
+    with tgt.prepare(image, res):
         for lp in plan.layers:
-            tag = layer_tag(loaded, lp.name, lp.hash)
             if lp.status == "cached":
-                info = engine.inspect(tag)
-                reporter(Event("cached", f"{tag} ({lp.reason})", image, lp.name, "docker"))
-                res.layers.append(LayerResult(lp.name, lp.hash, tag, "reused", 0.0, info.id if info else "", lp.reason))
-            else:
-                with layer_lock(tag) if layer_lock else contextlib.nullcontext(False) as built_elsewhere:
-                    info = engine.inspect(tag) if built_elsewhere else None
-                    if info is not None:
-                        why = "built by another image of this run"
-                        reporter(Event("cached", f"{tag} ({why})", image, lp.name, "docker"))
-                        res.layers.append(LayerResult(lp.name, lp.hash, tag, "reused", 0.0, info.id, why))
-                    else:
-                        res.layers.append(
-                            _build_layer(
-                                loaded, image, lp, tag, engine=engine, dockerfile=dockerfile, context=root,
-                                build_args={**build_args, **_parent_args(loaded, image, tags)},
-                                secrets=secrets, force=force or lp.name in force_layers, log=log,
-                                log_path=log_path, reporter=reporter,
-                            )
-                        )  # fmt: skip
-            tags[lp.name] = tag
-        leaf = res.layers[-1]
-        repo = loaded.spec.images[image].repository or image
-        final = f"{repo}:{leaf.hash[:16]}"
-        engine.tag(leaf.tag, repo, leaf.hash[:16])
-        engine.tag(leaf.tag, repo, "latest")
-        res.ref, res.tags = final, [final, f"{repo}:latest"]
-        info = engine.inspect(final)
-        res.image_id = info.id if info else leaf.image_id
-        res.size = info.size if info else 0
-        if push:
-            res.repo_digest, res.pushed = _push(engine, final, push, image=image, reporter=reporter, log=log)
-        res.finished = iso_utc()
+                reporter(Event("cached", f"{found[(lp.name, lp.hash)].tag} ({lp.reason})", image, lp.name, tgt.name))
+                res.layers.append(found[(lp.name, lp.hash)])
+                continue
+            key = f"{tgt.name}:{loaded.spec.name}:{lp.name}:{lp.hash}"
+            with layer_lock(key) if layer_lock else contextlib.nullcontext(False) as built_elsewhere:
+                again = tgt.reuse(image, lp.name, lp.hash) if built_elsewhere else None
+                if again is not None:
+                    again.reason = "built by another image of this run"
+                    reporter(Event("cached", f"{again.tag} ({again.reason})", image, lp.name, tgt.name))
+                    res.layers.append(again)
+                else:
+                    force = options.force or lp.name in options.force_layers
+                    res.layers.append(tgt.build_layer(image, lp, list(res.layers), force=force))
         res.seconds = round(time.monotonic() - t0, 1)
-        log.write(f"# finished {res.finished} image={res.ref} id={res.image_id}\n")
-    reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", "docker"))
+        tgt.finish(image, res)
+    res.seconds = round(time.monotonic() - t0, 1)
     return res
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.0f} MB"
+def verify_gate_record(
+    loaded: LoadedSpec, tgt: Target, res: ImageResult, reporter: Reporter, *, previous: Previous | None = None
+) -> None:
+    """Boot-and-verify, then the size gate, then the signed record, which says failed when either failed.
 
-
-def _build_layer(
-    loaded: LoadedSpec,
-    image: str,
-    lp: LayerPlan,
-    tag: str,
-    *,
-    engine: DockerEngine,
-    dockerfile: Path,
-    context: Path,
-    build_args: dict[str, str],
-    secrets: dict[str, Path],
-    force: bool,
-    log: IO[str],
-    log_path: Path,
-    reporter: Reporter,
-) -> LayerResult:
-    reporter(Event("start", f"{tag} ({lp.reason})", image, lp.name, "docker"))
-    log.write(f"\n# ---- layer {lp.name} -> {tag} ({lp.reason})\n")
-    log.flush()
-    last: list[str] = [""]
-
-    def on_line(line: str) -> None:
-        step = parse_step(line)
-        if step is not None and str(step) != last[0]:
-            last[0] = str(step)
-            reporter(Event("step", str(step), image, lp.name, "docker"))
-        else:
-            reporter(Event("log", line, image, lp.name, "docker"))
-
-    labels = {
-        f"{LABEL_PREFIX}.layer.hash": lp.hash,
-        f"{LABEL_PREFIX}.layer": lp.name,
-        f"{LABEL_PREFIX}.spec": loaded.spec.name,
-    }
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="imagekit-iid-") as tmp:
-        iid = Path(tmp) / "iid"
-        result = engine.build(
-            context, dockerfile=dockerfile, target=lp.name, tags=[tag], build_args=build_args, labels=labels,
-            secrets=secrets, no_cache=force, iidfile=iid, log=log, on_line=on_line,
-        )  # fmt: skip
-        image_id = iid.read_text().strip() if iid.exists() else ""
-    seconds = round(time.monotonic() - t0, 1)
-    if not result.ok:
-        tail = result.tail[-LOG_TAIL:]
-        errors = [line for line in result.tail if is_error_line(line)]
-        why = errors[-1].strip() if errors else f"docker build exited {result.returncode}"
-        reporter(Event("fail", why, image, lp.name, "docker"))
-        raise BuildFailed(
-            f"layer {lp.name} failed to build: {why}",
-            image=image,
-            layer=lp.name,
-            log_tail=tail,
-            log_path=str(log_path),
-        )
-    # The Dockerfile stamps each stage with the layer hash it computed when rendering; files edited while a build
-    # runs would put other content under this tag, so such a tag is dropped rather than reused later.
-    info = engine.inspect(tag)
-    stamped = (info.labels if info else {}).get(f"{LABEL_PREFIX}.layer.{lp.name}.hash")
-    if stamped and stamped != lp.hash:
-        engine.remove_image(tag)
-        raise BuildFailed(
-            f"layer {lp.name}: its input files changed while it was building (planned {lp.hash[:16]}, "
-            f"built {stamped[:16]}); run the build again",
-            image=image,
-            layer=lp.name,
-            log_path=str(log_path),
-        )
-    reporter(Event("done", f"{tag} in {seconds:.0f}s", image, lp.name, "docker"))
-    return LayerResult(lp.name, lp.hash, tag, "built", seconds, image_id, lp.reason)
-
-
-def _ensure_base(
-    loaded: LoadedSpec,
-    image: str,
-    root_name: str,
-    engine: DockerEngine,
-    *,
-    force: bool,
-    reporter: Reporter,
-    log: IO[str],
-) -> BaseResult:
-    root_layer = loaded.spec.layers[root_name]
-    src = root_layer.from_
-    key = ("layers", root_name, "from")
-    if src is not None and src.bootstrap is not None:
-        from imagekit.runners.bootstrap import ensure_base
-
-        # --force rebuilds layers, not the distribution base (minutes of debootstrap for the same packages)
-        base = ensure_base(engine, root_name, src.bootstrap, reporter=reporter, log=log, image=image)
-        return BaseResult("bootstrap", base.tag, base.image_id, base.hash, base.built, round(base.seconds, 1))
-    if src is not None and src.docker:
-        reporter(Event("step", f"resolving base {src.docker}", image, root_name, "docker"))
-        try:
-            info = engine.resolve(src.docker)
-        except BuildFailed as exc:
-            raise BuildFailed(
-                f"{exc} (with no registry, start from `from: {{bootstrap: ...}}`, or `docker load` the image first)",
-                image=image,
-                layer=root_name,
-                log_path=getattr(log, "name", ""),
-            ) from None
-        repo = src.docker.split("@", 1)[0].rsplit(":", 1)[0] if "/" in src.docker else src.docker.split(":")[0]
-        digest = next((d for d in info.repo_digests if d.split("@", 1)[0] == repo), "")
-        if not digest and info.repo_digests:
-            digest = info.repo_digests[0]
-        # build from the exact image that was resolved (repo@sha256:...), so the record and the build agree; a
-        # local-only image has no repo digest, and BuildKit cannot start FROM a bare image id, so its ref is kept
-        ref = digest or src.docker
-        return BaseResult("docker", ref, info.id, digest.split("@", 1)[1] if "@" in digest else info.id)
-    raise SpecError(
-        [
-            Problem(
-                loaded.file,
-                loaded.line_of(*key) or loaded.line_of("layers", root_name),
-                ".".join(key),
-                "the root layer needs from.docker or from.bootstrap for the docker target",
-                "add `from: {bootstrap: {distro: debian, suite: bookworm}}` to build with no registry",
-            )
-        ]
-    )
-
-
-def _render(loaded: LoadedSpec, image: str, wheelhouse: str | None) -> Path:
-    """Render the Dockerfile and provisioning scripts into <spec>/.imagekit/render (written only when changed)."""
-    from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
-    from imagekit.render.scripts import render_scripts
-
-    out = loaded.root / RENDER_DIR
-    for layer, text in sorted(render_scripts(loaded, image, "docker").items()):
-        _write_if_changed(out / "provision" / f"{layer}.sh", text, 0o755)
-    dockerfile = out / f"{image}.Dockerfile"
-    text = render_dockerfile(loaded, image, src_prefix="", scripts_prefix=SCRIPTS_PREFIX, wheelhouse=wheelhouse)
-    _write_if_changed(dockerfile, text, 0o644)
-    # BuildKit reads <Dockerfile>.dockerignore next to the Dockerfile: byte-code caches stay out of the image
-    _write_if_changed(out / f"{image}.Dockerfile.dockerignore", render_dockerignore(), 0o644)
-    return dockerfile
-
-
-def _write_if_changed(path: Path, text: str, mode: int) -> None:
-    # unchanged files keep their mtime, so BuildKit's context transfer and the digest cache stay warm
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text, mode=mode)
-
-
-def _stage_wheelhouse(loaded: LoadedSpec, image: str, reporter: Reporter) -> str | None:
-    """Mirror build.wheelhouse into the context (hard links, else copies); None when unset or absent."""
-    configured = loaded.spec.build.wheelhouse
-    if not configured:
-        return None
-    src = loaded.local(configured)
-    if not src.is_dir():
-        reporter(Event("info", f"wheelhouse {src} is not here; pip uses the index", image, "", "docker"))
-        return None
-    dest = loaded.root / WHEELHOUSE_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p for p in src.iterdir() if p.is_file()}
-    for old in dest.iterdir():
-        if old.name not in wanted:
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-    for name, path in sorted(wanted.items()):
-        stage(path, dest / name)
-    reporter(Event("info", f"wheelhouse {src}: {len(wanted)} files", image, "", "docker"))
-    return WHEELHOUSE_DIR
-
-
-def _stage_models(loaded: LoadedSpec, image: str, reporter: Reporter) -> None:
-    """Fetch and check every remote model of the chain, then link it into <spec>/.imagekit/models/<sha256>."""
-    ca = _ca_bundle(loaded)
-    for layer_name, layer in loaded.chain(image):
-        for model in layer.models:
-            if not model.is_remote:
-                continue
-            cached = fetch_model(model, ca_bundle=ca, reporter=reporter, image=image, layer=layer_name)
-            stage(cached, loaded.root / MODELS_DIR / model.sha256)
-
-
-def model_context_path(sha256: str) -> str:
-    """Where a fetched remote model sits in the build context (what the Dockerfile COPYs)."""
-    return f"{MODELS_DIR}/{sha256}"
-
-
-def _ca_bundle(loaded: LoadedSpec) -> Path | None:
-    configured = loaded.spec.build.ca_bundle
-    if configured:
-        path = loaded.local(configured)
-        if not path.is_file():
-            raise SpecError(
-                [
-                    Problem(
-                        loaded.file,
-                        loaded.line_of("build", "ca_bundle"),
-                        "build.ca_bundle",
-                        f"{configured!r} does not exist",
-                    )
-                ]
-            )
-        return path
-    return DEFAULT_CA_BUNDLE if DEFAULT_CA_BUNDLE.is_file() else None
-
-
-@contextlib.contextmanager
-def _note_failure(log: IO[str]) -> Iterator[None]:
-    """Write why a build stopped at the end of its log, so the file alone tells the story."""
+    The gate runs before the record so an over-budget build is stored as a failed build: never cached by a later
+    plan, never promotable. Failures are left in `res` (verify_failures, budget_passed) for the caller to judge.
+    """
     try:
-        yield
-    except ImagekitError as exc:
-        log.write(f"\n# failed: {exc}\n")
-        raise
-    except KeyboardInterrupt:
-        log.write("\n# interrupted\n")
-        raise
-
-
-@contextlib.contextmanager
-def _secrets(loaded: LoadedSpec) -> Iterator[dict[str, Path]]:
-    """BuildKit secrets: `ca` (the CA bundle) and `pipconf` (index settings) — never copied into a layer."""
-    secrets: dict[str, Path] = {}
-    ca = _ca_bundle(loaded)
-    if ca is not None:
-        secrets["ca"] = ca
-    index = loaded.spec.build.pip_index_url or os.environ.get("PIP_INDEX_URL")
-    extra = os.environ.get("PIP_EXTRA_INDEX_URL")
-    if not index and not extra:
-        yield secrets
-        return
-    lines = ["[global]"]
-    if index:
-        lines.append(f"index-url = {index}")
-    if extra:
-        lines.append(f"extra-index-url = {extra}")
-    if ca is not None:
-        lines.append("cert = /run/secrets/ca")
-    # index URLs may carry credentials: a private temp file outside the build context
-    fd, name = tempfile.mkstemp(prefix="imagekit-pipconf-", suffix=".conf")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        secrets["pipconf"] = Path(name)
-        yield secrets
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-
-
-def _push(
-    engine: DockerEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
-) -> tuple[str, str]:
-    _repo, _, tag = final.rpartition(":")
-    dest_repo, dest_tag = dest, tag
-    last = dest.rsplit("/", 1)[-1]
-    if ":" in last:
-        dest_repo, dest_tag = dest.rsplit(":", 1)
-    reporter(Event("start", f"push {dest_repo}:{dest_tag}", image, "", "docker"))
-    engine.tag(final, dest_repo, dest_tag)
-
-    def on_line(line: str) -> None:
-        log.write(f"push: {line}\n")
-
-    digest = engine.push(dest_repo, dest_tag, on_line=on_line)
-    reporter(Event("done", f"pushed {dest_repo}@{digest}", image, "", "docker"))
-    return digest, f"{dest_repo}@{digest}"
-
-
-def verify_image(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str:
-    """Boot-and-verify the built image through the verify helper's api, when it is installed."""
-    import importlib
-
-    try:
-        verify_api = importlib.import_module("imagekit.api.verify")
-    except ModuleNotFoundError as exc:
-        if exc.name != "imagekit.api.verify":
-            raise
-        reporter(Event("warn", "verify is not available in this install; skipped", res.image, "", "docker"))
-        return ""
-    verify_docker: Any = getattr(verify_api, "verify_docker", None)
-    if verify_docker is None:
-        reporter(Event("warn", "verify_docker is not available; skipped", res.image, "", "docker"))
-        return ""
-    report = verify_docker(loaded.path, res.ref, image=res.image, reporter=reporter)
-    if isinstance(report, str | Path):
-        return str(report)
-    return str(getattr(report, "path", "") or getattr(report, "report_path", "") or "")
+        res.verify_report = tgt.verify(res.image, res)
+    except VerifyFailed as exc:
+        res.verify_report = exc.report_path or ""
+        res.verify_failures = list(exc.failures) or [str(exc)]
+        res.verify_error = str(exc)
+    failure = "; ".join(res.verify_failures) or None
+    if failure is None:
+        gate = size_gate(loaded, tgt, res, previous)
+        if gate is not None:
+            res.budget, res.budget_passed = gate.message, gate.passed
+            if not gate.passed:
+                failure = f"size budget: {gate.message}"
+    record_image(loaded, tgt, res, reporter, failure=failure)
 
 
 def record_image(
-    loaded: LoadedSpec, res: ImageResult, engine: DockerEngine, reporter: Reporter, *, failure: str | None = None
+    loaded: LoadedSpec, tgt: Target, res: ImageResult, reporter: Reporter, *, failure: str | None = None
 ) -> None:
     """Sign and store the build's manifest (in-toto statement in a DSSE envelope) after verification."""
     from imagekit.manifest.record import record_build
 
-    builders: dict[str, str] = {}
-    with contextlib.suppress(Exception):  # the engine version is a nicety in the record, never a reason to fail
-        builders["docker"] = str(engine.client.version().get("Version", ""))
-    base = base_id = recipe = None
-    if res.base is not None:
-        # the reference built FROM (repo@sha256:… when resolved at a registry), the image ID it was, and for a
-        # bootstrapped base the hash of its recipe
-        base, base_id = res.base.ref, res.base.image_id or None
-        recipe = res.base.digest if res.base.kind == "bootstrap" else None
+    report = Path(res.verify_report) if res.verify_report else None
     rec = record_build(
         loaded,
         res.image,
-        "docker",
+        tgt.name,
         [(lr.name, lr.hash) for lr in res.layers],
         started=res.started,
         finished=iso_utc(),  # after verification: the record covers build and verify
-        image_ref=res.pushed or res.ref,
-        # a pushed image is named by its registry digest; a local one by its image ID, labelled as such
-        image_digest=res.repo_digest or res.image_id,
-        base=base,
-        base_image_id=base_id,
-        base_recipe=recipe,
-        report=Path(res.verify_report) if res.verify_report else None,
+        report=report if report is not None and report.is_file() else None,
         failure=failure,
-        builders=builders,
-        size_bytes=res.size or None,
         reporter=reporter,
+        **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
     if res.pushed and rec.passed and rec.store is not None:
         # where cosign and admission controllers look: the attestations beside the pushed image
-        from imagekit.api.manifest import attach_stored
+        from imagekit.api.attest import attach_stored
 
         done = attach_stored(rec.store, res.image, rec.id)
         res.attestations = done["reference"]
-        reporter(Event("done", f"attestations at {done['reference']}", res.image, "", "docker"))
+        reporter(Event("done", f"attestations at {done['reference']}", res.image, "", res.target))
+
+
+def size_gate(loaded: LoadedSpec, tgt: Target, res: ImageResult, previous: Previous | None) -> BudgetOutcome | None:
+    """The size budget of an image and its layers against its last verified build; None when no budget is set."""
+    from imagekit.nightly.budget import check_budget, layer_sizes
+
+    chain = loaded.chain(res.image)
+    if loaded.spec.images[res.image].budget is None and all(layer.budget is None for _, layer in chain):
+        return None  # no budget: the store is not even read
+    prev = previous(res.image) if previous is not None else _last_verified(loaded, res)
+    sizes = tgt.sizes()
+    tags = [(lr.name, lr.hash, lr.tag) for lr in res.layers]
+    prev_tags: dict[str, tuple[str, str]] = {}
+    for name, digest in prev.layers if prev else []:
+        ref = tgt.layer_ref(name, digest)
+        if ref is not None:
+            prev_tags[name] = (digest, ref)
+    prev_report = None
+    if prev is not None:
+        with contextlib.suppress(ImagekitError, ValueError):
+            prev_report = prev.report()
+    report = None
+    if res.verify_report:
+        with contextlib.suppress(OSError, ValueError):
+            report = json.loads(Path(res.verify_report).read_text(encoding="utf-8"))
+    outcome = check_budget(
+        loaded, res.image, size=res.size or None, previous_size=prev.size_bytes if prev else None,
+        layers=layer_sizes(sizes, tags, prev_tags), layer_tags={lr.name: lr.tag for lr in res.layers}, sizes=sizes,
+        reports=(prev_report, report if isinstance(report, dict) else None),
+    )  # fmt: skip
+    return outcome if outcome.checked else None
+
+
+def _last_verified(loaded: LoadedSpec, res: ImageResult) -> BuildRecord | None:
+    from imagekit.manifest.record import verified_builds
+
+    builds = verified_builds(loaded, rehearsal=res.rehearsal)
+    return next((b for b in reversed(builds) if b.image == res.image and b.target == res.target), None)
+
+
+def _raise_failure(res: ImageResult) -> None:
+    """`imagekit build`: a failed verification or size gate stops the build (exit 1) once it is recorded."""
+    if res.verify_failures:
+        raise VerifyFailed(
+            res.verify_error or f"{res.image}: verification of {res.ref} failed",
+            failures=res.verify_failures,
+            report_path=res.verify_report,
+        )
+    if res.budget_passed is False:
+        raise BuildFailed(f"size budget: {res.budget} (recorded as failed: {res.manifest_id})", image=res.image)

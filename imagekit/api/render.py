@@ -9,6 +9,7 @@ from pathlib import Path
 from imagekit.errors import UsageError
 from imagekit.fsutil import atomic_write
 from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
+from imagekit.render.packer import render_packer
 from imagekit.render.scripts import render_scripts
 from imagekit.spec import LoadedSpec, load_spec
 
@@ -55,7 +56,7 @@ def render_files(loaded: LoadedSpec, out_dir: Path) -> dict[str, tuple[str, int]
             # BuildKit reads <Dockerfile>.dockerignore: byte-code caches stay out of the image, as out of the hash
             files[f"{name}.dockerignore"] = (render_dockerignore(), 0o644)
         if "ami" in spec_image.targets:
-            for fname, text in _packer(loaded, image).items():
+            for fname, text in render_packer(loaded, image).items():
                 files[f"{PACKER}/{image}/{fname}"] = (text, 0o644)
     return dict(sorted(files.items()))
 
@@ -68,17 +69,7 @@ def _wheelhouse(loaded: LoadedSpec, out: Path) -> str | None:
     try:
         return loaded.local(configured).relative_to(out).as_posix()
     except ValueError:
-        return None  # outside the context: the docker runner stages it into the context itself
-
-
-def _packer(loaded: LoadedSpec, image: str) -> dict[str, str]:
-    try:
-        from imagekit.render.packer import render_packer
-    except ModuleNotFoundError as exc:  # the AMI renderer may be absent in a partial checkout
-        if exc.name != "imagekit.render.packer":
-            raise
-        return {}
-    return render_packer(loaded, image)
+        return None  # outside the context: the docker target stages it into the context itself
 
 
 def render(path: Path | str | None, out_dir: Path | str | None = None) -> list[Rendered]:

@@ -55,12 +55,8 @@ def _register() -> None:
     # Each module adds its commands to `app`; importing them here keeps the order of `--help` stable.
     import importlib
 
-    for name in ("spec", "build", "verify", "manifest", "keys", "ami", "nightly"):
-        try:
-            importlib.import_module(f"imagekit.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"imagekit.cli.{name}":
-                raise
+    for name in ("spec", "build", "verify", "manifest", "keys", "gc", "nightly"):
+        importlib.import_module(f"imagekit.cli.{name}")
 
 
 _register()

@@ -137,7 +137,7 @@ def verify(
     """Offline: exit 0 only if a trusted key signed it, every strict rule holds and the build is not revoked."""
     from dataclasses import asdict
 
-    from imagekit.api.manifest import verify_manifest
+    from imagekit.api.attest import verify_manifest
 
     res = run(lambda: verify_manifest(file, ref, trust, image))
     if json_out:
@@ -161,7 +161,8 @@ def sbom(
     trust: Path | None = TrustOpt,
 ) -> None:
     """The build's SBOM (CycloneDX 1.6 JSON of the verified image's pip and dpkg packages), after checking it."""
-    from imagekit.api.manifest import manifest_sbom, write_json
+    from imagekit.api.attest import manifest_sbom
+    from imagekit.api.manifest import write_json
 
     bom = run(lambda: manifest_sbom(file, ref, trust))
     if output is None:
@@ -182,7 +183,7 @@ def attach(
     json_out: bool = JsonOpt,
 ) -> None:
     """Push the signed provenance (and SBOM) beside the image, as cosign does: the sha256-<digest>.att tag."""
-    from imagekit.api.manifest import attach_manifest
+    from imagekit.api.attest import attach_manifest
 
     res = run(lambda: attach_manifest(file, ref, registry, trust))
     if json_out:

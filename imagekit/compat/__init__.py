@@ -184,12 +184,6 @@ def cuda_row(version: str) -> CudaRow | None:
     return matrix().cuda.get(key) if key else None
 
 
-def cudnn_majors(cuda: str) -> tuple[str, ...]:
-    """cuDNN major versions shipped for a CUDA version (empty when unknown)."""
-    key = cuda_key(cuda)
-    return matrix().cudnn.get(key, ()) if key else ()
-
-
 def min_driver_branch(cuda: str) -> int | None:
     """The oldest driver branch that runs a CUDA version's toolkit, if known."""
     row = cuda_row(cuda)

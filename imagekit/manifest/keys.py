@@ -219,9 +219,9 @@ class KmsSigner:
     def client(self) -> Any:
         """The boto3 KMS client (created on first use; honours AWS_ENDPOINT_URL)."""
         if self._client is None:
-            import boto3
+            from imagekit.runners.aws import kms_client
 
-            self._client = boto3.client("kms")
+            self._client = kms_client()
         return self._client
 
     @property
@@ -238,7 +238,7 @@ class KmsSigner:
         return keyid_of(self.public_key())
 
     def sign(self, data: bytes) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from imagekit.runners.aws import aws_errors
 
         if len(data) <= KMS_RAW_LIMIT:
             message, message_type = data, "RAW"
@@ -248,22 +248,20 @@ class KmsSigner:
             resp = self.client.sign(
                 KeyId=self.key_id, Message=message, MessageType=message_type, SigningAlgorithm="ECDSA_SHA_256"
             )
-        except (BotoCoreError, ClientError) as exc:
+        except aws_errors() as exc:
             raise SignatureError(f"KMS sign with {self.key_id} failed: {exc}") from None
         return low_s(bytes(resp["Signature"]))
 
 
 def kms_public_key(key_id: str, client: Any = None) -> PublicKey:
     """Fetch a KMS key's public half; refuse anything but ECC_NIST_P256 SIGN_VERIFY."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from imagekit.runners.aws import aws_errors, kms_client
 
     if client is None:
-        import boto3
-
-        client = boto3.client("kms")
+        client = kms_client()
     try:
         resp = client.get_public_key(KeyId=key_id)
-    except (BotoCoreError, ClientError) as exc:
+    except aws_errors() as exc:
         raise SignatureError(f"KMS key {key_id}: {exc}") from None
     spec = resp.get("KeySpec") or resp.get("CustomerMasterKeySpec")
     if spec != "ECC_NIST_P256":

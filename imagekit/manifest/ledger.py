@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import SignatureError, StoreError
+from imagekit.errors import SignatureError
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -213,11 +213,3 @@ def open_ledger(loaded: LoadedSpec, trust: Path | None = None, *, require_trust:
         if require_trust:
             raise
         return Ledger(store, None, trust_error=str(exc))
-
-
-def ensure_store_readable(store: Store) -> None:
-    """Fail early with the store's location when it cannot be listed."""
-    try:
-        store.manifest_keys()
-    except StoreError as exc:
-        raise StoreError(f"store {store.url}: {exc}") from None

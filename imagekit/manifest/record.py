@@ -108,15 +108,13 @@ def _strip_credentials(url: str) -> str:
 
 
 def _git_source(root: Path) -> GitSource | None:
-    import subprocess
-
-    from imagekit.errors import ToolMissing
+    from imagekit.errors import ImagekitError
     from imagekit.runners.process import capture
 
     def git(*args: str) -> str | None:
         try:
             res = capture(["git", "-C", str(root), *args], timeout=10)
-        except (ToolMissing, OSError, subprocess.TimeoutExpired):
+        except (ImagekitError, OSError):  # git missing, or it did not answer (CommandTimeout)
             # a build outside git (or without git installed) is still recorded, just without a commit
             return None
         return res.output.strip() if res.ok else None

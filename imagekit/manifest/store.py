@@ -107,44 +107,39 @@ class S3Backend:
     def client(self) -> Any:
         """The boto3 S3 client (honours AWS_ENDPOINT_URL)."""
         if self._client is None:
-            import boto3
+            from imagekit.runners.aws import s3_client
 
-            self._client = boto3.client("s3")
+            self._client = s3_client()
         return self._client
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def create(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from imagekit.runners.aws import aws_errors, error_code
 
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        except aws_errors() as exc:
+            code, status = error_code(exc)
             # 412: the object exists; 409: a concurrent conditional write to the same key is in flight
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise Conflict(f"{self.location(key)} already exists; the store never overwrites a record") from None
             raise StoreError(f"cannot write {self.location(key)}: {exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot write {self.location(key)}: {exc}") from None
 
     def read(self, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from imagekit.runners.aws import aws_errors, error_code
 
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return bytes(resp["Body"].read())
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        except aws_errors() as exc:
+            if error_code(exc)[0] in ("NoSuchKey", "404"):
                 raise StoreError(f"{self.location(key)} does not exist") from None
-            raise StoreError(f"cannot read {self.location(key)}: {exc}") from None
-        except BotoCoreError as exc:
             raise StoreError(f"cannot read {self.location(key)}: {exc}") from None
 
     def keys(self, prefix: str) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from imagekit.runners.aws import aws_errors
 
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -153,7 +148,7 @@ class S3Backend:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
+        except aws_errors() as exc:
             raise StoreError(f"cannot list {self.url}/{prefix}: {exc}") from None
         return sorted(out)
 

@@ -172,28 +172,3 @@ def check_budget(
     if grew:
         msg += "; biggest: " + "; ".join(grew)
     return BudgetOutcome(False, msg, layers, blamed, grew, checked)
-
-
-class EngineSizes:
-    """SizeSource over the Docker Engine (SDK)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def size(self, ref: str) -> int | None:
-        """The image's size in bytes, or None when the tag is gone."""
-        import docker.errors
-
-        try:
-            return int(self.client.api.inspect_image(ref).get("Size", 0))
-        except docker.errors.ImageNotFound:
-            return None
-
-    def history(self, ref: str) -> list[dict[str, Any]]:
-        """`docker history` rows, newest first ([] when the tag is gone)."""
-        import docker.errors
-
-        try:
-            return list(self.client.api.history(ref))
-        except docker.errors.ImageNotFound:
-            return []

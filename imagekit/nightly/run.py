@@ -21,7 +21,6 @@ from imagekit.errors import (
     SignatureError,
     StoreError,
     UsageError,
-    VerifyFailed,
 )
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
@@ -29,11 +28,12 @@ from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.record import lookup_from, verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
-from imagekit.nightly.budget import BudgetOutcome, EngineSizes, check_budget, layer_sizes
 from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, write_reports
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
 from imagekit.plan import ImagePlan, plan
 from imagekit.spec import LoadedSpec
+from imagekit.targets import TARGETS
+from imagekit.targets.results import ImageResult
 from imagekit.timefmt import iso_utc
 
 NIGHTLY_CHANNEL = "nightly"
@@ -125,7 +125,7 @@ def run_nightly(
         if docker_resolver is None and target in ("docker", "all"):
             from imagekit.nightly.staleness import EngineResolver
 
-            docker_resolver = EngineResolver(getattr(engine, "client", None))
+            docker_resolver = EngineResolver(engine)
         if ami_resolver is None and target in ("ami", "all") and not rehearse:
             from imagekit.nightly.staleness import Ec2Resolver
 
@@ -152,12 +152,14 @@ def run_nightly(
                 task.run.size_bytes = previous.size_bytes if previous else None
                 reporter(Event("cached", f"up to date ({p.layers[-1].reason})", p.name, "", p.target))
         todo = [t for t in tasks if any(lp.status == "stale" for lp in t.plan.layers)]
-        docker_tasks = [t for t in todo if t.target == "docker"]
-        # AMI builds share one EC2 (or one rehearsal moto server and its state folder): they run one after another
-        ami_tasks = [t for t in todo if t.target == "ami"]
-        units: list[Callable[[], None]] = [functools.partial(_run_task, ctx, t) for t in docker_tasks]
-        if ami_tasks:
-            units.append(functools.partial(_run_tasks, ctx, ami_tasks))
+        # a target whose builds share one place (one EC2, one rehearsal moto server) runs them one after another
+        units: list[Callable[[], None]] = []
+        for name, info in TARGETS.items():
+            mine = [t for t in todo if t.target == name]
+            if info.concurrent:
+                units += [functools.partial(_run_task, ctx, t) for t in mine]
+            elif mine:
+                units.append(functools.partial(_run_tasks, ctx, mine))
         crashed: list[BaseException] = []
         if jobs == 1 or len(units) <= 1:
             for unit in units:
@@ -213,19 +215,13 @@ def _run_task(ctx: _Context, task: _Task) -> None:
 
 
 def _run_one(ctx: _Context, task: _Task) -> None:
-    """Build, verify, gate, record and promote one image for one target; every failure lands in its checks."""
+    """Build, verify, gate and record one image for one target (the build pipeline), then promote it."""
     run, plan_ = task.run, task.plan
     reasons = {lp.name: lp.reason for lp in plan_.layers}
     forced = {lp.name for lp in plan_.layers if lp.reason.startswith(FORCING)}
-    holder: dict[str, Any] = {}
     t0 = time.monotonic()
-    verify_failed: VerifyFailed | None = None
-    res: Any = None
     try:
-        res = _build(ctx, task, forced, holder)
-    except VerifyFailed as exc:  # the AMI builder verifies (and records) itself
-        verify_failed = exc
-        res = holder.get("res")
+        res = _build(ctx, task, forced)
     except BuildFailed as exc:
         where = "" if not exc.layer or exc.layer in str(exc) else f"layer {exc.layer}: "
         msg = f"{where}{exc}" + (f" (log: {exc.log_path})" if exc.log_path else "")
@@ -238,23 +234,20 @@ def _run_one(ctx: _Context, task: _Task) -> None:
         run.checks.append(Check("build", False, "\n".join(exc.lines()), round(time.monotonic() - t0, 1)))
         run.status, run.error = "failed", str(exc)
         return
-    if res is not None:
-        run.built = [
-            Rebuilt(task.image, task.target, lr.name, reasons.get(lr.name) or lr.reason)
-            for lr in res.layers
-            if lr.status == "built"
-        ]
-        run.size_bytes = res.size or None
+    run.built = [
+        Rebuilt(task.image, task.target, lr.name, reasons.get(lr.name) or lr.reason)
+        for lr in res.layers
+        if lr.status == "built"
+    ]
+    run.size_bytes = res.size or None
     run.previous_id = task.previous.id if task.previous else None
     run.previous_size_bytes = task.previous.size_bytes if task.previous else None
     built_names = ", ".join(b.layer for b in run.built) or "nothing (every layer was already built)"
-    run.checks.append(Check("build", res is not None, f"built {built_names}", round(time.monotonic() - t0, 1)))
-    if task.target == "docker" and res is not None:
-        _verify_gate_record(ctx, task, res)
-    else:
-        report_path = (verify_failed.report_path if verify_failed else (res.verify_report if res else "")) or ""
-        _verify_check(task, report_path, verify_failed)
-        run.manifest_id = _manifest_of(ctx, task, res)
+    run.checks.append(Check("build", True, f"built {built_names}", round(time.monotonic() - t0, 1)))
+    _verify_check(task, res)
+    if res.budget_passed is not None:
+        run.checks.append(Check("size budget", res.budget_passed, res.budget))
+    run.manifest_id = res.manifest_id or None
     mid = run.manifest_id
     new_build = _load_build(ctx, mid) if mid else None
     if new_build is not None and task.previous is not None:
@@ -277,69 +270,33 @@ def _run_one(ctx: _Context, task: _Task) -> None:
         run.status = "failed"
 
 
-def _verify_check(task: _Task, report_path: str, verify_failed: VerifyFailed | None) -> dict[str, Any] | None:
+def _verify_check(task: _Task, res: ImageResult) -> None:
     """The `verify` check and the figures of its report."""
-    report = _read_json(report_path)
+    report = _read_json(res.verify_report)
     if report:
         task.run.verification = _figures(report)
-    if verify_failed is not None:
-        task.run.checks.append(Check("verify", False, "; ".join(verify_failed.failures) or str(verify_failed)))
-    elif report_path:
-        task.run.checks.append(Check("verify", True, f"report {report_path}"))
+    if res.verify_failures:
+        task.run.checks.append(Check("verify", False, "; ".join(res.verify_failures)))
+    elif res.verify_report:
+        task.run.checks.append(Check("verify", True, f"report {res.verify_report}"))
     else:
         task.run.checks.append(Check("verify", False, "no verification report: the build was not verified"))
-    return report
 
 
-def _verify_gate_record(ctx: _Context, task: _Task, res: Any) -> None:
-    """Docker: boot-and-verify, then the size gate, then the signed record, which says failed if either failed.
-
-    The gate runs before the record so an over-budget build is stored as a failed build: never cached by a later
-    plan, never promotable, and checked again the next night.
-    """
-    from imagekit.api.build import record_image, verify_image
-    from imagekit.runners.docker import DockerEngine
-
-    engine = ctx.engine or DockerEngine()
-    verify_failed: VerifyFailed | None = None
-    try:
-        res.verify_report = verify_image(ctx.loaded, res, ctx.reporter)
-    except VerifyFailed as exc:
-        verify_failed = exc
-        res.verify_report = exc.report_path or ""
-    report = _verify_check(task, res.verify_report, verify_failed)
-    failure = ("; ".join(verify_failed.failures) or str(verify_failed)) if verify_failed else None
-    if verify_failed is None:
-        gate = _gate(ctx, task, res, report, engine)
-        if gate is not None and not gate.passed:
-            failure = f"size budget: {gate.message}"
-    record_image(ctx.loaded, res, engine, ctx.reporter, failure=failure)
-    task.run.manifest_id = res.manifest_id or None
-
-
-def _build(ctx: _Context, task: _Task, forced: set[str], holder: dict[str, Any]) -> Any:
+def _build(ctx: _Context, task: _Task, forced: set[str]) -> ImageResult:
+    """The build pipeline for one image: verify, the size gate and the record included, failures left in it."""
     from imagekit.api.build import build
 
     builder = ctx.builder or build
-    if task.target == "docker":
-        kwargs: dict[str, Any] = {
-            # verify, the size gate and the record happen in _verify_gate_record, in that order
-            "verify": False,
-            "force_layers": forced,
-            "layer_lock": ctx.locks,
-            "on_built": lambda r: holder.__setitem__("res", r),
-        }
-        if ctx.engine is not None:
-            kwargs["engine"] = ctx.engine
-        out = builder(ctx.loaded.path, "docker", images=[task.image], reporter=ctx.reporter, **kwargs)
-    else:
-        # the AMI builder has no per-layer force: a refresh or drift rebuilds the image's whole chain
-        out = builder(
-            ctx.loaded.path, "ami", images=[task.image], force=bool(forced), reporter=ctx.reporter,
-            rehearse=ctx.rehearse,
-        )  # fmt: skip
-    res = out.images[0]
-    holder["res"] = res
+    kwargs: dict[str, Any] = {}
+    if ctx.engine is not None:
+        kwargs["engine"] = ctx.engine
+    out = builder(
+        ctx.loaded.path, task.target, images=[task.image], reporter=ctx.reporter, rehearse=ctx.rehearse,
+        force_layers=forced, layer_lock=ctx.locks, previous=lambda _image: task.previous, raise_failures=False,
+        **kwargs,
+    )  # fmt: skip
+    res: ImageResult = out.images[0]
     return res
 
 
@@ -367,49 +324,11 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _manifest_of(ctx: _Context, task: _Task, res: Any) -> str | None:
-    """The manifest the AMI builder recorded: from the result, else the store's newest with this leaf hash."""
-    mid = getattr(res, "manifest_id", None) if res is not None else None
-    if mid:
-        return str(mid)
-    leaf = task.plan.layers[-1].hash
-    since = iso_utc(ctx.started)
-    for e in reversed(Ledger(ctx.store, resolve_trust(ctx.loaded)).entries(task.image, with_channels=False)):
-        b = e.build
-        if b is not None and b.target == task.target and b.leaf_hash == leaf and b.created >= since:
-            return b.id
-    return None
-
-
 def _load_build(ctx: _Context, mid: str) -> BuildRecord | None:
     try:
         return Ledger(ctx.store, resolve_trust(ctx.loaded)).build(mid).build
     except (StoreError, SignatureError):
         return None
-
-
-def _gate(ctx: _Context, task: _Task, res: Any, report: dict[str, Any] | None, engine: Any) -> BudgetOutcome | None:
-    """The size budget of a docker image and its layers, against the last verified build; None when none is set."""
-    from imagekit.api.build import layer_tag
-
-    sizes = EngineSizes(engine.client)
-    tags = [(lr.name, lr.hash, lr.tag) for lr in res.layers]
-    prev = task.previous
-    prev_tags = {n: (h, layer_tag(ctx.loaded, n, h)) for n, h in (prev.layers if prev else [])}
-    per_layer = layer_sizes(sizes, tags, prev_tags)
-    prev_report = None
-    if prev is not None:
-        with contextlib.suppress(ImagekitError, ValueError):
-            prev_report = prev.report()
-    outcome = check_budget(
-        ctx.loaded, task.image, size=res.size or None, previous_size=prev.size_bytes if prev else None,
-        layers=per_layer, layer_tags={lr.name: lr.tag for lr in res.layers}, sizes=sizes,
-        reports=(prev_report, report),
-    )  # fmt: skip
-    if not outcome.checked:
-        return None
-    task.run.checks.append(Check("size budget", outcome.passed, outcome.message))
-    return outcome
 
 
 def _promote(ctx: _Context, task: _Task, mid: str, channel: str) -> None:
@@ -429,31 +348,19 @@ def _promote(ctx: _Context, task: _Task, mid: str, channel: str) -> None:
 
 
 def _gc(ctx: _Context, tasks: list[_Task]) -> list[dict[str, Any]]:
-    """Retention after the builds: AMIs through the AMI gc, docker images through nightly.gc (tags only)."""
-    loaded, reporter = ctx.loaded, ctx.reporter
-    out: list[dict[str, Any]] = []
-    docker_images = sorted({t.image for t in tasks if t.target == "docker"})
-    if docker_images:
-        from imagekit.nightly.gc import docker_gc
-        from imagekit.runners.docker import DockerEngine
+    """Retention after the builds, each target's own (docker: untag; ami: deregister), rows for report.json."""
+    from imagekit.retention import gc_for
 
-        try:
-            ledger = Ledger(ctx.store, resolve_trust(loaded))
-            engine = ctx.engine or DockerEngine()
-            out += [g.to_json() for g in docker_gc(loaded, ledger, engine, images=docker_images, reporter=reporter)]
-        except ImagekitError as exc:
-            out.append({"target": "docker", "error": str(exc)})
-    for name in sorted({t.image for t in tasks if t.target == "ami"}):
-        keep = loaded.spec.images[name].keep or loaded.spec.retention.keep
-        try:
-            from imagekit.api.ami import gc
-        except ImportError:
-            out.append({"image": name, "target": "ami", "keep": keep, "note": "AMI gc is not installed"})
-            continue
-        try:
-            res = gc(loaded.path, keep=keep, image=name, rehearse=ctx.rehearse, reporter=reporter)
-            out.append({"image": name, "target": "ami", "keep": keep,
-                        "removed": [d.name for d in res.removed], "record": res.record})  # fmt: skip
-        except ImagekitError as exc:
-            out.append({"image": name, "target": "ami", "keep": keep, "error": str(exc)})
+    out: list[dict[str, Any]] = []
+    for target in TARGETS:
+        images = sorted({t.image for t in tasks if t.target == target})
+        for name in images:
+            keep = ctx.loaded.spec.images[name].keep or ctx.loaded.spec.retention.keep
+            try:
+                res = gc_for(ctx.loaded, target, image=name, rehearse=ctx.rehearse and target == "ami",
+                             engine=ctx.engine, reporter=ctx.reporter)  # fmt: skip
+            except ImagekitError as exc:
+                out.append({"image": name, "target": target, "keep": keep, "error": str(exc)})
+                continue
+            out += res.rows()
     return out

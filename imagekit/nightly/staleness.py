@@ -178,18 +178,16 @@ def _short(exc: BaseException) -> str:
 class EngineResolver:
     """Registry digests through the Docker Engine (the registry is asked; nothing is pulled)."""
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
+    def __init__(self, engine: Any = None) -> None:
+        self._engine = engine
 
     def registry_digest(self, ref: str) -> str:
         """The manifest digest `ref` resolves to at its registry now."""
-        client = self._client
-        if client is None:
+        if self._engine is None:
             from imagekit.runners.docker import DockerEngine
 
-            client = self._client = DockerEngine().client
-        data = client.images.get_registry_data(ref)
-        return str(data.id)
+            self._engine = DockerEngine()
+        return str(self._engine.registry_digest(ref))
 
 
 class Ec2Resolver:

@@ -14,15 +14,12 @@ import posixpath
 import re
 
 from imagekit.errors import UsageError
+from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
-from imagekit.render.scripts import SRC_DIR, VENV, layer_steps
+from imagekit.render.scripts import layer_steps
 from imagekit.spec import LoadedSpec
 
-LABEL_PREFIX = "dev.imagekit"
 OCI = "org.opencontainers.image"
-# Remote weights (https://, s3://) are fetched and checked by the docker runner before a build and staged in the
-# build context under this folder, named by their sha256 (imagekit.api.build.MODELS_DIR).
-REMOTE_MODELS_DIR = ".imagekit/models"
 WHEELS_DIR = "/wheels"
 SCRIPT_DIR = "/tmp/imagekit"  # noqa: S108 - a mount point inside the build, nothing stays there
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9._-]*$")
@@ -123,9 +120,7 @@ def render_dockerfile(
     root_name, root = chain[0]
     src = root.from_
     if src is not None and src.bootstrap is not None:
-        # the tag the docker runner gives a bootstrapped base: imagekit-base-<layer>:<definition hash16>
-        from imagekit.runners.bootstrap import base_tag
-
+        # the tag the docker target gives a bootstrapped base: imagekit-base-<layer>:<definition hash16>
         base_default = base_tag(root_name, src.bootstrap)
     elif src is not None and src.docker:
         base_default = src.docker
@@ -196,7 +191,7 @@ def render_dockerfile(
         for item in layer.copy_:
             out.append(_copy(_ctx(src_prefix, item.src), item.dest))
         for model in layer.models:
-            rel = f"{REMOTE_MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
+            rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
             out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
         if layer.env:
             out.append("ENV " + " ".join(f"{k}={_env_value(v)}" for k, v in sorted(layer.env.items())))

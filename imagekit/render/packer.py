@@ -11,7 +11,7 @@ from typing import Any
 import hcl2
 
 from imagekit.plan import plan_image
-from imagekit.render.scripts import render_service_install
+from imagekit.render.service_unit import render_service_install
 from imagekit.spec import Layer, LoadedSpec
 
 # Where a layer's spec files (copy sources, requirements, local weights) are staged on the instance; the
@@ -39,7 +39,7 @@ SERVICE_EXECUTE_COMMAND = "chmod +x '{{ .Path }}' && sudo -n sh '{{ .Path }}'"
 
 
 @dataclass(frozen=True)
-class Rehearsal:
+class RehearsalRender:
     """Point a render at the local rehearsal (moto server + sshd containers) instead of AWS.
 
     The endpoint, host and port are variables (ec2_endpoint, ssh_host, ssh_port) so the text stays pure.
@@ -161,7 +161,7 @@ def _source(
     ami_name: str,
     instance_type: str,
     root: Layer | None,
-    rehearsal: Rehearsal | None,
+    rehearsal: RehearsalRender | None,
     create_ami: bool,
     tags: dict[str, str] | None,
     modern: bool = False,
@@ -257,12 +257,12 @@ def render_layer(
     *,
     layer_hash: str,
     parent_hash: str | None,
-    rehearsal: Rehearsal | None = None,
+    rehearsal: RehearsalRender | None = None,
     required_plugins: bool = False,
 ) -> str:
     """The template that builds one layer's AMI from its parent's (or, for the root, from the AMI filter).
 
-    The image's leaf also installs and enables the image's systemd unit (scripts.render_service_install) after its
+    The image's leaf also installs and enables the image's systemd unit (service_unit.render_service_install) after its
     own script: an image-level step, like the Dockerfile's final stage, so each layer keeps one provisioning script.
     """
     spec_layer = loaded.spec.layers[layer]
@@ -354,7 +354,7 @@ def render_packer(
     loaded: LoadedSpec,
     image: str,
     *,
-    rehearsal: Rehearsal | None = None,
+    rehearsal: RehearsalRender | None = None,
     required_plugins: bool = False,
     hashes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
@@ -383,7 +383,7 @@ def render_verify(
     loaded: LoadedSpec,
     image: str,
     *,
-    rehearsal: Rehearsal | None = None,
+    rehearsal: RehearsalRender | None = None,
     required_plugins: bool = False,
 ) -> str:
     """The boot-and-verify template: boot the leaf AMI on the verify instance type, run the checks, fetch the report.
@@ -446,7 +446,7 @@ def render_verify(
     return _dumps(doc)
 
 
-def _endpoint_variables(doc: hcl2.Builder, rehearsal: Rehearsal | None) -> None:
+def _endpoint_variables(doc: hcl2.Builder, rehearsal: RehearsalRender | None) -> None:
     """Where EC2 and SSH are: the same variables in every layer and verify template."""
     _variable(
         doc,

@@ -1,4 +1,5 @@
-"""The one boto3 wrapper: find AMIs by tag, deregister them with their snapshots, copy tags across regions.
+"""The one boto3/botocore wrapper: one session hands out the EC2, S3, KMS and STS clients; the EC2 calls imagekit
+makes (find AMIs by tag, deregister them with their snapshots, copy tags across regions).
 
 Standard AWS configuration (profiles, region, credentials, AWS_ENDPOINT_URL) is honoured because boto3 reads it;
 a rehearsal passes its moto endpoint and dummy credentials explicitly instead.
@@ -47,37 +48,90 @@ class Endpoint:
     profile: str | None = None
 
 
-class Aws:
-    """EC2 calls imagekit makes, per region. Pass `session` (a boto3 Session) to use a fake in unit tests."""
+class AwsSession:
+    """One boto3 session that hands out clients (EC2, S3, KMS, STS), each made once per service and region.
+
+    Standard AWS configuration (profiles, region, credentials, AWS_ENDPOINT_URL) applies unless `endpoint` says
+    otherwise; `session` is a boto3 Session (or a fake for unit tests).
+    """
 
     def __init__(self, endpoint: Endpoint | None = None, session: Any = None) -> None:
         self.endpoint = endpoint or Endpoint()
         self._session = session
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str | None], Any] = {}
 
-    def _ec2(self, region: str) -> Any:
-        if region not in self._clients:
-            session = self._session
-            if session is None:
-                import boto3
+    @property
+    def session(self) -> Any:
+        """The boto3 Session, created on first use."""
+        if self._session is None:
+            import boto3
 
-                session = boto3.Session(
-                    profile_name=self.endpoint.profile,
-                    aws_access_key_id=self.endpoint.access_key,
-                    aws_secret_access_key=self.endpoint.secret_key,
-                )
-            kwargs: dict[str, Any] = {"region_name": region}
+            self._session = boto3.Session(
+                profile_name=self.endpoint.profile,
+                aws_access_key_id=self.endpoint.access_key,
+                aws_secret_access_key=self.endpoint.secret_key,
+            )
+        return self._session
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        """The client for a service (in a region; None: the configured default)."""
+        key = (service, region)
+        if key not in self._clients:
+            kwargs: dict[str, Any] = {}
+            if region is not None:
+                kwargs["region_name"] = region
             if self.endpoint.url:
                 kwargs["endpoint_url"] = self.endpoint.url
-            self._clients[region] = session.client("ec2", **kwargs)
-        return self._clients[region]
+            self._clients[key] = self.session.client(service, **kwargs)
+        return self._clients[key]
+
+
+def aws_errors() -> tuple[type[Exception], ...]:
+    """Everything botocore raises for a failed call (an error answer, or no answer at all)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError)
+
+
+def error_code(exc: BaseException) -> tuple[str, int | None]:
+    """A ClientError's error code and HTTP status ("" and None for other errors)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")), response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def offline_session() -> Any:
+    """A boto3 Session for reading the configuration only: off EC2 the metadata service is unreachable, so its
+    probe is kept to one try of one second (doctor never hangs)."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.set_config_variable("metadata_service_timeout", 1)
+    core.set_config_variable("metadata_service_num_attempts", 1)
+    return boto3.Session(botocore_session=core)
+
+
+def s3_client() -> Any:
+    """An S3 client from the standard configuration (honours AWS_ENDPOINT_URL)."""
+    return AwsSession().client("s3")
+
+
+def kms_client() -> Any:
+    """A KMS client from the standard configuration (honours AWS_ENDPOINT_URL)."""
+    return AwsSession().client("kms")
+
+
+class Aws:
+    """EC2 calls imagekit makes, per region. Pass `session` (a boto3 Session) to use a fake in unit tests."""
+
+    def __init__(self, endpoint: Endpoint | None = None, session: Any = None) -> None:
+        self.aws = AwsSession(endpoint, session)
+        self.endpoint = self.aws.endpoint
 
     def _call(self, region: str, op: str, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            return getattr(self._ec2(region), op)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+            return getattr(self.aws.client("ec2", region), op)(**kwargs)
+        except aws_errors() as exc:
             raise AwsError(f"EC2 {op} in {region} failed: {exc}") from None
 
     def describe_images(
@@ -156,6 +210,27 @@ class Aws:
         if tags:
             self.create_tags(region, [ami_id], tags)
         return ami_id
+
+    def account(self) -> str:
+        """The account the credentials belong to ("" when STS cannot say: the record's account is informative)."""
+        try:
+            return str(self.aws.client("sts").get_caller_identity()["Account"])
+        except Exception:
+            return ""
+
+    def image_bytes(self, region: str, ami_id: str) -> int | None:
+        """An AMI's size: its snapshots' full size when EC2 reports it, else their volume size (None when gone)."""
+        found = self.describe_images(region, ids=[ami_id])
+        if not found:
+            return None
+        if not found[0].snapshots:
+            return 0
+        resp = self._call(region, "describe_snapshots", SnapshotIds=list(found[0].snapshots))
+        total = 0
+        for snap in resp.get("Snapshots", []):
+            full = snap.get("FullSnapshotSizeInBytes")
+            total += int(full) if full else int(snap.get("VolumeSize", 0)) * 2**30
+        return total
 
     def leftovers(self, region: str) -> dict[str, list[str]]:
         """Running/pending instances, packer's temporary security groups and key pairs (a cancel must leave none)."""

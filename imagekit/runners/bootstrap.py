@@ -20,15 +20,11 @@ from typing import IO
 
 from imagekit.errors import BuildFailed, ToolMissing
 from imagekit.events import Event, Reporter, silent
+from imagekit.names import LABEL_PREFIX, base_definition, base_hash, base_repository
 from imagekit.runners import process
-from imagekit.runners.docker import LABEL_PREFIX, DockerEngine
+from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap
 
-# Bump when the recipe below changes (packages, changes, tar options) so every base is made again.
-BOOTSTRAP_RECIPE = "1"
-MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
-# What every later layer's provisioning scripts rely on: python3 + venv for pip, CA certificates for HTTPS.
-BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv")
 IMAGE_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "ENV LANG=C.UTF-8",
@@ -45,34 +41,6 @@ class BaseImage:
     hash: str
     built: bool
     seconds: float
-
-
-def definition(boot: Bootstrap) -> dict[str, object]:
-    """Everything that decides the content of a bootstrapped base."""
-    return {
-        "distro": boot.distro,
-        "suite": boot.suite,
-        "mirror": boot.mirror or MIRRORS[boot.distro],
-        "packages": sorted({*BASE_PACKAGES, *boot.packages}),
-        "variant": "minbase",
-        "recipe": BOOTSTRAP_RECIPE,
-    }
-
-
-def base_hash(boot: Bootstrap) -> str:
-    """sha256 of the base's definition (canonical JSON)."""
-    blob = json.dumps(definition(boot), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def base_repository(layer: str) -> str:
-    """The repository a bootstrapped base of a root layer is tagged in (the Dockerfile's BASE_IMAGE default)."""
-    return f"imagekit-base-{layer}"
-
-
-def base_tag(layer: str, boot: Bootstrap) -> str:
-    """`imagekit-base-<layer>:<hash16>`."""
-    return f"{base_repository(layer)}:{base_hash(boot)[:16]}"
 
 
 def ensure_base(
@@ -103,7 +71,7 @@ def ensure_base(
             image=image,
             layer=layer,
         )
-    spec = definition(boot)
+    spec = base_definition(boot)
     reporter(
         Event(
             "start", f"debootstrap {boot.distro}/{boot.suite} from {spec['mirror']} (minutes)", image, layer, "docker"

@@ -20,7 +20,6 @@ from imagekit.runners import process
 
 # Debian's client drives BuildKit (DOCKER_BUILDKIT=1); a newer client earlier on PATH may have no buildx.
 DEFAULT_CLI = "/usr/bin/docker"
-LABEL_PREFIX = "dev.imagekit"  # the same prefix the rendered Dockerfile uses
 
 # BuildKit --progress=plain lines: "#7 [runtime 2/5] RUN ...", "#7 DONE 1.2s", "#7 CACHED", "#7 ERROR: ..."
 _STEP_RE = re.compile(r"^#(\d+) \[(?:(?P<stage>[^\]\s]+) )?(?P<step>\d+/\d+)\] (?P<what>.*)$")
@@ -70,18 +69,52 @@ class ImageInfo:
     user: str = ""
 
 
-def _client_from_env() -> Any:
+def client_from_env(*, timeout: int | None = None, ping: bool = False) -> Any:
+    """A docker SDK client for DOCKER_HOST (or the local socket); ToolMissing when the engine cannot be reached.
+
+    ssh:// goes through the system ssh client (keys, agent, ~/.ssh/config) rather than paramiko.
+    """
     import docker
 
     host = os.environ.get("DOCKER_HOST", "")
+    kwargs: dict[str, Any] = {"use_ssh_client": host.startswith("ssh://")}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
     try:
-        # ssh:// through the system ssh client (keys, agent, ~/.ssh/config) rather than paramiko
-        return docker.from_env(use_ssh_client=host.startswith("ssh://"))
-    except docker.errors.DockerException as exc:
+        client = docker.from_env(**kwargs)
+        if ping:
+            client.ping()
+    except Exception as exc:  # the SDK raises DockerException, requests' errors or OSError for the same problem
         where = host or "the default socket"
         raise ToolMissing(
-            f"cannot reach a Docker Engine at {where}: {exc} (start dockerd, or set DOCKER_HOST, e.g. ssh://gpu-host)"
+            f"cannot reach a Docker Engine at {where}: {type(exc).__name__}: {exc} "
+            "(start dockerd, or set DOCKER_HOST, e.g. ssh://gpu-host)"
         ) from None
+    return client
+
+
+def engine_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a docker SDK call raises when the engine refuses or cannot be reached."""
+    import docker.errors
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def image_not_found() -> type[Exception]:
+    """The SDK's exception for a missing image (callers outside this module catch it without importing docker)."""
+    import docker.errors
+
+    return docker.errors.ImageNotFound  # type: ignore[no-any-return]
+
+
+def gpu_requests(gpu: bool) -> list[Any] | None:
+    """The device request that asks the engine for every GPU, or None."""
+    if not gpu:
+        return None
+    from docker.types import DeviceRequest
+
+    return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
 class DockerEngine:
@@ -95,7 +128,7 @@ class DockerEngine:
     def client(self) -> Any:
         """The docker SDK client, created on first use from the environment."""
         if self._client is None:
-            self._client = _client_from_env()
+            self._client = client_from_env()
         return self._client
 
     # --- images ------------------------------------------------------------------------------------------
@@ -166,12 +199,16 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self.client.api.remove_image(ref, force=False, noprune=False)
 
-    def remove_container(self, container_id: str) -> None:
-        """Force-remove a container imagekit started (cleanup after failure or Ctrl-C)."""
-        import docker
+    def version(self) -> str:
+        """The engine's version ("" when it cannot say)."""
+        try:
+            return str(self.client.version().get("Version", ""))
+        except Exception:  # informative only (the record's builder versions)
+            return ""
 
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_container(container_id, force=True, v=True)
+    def registry_digest(self, ref: str) -> str:
+        """The manifest digest `ref` resolves to at its registry now (the registry is asked; nothing is pulled)."""
+        return str(self.client.images.get_registry_data(ref).id)
 
     def push(self, repository: str, tag: str, *, on_line: Callable[[str], None] | None = None) -> str:
         """Push repository:tag and return the registry's manifest digest (sha256:...)."""
@@ -252,6 +289,31 @@ def cli(
         fh.write(f"$ docker {' '.join(args)}\n")
         fh.flush()
         return process.run(argv, log=fh, capture=True, timeout=timeout, env=env, on_line=on_line)
+
+
+class EngineSizes:
+    """The size gate's view of the engine: an image's size and its `docker history` rows."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+
+    def size(self, ref: str) -> int | None:
+        """The image's size in bytes, or None when the tag is gone."""
+        import docker.errors
+
+        try:
+            return int(self.engine.client.api.inspect_image(ref).get("Size", 0))
+        except docker.errors.ImageNotFound:
+            return None
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """`docker history` rows, newest first ([] when the tag is gone)."""
+        import docker.errors
+
+        try:
+            return list(self.engine.client.api.history(ref))
+        except docker.errors.ImageNotFound:
+            return []
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:

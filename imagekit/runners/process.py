@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from imagekit.errors import Interrupted, ToolMissing
+from imagekit.errors import ImagekitError, Interrupted, ToolMissing
 
 LineCallback = Callable[[str], None]
 TAIL_LINES = 40
+
+
+class CommandTimeout(ImagekitError):
+    """A command ran past its time limit; it was stopped (its process group signalled) before this was raised."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -102,8 +108,11 @@ class Process:
             os.killpg(self.popen.pid, sig)
 
     def wait(self, timeout: float | None = None) -> Result:
-        """Wait for exit (raises subprocess.TimeoutExpired on timeout) and the reader to drain."""
-        rc = self.popen.wait(timeout=timeout)
+        """Wait for exit and for the reader to drain; CommandTimeout (the process still runs) after `timeout`."""
+        try:
+            rc = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(f"{Path(self.argv[0]).name} did not finish within {timeout:g}s") from None
         self._reader.join(timeout=10)
         return Result(self.argv, rc, list(self.tail), "\n".join(self._chunks), time.monotonic() - self.t0)
 
@@ -113,7 +122,7 @@ class Process:
             self.signal_group(sig)
             try:
                 return self.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
+            except CommandTimeout:
                 continue
         return self.wait()
 
@@ -135,7 +144,7 @@ def run(
     with forward_sigterm():
         try:
             return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except CommandTimeout:
             proc.cancel(grace=10.0)
             raise
         except KeyboardInterrupt:

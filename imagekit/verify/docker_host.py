@@ -1,4 +1,4 @@
-"""Boot-and-verify on a Docker Engine (local, or remote through DOCKER_HOST) with the docker SDK.
+"""Boot-and-verify on a Docker Engine (local, or remote through DOCKER_HOST), through imagekit's docker wrapper.
 
 Every container started here carries the label `imagekit.verify=1` and is removed in a `finally`, also when the
 run is interrupted.
@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -18,12 +19,26 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from imagekit.errors import ImagekitError, ToolMissing, UsageError
+from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
-from imagekit.verify.report import HealthResult, SmokeResult
+from imagekit.paths import work_dir
+from imagekit.runners.docker import client_from_env, engine_errors, gpu_requests, image_not_found
+from imagekit.runners.process import Process, forward_sigterm
+from imagekit.spec import LoadedSpec
+from imagekit.verify.report import (
+    GPU_HINT,
+    HealthResult,
+    Report,
+    SmokeResult,
+    check_health,
+    check_smoke,
+    compare,
+    gpu_visible,
+)
 
 PROBE_PATH = Path(__file__).resolve().parent / "probe.py"
 PROBE_MOUNT = "/run/imagekit/probe.py"
@@ -33,37 +48,6 @@ _FIND_PYTHON = (
     'for p in "$(command -v python)" /opt/venv/bin/python "$(command -v python3)"; do '
     '[ -n "$p" ] && [ -x "$p" ] && exec "$p" "$@"; done; echo "no python in the image" >&2; exit 127'
 )
-
-
-def client_from_env() -> Any:
-    """A docker SDK client for DOCKER_HOST (or the local socket); ToolMissing when the engine does not answer."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        raise ToolMissing(
-            f"cannot reach a Docker Engine ({type(exc).__name__}: {exc}); start dockerd, or set DOCKER_HOST "
-            "(for example ssh://gpu-host)"
-        ) from None
-    return client
-
-
-def engine_errors() -> tuple[type[Exception], ...]:
-    """The exceptions a docker SDK call raises when the engine refuses or cannot be reached."""
-    import docker.errors
-    import requests
-
-    return (docker.errors.DockerException, requests.exceptions.RequestException)
-
-
-def _gpu_requests(gpu: bool) -> list[Any] | None:
-    if not gpu:
-        return None
-    from docker.types import DeviceRequest
-
-    return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
 @dataclass
@@ -92,11 +76,9 @@ class DockerHost:
 
     def image_id(self, ref: str) -> str:
         """The local image id of `ref`; UsageError when the engine does not have it."""
-        import docker.errors
-
         try:
             return str(self.client.images.get(ref).id)
-        except docker.errors.ImageNotFound:
+        except image_not_found():
             raise UsageError(
                 f"image {ref!r} is not on the Docker host {self.name}; build it first (imagekit build --target docker)"
             ) from None
@@ -129,7 +111,7 @@ class DockerHost:
             entrypoint=["/bin/sh", "-c", _FIND_PYTHON, "sh"],
             command=argv,
             volumes=volumes,
-            device_requests=_gpu_requests(gpu),
+            device_requests=gpu_requests(gpu),
             network_disabled=True,
             labels={f"{LABEL}.role": "probe"},
         ) as container:
@@ -161,7 +143,7 @@ class DockerHost:
         with self._container(
             image=ref,
             ports={f"{port}/tcp": (bind, None)},
-            device_requests=_gpu_requests(gpu),
+            device_requests=gpu_requests(gpu),
             labels={f"{LABEL}.role": "service"},
         ) as container:
             container.start()
@@ -194,8 +176,6 @@ def ssh_tunnel_argv(docker_host: str, remote_port: int, local_port: int) -> list
 @contextlib.contextmanager
 def ssh_tunnel(docker_host: str, remote_port: int, wait: float = 20.0) -> Iterator[int]:
     """Forward a local port to the engine host's loopback for as long as the block runs."""
-    from imagekit.runners.process import Process
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         local_port = int(sock.getsockname()[1])
@@ -321,3 +301,151 @@ def smoke(
     result.content_type = resp_headers.get("content-type", "")
     result.sha256 = hashlib.sha256(data).hexdigest()
     return result, data
+
+
+# --- the verification run: probe, pins, health, smoke, report ----------------------------------------------
+
+
+class VerifyResult(NamedTuple):
+    """What verify_docker returns: unpacks as (report, path), and has `.path` for callers that want only that."""
+
+    report: Report
+    path: Path
+
+
+def pick_image(loaded: LoadedSpec, image: str | None) -> str:
+    """The spec image to verify: the named one, or the only one."""
+    names = sorted(loaded.spec.images)
+    if image is None:
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(f"{loaded.file} defines several images ({', '.join(names)}); pick one with --image")
+    if image not in loaded.spec.images:
+        raise UsageError(f"{loaded.file}: no image {image!r} (images: {', '.join(names)})")
+    return image
+
+
+def report_path_for(loaded: LoadedSpec, image: str, when: datetime) -> Path:
+    """<spec folder>/.imagekit/reports/<image>-<UTC timestamp>.json."""
+    stamp = when.strftime("%Y%m%dT%H%M%S.%fZ")
+    return work_dir(loaded.root) / "reports" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', image)}-{stamp}.json"
+
+
+def verify_docker(
+    loaded: LoadedSpec,
+    image_ref: str,
+    image: str | None = None,
+    reporter: Reporter = silent,
+    *,
+    client: Any = None,
+) -> VerifyResult:
+    """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
+
+    Raises VerifyFailed (after writing the report) when anything does not match, Interrupted on Ctrl-C.
+    """
+    name = pick_image(loaded, image)
+    policy = loaded.verify_for(name)
+    res = loaded.resolved(name)
+    host = DockerHost(client if client is not None else client_from_env(timeout=120, ping=True), reporter)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    report = Report(
+        spec=str(loaded.path),
+        image=name,
+        image_ref=image_ref,
+        host=host.name,
+        started_at=started.isoformat(),
+        gpu_policy=policy.gpu,
+    )
+    out_path = report_path_for(loaded, name, started)
+
+    def finish() -> Path:
+        report.ok = not report.failures
+        report.containers = list(host.created)
+        report.finished_at = datetime.now(timezone.utc).isoformat()
+        report.seconds = round(time.monotonic() - t0, 3)
+        return report.write(out_path)
+
+    # SIGTERM (docker stop, CI cancel) takes the same cleanup path as Ctrl-C.
+    with forward_sigterm():
+        try:
+            report.image_id = host.image_id(image_ref)
+            models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
+            # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
+            want_gpu = policy.gpu == "required"
+            reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
+            gpu_refused = False
+            try:
+                report.probe = host.probe(image_ref, models, gpu=want_gpu, timeout=min(600.0, policy.timeout))
+            except ProbeFailed as exc:
+                report.failures.append(f"probe: {exc}")
+            except engine_errors() as exc:
+                # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
+                gpu_refused = want_gpu and bool(re.search(r"gpu|device driver", str(exc), re.IGNORECASE))
+                if gpu_refused:
+                    report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
+                else:
+                    report.failures.append(f"probe: the engine could not run the probe container: {exc}")
+            if report.probe:
+                report.gpu_visible = gpu_visible(report.probe)
+                report.failures += compare(report.probe, loaded, name, target="docker")
+            if gpu_refused:
+                pass  # the service container would be refused the same way
+            elif res.port and policy.health:
+                _serve_checks(
+                    host, loaded, name, image_ref, port=res.port, gpu=want_gpu, report=report, reporter=reporter
+                )
+            elif policy.health or policy.smoke:
+                report.failures.append("verify: health/smoke are set but the image has no `port` to reach the service")
+        except KeyboardInterrupt:
+            # The containers are already removed by their context managers; leave a report of what was seen.
+            report.failures.append("interrupted")
+            partial = finish()
+            raise Interrupted(f"verify interrupted; its containers were removed (partial report: {partial})") from None
+    written = finish()
+    if report.failures:
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        raise VerifyFailed(
+            f"{name}: verification of {image_ref} failed on {host.name}",
+            failures=report.failures,
+            report_path=str(written),
+        )
+    reporter(Event("done", f"verified; report {written}", image=name))
+    return VerifyResult(report, written)
+
+
+def _serve_checks(
+    host: DockerHost,
+    loaded: LoadedSpec,
+    name: str,
+    image_ref: str,
+    *,
+    port: int,
+    gpu: bool,
+    report: Report,
+    reporter: Reporter,
+) -> None:
+    policy = loaded.verify_for(name)
+    health = policy.health
+    assert health is not None
+    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
+    try:
+        with host.service(image_ref, port, gpu=gpu) as svc:
+            _health_and_smoke(svc, loaded, name, report, reporter)
+    except engine_errors() as exc:
+        report.failures.append(f"service: the container did not start: {str(exc).strip()[:500]}")
+
+
+def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report: Report, reporter: Reporter) -> None:
+    policy = loaded.verify_for(name)
+    health = policy.health
+    assert health is not None
+    report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
+    report.failures += check_health(health, report.health)
+    sm = policy.smoke
+    if not report.health.ready or sm is None:
+        return
+    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+    result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
+    report.smoke = result
+    report.failures += check_smoke(loaded, sm, result, body)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagekit.fsutil import atomic_write
-from imagekit.render.scripts import service_unit_path
+from imagekit.names import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
 
 REPORT_SCHEMA = "imagekit.verify/v1"

@@ -1,4 +1,6 @@
-"""The rehearsal's local EC2: moto's server with two gaps closed. Run as `python -m imagekit.ami.motoserver -p PORT`.
+"""The rehearsal's local EC2: moto's server with two gaps closed.
+
+Run as `python -m imagekit.targets.ami.motoserver -p PORT`.
 
 - moto records every image made by CreateImage/CopyImage as root device type "standard" (instance store), while
   on AWS they are EBS-backed; Packer's amazon-ebs refuses a non-EBS source AMI, so a layer could never be built

@@ -85,7 +85,7 @@ class Instance:
     port: int
 
 
-class Rehearsal:
+class RehearsalEc2:
     """A started moto server, the docker side of the stand-in instances, and the persisted EC2 state."""
 
     def __init__(self, state_dir: Path, region: str, log: Path, copies: tuple[str, ...] = ()) -> None:
@@ -134,7 +134,7 @@ class Rehearsal:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         fh = self.log.open("a", encoding="utf-8")
         self._log_fh = fh
-        argv = [sys.executable, "-m", "imagekit.ami.motoserver", "-H", "127.0.0.1", "-p", str(self.port)]
+        argv = [sys.executable, "-m", "imagekit.targets.ami.motoserver", "-H", "127.0.0.1", "-p", str(self.port)]
         self.server = process.Process(argv, env=env, log=fh)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -282,9 +282,9 @@ class Rehearsal:
 
 
 @contextlib.contextmanager
-def rehearsal(state_dir: Path, region: str, log: Path, copies: tuple[str, ...] = ()) -> Iterator[Rehearsal]:
+def rehearsal(state_dir: Path, region: str, log: Path, copies: tuple[str, ...] = ()) -> Iterator[RehearsalEc2]:
     """Start moto for a rehearsal and always stop it (saving the AMIs it holds in the region and its copies)."""
-    r = Rehearsal(state_dir, region, log, copies)
+    r = RehearsalEc2(state_dir, region, log, copies)
     try:
         r.start()
         yield r

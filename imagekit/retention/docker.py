@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from imagekit.events import Event, Reporter, silent
 from imagekit.manifest.ledger import Ledger
 from imagekit.manifest.statement import BuildRecord
+from imagekit.names import layer_tag
 from imagekit.spec import LoadedSpec
 
 
@@ -35,16 +36,22 @@ class DockerGc:
     removed_builds: list[str] = field(default_factory=list)
     removed_tags: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The report.json shape."""
         return {"target": "docker", **asdict(self)}
 
+    def lines(self) -> list[str]:
+        """What `imagekit gc` prints."""
+        verb = "would untag" if self.dry_run else "untagged"
+        out = [f"{verb:12} {self.image} {tag}" for tag in self.removed_tags]
+        out += [f"kept         {self.image} build {mid}" for mid in self.kept]
+        return out + [f"error        {self.image} {e}" for e in self.errors]
+
 
 def _tags(loaded: LoadedSpec, b: BuildRecord) -> list[str]:
-    from imagekit.api.build import layer_tag
-
-    out = [layer_tag(loaded, name, digest) for name, digest in b.layers if name in loaded.spec.layers]
+    out = [layer_tag(loaded.spec.name, name, digest) for name, digest in b.layers if name in loaded.spec.layers]
     img = loaded.spec.images.get(b.image)
     if img is not None and b.layers:
         out.append(f"{img.repository or b.image}:{b.leaf_hash[:16]}")
@@ -68,6 +75,8 @@ def docker_gc(
     engine: Untagger,
     *,
     images: list[str],
+    keep: int | None = None,
+    dry_run: bool = False,
     reporter: Reporter = silent,
 ) -> list[DockerGc]:
     """Untag the docker images of builds beyond each image's `keep` (images.<name>.keep, else retention.keep)."""
@@ -76,12 +85,12 @@ def docker_gc(
     kept_ids: set[str] = set()
     results: dict[str, DockerGc] = {}
     for name in loaded.spec.images:
-        keep = loaded.spec.images[name].keep or loaded.spec.retention.keep
+        n = keep or loaded.spec.images[name].keep or loaded.spec.retention.keep
         mine = [b for b in builds if b.image == name]  # oldest first
         protected = protected_ids(ledger, name)
-        kept = {b.id for b in mine[-keep:]} | protected
+        kept = {b.id for b in mine[-n:]} | protected
         kept_ids |= kept
-        results[name] = DockerGc(name, keep, kept=[b.id for b in mine if b.id in kept])
+        results[name] = DockerGc(name, n, kept=[b.id for b in mine if b.id in kept], dry_run=dry_run)
     in_use = {tag for b in builds if b.id in kept_ids for tag in _tags(loaded, b)}
     for name in images:
         res = results[name]
@@ -89,6 +98,9 @@ def docker_gc(
             before = len(res.removed_tags)
             for tag in _tags(loaded, b):
                 if tag in in_use or tag in res.removed_tags or not engine.exists(tag):
+                    continue
+                if dry_run:
+                    res.removed_tags.append(tag)
                     continue
                 try:
                     engine.remove_image(tag)
@@ -98,6 +110,49 @@ def docker_gc(
                 res.removed_tags.append(tag)
             if len(res.removed_tags) > before:
                 res.removed_builds.append(b.id)
-        if res.removed_tags:
+        if res.removed_tags and not dry_run:
             reporter(Event("done", f"gc: untagged {len(res.removed_tags)} image(s) of old builds", name, "", "docker"))
     return [results[n] for n in images]
+
+
+@dataclass
+class DockerGcResult:
+    """What `imagekit gc --target docker` kept and untagged, per image."""
+
+    spec: str
+    dry_run: bool
+    images: list[DockerGc] = field(default_factory=list)
+    record: str = ""  # docker gc writes no record: the manifests already say what each tag was
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return {"target": "docker", "spec": self.spec, "dry_run": self.dry_run, "images": self.rows()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One report.json row per image."""
+        return [g.to_json() for g in self.images]
+
+    def lines(self) -> list[str]:
+        """What `imagekit gc` prints."""
+        return [line for g in self.images for line in g.lines()]
+
+
+def gc_spec(
+    loaded: LoadedSpec,
+    *,
+    keep: int | None = None,
+    image: str | None = None,
+    dry_run: bool = False,
+    engine: Untagger | None = None,
+    reporter: Reporter = silent,
+) -> DockerGcResult:
+    """Untag the images of a spec's docker builds beyond `keep` (all images, or one)."""
+    from imagekit.manifest.ledger import open_ledger
+    from imagekit.runners.docker import DockerEngine
+
+    images = [image] if image else [n for n, img in loaded.spec.images.items() if "docker" in img.targets]
+    done = docker_gc(
+        loaded, open_ledger(loaded), engine or DockerEngine(), images=images, keep=keep, dry_run=dry_run,
+        reporter=reporter,
+    )  # fmt: skip
+    return DockerGcResult(str(loaded.path), dry_run, done)

@@ -1,4 +1,5 @@
-"""Retention for AMIs: deregister old ones and delete their snapshots in every region, never what is still needed.
+"""Retention for the ami target: deregister old AMIs and delete their snapshots in every region, never what is
+still needed.
 
 Kept, whatever N says: an AMI a channel points at, the newest verified AMI of each image, and every parent AMI a
 kept AMI was built from (tag `imagekit:parent-ami`, followed to the root). A build is identified by its AMI name,
@@ -7,15 +8,23 @@ which its region copies share, so a build is kept or removed in all regions at o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from imagekit.errors import SignatureError
 from imagekit.events import Event, Reporter, silent
+from imagekit.manifest.ledger import open_ledger, spec_store
+from imagekit.paths import log_dir, work_dir
 from imagekit.runners.aws import Ami, Aws
+from imagekit.spec import LoadedSpec
+
+if TYPE_CHECKING:
+    from imagekit.targets.ami.rehearsal import RehearsalEc2
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,21 @@ class GcResult:
     rehearsal: bool = False
     decisions: list[GcDecision] = field(default_factory=list)
     record: str = ""
+    image: str | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The report.json row of this run."""
+        removed = [d.name for d in self.removed]
+        return [{"image": self.image, "target": "ami", "keep": self.keep, "removed": removed, "record": self.record}]
+
+    def lines(self) -> list[str]:
+        """What `imagekit gc` prints: one line per AMI build."""
+        out = []
+        for d in self.decisions:
+            amis = ", ".join(f"{r}:{i}" for r, i in d.amis.items())
+            verb = ("would remove" if self.dry_run else "removed") if d.action == "remove" else "kept"
+            out.append(f"{verb:12} {d.image}/{d.layer} {amis}  ({d.reason})")
+        return out
 
     @property
     def removed(self) -> list[GcDecision]:
@@ -175,3 +199,80 @@ def record_key() -> str:
     """Store key of a gc record (`_gc/…`: the store's manifest listing skips `_` folders)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"_gc/{stamp}-{uuid.uuid4().hex[:8]}.json"
+
+
+def protected_amis(loaded: LoadedSpec, image: str | None) -> Protected:
+    """AMIs gc must keep according to the signed store: channel assignments and each image's newest verified AMI."""
+    # trust is required: without it channel logs cannot be read, and gc could remove an AMI a channel points at;
+    # a store with no manifests at all has nothing to protect
+    try:
+        ledger = open_ledger(loaded)
+    except SignatureError:
+        if not spec_store(loaded).manifest_keys(image):
+            return Protected()
+        raise
+    channel: dict[str, str] = {}
+    verified: dict[str, str] = {}
+    newest: dict[str, tuple[str, dict[str, str]]] = {}
+    for e in ledger.entries(image):
+        b = e.build
+        if b is None or b.target != "ami":
+            continue
+        for ch in e.channels:
+            for ami in b.amis.values():
+                channel[ami] = f"{b.image}@{ch}"
+        if b.passed and not e.revoked:
+            newest[b.image] = (b.id, b.amis)  # entries come oldest first
+    for mid, amis in newest.values():
+        for ami in amis.values():
+            verified[ami] = mid
+    return Protected(channel=channel, verified=verified)
+
+
+@contextlib.contextmanager
+def _ec2(loaded: LoadedSpec, rehearse: bool) -> Iterator[tuple[Aws, RehearsalEc2 | None]]:
+    if not rehearse:
+        yield Aws(), None
+        return
+    from imagekit.targets.ami.rehearsal import rehearsal
+
+    log = log_dir() / "ami" / f"{loaded.spec.name}-gc-rehearsal.log"
+    with rehearsal(work_dir(loaded.root) / "rehearsal", loaded.spec.aws.region, log, loaded.spec.aws.ami_regions) as r:
+        yield r.aws, r
+
+
+def gc_spec(
+    loaded: LoadedSpec,
+    *,
+    keep: int,
+    image: str | None = None,
+    dry_run: bool = False,
+    rehearse: bool = False,
+    reporter: Reporter = silent,
+) -> GcResult:
+    """Deregister a spec's old AMIs (and delete their snapshots) in every region; record what was removed."""
+    protected = protected_amis(loaded, image)
+    aws_cfg = loaded.spec.aws
+    with _ec2(loaded, rehearse) as (aws, ec2):
+        result = run_gc(
+            aws,
+            loaded.spec.name,
+            {aws_cfg.region, *aws_cfg.ami_regions},
+            keep=keep,
+            protected=protected,
+            primary_region=aws_cfg.region,
+            image=image,
+            dry_run=dry_run,
+            reporter=reporter,
+        )
+        if ec2 is not None and not dry_run:
+            # a rehearsal AMI is also an image in the Docker engine
+            ec2.forget([ami for d in result.removed for ami in d.amis.values()])
+    result.rehearsal, result.image = rehearse, image
+    if not dry_run and result.removed:
+        store = spec_store(loaded)
+        key = record_key()
+        store.backend.create(key, record_json(result))
+        result.record = store.backend.location(key)
+        reporter(Event("done", f"removed {len(result.removed)} AMI build(s); record {result.record}"))
+    return result

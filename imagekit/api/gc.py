@@ -1,0 +1,30 @@
+"""gc: retention of a spec's built artifacts for one target (`imagekit gc --target docker|ami`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagekit.errors import UsageError
+from imagekit.events import Reporter, silent
+from imagekit.retention import GcOutcome, gc_for
+
+
+def gc(
+    path: Path | str | None,
+    *,
+    target: str = "ami",
+    keep: int | None = None,
+    image: str | None = None,
+    dry_run: bool = False,
+    rehearse: bool = False,
+    reporter: Reporter = silent,
+) -> GcOutcome:
+    """Remove a spec's old builds for one target (channel targets, the newest and what they need are kept)."""
+    from imagekit.api.spec import validate
+
+    loaded = validate(path)
+    if image is not None and image not in loaded.spec.images:
+        raise UsageError(f"unknown image {image!r}; images: {', '.join(loaded.spec.images)}")
+    if keep is not None and keep < 1:
+        raise UsageError("--keep must be at least 1")
+    return gc_for(loaded, target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=reporter)

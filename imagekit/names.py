@@ -1,0 +1,95 @@
+"""Names several layers of imagekit share: tags, labels, paths inside an image, context folders. Pure.
+
+The renderers, the planner, the targets, the verify hosts and retention all need to agree on these; keeping them
+here means none of them has to import another one (or a runner) just to spell a tag or a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from imagekit.spec import Bootstrap
+
+# --- labels and tags ----------------------------------------------------------------------------------------
+
+LABEL_PREFIX = "dev.imagekit"  # image labels the rendered Dockerfile and the docker target write
+
+
+def layer_repository(spec_name: str, layer: str) -> str:
+    """`imagekit/<spec name>-<layer>`: where a layer's image is tagged by its hash."""
+    return f"imagekit/{spec_name}-{layer}"
+
+
+def layer_tag(spec_name: str, layer: str, digest: str) -> str:
+    """`imagekit/<spec name>-<layer>:<hash16>`."""
+    return f"{layer_repository(spec_name, layer)}:{digest[:16]}"
+
+
+def image_tag(repository: str, leaf_hash: str) -> str:
+    """`<repository>:<leaf hash16>`: the final image of a build."""
+    return f"{repository}:{leaf_hash[:16]}"
+
+
+# --- bootstrapped bases -------------------------------------------------------------------------------------
+
+# Bump when the bootstrap recipe (packages, changes, tar options) changes so every base is made again.
+BOOTSTRAP_RECIPE = "1"
+MIRRORS = {"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
+# What every later layer's provisioning scripts rely on: python3 + venv for pip, CA certificates for HTTPS.
+BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv")
+
+
+def base_definition(boot: Bootstrap) -> dict[str, object]:
+    """Everything that decides the content of a bootstrapped base."""
+    return {
+        "distro": boot.distro,
+        "suite": boot.suite,
+        "mirror": boot.mirror or MIRRORS[boot.distro],
+        "packages": sorted({*BASE_PACKAGES, *boot.packages}),
+        "variant": "minbase",
+        "recipe": BOOTSTRAP_RECIPE,
+    }
+
+
+def base_hash(boot: Bootstrap) -> str:
+    """sha256 of the base's definition (canonical JSON)."""
+    blob = json.dumps(base_definition(boot), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def base_repository(layer: str) -> str:
+    """The repository a bootstrapped base of a root layer is tagged in (the Dockerfile's BASE_IMAGE default)."""
+    return f"imagekit-base-{layer}"
+
+
+def base_tag(layer: str, boot: Bootstrap) -> str:
+    """`imagekit-base-<layer>:<hash16>`."""
+    return f"{base_repository(layer)}:{base_hash(boot)[:16]}"
+
+
+# --- paths inside the image or VM ---------------------------------------------------------------------------
+
+VENV = "/opt/venv"
+# Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
+# Packer template uploads them there, the Dockerfile bind-mounts the lock there.
+SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned
+SYSTEMD_DIR = "/etc/systemd/system"
+WANTS_DIR = f"{SYSTEMD_DIR}/multi-user.target.wants"
+
+
+def service_unit_path(image: str) -> str:
+    """Where an image's systemd unit lives on the AMI."""
+    return f"{SYSTEMD_DIR}/imagekit-{image}.service"
+
+
+# --- this machine and the build context ---------------------------------------------------------------------
+
+DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Context-relative folders the docker build uses (the build context is the spec folder).
+RENDER_DIR = ".imagekit/render"
+SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
+WHEELHOUSE_DIR = ".imagekit/wheelhouse"
+# Fetched remote weights sit in the build context under this folder, named by their sha256.
+MODELS_DIR = ".imagekit/models"

@@ -1,0 +1,72 @@
+"""Retention per target under one name: docker untags old builds' images, ami deregisters old AMIs.
+
+Both keep what a channel points at and what the newest builds need; manifests are never deleted. One table lists
+each target's gc, so `imagekit gc --target` and nightly call it without knowing which target it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from imagekit.events import Reporter, silent
+from imagekit.spec import LoadedSpec
+
+
+class GcOutcome(Protocol):
+    """What a target's gc returns: JSON for reports, lines for the terminal."""
+
+    record: str
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def rows(self) -> list[dict[str, Any]]: ...
+
+    def lines(self) -> list[str]: ...
+
+
+def _docker(
+    loaded: LoadedSpec, *, keep: int | None, image: str | None, dry_run: bool, rehearse: bool, engine: Any,
+    reporter: Reporter,
+) -> GcOutcome:  # fmt: skip
+    from imagekit.errors import UsageError
+    from imagekit.retention.docker import gc_spec
+
+    if rehearse:
+        raise UsageError("--rehearse applies to --target ami (the rehearsal's moto EC2)")
+    return gc_spec(loaded, keep=keep, image=image, dry_run=dry_run, engine=engine, reporter=reporter)
+
+
+def _ami(
+    loaded: LoadedSpec, *, keep: int | None, image: str | None, dry_run: bool, rehearse: bool, engine: Any,
+    reporter: Reporter,
+) -> GcOutcome:  # fmt: skip
+    from imagekit.retention.ami import gc_spec
+
+    del engine  # AMIs live in EC2 (a rehearsal's also in the engine, which the rehearsal finds itself)
+    n = keep or (loaded.spec.images[image].keep if image else None) or loaded.spec.retention.keep
+    return gc_spec(loaded, keep=n, image=image, dry_run=dry_run, rehearse=rehearse, reporter=reporter)
+
+
+GcFn = Callable[..., GcOutcome]
+RETENTION: dict[str, GcFn] = {"docker": _docker, "ami": _ami}
+
+
+def gc_for(
+    loaded: LoadedSpec,
+    target: str,
+    *,
+    keep: int | None = None,
+    image: str | None = None,
+    dry_run: bool = False,
+    rehearse: bool = False,
+    engine: Any = None,
+    reporter: Reporter = silent,
+) -> GcOutcome:
+    """Run one target's retention over a spec (one image, or all)."""
+    from imagekit.targets import target_info
+
+    target_info(target)  # the same UsageError for an unknown name as `build`
+    return RETENTION[target](
+        loaded, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, engine=engine, reporter=reporter
+    )
