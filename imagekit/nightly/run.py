@@ -292,7 +292,8 @@ def _build(ctx: _Context, task: _Task, forced: set[str]) -> ImageResult:
     if ctx.engine is not None:
         kwargs["engine"] = ctx.engine
     out = builder(
-        ctx.loaded.path, task.target, images=[task.image], reporter=ctx.reporter, rehearse=ctx.rehearse,
+        ctx.loaded.path, task.target, images=[task.image], reporter=ctx.reporter,
+        rehearse=ctx.rehearse and task.target == "ami",  # the docker target has no rehearsal (it refuses one)
         force_layers=forced, layer_lock=ctx.locks, previous=lambda _image: task.previous, raise_failures=False,
         **kwargs,
     )  # fmt: skip
