@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -20,7 +21,16 @@ _lock = threading.Lock()
 def sha256_file(path: Path) -> str:
     """sha256 hex digest of a file's bytes, read in chunks."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    # O_NONBLOCK so a FIFO among the inputs is refused at once instead of blocking the run
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            from imagekit.inputs import InputError, clip
+
+            raise InputError(
+                f"{clip(str(path))} is not a regular file (a pipe, device or socket): it cannot be an input"
+            )
         while chunk := fh.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()

@@ -29,3 +29,20 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, exclusive:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_dir(path: Path, what: str) -> None:
+    """Refuse (UsageError, exit 2) a path that exists and is not a folder, or that cannot be a folder; never creates."""
+    from imagekit.errors import UsageError
+    from imagekit.inputs import clip
+
+    probe = path
+    try:
+        # the first existing ancestor must be a folder too: `-o file/sub` fails as clearly as `-o file`
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            where = "" if probe == path else f" ({clip(str(probe))} is a file)"
+            raise UsageError(f"{what} {clip(str(path))} is not a folder{where}: pick a folder")
+    except OSError as exc:
+        raise UsageError(f"{what} {clip(str(path))}: {exc.strerror or exc}") from None

@@ -10,9 +10,21 @@ def cache_dir() -> Path:
     """$IMAGEKIT_CACHE_DIR, else $XDG_CACHE_HOME/imagekit, else ~/.cache/imagekit."""
     explicit = os.environ.get("IMAGEKIT_CACHE_DIR")
     if explicit:
-        return Path(explicit)
+        return _folder(Path(explicit), "IMAGEKIT_CACHE_DIR")
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "imagekit"
+    return _folder(Path(base) / "imagekit", "the cache folder ($XDG_CACHE_HOME/imagekit)")
+
+
+def _folder(path: Path, what: str) -> Path:
+    """path, unless it exists as something other than a folder (UsageError: everything below it would fail)."""
+    try:
+        if path.exists() and not path.is_dir():
+            from imagekit.errors import UsageError
+
+            raise UsageError(f"{what} {path} is a file, not a folder: point it at a folder")
+    except OSError:
+        pass  # a name the kernel refuses: the first write below says so
+    return path
 
 
 def config_dir() -> Path:

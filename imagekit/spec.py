@@ -10,6 +10,8 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from imagekit.errors import Problem, SpecError
+from imagekit.inputs import MAX_INPUT_BYTES, clip, read_regular
+from imagekit.spec_checks import check_store, check_text, loc_str, root_of, system_path
 from imagekit.spec_model import (
     NAME_RE,
     SHA256_RE,
@@ -40,6 +42,7 @@ from imagekit.spec_model import (
 from imagekit.yamlsrc import Located, YamlSyntaxError, load_located
 
 SPEC_FILENAME = "imagekit.yaml"
+MAX_SPEC_BYTES = MAX_INPUT_BYTES
 
 __all__ = [
     "NAME_RE",
@@ -117,16 +120,6 @@ def _held_model(ann: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
-def _loc_str(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 def _clean_loc(loc: tuple[Any, ...], data: Any = None) -> tuple[str | int, ...]:
     # pydantic puts union member names and validator tags in loc; drop what is not a real key. A part that the
     # document really has at that point is a key even when it is named like a tag (a user's key "str").
@@ -176,7 +169,9 @@ def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> lis
         elif etype == "missing":
             message = "required key is missing"
         elif etype == "literal_error":
-            message = f"{err['msg'].lower()}, got {err.get('input')!r}"
+            msg = str(err["msg"])
+            # only the first letter: the expected values themselves are case-sensitive ('POST', not 'post')
+            message = f"{msg[:1].lower()}{msg[1:]}, got {clip(repr(err.get('input')))}"
         elif etype == "value_error":
             message = str(err["msg"]).removeprefix("Value error, ")
         else:
@@ -185,7 +180,7 @@ def _pydantic_problems(exc: ValidationError, file: str, located: Located) -> lis
             if "input" in err and etype.endswith("_type"):
                 message += f", got {type(err['input']).__name__}"
         line = located.line_of(loc)
-        problems.append(Problem(file, line, _loc_str(loc), message, hint))
+        problems.append(Problem(file, line, loc_str(loc), message, hint))
     return problems
 
 
@@ -244,25 +239,30 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
                         f"did you mean {close[0]!r}?" if close else f"layers: {', '.join(names)}",
                     )
                 )
-    # cycles
+    # cycles: each layer is walked once (linear in the number of layers, however long the chains)
+    done: set[str] = set()
     for start in names:
-        seen: list[str] = []
+        walk: dict[str, int] = {}
+        order: list[str] = []
         cur: str | None = start
-        while cur is not None and cur in spec.layers:
-            if cur in seen:
-                if cur == start:
-                    cycle = " -> ".join([*seen, cur])
+        while cur is not None and cur in spec.layers and cur not in done:
+            if cur in walk:
+                members = order[walk[cur] :]
+                for i, member in enumerate(members):
+                    cycle = " -> ".join([*members[i:], *members[:i], member])
                     problems.append(
                         Problem(
                             file,
-                            located.line_of(("layers", start, "parent")),
-                            f"layers.{start}.parent",
+                            located.line_of(("layers", member, "parent")),
+                            f"layers.{member}.parent",
                             f"parent cycle: {cycle}",
                         )
                     )
                 break
-            seen.append(cur)
+            walk[cur] = len(order)
+            order.append(cur)
             cur = spec.layers[cur].parent
+        done.update(order)
     for name, image in spec.images.items():
         if not NAME_RE.match(name):
             problems.append(
@@ -284,6 +284,19 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
                     f"did you mean {close[0]!r}?" if close else f"layers: {', '.join(names)}",
                 )
             )
+        root = root_of(spec, image.leaf)
+        if root is not None and "docker" in image.targets:
+            base = root[1].from_
+            if base is not None and not (base.docker or base.bootstrap):
+                problems.append(
+                    Problem(
+                        file,
+                        located.line_of(("images", name, "targets")),
+                        f"images.{name}.targets",
+                        f"the docker target needs a container base, but root layer {root[0]!r} has only from.ami",
+                        "add from.docker or from.bootstrap to it, or drop docker from targets",
+                    )
+                )
         if len(set(image.targets)) != len(image.targets):
             problems.append(
                 Problem(
@@ -310,7 +323,7 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
     problems: list[Problem] = []
 
     def bad(path: tuple[str | int, ...], message: str, hint: str = "") -> None:
-        problems.append(Problem(file, located.line_of(path), _loc_str(path), message, hint))
+        problems.append(Problem(file, located.line_of(path), loc_str(path), message, hint))
 
     for name, layer in spec.layers.items():
         base: tuple[str | int, ...] = ("layers", name)
@@ -334,6 +347,12 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
                 bad((*base, "models", i, "src"), "plain http:// is not allowed for weights", "use https://")
             if not model.dest.startswith("/"):
                 bad((*base, "models", i, "dest"), f"destination {model.dest!r} is not absolute")
+            elif shadowed := system_path(model.dest):
+                bad(
+                    (*base, "models", i, "dest"),
+                    f"destination {clip(model.dest)!r} would replace a system path ({shadowed})",
+                    "put weights under /opt, /srv or /models",
+                )
         if layer.requirements is not None and _escapes(root, layer.requirements):
             bad((*base, "requirements"), f"{layer.requirements!r} escapes the spec's folder")
         if layer.workdir is not None and not layer.workdir.startswith("/"):
@@ -355,7 +374,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
     except YamlSyntaxError as exc:
         raise SpecError([Problem(file, exc.line, "", f"YAML syntax error: {exc.message}")]) from None
     problems = [
-        Problem(file, line, _loc_str(key), "key is given twice", "YAML keeps only the last one")
+        Problem(file, line, loc_str(key), "key is given twice", "YAML keeps only the last one")
         for key, line in located.duplicates
     ]
     data = located.data
@@ -369,6 +388,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise SpecError([*problems, *(Problem(file, 1, "", f"key {k!r} is not a string") for k in bad_keys)])
+    problems += check_text(located, file)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -377,6 +397,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
         raise SpecError([*problems, Problem(file, 1, "", f"cannot read the spec: {exc}")]) from None
     problems += _check_graph(spec, file, located)
     problems += _check_paths(spec, path.parent, file, located)
+    problems += check_store(spec, path.parent, file, located)
     if problems:
         raise SpecError(problems)
     return LoadedSpec(spec=spec, path=path, text=text, located=located)
@@ -385,8 +406,11 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
 def find_spec(path: Path | str | None) -> Path:
     """The spec path for `-f`: the given file, or imagekit.yaml in the current folder."""
     candidate = Path(path) if path else Path.cwd() / SPEC_FILENAME
-    if candidate.is_dir():
-        candidate = candidate / SPEC_FILENAME
+    try:
+        if candidate.is_dir():
+            candidate = candidate / SPEC_FILENAME
+    except OSError:
+        pass  # a name the kernel refuses (too long): reading it below says so
     return candidate
 
 
@@ -394,12 +418,12 @@ def load_spec(path: Path | str | None = None) -> LoadedSpec:
     """Read and validate a spec file; raises SpecError with file:line problems."""
     spec_path = find_spec(path)
     try:
-        raw = spec_path.read_bytes()
+        raw = read_regular(spec_path, what="spec", limit=MAX_SPEC_BYTES)
     except FileNotFoundError:
         raise SpecError(
             [
                 Problem(
-                    str(spec_path),
+                    clip(str(spec_path)),
                     0,
                     "",
                     "no such file",
@@ -407,11 +431,9 @@ def load_spec(path: Path | str | None = None) -> LoadedSpec:
                 )
             ]
         ) from None
-    except OSError as exc:
-        raise SpecError([Problem(str(spec_path), 0, "", f"cannot read: {exc.strerror}")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError([Problem(str(spec_path), line, "", "not UTF-8 text")]) from None
+        raise SpecError([Problem(clip(str(spec_path)), line, "", "not UTF-8 text")]) from None
     return parse_spec(text, spec_path.absolute())

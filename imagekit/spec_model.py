@@ -5,16 +5,20 @@ imagekit.spec reads and checks the file (the only YAML reader) and re-exports th
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from imagekit.yamlsrc import Located
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# a day: longer than any boot or smoke test, short enough to be a number every tool can sleep for
+MAX_TIMEOUT = 86400
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -37,7 +41,43 @@ def _version(value: Any) -> Any:
     return value
 
 
-Version = Annotated[str, BeforeValidator(_version), Field(min_length=1, max_length=64)]
+# versions reach package names, URLs and shell lines unquoted in places: letters, digits and . + _ - only
+Version = Annotated[
+    str,
+    BeforeValidator(_version),
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$",
+        description='a quoted version string, e.g. "3.11" (YAML reads 3.10 as 3.1)',
+    ),
+]
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1 in lax mode: `port: true` would become EXPOSE 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _spec_version(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"the spec version is the number 1, got {str(value).lower()}")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    # `.inf` and `.nan` are valid YAML floats but no usable timeout, size or tolerance
+    value = _not_bool(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Num = Annotated[float, BeforeValidator(_finite)]
+SpecVersion = Annotated[Literal[1], BeforeValidator(_spec_version)]
 
 
 class _Model(BaseModel):
@@ -64,7 +104,7 @@ class Bootstrap(_Model):
 class From(_Model):
     """Where the root layer starts: a container image, an AMI filter, and/or a bootstrap base."""
 
-    docker: str | None = Field(default=None, min_length=1)
+    docker: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     ami: AmiFilter | None = None
     bootstrap: Bootstrap | None = None
 
@@ -81,7 +121,7 @@ class ModelFile(_Model):
 
     src: str = Field(min_length=1)
     dest: str = Field(min_length=1)
-    sha256: str
+    sha256: str = Field(json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"})
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -99,14 +139,14 @@ class ModelFile(_Model):
 class Refresh(_Model):
     """Rebuild the layer once its last build is older than this, to pick up distro security updates."""
 
-    every_days: int = Field(ge=1, le=3650)
+    every_days: Int = Field(ge=1, le=3650)
 
 
 class Budget(_Model):
     """A size gate: growth against the last verified build, and/or an absolute size."""
 
-    max_growth_pct: float | None = Field(default=None, ge=0)
-    max_bytes: int | None = Field(default=None, ge=1)
+    max_growth_pct: Num | None = Field(default=None, ge=0)
+    max_bytes: Int | None = Field(default=None, ge=1)
 
 
 class Layer(_Model):
@@ -129,7 +169,7 @@ class Layer(_Model):
     user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     workdir: str | None = None
     command: tuple[str, ...] | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Int | None = Field(default=None, ge=1, le=65535)
     refresh: Refresh | None = None
     budget: Budget | None = None
 
@@ -159,20 +199,21 @@ class Layer(_Model):
 class Health(_Model):
     """The service's readiness endpoint and how long to wait for it."""
 
-    path: str = Field(default="/ready", pattern=r"^/")
-    timeout: float = Field(default=600, gt=0)
-    interval: float = Field(default=1.0, gt=0)
+    # a URL path: it is written into the HEALTHCHECK command and the verify scripts, so no quotes or spaces
+    path: str = Field(default="/ready", pattern=r"^/[A-Za-z0-9._~!$&()*+,;=:@%/?-]*$")
+    timeout: Num = Field(default=600, gt=0, le=MAX_TIMEOUT)
+    interval: Num = Field(default=1.0, gt=0, le=3600)
 
 
 class Expect(_Model):
     """What a smoke response must look like."""
 
-    status: int = Field(default=200, ge=100, le=599)
-    min_bytes: int = Field(default=1, ge=0)
+    status: Int = Field(default=200, ge=100, le=599)
+    min_bytes: Int = Field(default=1, ge=0)
     content_type: str | None = None
     reference: str | None = None
-    tolerance: float = Field(default=0.02, ge=0)
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    tolerance: Num = Field(default=0.02, ge=0)
+    max_latency_ms: Num | None = Field(default=None, gt=0)
 
 
 class Smoke(_Model):
@@ -192,7 +233,7 @@ class Verify(_Model):
     health: Health | None = None
     smoke: Smoke | None = None
     instance_type: str | None = None
-    timeout: float = Field(default=1800, gt=0)
+    timeout: Num = Field(default=1800, gt=0, le=MAX_TIMEOUT)
 
 
 class Image(_Model):
@@ -203,7 +244,7 @@ class Image(_Model):
     verify: Verify | None = None
     repository: str | None = None
     budget: Budget | None = None
-    keep: int | None = Field(default=None, ge=1)
+    keep: Int | None = Field(default=None, ge=1)
 
 
 class Aws(_Model):
@@ -218,7 +259,7 @@ class Aws(_Model):
     security_group_id: str | None = None
     ssh_interface: Literal["public_ip", "private_ip", "session_manager"] = "public_ip"
     ssh_username: str = "ubuntu"
-    volume_size: int = Field(default=100, ge=8)
+    volume_size: Int = Field(default=100, ge=8)
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -240,13 +281,13 @@ class Signing(_Model):
 class Retention(_Model):
     """How many builds of each image gc keeps."""
 
-    keep: int = Field(default=5, ge=1)
+    keep: Int = Field(default=5, ge=1)
 
 
 class Spec(_Model):
     """A whole validated spec."""
 
-    version: Literal[1]
+    version: SpecVersion
     name: str = Field(pattern=NAME_RE.pattern)
     layers: dict[str, Layer] = Field(min_length=1)
     images: dict[str, Image] = Field(min_length=1)
@@ -256,6 +297,20 @@ class Spec(_Model):
     signing: Signing = Field(default_factory=Signing)
     store: str = "manifests"
     retention: Retention = Field(default_factory=Retention)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of imagekit.yaml, generated from the models above, for editors and CI."""
+    schema = Spec.model_json_schema(by_alias=True)
+    # names are checked after the models (so errors can say which one); the schema says the same up front
+    for key in ("layers", "images"):
+        schema["properties"][key]["propertyNames"] = {"pattern": NAME_RE.pattern}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "imagekit.yaml (version 1)",
+        "description": "The layered spec of imagekit: layers (base, runtime, app, ...), images, verify, aws, signing.",
+    }
 
 
 @dataclass(frozen=True)
@@ -282,6 +337,8 @@ class LoadedSpec:
     path: Path
     text: str
     located: Located
+    # per-layer facts folded root first, computed once each, so renderers stay linear in the number of layers
+    memo: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @property
     def file(self) -> str:
@@ -303,7 +360,26 @@ class LoadedSpec:
 
     def resolved(self, image: str) -> Resolved:
         """The effective pins of an image's chain."""
-        return resolve_chain(self.chain(image))
+        return self.resolved_upto(self.spec.images[image].leaf)
+
+    def fold_upto(self, kind: str, layer: str, step: Callable[[Any, Layer], Any]) -> Any:
+        """step folded over the chain root .. layer (step(None, root) first), memoised per (kind, layer)."""
+        pending: list[str] = []
+        name: str | None = layer
+        while name is not None and (kind, name) not in self.memo:
+            pending.append(name)
+            name = self.spec.layers[name].parent
+            if len(pending) > len(self.spec.layers):
+                raise ValueError(f"parent cycle at {layer}")
+        value = self.memo[(kind, name)] if name is not None else None
+        for current in reversed(pending):
+            value = step(value, self.spec.layers[current])
+            self.memo[(kind, current)] = value
+        return value
+
+    def resolved_upto(self, layer: str) -> Resolved:
+        """The effective pins of the chain that ends at a layer."""
+        return cast(Resolved, self.fold_upto("resolved", layer, _fold_layer))
 
     def verify_for(self, image: str) -> Verify:
         """The verify policy of an image (its own, else the top-level one)."""
@@ -329,24 +405,25 @@ def chain_of(spec: Spec, leaf: str) -> list[tuple[str, Layer]]:
     return list(reversed(out))
 
 
+_PINNED = ("cuda", "cudnn", "driver", "python", "torch", "user", "command", "port", "workdir")
+
+
+def _fold_layer(prev: Resolved | None, layer: Layer) -> Resolved:
+    """One step of resolving a chain: the layer's scalars override, its env merges over the parent's."""
+    vals: dict[str, Any] = (
+        {k: getattr(prev, k) for k in _PINNED} if prev is not None else {k: None for k in _PINNED} | {"cuda": "none"}
+    )
+    for key in _PINNED:
+        value = getattr(layer, key)
+        if value is not None:
+            vals[key] = value
+    env = {**prev.env, **layer.env} if prev is not None else dict(layer.env)
+    return Resolved(env=env, **vals)
+
+
 def resolve_chain(chain: list[tuple[str, Layer]]) -> Resolved:
     """Fold a chain root first: later layers override scalars, env merges."""
-    vals: dict[str, Any] = {"cuda": "none", "env": {}}
+    out: Resolved | None = None
     for _, layer in chain:
-        for key in ("cuda", "cudnn", "driver", "python", "torch", "user", "command", "port", "workdir"):
-            value = getattr(layer, key)
-            if value is not None:
-                vals[key] = value
-        vals["env"] = {**vals["env"], **layer.env}
-    return Resolved(
-        cuda=vals["cuda"],
-        cudnn=vals.get("cudnn"),
-        driver=vals.get("driver"),
-        python=vals.get("python"),
-        torch=vals.get("torch"),
-        user=vals.get("user"),
-        command=vals.get("command"),
-        port=vals.get("port"),
-        workdir=vals.get("workdir"),
-        env=vals["env"],
-    )
+        out = _fold_layer(out, layer)
+    return out if out is not None else _fold_layer(None, Layer())

@@ -9,6 +9,12 @@ import yaml
 
 KeyPath = tuple[str | int, ...]
 
+# Bounds on what one document may expand to. A spec nests a handful of levels and has a few thousand nodes even
+# with thousands of layers; an alias bomb of 300 bytes expands to hundreds of millions and must stop before that.
+MAX_DEPTH = 64
+MAX_NODES = 200_000
+MAX_TEXT = 4 * 1024 * 1024
+
 
 @dataclass
 class Located:
@@ -60,8 +66,61 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, out: Loc
     return loader.construct_object(node, deep=True)
 
 
+def _prescan(text: str) -> None:
+    """Walk the event stream (no recursion, no construction): bound nesting depth and alias expansion."""
+    loader = yaml.SafeLoader(text)
+    # sizes[i]: nodes counted so far in the i-th open collection, with its anchor
+    stack: list[tuple[str | None, int]] = []
+    anchors: dict[str, int] = {}
+    total = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else 1
+                    raise YamlSyntaxError(line, f"nested deeper than {MAX_DEPTH} levels")
+                stack.append((event.anchor, 1))
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = stack.pop()
+                if anchor is not None:
+                    anchors[anchor] = size
+                add = size
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor is not None:
+                    anchors[event.anchor] = 1
+                add = 1
+            elif isinstance(event, yaml.AliasEvent):
+                add = anchors.get(event.anchor or "", 1)
+            else:
+                continue
+            if stack:
+                anchor, size = stack[-1]
+                stack[-1] = (anchor, size + add)
+            total += add
+            if total > MAX_NODES or (stack and stack[-1][1] > MAX_NODES):
+                line = event.start_mark.line + 1 if event.start_mark else 1
+                raise YamlSyntaxError(
+                    line, f"the document expands to more than {MAX_NODES} values (aliases repeat what they point at)"
+                )
+    finally:
+        loader.dispose()
+
+
 def load_located(text: str) -> Located:
     """Parse one YAML document, recording the line of every mapping key and list item."""
+    if len(text) > MAX_TEXT:
+        raise YamlSyntaxError(1, f"the document is {len(text)} characters; the limit is {MAX_TEXT}")
+    try:
+        _prescan(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        message = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        raise YamlSyntaxError(line, message) from exc
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(_reader_line(text, exc), str(exc).splitlines()[0]) from exc
     try:
         # The reader rejects control characters as soon as the loader is built, before any parsing.
         loader = yaml.SafeLoader(text)

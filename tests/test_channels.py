@@ -35,8 +35,10 @@ def test_promote_resolve_rollback_round_trip(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no earlier"):
         api.rollback(tmp_path, "app", "stable")
     # the log keeps everything, signed, with who/when/why
-    logs = sorted((tmp_path / "manifests" / "_channels" / "app" / "stable").glob("*.json"))
+    logs = sorted((tmp_path / "manifests" / "_channels" / "app" / "stable").glob("0*.json"))
     assert [p.name for p in logs] == ["0000000001.json", "0000000002.json", "0000000003.json"]
+    head = json.loads(envelope_payload((logs[0].parent / "head.json").read_bytes()))
+    assert head["seq"] == 3 and head["log"] == "_channels/app/stable"
     docs = [json.loads(envelope_payload(p.read_bytes())) for p in logs]
     assert [(d["action"], d["who"]) for d in docs] == [("promote", "alice"), ("promote", "bob"), ("rollback", "carol")]
     assert docs[2]["why"] == "latency regression" and docs[0]["when"].endswith("Z")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -174,6 +175,41 @@ def test_changing_app_source_rebuilds_only_the_app_layer(built: Built) -> None:
     out = _docker("run", "--rm", "--entrypoint", "cat", again.ref, "/opt/app/src/main.py").stdout
     assert out == "print('v2')\n"
     print(f"app-only rebuild: {seconds:.1f}s")
+
+
+def _cli_piped(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdout and stderr piped (as in a CI log), CI unset: what a pipe gets by itself."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "imagekit"), "build", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=1800, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_a_piped_build_prints_a_line_per_step_start_and_end(built: Built) -> None:
+    """Every layer rebuilt (--force), piped: a start and a done line per layer, none of BuildKit's own lines."""
+    proc = _cli_piped("-f", str(built.spec), "--target", "docker", "--force", "--no-verify")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    print(f"piped forced build of the tiny spec: {len(lines)} lines")
+    assert len(lines) <= 30, proc.stdout
+    for layer in ("base", "runtime", "app"):
+        where = f"tiny/docker/{layer}"
+        assert sum(1 for ln in lines if ln.split()[:2] == ["start", where]) == 1, proc.stdout
+        done = [ln for ln in lines if " done " in f" {ln} " and where in ln]
+        assert len(done) == 1 and re.match(r"^\s*[\dmh.]+s\s+done", done[0]), proc.stdout  # its time leads the line
+    assert not any(ln.startswith("#") or " #" in ln for ln in lines), "BuildKit's lines belong in the log file"
+    assert any("full log:" in ln for ln in lines)
+    # -v streams everything as before: BuildKit's plain progress lines are there
+    src = built.spec.parent / "src" / "main.py"
+    original = src.read_text()
+    src.write_text(f"print('{uuid.uuid4().hex}')\n")
+    try:
+        verbose = _cli_piped("-f", str(built.spec), "--target", "docker", "--no-verify", "-v")
+    finally:
+        src.write_text(original)
+    assert verbose.returncode == 0, verbose.stdout[-3000:]
+    assert sum(1 for ln in verbose.stdout.splitlines() if "#" in ln) >= 5, verbose.stdout
 
 
 def test_force_rebuilds_every_layer(built: Built) -> None:

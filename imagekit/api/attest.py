@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError, StoreError, UsageError
+from imagekit.inputs import MAX_RECORD_BYTES, is_file, read_regular
 from imagekit.manifest.bundle import BUNDLE_SUFFIX, check_bundle
 from imagekit.manifest.dsse import envelope_payload, parse_envelope
 from imagekit.manifest.keys import KMS_PREFIX, TrustedKey
@@ -109,6 +110,10 @@ def check_served(build: BuildRecord, image_ref: str) -> str:
     return served
 
 
+def _read_manifest(path: Path) -> bytes:
+    return read_regular(path, what="manifest", limit=MAX_RECORD_BYTES)
+
+
 def verify_manifest(
     path: Path | str | None, ref: str, trust: Path | None = None, image: str | None = None
 ) -> VerifyOutcome:
@@ -122,12 +127,12 @@ def verify_manifest(
         loaded = load_spec(path)
     notes: list[str] = []
     if loaded is None:
-        if not ref_path.is_file():
+        if not is_file(ref_path):
             raise UsageError(f"{ref} is not a file, and there is no spec (-f) to find a manifest id in")
         if trust is None:
             raise UsageError("without a spec, pass --trust FILE (a trust file or a public key PEM)")
         tr: Trust = trust_from_file(trust)
-        checked = check_envelope(None, ref_path.read_bytes(), tr)
+        checked = check_envelope(None, _read_manifest(ref_path), tr)
         build, key = checked.build, checked.key
         notes += _check_file_name(ref_path, checked) + _hint_note(checked.keyid_hint_ok, key)
         notes.append("revocation not checked: no spec (-f) locates the store")
@@ -139,8 +144,8 @@ def verify_manifest(
         )  # fmt: skip
     ledger = open_ledger(loaded, trust)
     assert ledger.trust is not None
-    if ref_path.is_file() and ref_path.name.endswith(".json"):
-        checked = check_envelope(None, ref_path.read_bytes(), ledger.trust)
+    if is_file(ref_path) and ref_path.name.endswith(".json"):
+        checked = check_envelope(None, _read_manifest(ref_path), ledger.trust)
         build, key, location = checked.build, checked.key, str(ref_path)
         notes += _check_file_name(ref_path, checked) + _hint_note(checked.keyid_hint_ok, key)
     else:

@@ -55,10 +55,16 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     from imagekit.api.spec import validate
 
     info = target_info(target)
-    if push and target != "docker":
-        raise UsageError("--push applies to --target docker (AMIs are copied with aws.ami_regions)")
+    if push and info.push:
+        raise UsageError(info.push)
+    if rehearse and info.rehearse:
+        raise UsageError(info.rehearse)
     loaded = validate(path)
     selected = select_images(loaded, target, images)
+    if rehearse and target == "ami":
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
     options = BuildOptions(force, force_layers, push, rehearse, engine, reporter)
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:

@@ -219,8 +219,17 @@ def promotable(ledger: Ledger, ref: str, image: str, *, allow_rehearsal: bool = 
 def _context(path: Path | str | None, trust: Path | None, key: str | None) -> tuple[LoadedSpec, Ledger, Any]:
     loaded = load_spec(path)
     ledger = open_ledger(loaded, trust)
-    signer, _created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
+    ref, base = signer_ref(loaded, key)
+    signer, _created = load_signer(ref, base=base)
     return loaded, ledger, signer
+
+
+def signer_ref(loaded: LoadedSpec, key: str | None) -> tuple[str | None, Path]:
+    """A key reference and the folder it is relative to: --key like --trust against the current folder, the
+    spec's signing.key against the spec's folder."""
+    if key:
+        return key, Path.cwd()
+    return loaded.spec.signing.key, loaded.root
 
 
 def promote(
@@ -284,6 +293,8 @@ def rollback(
         current, earlier = stack[-1], stack[:-1]
         target = None
         for mid in reversed(earlier):
+            if mid == current:
+                continue  # promoted twice in a row: going "back" to it would record a move from X to X
             b = ledger.entry(mid).build
             if b is not None and not revoked.reason(b):
                 target = b

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagekit.errors import UsageError
-from imagekit.fsutil import atomic_write
+from imagekit.fsutil import check_dir
+from imagekit.inputs import clip
 from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
 from imagekit.render.packer import render_packer
 from imagekit.render.scripts import render_scripts
-from imagekit.spec import LoadedSpec, load_spec
+from imagekit.spec import LoadedSpec
 
 DOCKERFILES = "dockerfiles"
 PROVISION = "provision"
@@ -73,15 +76,45 @@ def _wheelhouse(loaded: LoadedSpec, out: Path) -> str | None:
 
 
 def render(path: Path | str | None, out_dir: Path | str | None = None) -> list[Rendered]:
-    """Render every image of a spec under out_dir (default: the spec's folder); unchanged files are left as they are."""
-    loaded = load_spec(path)
+    """Render every image of a spec under out_dir (default: the spec's folder); unchanged files are left as they are.
+
+    The spec gets the same checks as `validate` (files, digests, compatibility) first. Writes are all or nothing:
+    every path is checked before anything is written, changed files are staged in a temp folder inside out_dir
+    and then renamed into place, so a failure leaves the old set, never half of a new one.
+    """
+    from imagekit.api.spec import validate
+
+    loaded = validate(path)
     out = Path(out_dir).absolute() if out_dir is not None else loaded.root
-    written: list[Rendered] = []
-    for rel, (text, mode) in render_files(loaded, out).items():
+    check_dir(out, "render -o")
+    files = render_files(loaded, out)
+    plan: list[tuple[Path, bytes, int, bool]] = []
+    for rel, (text, mode) in files.items():
         dest = out / rel
+        check_dir(dest.parent, "render -o: the folder")
+        if dest.is_dir():
+            raise UsageError(f"render -o: {clip(str(dest))} is a folder where a file is to be written; move it away")
         data = text.encode("utf-8")
         same = dest.is_file() and dest.read_bytes() == data and (os.stat(dest).st_mode & 0o777) == mode
-        if not same:
-            atomic_write(dest, data, mode=mode)
-        written.append(Rendered(dest, not same))
-    return written
+        plan.append((dest, data, mode, same))
+    changed = [(dest, data, mode) for dest, data, mode, same in plan if not same]
+    if changed:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".imagekit-render-", dir=out))
+        try:
+            staged = []
+            for i, (dest, data, mode) in enumerate(changed):
+                tmp = stage / str(i)
+                tmp.write_bytes(data)
+                os.chmod(tmp, mode)
+                staged.append((tmp, dest))
+            # one flush for the whole set instead of an fsync per file (thousands of layers, thousands of files)
+            os.sync()
+            for tmp, dest in staged:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+        except OSError as exc:
+            raise UsageError(f"render -o {clip(str(out))}: cannot write: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return [Rendered(dest, not same) for dest, _data, _mode, same in plan]

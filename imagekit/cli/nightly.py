@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import ProgressPrinter, err, escape, out, print_json
+from imagekit.cli.console import display, err, escape, out, print_json
 
 
 @app.command()
@@ -28,10 +28,12 @@ def nightly(  # noqa: PLR0917 (typer options)
     from imagekit.api.nightly import nightly as api_nightly
     from imagekit.nightly.report import to_json, to_markdown
 
-    printer = ProgressPrinter(show_log=verbose)
+    show = display(verbose=verbose)
     result = run(
-        lambda: api_nightly(
-            file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=printer
+        lambda: show.run(
+            lambda: api_nightly(
+                file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=show
+            )
         )
     )
     if json_out:

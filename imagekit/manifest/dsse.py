@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json
 from imagekit.manifest.keys import Signer, TrustedKey, b64, verify_signature
 
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -27,8 +28,9 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def loads_strict(raw: bytes | str) -> Any:
-    """json.loads that refuses a duplicated key in any object (SignatureError naming the key)."""
+def loads_strict(raw: bytes | str, *, limit: int = MAX_RECORD_BYTES) -> Any:
+    """JSON within the size and nesting bounds (JsonInputError) that repeats no key in any object (SignatureError)."""
+    load_json(raw, limit=limit)  # bounds and syntax first: the second parse only looks for duplicates
     return json.loads(raw, object_pairs_hook=_refuse_duplicates)
 
 
@@ -85,8 +87,8 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
         env = loads_strict(raw)
     except SignatureError as exc:
         raise SignatureError(f"envelope: {exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"not a DSSE envelope (invalid JSON: {exc})") from None
+    except JsonInputError as exc:
+        raise SignatureError(f"not a DSSE envelope ({exc})") from None
     if not isinstance(env, dict) or not env.keys() >= ENVELOPE_FIELDS:
         raise SignatureError("not a DSSE envelope (needs payload, payloadType and signatures)")
     extra = sorted(env.keys() - ENVELOPE_FIELDS)

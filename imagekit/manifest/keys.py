@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import yaml
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -18,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from imagekit.errors import SignatureError, UsageError
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import InputError, clip, read_regular, read_text
 from imagekit.paths import config_dir
+from imagekit.yamlsrc import YamlSyntaxError, load_located
 
 KeyType = Literal["ecdsa-p256", "ed25519"]
 KEY_TYPES: tuple[KeyType, ...] = ("ecdsa-p256", "ed25519")
@@ -113,6 +114,12 @@ def keygen(out: Path, kind: KeyType = "ecdsa-p256") -> tuple[Path, Path]:
     """Write imagekit.key (0600, PKCS#8 PEM, encrypted when $IMAGEKIT_KEY_PASSPHRASE is set) and imagekit.pub."""
     if kind not in KEY_TYPES:
         raise UsageError(f"--type must be one of {', '.join(KEY_TYPES)}, not {kind!r}")
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {clip(str(out))} is a file, not a folder: keygen writes {PRIVATE_NAME} and "
+                             f"{PUBLIC_NAME} into a folder")  # fmt: skip
+    except OSError as exc:
+        raise UsageError(f"--out {clip(str(out))}: {exc.strerror or exc}") from None
     priv_path, pub_path = out / PRIVATE_NAME, out / PUBLIC_NAME
     for path in (priv_path, pub_path):
         if path.exists():
@@ -125,7 +132,10 @@ def keygen(out: Path, kind: KeyType = "ecdsa-p256") -> tuple[Path, Path]:
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the key folder {clip(str(out))}: {exc.strerror or exc}") from None
     # exclusive: a concurrent keygen into the same folder cannot silently replace a key someone already uses
     try:
         atomic_write(priv_path, pem, mode=0o600, exclusive=True)
@@ -164,13 +174,27 @@ def load_file_signer(path: Path) -> FileSigner:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise SignatureError(f"signing key {path} does not exist (create one with `imagekit keygen`)") from None
+        raise SignatureError(
+            f"signing key {clip(str(path))} does not exist (create one with `imagekit keygen`)"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"signing key {clip(str(path))}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        hint = f" such as {path / PRIVATE_NAME}" if (path / PRIVATE_NAME).exists() else ""
+        raise InputError(f"signing key {clip(str(path))} is a directory: give the private key file{hint}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"signing key {clip(str(path))} is not a regular file: give the private key file")
+    data = read_regular(path, what="signing key")
+    if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        raise InputError(
+            f"signing key {clip(str(path))} is a public key: --key takes the private key (imagekit.key); "
+            "public keys go in the trust file"
+        )
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SignatureError(
             f"signing key {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run `chmod 600 {path}`"
         )
-    data = path.read_bytes()
     try:
         private = serialization.load_pem_private_key(data, password=_passphrase())
     except TypeError as exc:
@@ -219,9 +243,7 @@ class KmsSigner:
     def client(self) -> Any:
         """The boto3 KMS client (created on first use; honours AWS_ENDPOINT_URL)."""
         if self._client is None:
-            from imagekit.runners.aws import kms_client
-
-            self._client = kms_client()
+            self._client = _kms_client()
         return self._client
 
     @property
@@ -253,12 +275,22 @@ class KmsSigner:
         return low_s(bytes(resp["Signature"]))
 
 
-def kms_public_key(key_id: str, client: Any = None) -> PublicKey:
-    """Fetch a KMS key's public half; refuse anything but ECC_NIST_P256 SIGN_VERIFY."""
+def _kms_client() -> Any:
+    """The KMS client; SignatureError (not a crash) when boto3 has no region or credentials to make one."""
     from imagekit.runners.aws import aws_errors, kms_client
 
+    try:
+        return kms_client()
+    except aws_errors() as exc:
+        raise SignatureError(f"cannot use AWS KMS: {exc} (set AWS_REGION or AWS_DEFAULT_REGION)") from None
+
+
+def kms_public_key(key_id: str, client: Any = None) -> PublicKey:
+    """Fetch a KMS key's public half; refuse anything but ECC_NIST_P256 SIGN_VERIFY."""
+    from imagekit.runners.aws import aws_errors
+
     if client is None:
-        client = kms_client()
+        client = _kms_client()
     try:
         resp = client.get_public_key(KeyId=key_id)
     except aws_errors() as exc:
@@ -309,9 +341,9 @@ class TrustedKey:
 def load_public_pem(path: Path) -> PublicKey:
     """A public key from a PEM file (imagekit.pub, cosign.pub)."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        key = serialization.load_pem_public_key(read_regular(path, what="public key"))
     except FileNotFoundError:
-        raise SignatureError(f"public key {path} does not exist") from None
+        raise SignatureError(f"public key {clip(str(path))} does not exist") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"public key {path} could not be read: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
@@ -329,11 +361,11 @@ def trusted_from_pem(path: Path, source: str | None = None) -> TrustedKey:
 def load_trust(path: Path, *, kms_client: Any = None) -> list[TrustedKey]:
     """Read a trust file: `keys:` entries with one of `pem:`, `cosign:` (paths beside the file) or `awskms:`."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_located(read_text(path, what="trust file")).data
     except FileNotFoundError:
-        raise SignatureError(f"trust file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise SignatureError(f"trust file {path} is not valid YAML: {exc}") from None
+        raise SignatureError(f"trust file {clip(str(path))} does not exist") from None
+    except YamlSyntaxError as exc:
+        raise SignatureError(f"trust file {clip(str(path))}:{exc.line} is not valid YAML: {exc.message}") from None
     entries = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SignatureError(f"trust file {path}: expected `keys:` with a list of pem:, cosign: or awskms: entries")
@@ -348,6 +380,8 @@ def load_trust(path: Path, *, kms_client: Any = None) -> list[TrustedKey]:
         if len(kinds) != 1:
             raise SignatureError(f"trust file {path}: keys[{i}] needs exactly one of pem, cosign, awskms")
         value = str(entry[kinds[0]])
+        if kinds[0] == "awskms" and not value:
+            raise SignatureError(f"trust file {path}: keys[{i}] awskms needs a key id, ARN or alias")
         if kinds[0] == "awskms":
             key = kms_public_key(value, kms_client)
             tk = TrustedKey(keyid_of(key), key, KMS_PREFIX + value)

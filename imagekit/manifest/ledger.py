@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import clip, exists, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -47,10 +48,10 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
         return trust_from_file(override, kms_client=kms_client)
     if loaded is not None:
         path = loaded.local(loaded.spec.signing.trust)
-        if path.exists():
+        if exists(path):
             return trust_from_file(path, kms_client=kms_client)
     default_pub = config_dir() / PUBLIC_NAME
-    if default_pub.exists():
+    if exists(default_pub):
         # No trust file yet: the local default flow (build, verify on the same machine) trusts the local key.
         return Trust([trusted_from_pem(default_pub, f"the local default key {default_pub}")], str(default_pub))
     where = loaded.local(loaded.spec.signing.trust) if loaded else Path("imagekit.trust.yaml")
@@ -60,9 +61,9 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
 def trust_from_file(path: Path, *, kms_client: Any = None) -> Trust:
     """A trust YAML file, or a bare PEM public key (cosign.pub, imagekit.pub)."""
     try:
-        head = path.read_bytes()[:64]
+        head = read_regular(path, what="trust file")[:64]
     except FileNotFoundError:
-        raise SignatureError(f"trust file {path} does not exist") from None
+        raise SignatureError(f"trust file {clip(str(path))} does not exist") from None
     if head.lstrip().startswith(b"-----BEGIN"):
         return Trust([trusted_from_pem(path)], str(path))
     return Trust(load_trust(path, kms_client=kms_client), str(path))

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from imagekit import __version__
 from imagekit.errors import SignatureError, StoreError
 from imagekit.events import Event, Reporter, silent
+from imagekit.inputs import JsonInputError, load_json, read_text
 from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
@@ -144,8 +145,10 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
         return None
     if isinstance(report, str | Path):
         try:
-            doc = json.loads(Path(report).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            doc = load_json(read_text(Path(report), what="verification report"))
+        except FileNotFoundError:
+            raise StoreError(f"cannot read the verification report {report}: it does not exist") from None
+        except JsonInputError as exc:
             raise StoreError(f"cannot read the verification report {report}: {exc}") from None
     elif hasattr(report, "model_dump"):
         doc = report.model_dump(mode="json", by_alias=True)

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from imagekit.errors import SignatureError
+from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json
 from imagekit.manifest.dsse import loads_strict
 from imagekit.manifest.rules import check_statement
 
@@ -395,7 +396,10 @@ class BuildRecord:
         raw = base64.b64decode(str(bp.get("content", "")))
         if sha256_hex(raw) != bp.get("digest", {}).get("sha256"):
             raise SignatureError(f"manifest {self.id}: the embedded verification report does not match its digest")
-        doc = json.loads(raw)
+        try:
+            doc = load_json(raw)
+        except JsonInputError as exc:
+            raise SignatureError(f"manifest {self.id}: the embedded verification report is unreadable: {exc}") from None
         return doc if isinstance(doc, dict) else None
 
     def artifact(self) -> dict[str, Any]:
@@ -414,11 +418,11 @@ class BuildRecord:
 def parse_statement(manifest_id: str, payload: bytes, *, strict: bool = True) -> BuildRecord:
     """Parse a payload as an imagekit build statement; SignatureError when it is not one (or, strict, breaks a rule)."""
     try:
-        doc = loads_strict(payload) if strict else json.loads(payload)
+        doc = loads_strict(payload) if strict else load_json(payload, limit=MAX_RECORD_BYTES)
     except SignatureError as exc:
         raise SignatureError(f"manifest {manifest_id}: payload: {exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"manifest {manifest_id}: payload is not JSON ({exc})") from None
+    except JsonInputError as exc:
+        raise SignatureError(f"manifest {manifest_id}: payload is not readable JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
         raise SignatureError(f"manifest {manifest_id}: payload is not an in-toto Statement v1")
     if doc.get("predicateType") != PREDICATE_TYPE:

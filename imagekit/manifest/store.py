@@ -7,6 +7,8 @@ and retry on conflict, so concurrent writers never lose a record and no mutable 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import re
 import time
@@ -17,16 +19,27 @@ from typing import Any, Protocol
 
 from imagekit.errors import StoreError, UsageError
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import MAX_RECORD_BYTES, InputError, clip, read_regular
 
 MANIFEST_SUFFIX = ".intoto.json"
 CHANNELS = "_channels"
 REVOCATIONS = "_revocations"
 SEQ_RE = re.compile(r"^(\d{10})\.json$")
 MAX_CLAIM_ATTEMPTS = 200
+# Each log's signed head (sequence number and digest of its newest record): the one object that is replaced.
+HEAD_NAME = "head.json"
+# _channels/<image>/<channel>/<seq>.json is the deepest key: folders below that are never listed
+MAX_KEY_DEPTH = 4
 
 
 class Conflict(StoreError):
     """An object with that key already exists (someone else wrote it first)."""
+
+
+class UnknownManifest(UsageError, StoreError):
+    """No manifest has the id the user gave: a usage error (exit 2), still a StoreError for callers that catch one."""
+
+    exit_code = 2
 
 
 class Backend(Protocol):
@@ -50,6 +63,14 @@ class Backend(Protocol):
         """A path or URL for messages."""
         ...
 
+    def read_token(self, key: str) -> tuple[bytes, str] | None:
+        """An object's bytes and a version token for swap(), or None when it does not exist."""
+        ...
+
+    def swap(self, key: str, data: bytes, token: str | None) -> None:
+        """Replace an object only if it is still at version `token` (None: only if absent); Conflict otherwise."""
+        ...
+
 
 class LocalBackend:
     """A folder; atomic exclusive writes (temp file, fsync, link) so a record is whole or absent."""
@@ -59,31 +80,82 @@ class LocalBackend:
         self.url = str(root)
 
     def create(self, key: str, data: bytes) -> None:
+        self._check_parents(key)
         try:
             atomic_write(self.root / key, data, mode=0o644, exclusive=True)
         except FileExistsError:
+            if not (self.root / key).is_file():
+                # mkdir met a file where a folder belongs: retrying cannot help
+                raise StoreError(f"cannot write {self.root / key}: a path above it is not a folder") from None
             raise Conflict(f"{self.root / key} already exists; the store never overwrites a record") from None
         except OSError as exc:
             raise StoreError(f"cannot write {self.root / key}: {exc.strerror or exc}") from None
 
-    def read(self, key: str) -> bytes:
+    def _check_parents(self, key: str) -> None:
+        """StoreError when the store, or a folder on the way to key, exists as something other than a folder."""
+        path = self.root
+        for part in ("", *key.split("/")[:-1]):
+            path = path / part if part else path
+            if path.exists() and not path.is_dir():
+                raise StoreError(
+                    f"store {self.root}: {path} is a file where a folder belongs (damaged store?); "
+                    "move it away or restore the folder"
+                )
+
+    def read_token(self, key: str) -> tuple[bytes, str] | None:
         try:
-            return (self.root / key).read_bytes()
+            data = (self.root / key).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"{self.root / key} does not exist") from None
+            return None
         except OSError as exc:
             raise StoreError(f"cannot read {self.root / key}: {exc.strerror or exc}") from None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def swap(self, key: str, data: bytes, token: str | None) -> None:
+        import fcntl
+
+        path = self.root / key
+        self._check_parents(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # the lock makes compare-and-replace one step among writers on this filesystem
+            with open(path.parent / f".{path.name}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = self.read_token(key)
+                if (current[1] if current else None) != token:
+                    raise Conflict(f"{path} changed while it was being replaced")
+                atomic_write(path, data, mode=0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def read(self, key: str) -> bytes:
+        try:
+            return read_regular(self.root / key, what="store record", limit=MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            raise StoreError(f"{self.root / key} does not exist") from None
+        except InputError as exc:
+            raise StoreError(str(exc)) from None
 
     def keys(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
-        if not base.is_dir():
+        self._check_parents(prefix.rstrip("/") + "/x" if prefix else "x")
+        if not base.exists():
             return []
+        if not base.is_dir():
+            raise StoreError(
+                f"store {self.root}: {base} is a file where a folder belongs (damaged store?); "
+                "move it away or restore the folder"
+            )
         out = []
-        for path in base.rglob("*"):
-            rel = path.relative_to(self.root)
-            # dot-names are atomic_write's temp files (or editor litter), never records
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                out.append(rel.as_posix())
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = Path(dirpath).relative_to(self.root)
+            # records lie at most MAX_KEY_DEPTH folders deep: never walk below that (a store at a big folder)
+            depth = len(rel_dir.parts)
+            # dot-names are atomic_write's temp files and lock files (or editor litter), never records
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth + 1 < MAX_KEY_DEPTH)
+            for name in filenames:
+                if not name.startswith(".") and os.path.isfile(os.path.join(dirpath, name)):
+                    out.append((rel_dir / name).as_posix())
         return sorted(out)
 
     def location(self, key: str) -> str:
@@ -132,6 +204,9 @@ class S3Backend:
 
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            # the size S3 states, checked before reading (read(amt) would allocate the whole limit every time)
+            if int(resp.get("ContentLength") or 0) > MAX_RECORD_BYTES:
+                raise StoreError(f"{self.location(key)} is over the limit of {MAX_RECORD_BYTES} bytes for a record")
             return bytes(resp["Body"].read())
         except aws_errors() as exc:
             if error_code(exc)[0] in ("NoSuchKey", "404"):
@@ -154,6 +229,29 @@ class S3Backend:
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def read_token(self, key: str) -> tuple[bytes, str] | None:
+        from imagekit.runners.aws import aws_errors, error_code
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(resp["Body"].read()), str(resp["ETag"])
+        except aws_errors() as exc:
+            if error_code(exc)[0] in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"cannot read {self.location(key)}: {exc}") from None
+
+    def swap(self, key: str, data: bytes, token: str | None) -> None:
+        from imagekit.runners.aws import aws_errors, error_code
+
+        cond = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+        except aws_errors() as exc:
+            code, status = error_code(exc)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or status in (404, 409, 412):
+                raise Conflict(f"{self.location(key)} changed while it was being replaced") from None
+            raise StoreError(f"cannot write {self.location(key)}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -226,7 +324,7 @@ class Store:
             raise UsageError(f"manifest id {ref!r} is too short: give at least 6 characters")
         hits = [k for k in self.manifest_keys() if k.split("/")[1].startswith(ref)]
         if not hits:
-            raise StoreError(f"no manifest {ref!r} in {self.url} (see `imagekit manifest list`)")
+            raise UnknownManifest(f"no manifest {clip(ref)!r} in {self.url} (see `imagekit manifest list`)")
         if len(hits) > 1:
             ids = ", ".join(k.split("/")[1][: -len(MANIFEST_SUFFIX)] for k in hits[:5])
             raise UsageError(f"manifest id {ref!r} is ambiguous: {ids}")
@@ -241,6 +339,34 @@ class Store:
         return self.backend.location(key)
 
     # logs -----------------------------------------------------------------------------------------
+    @staticmethod
+    def head_key(log: str) -> str:
+        """Where a log's signed head lives."""
+        return f"{log}/{HEAD_NAME}"
+
+    def read_head(self, log: str) -> bytes | None:
+        """A log's head as stored, or None when it has none."""
+        found = self.backend.read_token(self.head_key(log))
+        return found[0] if found else None
+
+    def advance_head(self, log: str, seq: int, data: bytes, seq_of: Callable[[bytes], int]) -> None:
+        """Replace a log's head with data (for record seq) unless a head at seq or later is there already.
+
+        Compare-and-swap, so a slow writer never moves the head back past a faster one's newer record.
+        """
+        key = self.head_key(log)
+        for attempt in range(MAX_CLAIM_ATTEMPTS):
+            current = self.backend.read_token(key)
+            if current is not None and seq_of(current[0]) >= seq:
+                return
+            try:
+                self.backend.swap(key, data, current[1] if current else None)
+            except Conflict:
+                time.sleep(random.uniform(0, min(0.5, 0.01 * (attempt + 1))))  # noqa: S311 - jitter, not crypto
+                continue
+            return
+        raise StoreError(f"could not update {self.backend.location(key)} after {MAX_CLAIM_ATTEMPTS} attempts")
+
     def read_log(self, log: str) -> list[LogEntry]:
         """Every record of a log, in sequence order."""
         out = []
@@ -255,9 +381,10 @@ class Store:
         for attempt in range(MAX_CLAIM_ATTEMPTS):
             existing = self.read_log(log)
             seq = existing[-1].seq + 1 if existing else 1
-            data = make(existing, seq)
             key = f"{log}/{seq:010d}.json"
             try:
+                # make may raise Conflict itself when it sees the log moved on while it was read
+                data = make(existing, seq)
                 self.backend.create(key, data)
             except Conflict:
                 # someone claimed this number first: re-read (their record may change our decision) and retry

@@ -23,6 +23,7 @@ from imagekit.errors import (
     UsageError,
 )
 from imagekit.events import Event, Reporter, silent
+from imagekit.fsutil import check_dir
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
 from imagekit.manifest.record import lookup_from, verified_builds
@@ -104,12 +105,15 @@ def run_nightly(
     from imagekit.api.manifest import _check_channel
     from imagekit.api.spec import validate
 
-    if target not in ("docker", "ami", "all"):
+    if target not in (*TARGETS, "all"):
         raise UsageError(f"--target must be docker, ami or all, not {target!r}")
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if promote:
         _check_channel(promote)
+    if report_dir is not None:
+        # before an hour of builds, not after: the reports could not be written
+        check_dir(Path(report_dir), "--report")
     loaded = validate(path)
     store = spec_store(loaded)
     started = clock()
@@ -122,11 +126,12 @@ def run_nightly(
         if created:
             reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
         builds = verified_builds(loaded, store=store, rehearsal=rehearse)
-        if docker_resolver is None and target in ("docker", "all"):
+        # the resolvers ask their upstream only when a plan has a layer from it (they connect on first use)
+        if docker_resolver is None:
             from imagekit.nightly.staleness import EngineResolver
 
             docker_resolver = EngineResolver(engine)
-        if ami_resolver is None and target in ("ami", "all") and not rehearse:
+        if ami_resolver is None and not rehearse:  # a rehearsal has no real EC2 to ask
             from imagekit.nightly.staleness import Ec2Resolver
 
             ami_resolver = Ec2Resolver()
@@ -291,9 +296,10 @@ def _build(ctx: _Context, task: _Task, forced: set[str]) -> ImageResult:
     kwargs: dict[str, Any] = {}
     if ctx.engine is not None:
         kwargs["engine"] = ctx.engine
+    # a rehearsal concerns the targets that have one (the others build as they always do)
+    rehearse = ctx.rehearse and TARGETS[task.target].rehearse is None
     out = builder(
-        ctx.loaded.path, task.target, images=[task.image], reporter=ctx.reporter,
-        rehearse=ctx.rehearse and task.target == "ami",  # the docker target has no rehearsal (it refuses one)
+        ctx.loaded.path, task.target, images=[task.image], reporter=ctx.reporter, rehearse=rehearse,
         force_layers=forced, layer_lock=ctx.locks, previous=lambda _image: task.previous, raise_failures=False,
         **kwargs,
     )  # fmt: skip
@@ -358,8 +364,10 @@ def _gc(ctx: _Context, tasks: list[_Task]) -> list[dict[str, Any]]:
         for name in images:
             keep = ctx.loaded.spec.images[name].keep or ctx.loaded.spec.retention.keep
             try:
-                res = gc_for(ctx.loaded, target, image=name, rehearse=ctx.rehearse and target == "ami",
-                             engine=ctx.engine, reporter=ctx.reporter)  # fmt: skip
+                rehearse = ctx.rehearse and TARGETS[target].rehearse is None
+                res = gc_for(
+                    ctx.loaded, target, image=name, rehearse=rehearse, engine=ctx.engine, reporter=ctx.reporter
+                )
             except ImagekitError as exc:
                 out.append({"image": name, "target": target, "keep": keep, "error": str(exc)})
                 continue

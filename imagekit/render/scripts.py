@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from imagekit.errors import UsageError
 from imagekit.names import SRC_DIR, VENV
-from imagekit.spec import Layer, LoadedSpec, Resolved, resolve_chain
+from imagekit.spec import Layer, LoadedSpec, Resolved
 
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
 BUILD_DEPS = ("build-essential",)
@@ -56,15 +56,14 @@ class LayerSteps:
 
 def layer_steps(loaded: LoadedSpec, layer_name: str) -> LayerSteps:
     """The steps of one layer, from its own keys and what its ancestors resolve to."""
-    from imagekit.spec import chain_of
-
-    chain = chain_of(loaded.spec, layer_name)
-    layer = chain[-1][1]
-    upto = resolve_chain(chain)
-    ancestors = chain[:-1]
+    layer = loaded.spec.layers[layer_name]
+    upto = loaded.resolved_upto(layer_name)
     python_in_chain = upto.python
-    ancestor_pip = any(_pip_work(a) for _, a in ancestors)
-    ancestor_python = resolve_chain(ancestors).python if ancestors else None
+    parent = layer.parent
+    ancestor_pip = (
+        bool(loaded.fold_upto("pip", parent, lambda prev, lay: bool(prev) or _pip_work(lay))) if parent else False
+    )
+    ancestor_python = loaded.resolved_upto(parent).python if parent else None
     pip_work = _pip_work(layer)
     pkgs: tuple[str, ...] = ()
     if layer.python is not None and layer.python != ancestor_python:
@@ -422,10 +421,8 @@ def _run(layer: Layer, upto: Resolved) -> list[str]:
 
 def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
     """The provisioning script of one layer."""
-    from imagekit.spec import chain_of
-
     steps = layer_steps(loaded, layer_name)
-    upto = resolve_chain(chain_of(loaded.spec, layer_name))
+    upto = loaded.resolved_upto(layer_name)
     phases = steps.phases
     lines = [
         _HEADER.format(

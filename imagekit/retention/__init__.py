@@ -29,11 +29,9 @@ def _docker(
     loaded: LoadedSpec, *, keep: int | None, image: str | None, dry_run: bool, rehearse: bool, engine: Any,
     reporter: Reporter,
 ) -> GcOutcome:  # fmt: skip
-    from imagekit.errors import UsageError
     from imagekit.retention.docker import gc_spec
 
-    if rehearse:
-        raise UsageError("--rehearse applies to --target ami (the rehearsal's moto EC2)")
+    del rehearse  # docker images live in the engine, rehearsal or not
     return gc_spec(loaded, keep=keep, image=image, dry_run=dry_run, engine=engine, reporter=reporter)
 
 
@@ -64,9 +62,12 @@ def gc_for(
     reporter: Reporter = silent,
 ) -> GcOutcome:
     """Run one target's retention over a spec (one image, or all)."""
+    from imagekit.errors import UsageError
     from imagekit.targets import target_info
 
-    target_info(target)  # the same UsageError for an unknown name as `build`
+    info = target_info(target)  # the same UsageError for an unknown name as `build`
+    if rehearse and info.rehearse:
+        raise UsageError(info.rehearse)
     return RETENTION[target](
         loaded, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, engine=engine, reporter=reporter
     )

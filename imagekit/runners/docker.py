@@ -76,7 +76,10 @@ def client_from_env(*, timeout: int | None = None, ping: bool = False) -> Any:
     """
     import docker
 
+    from imagekit.extras import require_docker_host
+
     host = os.environ.get("DOCKER_HOST", "")
+    require_docker_host(host)
     kwargs: dict[str, Any] = {"use_ssh_client": host.startswith("ssh://")}
     if timeout is not None:
         kwargs["timeout"] = timeout
@@ -99,13 +102,6 @@ def engine_errors() -> tuple[type[Exception], ...]:
     import requests
 
     return (docker.errors.DockerException, requests.exceptions.RequestException)
-
-
-def image_not_found() -> type[Exception]:
-    """The SDK's exception for a missing image (callers outside this module catch it without importing docker)."""
-    import docker.errors
-
-    return docker.errors.ImageNotFound  # type: ignore[no-any-return]
 
 
 def gpu_requests(gpu: bool) -> list[Any] | None:
@@ -289,6 +285,74 @@ def cli(
         fh.write(f"$ docker {' '.join(args)}\n")
         fh.flush()
         return process.run(argv, log=fh, capture=True, timeout=timeout, env=env, on_line=on_line)
+
+
+class Container:
+    """A container started through the SDK, with the few operations boot-and-verify needs."""
+
+    def __init__(self, sdk: Any) -> None:
+        self.sdk = sdk
+
+    @property
+    def status(self) -> str:
+        """The status the engine last reported (created, running, exited)."""
+        return str(self.sdk.status)
+
+    def start(self) -> None:
+        """Start it."""
+        self.sdk.start()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for it to exit; its exit code (-1 when the engine says none). Engine errors on timeout."""
+        result = self.sdk.wait(timeout=timeout)
+        return int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
+
+    def output(self, *, stdout: bool = True, stderr: bool = True, tail: int | None = None) -> str:
+        """What it printed (decoded; `tail` lines at most)."""
+        kwargs: dict[str, Any] = {"stdout": stdout, "stderr": stderr}
+        if tail is not None:
+            kwargs["tail"] = tail
+        return str(self.sdk.logs(**kwargs).decode("utf-8", "replace"))
+
+    def running(self) -> bool:
+        """Whether it is still running (False when the engine no longer knows it)."""
+        try:
+            self.sdk.reload()
+        except Exception:
+            return False
+        return self.status == "running"
+
+    def published_port(self, port: int) -> int | None:
+        """The host port `port/tcp` is published on, once the engine has bound it."""
+        self.sdk.reload()
+        bound = ((self.sdk.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+        return next((int(e["HostPort"]) for e in bound if e.get("HostPort")), None)
+
+
+@contextlib.contextmanager
+def container(client: Any, *, name: str, labels: Mapping[str, str], **kwargs: Any) -> Iterator[Container]:
+    """Create a container (not started) and always remove it, with its volumes, also on Ctrl-C."""
+    sdk = client.containers.create(name=name, labels=dict(labels), detach=True, **kwargs)
+    try:
+        yield Container(sdk)
+    finally:
+        with contextlib.suppress(Exception):
+            sdk.remove(force=True, v=True)
+
+
+def local_image_id(client: Any, ref: str) -> str | None:
+    """The id of a local image, or None when the engine does not have it."""
+    import docker.errors
+
+    try:
+        return str(client.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def engine_address(client: Any) -> str:
+    """Where the SDK client talks to the engine (for reports)."""
+    return str(getattr(getattr(client, "api", None), "base_url", "") or "docker")
 
 
 class EngineSizes:

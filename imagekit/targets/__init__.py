@@ -22,11 +22,14 @@ Opener = Callable[[LoadedSpec, list[str], BuildOptions], contextlib.AbstractCont
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """A target in the table: how to open it, and whether its builds may run side by side (nightly --jobs)."""
+    """A target in the table: how to open it, whether its builds may run side by side (nightly --jobs), and the
+    build options it takes (what --push and --rehearse say when given to a target without them)."""
 
     name: str
     open: Opener
     concurrent: bool
+    push: str | None = None  # None: --push works; else why not
+    rehearse: str | None = None  # None: --rehearse works; else why not
 
 
 @contextlib.contextmanager
@@ -46,9 +49,19 @@ def _open_ami(loaded: LoadedSpec, images: list[str], options: BuildOptions) -> I
 
 
 TARGETS: dict[str, TargetInfo] = {
-    "docker": TargetInfo("docker", _open_docker, concurrent=True),
+    "docker": TargetInfo(
+        "docker",
+        _open_docker,
+        concurrent=True,
+        rehearse="--rehearse applies to --target ami (a local moto EC2 with sshd containers)",
+    ),
     # AMI builds share one EC2 (or one rehearsal moto server and its state folder): one after another
-    "ami": TargetInfo("ami", _open_ami, concurrent=False),
+    "ami": TargetInfo(
+        "ami",
+        _open_ami,
+        concurrent=False,
+        push="--push applies to --target docker (AMIs are copied with aws.ami_regions)",
+    ),
 }
 
 

@@ -42,8 +42,6 @@ LOG_TAIL = 25
 @contextlib.contextmanager
 def open_docker(loaded: LoadedSpec, images: list[str], options: BuildOptions) -> Iterator[DockerTarget]:
     """The docker target for one build call: every remote model is fetched and checked before the engine is asked."""
-    if options.rehearse:
-        raise UsageError("--rehearse applies to --target ami (a local moto EC2 with sshd containers)")
     if options.push and len(images) > 1:
         raise UsageError(f"--push takes one image; pick it with --image ({', '.join(images)})")
     for name in images:

@@ -26,7 +26,15 @@ from typing import Any, NamedTuple
 from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import work_dir
-from imagekit.runners.docker import client_from_env, engine_errors, gpu_requests, image_not_found
+from imagekit.runners.docker import (
+    Container,
+    client_from_env,
+    container,
+    engine_address,
+    engine_errors,
+    gpu_requests,
+    local_image_id,
+)
 from imagekit.runners.process import Process, forward_sigterm
 from imagekit.spec import LoadedSpec
 from imagekit.verify.report import (
@@ -63,7 +71,7 @@ class DockerHost:
     @property
     def name(self) -> str:
         """The engine's address as the report shows it."""
-        return self.docker_host or str(getattr(getattr(self.client, "api", None), "base_url", "") or "docker")
+        return self.docker_host or engine_address(self.client)
 
     @property
     def is_local(self) -> bool:
@@ -76,25 +84,21 @@ class DockerHost:
 
     def image_id(self, ref: str) -> str:
         """The local image id of `ref`; UsageError when the engine does not have it."""
-        try:
-            return str(self.client.images.get(ref).id)
-        except image_not_found():
+        found = local_image_id(self.client, ref)
+        if found is None:
             raise UsageError(
                 f"image {ref!r} is not on the Docker host {self.name}; build it first (imagekit build --target docker)"
-            ) from None
+            )
+        return found
 
     @contextlib.contextmanager
-    def _container(self, **kwargs: Any) -> Iterator[Any]:
+    def _container(self, **kwargs: Any) -> Iterator[Container]:
         labels = {LABEL: "1", **kwargs.pop("labels", {})}
         name = f"imagekit-verify-{uuid.uuid4().hex[:12]}"
         self.created.append(name)
-        container = self.client.containers.create(name=name, labels=labels, detach=True, **kwargs)
-        try:
-            yield container
-        finally:
-            # Also reached on KeyboardInterrupt: never leave a verify container behind.
-            with contextlib.suppress(Exception):
-                container.remove(force=True, v=True)
+        # removed on the way out, also on KeyboardInterrupt: never leave a verify container behind
+        with container(self.client, name=name, labels=labels, **kwargs) as made:
+            yield made
 
     def probe(self, ref: str, model_paths: list[str], *, gpu: bool, timeout: float = 300) -> dict[str, Any]:
         """Run the probe inside the image (its own Python) and return its JSON."""
@@ -114,15 +118,14 @@ class DockerHost:
             device_requests=gpu_requests(gpu),
             network_disabled=True,
             labels={f"{LABEL}.role": "probe"},
-        ) as container:
-            container.start()
+        ) as made:
+            made.start()
             try:
-                result = container.wait(timeout=timeout)
+                code = made.wait(timeout=timeout)
             except engine_errors() as exc:
                 raise ProbeFailed(f"the probe did not finish within {timeout:g}s ({type(exc).__name__})") from None
-            out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
-            err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
-        code = int(result.get("StatusCode", -1)) if isinstance(result, dict) else -1
+            out = made.output(stdout=True, stderr=False)
+            err = made.output(stdout=False, stderr=True)
         try:
             data = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
         except json.JSONDecodeError:
@@ -145,12 +148,12 @@ class DockerHost:
             ports={f"{port}/tcp": (bind, None)},
             device_requests=gpu_requests(gpu),
             labels={f"{LABEL}.role": "service"},
-        ) as container:
-            container.start()
+        ) as made:
+            made.start()
             started = time.monotonic()
-            host_port = _published_port(container, port)
+            host_port = _published_port(made, port)
             with self._endpoint(host_port) as base_url:
-                yield ServiceHandle(container=container, base_url=base_url, started=started)
+                yield ServiceHandle(container=made, base_url=base_url, started=started)
 
     @contextlib.contextmanager
     def _endpoint(self, host_port: int) -> Iterator[str]:
@@ -205,37 +208,31 @@ class ProbeFailed(ImagekitError):
 class ServiceHandle:
     """A started service container and where to reach it."""
 
-    container: Any
+    container: Container
     base_url: str
     started: float
 
     def running(self) -> bool:
         """Whether the container is still running."""
-        try:
-            self.container.reload()
-        except Exception:
-            return False
-        return bool(self.container.status == "running")
+        return self.container.running()
 
     def logs_tail(self, lines: int = 20) -> list[str]:
         """The last lines of the container's output."""
         try:
-            text = str(self.container.logs(tail=lines).decode("utf-8", "replace"))
+            text = self.container.output(tail=lines)
         except Exception as exc:
             return [f"(no logs: {exc})"]
         return list(text.rstrip().splitlines()[-lines:])
 
 
-def _published_port(container: Any, port: int, wait: float = 10.0) -> int:
+def _published_port(made: Container, port: int, wait: float = 10.0) -> int:
     deadline = time.monotonic() + wait
     while True:
-        container.reload()
-        bound = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
-        for entry in bound:
-            if entry.get("HostPort"):
-                return int(entry["HostPort"])
-        if time.monotonic() > deadline or container.status == "exited":
-            raise ImagekitError(f"the container did not publish port {port} (status {container.status})")
+        host_port = made.published_port(port)
+        if host_port is not None:
+            return host_port
+        if time.monotonic() > deadline or made.status == "exited":
+            raise ImagekitError(f"the container did not publish port {port} (status {made.status})")
         time.sleep(0.1)
 
 
@@ -404,13 +401,13 @@ def verify_docker(
             raise Interrupted(f"verify interrupted; its containers were removed (partial report: {partial})") from None
     written = finish()
     if report.failures:
-        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name, target="docker"))
         raise VerifyFailed(
             f"{name}: verification of {image_ref} failed on {host.name}",
             failures=report.failures,
             report_path=str(written),
         )
-    reporter(Event("done", f"verified; report {written}", image=name))
+    reporter(Event("done", f"verified; report {written}", image=name, target="docker"))
     return VerifyResult(report, written)
 
 
@@ -428,7 +425,7 @@ def _serve_checks(
     policy = loaded.verify_for(name)
     health = policy.health
     assert health is not None
-    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
+    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name, target="docker"))
     try:
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
@@ -445,7 +442,7 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     sm = policy.smoke
     if not report.health.ready or sm is None:
         return
-    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name, target="docker"))
     result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
     report.smoke = result
     report.failures += check_smoke(loaded, sm, result, body)

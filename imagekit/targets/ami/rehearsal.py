@@ -117,6 +117,9 @@ class RehearsalEc2:
 
     def start(self) -> None:
         """Start moto (seeded with earlier rehearsals' AMIs) on a free local port and wait until it answers."""
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         seeds = self._seeds()
         known = {a.get("ami_id") for a in seeds}
