@@ -20,7 +20,8 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
-    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system build-deps venv install
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="406e9c8e60a4ae531b197f1a8e666856ab9e428d456019f83820c9b49ade93e8"
@@ -35,10 +36,10 @@ FROM ${IMAGEKIT_PARENT_APP} AS app
 LABEL dev.imagekit.layer.app.hash="b3aff717bc80ea5bc6552d95c623a1b8e1f3622f4a04f1d8c3ccedfe70a9eb4d"
 # hadolint ignore=DL3002
 USER root
+COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system
 COPY examples/tts/app/ /opt/app/app
-COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 ENV MODEL_PATH="/opt/models/tts.pt" PYTHONPATH="/opt/app"
 WORKDIR /opt/app
 USER app

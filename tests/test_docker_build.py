@@ -7,6 +7,7 @@ tests look at that build and cheap follow-ups, because the machine's cores are s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -174,7 +175,35 @@ def test_changing_app_source_rebuilds_only_the_app_layer(built: Built) -> None:
     assert again.image_id != cold.image_id
     out = _docker("run", "--rm", "--entrypoint", "cat", again.ref, "/opt/app/src/main.py").stdout
     assert out == "print('v2')\n"
+    # the weights sit in their own image layer, right on the parent's, and that layer did not move
+    parent = _diff_ids(cold.layers[1].image_id)
+    before, after = _diff_ids(cold.image_id), _diff_ids(again.image_id)
+    assert before[: len(parent)] == after[: len(parent)] == parent
+    weights = _weights_layer(again.ref, parent)
+    assert before[len(parent)] == after[len(parent)] == weights
+    assert before[len(parent) + 1 :] != after[len(parent) + 1 :]  # and the code's layer did
     print(f"app-only rebuild: {seconds:.1f}s")
+
+
+def _diff_ids(ref: str) -> list[str]:
+    out = _docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", ref).stdout
+    layers: list[str] = json.loads(out)
+    return layers
+
+
+def _weights_layer(ref: str, parent: list[str]) -> str:
+    """The diff ID of the image layer just above the parent's, checked to hold the model file and nothing else."""
+    layer = _diff_ids(ref)[len(parent)]
+    saved = subprocess.run([require_docker(), "save", ref], capture_output=True, check=True, timeout=300).stdout
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        path = manifest[0]["Layers"][len(parent)]
+        blob = tar.extractfile(path).read()  # type: ignore[union-attr]
+    assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer
+    with tarfile.open(fileobj=io.BytesIO(blob)) as inner:
+        files = [m.name for m in inner.getmembers() if m.isfile()]
+    assert files == ["opt/models/w.bin"], files
+    return layer
 
 
 def _cli_piped(*args: str) -> subprocess.CompletedProcess[str]:
@@ -215,6 +244,10 @@ def test_a_piped_build_prints_a_line_per_step_start_and_end(built: Built) -> Non
 def test_force_rebuilds_every_layer(built: Built) -> None:
     forced = build(built.spec, "docker", force=True, verify=False).image("tiny")
     assert [lr.status for lr in forced.layers] == ["built", "built", "built"]
+    # copied again with no build cache, the weights' layer has the same diff ID: its content alone decides it
+    cold = built.cold.image("tiny")
+    parent_cold, parent_forced = _diff_ids(cold.layers[1].image_id), _diff_ids(forced.layers[1].image_id)
+    assert _weights_layer(forced.ref, parent_forced) == _weights_layer(cold.ref, parent_cold)
     assert forced.base is not None
     assert not forced.base.built  # --force rebuilds layers, not the debootstrapped distribution base
 

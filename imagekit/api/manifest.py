@@ -377,7 +377,7 @@ def resolve(path: Path | str | None, image: str, channel: str, trust: Path | Non
     stack = assignments(ledger.channel_records(image, channel))
     if not stack:
         raise StoreError(f"channel {channel} of {image} points at nothing (promote a build first)")
-    e = ledger.build(stack[-1])
+    e = ledger.build(stack[-1], image)
     assert e.build is not None
     if e.revoked:
         raise StoreError(

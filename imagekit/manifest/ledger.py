@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import SignatureError
+from imagekit.errors import SignatureError, StoreError
 from imagekit.inputs import clip, exists, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
@@ -174,8 +174,15 @@ class Ledger:
         out.sort(key=lambda e: (e.build.created if e.build else "", e.id))
         return out
 
-    def entry(self, ref: str) -> Entry:
-        """The manifest with id (or unique id prefix) ref."""
+    def entry(self, ref: str, image: str | None = None) -> Entry:
+        """The manifest with id (or unique id prefix) ref; with its image, a full id is read without a listing."""
+        if image is not None:
+            # a channel record names the full id of a build of its image: one read, however big the store is
+            key = self.store.manifest_key(image, ref)
+            try:
+                return self.read_entry(key)
+            except StoreError:
+                pass  # not there under that name: find() says what is (or why not)
         return self.read_entry(self.store.find(ref))
 
     def sbom(self, e: Entry) -> dict[str, Any] | None:
@@ -197,9 +204,9 @@ class Ledger:
         check_statement(e.id, doc)
         return check_sbom_statement(e.id, doc, e.build.subjects, e.build.sbom_sha256)
 
-    def build(self, ref: str) -> Entry:
+    def build(self, ref: str, image: str | None = None) -> Entry:
         """A manifest that must verify; SignatureError with why otherwise."""
-        e = self.entry(ref)
+        e = self.entry(ref, image)
         if e.build is None:
             raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
         return e

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from imagekit.errors import UsageError
 from imagekit.names import SRC_DIR, VENV
+from imagekit.render.install import INSTALL_HELPERS, install_body, install_build_deps
 from imagekit.spec import Layer, LoadedSpec, Resolved
 
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
-BUILD_DEPS = ("build-essential",)
 NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
 TORCH_INDEX = "https://download.pytorch.org/whl"
 
@@ -153,11 +153,17 @@ pip_env() {{
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }}
 """
 
@@ -233,22 +239,11 @@ def _cuda(steps: LayerSteps) -> list[str]:
     ]
 
 
-def _build_deps(steps: LayerSteps) -> list[str]:
-    pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
-    record = f"/var/lib/imagekit/build-deps.{steps.name}"
+def _build_deps() -> list[str]:
     return [
-        "# compilers for sdists; remembered so drop-build-deps removes only what this layer added",
-        "mkdir -p /var/lib/imagekit",
-        f": >{_q(record)}",
-        f"for pkg in {' '.join(_q(p) for p in pkgs)}; do",
-        f'    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
-        "done",
-        f"if [ -s {_q(record)} ]; then",
-        f"    log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
-        "    # shellcheck disable=SC2046",
-        f"    apt_install $(cat {_q(record)})",
-        "    apt_clean",
-        "fi",
+        "# compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:",
+        "# the install phase calls install_build_deps then; a lock of wheels builds with none of them",
+        "log 'build-deps: only if a package must be built from source'",
     ]
 
 
@@ -259,64 +254,6 @@ def _venv() -> list[str]:
         '    "$PYTHON" -m venv "$VENV"',
         "fi",
     ]
-
-
-def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
-    layer = steps.layer
-    body = ["pip_env", 'pip="$VENV/bin/python -m pip"']
-    torch = layer.torch
-    index = torch_index(cuda_upto)
-    if torch:
-        body += [
-            "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
-            "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
-            f'default_index="{index}"',
-            'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
-            'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
-            'extra=""',
-            'if [ -n "$torch_index" ]; then extra="--extra-index-url $torch_index"; fi',
-        ]
-    if layer.requirements:
-        lock = f"$IMAGEKIT_SRC/{layer.requirements}"
-        body += [
-            f'lock="{lock}"',
-            '[ -f "$lock" ] || die "requirements lock $lock is missing"',
-            "if grep -q -- '--hash=' \"$lock\"; then",
-        ]
-        if torch:
-            body += [
-                "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
-                f"    log {_q('install: hashed lock (torch from the lock)')}",
-                "    # shellcheck disable=SC2086",
-                '    $pip install $extra --require-hashes --no-deps -r "$lock"',
-            ]
-        else:
-            body += ["    log 'install: hashed lock'", '    $pip install --require-hashes --no-deps -r "$lock"']
-        body += ["else"]
-        if torch:
-            body += [
-                f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
-                "    # shellcheck disable=SC2086",
-                f'    $pip install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
-            ]
-        else:
-            body += ["    log 'install: lock (no deps)'", '    $pip install --no-deps -r "$lock"']
-        body += ["fi"]
-    elif torch:
-        body += [
-            f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
-            "# shellcheck disable=SC2086",
-            f"$pip install $extra {_q(f'torch=={torch}')}",
-        ]
-    if layer.pip:
-        body += [
-            f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "$pip install " + " ".join(_q(p) for p in layer.pip),
-        ]
-    if torch:
-        check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
-        body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
-    return body
 
 
 def _drop_build_deps(steps: LayerSteps) -> list[str]:
@@ -389,16 +326,17 @@ def _files(layer: Layer) -> list[str]:
     body: list[str] = []
     if layer.workdir:
         body.append(f"install -d -m 0755 {_q(layer.workdir)}")
-    for item in layer.copy_:
-        body += [
-            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
-            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
-        ]
+    # weights before code, as in the Dockerfile
     for model in layer.models:
         src = _q(model.src) if model.is_remote else f'"$IMAGEKIT_SRC"/{_q(model.src)}'
         body += [
             f"log {_q(f'model: {model.src} -> {model.dest}')}",
             f"install_model {src} {_q(model.dest)} {model.sha256}",
+        ]
+    for item in layer.copy_:
+        body += [
+            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
+            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
         ]
     return body
 
@@ -434,14 +372,17 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
             venv_lines=_venv_lines(phases, steps.python),
         )
     ]
+    if "install" in phases:
+        lines.append(INSTALL_HELPERS)
+        lines += install_build_deps(steps)
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
         "system": _system(steps) if "system" in phases else [],
         "cuda": _cuda(steps) if "cuda" in phases else [],
-        "build-deps": _build_deps(steps) if "build-deps" in phases else [],
+        "build-deps": _build_deps() if "build-deps" in phases else [],
         "venv": _venv(),
-        "install": _install(steps, upto.cuda) if "install" in phases else [],
+        "install": install_body(steps, torch_index(upto.cuda)) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
         "files": _files(steps.layer),
         "run": _run(steps.layer, upto),
