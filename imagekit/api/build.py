@@ -194,6 +194,13 @@ def record_image(
         **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
+    if res.pushed and rec.passed and rec.store is not None:
+        # where cosign and admission controllers look: the attestations beside the pushed image
+        from imagekit.api.attest import attach_stored
+
+        done = attach_stored(rec.store, res.image, rec.id)
+        res.attestations = done["reference"]
+        reporter(Event("done", f"attestations at {done['reference']}", res.image, "", res.target))
 
 
 def size_gate(loaded: LoadedSpec, tgt: Target, res: ImageResult, previous: Previous | None) -> BudgetOutcome | None:

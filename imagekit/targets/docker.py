@@ -188,18 +188,23 @@ class DockerTarget:
         return str(path)
 
     def record_facts(self, res: ImageResult) -> dict[str, Any]:
-        """A pushed image is named by its registry digest, a local one by its image (config) digest."""
+        """A pushed image is named by its registry digest, a local one by its image ID (labelled as such)."""
         if "docker" not in self.builders:
             version = self.engine.version()  # a nicety in the record, never a reason to fail
             if version:
                 self.builders["docker"] = version
-        base = None
+        base = base_id = recipe = None
         if res.base is not None:
-            base = res.base.digest or res.base.image_id or res.base.ref
+            # the reference built FROM (repo@sha256:… when resolved at a registry), the image ID it was, and for
+            # a bootstrapped base the hash of its recipe
+            base, base_id = res.base.ref, res.base.image_id or None
+            recipe = res.base.digest if res.base.kind == "bootstrap" else None
         return {
             "image_ref": res.pushed or res.ref,
             "image_digest": res.repo_digest or res.image_id,
             "base": base,
+            "base_image_id": base_id,
+            "base_recipe": recipe,
             "builders": dict(self.builders),
             "size_bytes": res.size or None,
             "tags": list(res.release_tags),

@@ -63,6 +63,7 @@ class ImageResult:
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None
+    attestations: str = ""
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
