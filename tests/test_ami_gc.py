@@ -48,3 +48,13 @@ def test_keep_counts_builds_not_region_copies() -> None:
     ]
     decisions = plan_gc(amis, keep=2, protected=Protected(), primary_region="us-east-1")
     assert all(d.action == "keep" for d in decisions)
+
+
+def test_the_rehearsal_reads_the_ssh_port_past_engine_warnings() -> None:
+    from imagekit.targets.ami.rehearsal import published_port
+
+    # a loaded engine made `docker port` print a warning first; that line once crashed a build (exit 3)
+    noisy = ['time="2026-12-02T00:33:27Z" level=error msg="error waiting for container: context canceled"']
+    assert published_port([*noisy, "127.0.0.1:49153"]) == 49153
+    assert published_port(noisy) is None
+    assert published_port([]) is None
