@@ -2,12 +2,12 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
-ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+ARG BASE_IMAGE=imagekit-base-base:5cfde49b17fa3779
 ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="f424a7346e15029c0656ae90550dcdc79e9467317369712fbc2f9503f9a45945"
+LABEL dev.imagekit.layer.base.hash="6ead15a62582cb67ee973ac50a27dc418e6ad32d6e4f5fe3b8a8c6c8caae87ed"
 # hadolint ignore=DL3002
 USER root
 RUN apt-get update -q \
@@ -23,10 +23,11 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
-    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system build-deps venv install
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="06d80dd4b35cacd26f319eca7018947c79277a1576410211f326ec9b5d5dcaf8"
+LABEL dev.imagekit.layer.runtime.hash="baafadc767abebbd9fb392fe8a0e92f5a8e97096219235289d9cd92168775b7a"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -35,13 +36,13 @@ COPY --from=runtime-builder /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="cf18b12e0b4f0c8db24d8776ac87e53e7d077d3ea16ccdd82dca1041c764390d"
+LABEL dev.imagekit.layer.app.hash="9b0e3b9e792b56f0fd103728291c68a60b9d97368b1a03c4d4539ad59bdb3d19"
 # hadolint ignore=DL3002
 USER root
+COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system
 COPY examples/tts/app/ /opt/app/app
-COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 ENV MODEL_PATH="/opt/models/tts.pt" PYTHONPATH="/opt/app"
 WORKDIR /opt/app
 USER app
@@ -59,6 +60,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="cf18b12e0b4f0c8d"
+    org.opencontainers.image.version="9b0e3b9e792b56f0"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

@@ -101,3 +101,32 @@ def tree_digest(root: Path, cache: DigestCache) -> str:
             h.update(b"x" if os.access(full, os.X_OK) else b"-")
             h.update(cache.digest(full).encode() + b"\n")
     return h.hexdigest()
+
+
+def _tree_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of the files tree_digest covers, sorted by path bytes."""
+    out: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in {"__pycache__", ".git"}]
+        for name in filenames:
+            if not name.endswith((".pyc", ".pyo")):
+                full = Path(dirpath) / name
+                out.append((full.relative_to(root).as_posix(), full))
+    return sorted(out, key=lambda x: x[0].encode())
+
+
+def dir_hash(root: Path, cache: DigestCache) -> str:
+    """in-toto's `dirHash` of a folder: sha256 over `<sha256>  <path>` lines sorted by path (Go's dirhash Hash1, hex).
+
+    The same as `find . -type f | cut -c3- | LC_ALL=C sort | xargs -r sha256sum | sha256sum` run in the folder,
+    over the files the layer hash covers (no __pycache__, .git or compiled Python).
+    """
+    h = hashlib.sha256()
+    for rel, full in _tree_files(root):
+        h.update(f"{cache.digest(full)}  {rel}\n".encode())
+    return h.hexdigest()
+
+
+def real_digest(path: Path, cache: DigestCache) -> dict[str, str]:
+    """What outside tools can recompute: a file's sha256, or a folder's dirHash."""
+    return {"sha256": cache.digest(path)} if path.is_file() else {"dirHash": dir_hash(path, cache)}

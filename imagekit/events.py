@@ -1,4 +1,9 @@
-"""Progress events: the core reports through a callback; only cli/ turns them into terminal output."""
+"""Progress events: the core reports through a callback; only cli/ turns them into terminal output.
+
+A unit of work is an (image, target, layer) triple: `start` opens it, `done`, `cached` or `fail` closes it, `step`
+says what it is doing now, `progress` how far a download or bootstrap is (done of total, total None when unknown),
+`log` is one raw line of a tool's output (shown with -v only; the full log is always in a file).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-EventKind = Literal["start", "step", "log", "done", "cached", "fail", "info", "warn"]
+EventKind = Literal["start", "step", "progress", "log", "done", "cached", "fail", "info", "warn"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,9 @@ class Event:
     image: str = ""
     layer: str = ""
     target: str = ""
+    done: float | None = None  # progress: how much is done (bytes, packages)
+    total: float | None = None  # progress: of how much; None while unknown
+    unit: str = ""  # progress: "B" for bytes, "" for a count
 
 
 Reporter = Callable[[Event], None]

@@ -8,9 +8,11 @@ import os
 import shutil
 import ssl
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from imagekit.digests import CHUNK, sha256_file
@@ -18,6 +20,8 @@ from imagekit.errors import BuildFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.paths import cache_dir
 from imagekit.spec import ModelFile
+
+PROGRESS_EVERY = 0.25  # seconds between download progress events
 
 
 def models_cache() -> Path:
@@ -52,9 +56,15 @@ def fetch_model(
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in _chunks(model.src, ca_bundle=ca_bundle, timeout=timeout):
+            total, chunks = _chunks(model.src, ca_bundle=ca_bundle, timeout=timeout)
+            got, said = 0, 0.0
+            for chunk in chunks:
                 h.update(chunk)
                 out.write(chunk)
+                got += len(chunk)
+                if time.monotonic() - said >= PROGRESS_EVERY:
+                    said = time.monotonic()
+                    reporter(Event("progress", f"downloading {model.src}", image, layer, "", got, total, "B"))
         found = h.hexdigest()
         if found != model.sha256:
             raise BuildFailed(
@@ -71,7 +81,8 @@ def fetch_model(
     return dest
 
 
-def _chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> Iterator[bytes]:
+def _chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> tuple[int | None, Iterator[bytes]]:
+    """The size (when the server says it) and the bytes of a remote model."""
     url = urlparse(src)
     if url.scheme == "s3":
         return _s3_chunks(url.netloc, url.path.lstrip("/"))
@@ -80,26 +91,36 @@ def _chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> Iterator[byt
     raise BuildFailed(f"model src {src!r}: only https://, http:// and s3:// are fetched")
 
 
-def _http_chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> Iterator[bytes]:
+def _http_chunks(src: str, *, ca_bundle: Path | None, timeout: float) -> tuple[int | None, Iterator[bytes]]:
     ctx = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
     req = urllib.request.Request(src, headers={"User-Agent": "imagekit"})  # noqa: S310 (scheme checked above)
     try:
         resp = urllib.request.urlopen(req, timeout=timeout, context=ctx)  # noqa: S310
     except OSError as exc:
         raise BuildFailed(f"cannot download model {src}: {exc}") from None
-    with resp:
-        while chunk := resp.read(CHUNK):
-            yield chunk
+    length = resp.headers.get("Content-Length")
+
+    def read() -> Iterator[bytes]:
+        with resp:
+            while chunk := resp.read(CHUNK):
+                yield chunk
+
+    return (int(length) if length and length.isdigit() else None), read()
 
 
-def _s3_chunks(bucket: str, key: str) -> Iterator[bytes]:
+def _s3_chunks(bucket: str, key: str) -> tuple[int | None, Iterator[bytes]]:
     from imagekit.runners.aws import aws_errors, s3_client
 
     # boto3 honours AWS_ENDPOINT_URL / AWS_PROFILE / AWS_REGION like the aws CLI does
     try:
-        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
     except aws_errors() as exc:
         raise BuildFailed(f"cannot download model s3://{bucket}/{key}: {exc}") from None
+    length = obj.get("ContentLength")
+    return (int(length) if isinstance(length, int) else None), _read_body(obj["Body"])
+
+
+def _read_body(body: Any) -> Iterator[bytes]:
     while chunk := body.read(CHUNK):
         yield chunk
 

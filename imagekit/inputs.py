@@ -164,3 +164,19 @@ def clip(text: str, limit: int = MAX_MESSAGE_VALUE) -> str:
     if len(shown) > limit:
         return f"{shown[:limit]}… ({len(text)} characters)"
     return shown
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file() that answers False for a name the kernel refuses (over 255 bytes) instead of raising."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def exists(path: Path) -> bool:
+    """Path.exists() that answers False for a name the kernel refuses instead of raising."""
+    try:
+        return path.exists()
+    except OSError:
+        return False

@@ -133,12 +133,16 @@ def layer_hash(
     settings: Mapping[str, str] | None = None,
 ) -> str:
     """Content hash over the layer's definition, its parent's hash, the target, its input files and settings."""
+    # refresh and budget decide when and whether to build, not what is built
+    dumped = layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"})
+    for model in dumped.get("models") or []:
+        if model.get("mode") is None:
+            model.pop("mode", None)  # a model without `mode` hashes as before the key existed
     doc: dict[str, object] = {
         "recipe": RECIPE_VERSION,
         "target": target,
         "parent": parent_hash,
-        # refresh and budget decide when and whether to build, not what is built
-        "layer": layer.model_dump(mode="json", by_alias=True, exclude={"refresh", "budget"}),
+        "layer": dumped,
         "inputs": inputs,
     }
     if settings:  # only the AMI target has any, so docker hashes stay what they were

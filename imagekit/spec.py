@@ -366,6 +366,58 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
     return problems
 
 
+def _check_partition(spec: Spec, file: str, located: Located) -> list[Problem]:
+    """AMI settings must all live in the partition of aws.region (aws, aws-cn, aws-us-gov)."""
+    from imagekit import partitions
+
+    if not any("ami" in img.targets for img in spec.images.values()):
+        return []
+    aws = spec.aws
+    problems: list[Problem] = []
+
+    def at(*key: str | int) -> int:
+        return located.line_of(("aws", *key)) or located.line_of(("aws",)) or 1
+
+    region_line = at("region")
+    if not partitions.REGION_RE.match(aws.region):
+        problems.append(Problem(file, region_line, "aws.region", f"{aws.region!r} is not an AWS region name"))
+        return problems
+    part = partitions.partition(aws.region)
+    for i, other in enumerate(aws.ami_regions):
+        if partitions.partition(other) != part:
+            problems.append(
+                Problem(
+                    file,
+                    at("ami_regions", i),
+                    f"aws.ami_regions[{i}]",
+                    f"{other} is in the {partitions.partition(other)} partition; AMIs copy only within {part} "
+                    f"({aws.region})",
+                )
+            )
+    if aws.kms_key_id and aws.kms_key_id.startswith("arn:"):
+        found = partitions.arn_partition(aws.kms_key_id)
+        if found != part:
+            problems.append(
+                Problem(
+                    file,
+                    at("kms_key_id"),
+                    "aws.kms_key_id",
+                    f"the ARN names partition {found or 'none'}, but {aws.region} is in {part}",
+                    f"write arn:{part}:kms:{aws.region}:ACCOUNT:key/... (or an alias/ name)",
+                )
+            )
+    for name, layer in spec.layers.items():
+        ami = layer.from_.ami if layer.from_ else None
+        for i, owner in enumerate(ami.owners if ami else ()):
+            why = partitions.owner_problem(owner, aws.region)
+            if why:
+                line = located.line_of(("layers", name, "from", "ami", "owners", i)) or located.line_of(
+                    ("layers", name, "from")
+                )
+                problems.append(Problem(file, line, f"layers.{name}.from.ami.owners[{i}]", why))
+    return problems
+
+
 def parse_spec(text: str, path: Path) -> LoadedSpec:
     """Validate spec text that was read from `path`; raises SpecError listing every problem."""
     file = display_path(path)
@@ -397,6 +449,7 @@ def parse_spec(text: str, path: Path) -> LoadedSpec:
         raise SpecError([*problems, Problem(file, 1, "", f"cannot read the spec: {exc}")]) from None
     problems += _check_graph(spec, file, located)
     problems += _check_paths(spec, path.parent, file, located)
+    problems += _check_partition(spec, file, located)
     problems += check_store(spec, path.parent, file, located)
     if problems:
         raise SpecError(problems)

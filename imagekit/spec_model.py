@@ -43,7 +43,14 @@ def _version(value: Any) -> Any:
 
 # versions reach package names, URLs and shell lines unquoted in places: letters, digits and . + _ - only
 Version = Annotated[
-    str, BeforeValidator(_version), Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+    str,
+    BeforeValidator(_version),
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$",
+        description='a quoted version string, e.g. "3.11" (YAML reads 3.10 as 3.1)',
+    ),
 ]
 
 
@@ -114,7 +121,22 @@ class ModelFile(_Model):
 
     src: str = Field(min_length=1)
     dest: str = Field(min_length=1)
-    sha256: str
+    sha256: str = Field(json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"})
+    # e.g. "0600": the file is then owned by the image's user (readable by it, writable by nobody else);
+    # without it weights are root-owned 0444
+    mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3}$")
+
+    @field_validator("mode", mode="after")
+    @classmethod
+    def _mode(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        bits = int(value, 8)
+        if bits & 0o400 == 0:
+            raise ValueError(f"mode {value} does not let the owner (the image's user) read the weights")
+        if bits & 0o022:
+            raise ValueError(f"mode {value} lets group or others write the weights; use 0600, 0400, 0640 or 0444")
+        return f"0{bits:03o}"
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -290,6 +312,20 @@ class Spec(_Model):
     signing: Signing = Field(default_factory=Signing)
     store: str = "manifests"
     retention: Retention = Field(default_factory=Retention)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of imagekit.yaml, generated from the models above, for editors and CI."""
+    schema = Spec.model_json_schema(by_alias=True)
+    # names are checked after the models (so errors can say which one); the schema says the same up front
+    for key in ("layers", "images"):
+        schema["properties"][key]["propertyNames"] = {"pattern": NAME_RE.pattern}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "imagekit.yaml (version 1)",
+        "description": "The layered spec of imagekit: layers (base, runtime, app, ...), images, verify, aws, signing.",
+    }
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,17 @@ pip_env() {
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }
 
 # Files and weights are root-owned and not writable by the app user: files 0644 (weights 0444), folders 0755.
@@ -110,10 +116,10 @@ phase_system() {
 
 phase_files() {
     install -d -m 0755 /opt/app
-    log 'copy: app/ -> /opt/app/app'
-    install_path "$IMAGEKIT_SRC"/app/ /opt/app/app
     log 'model: models/tts.pt -> /opt/models/tts.pt'
     install_model "$IMAGEKIT_SRC"/models/tts.pt /opt/models/tts.pt 4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e
+    log 'copy: app/ -> /opt/app/app'
+    install_path "$IMAGEKIT_SRC"/app/ /opt/app/app
 }
 
 if [ $# -eq 0 ]; then set -- system files; fi

@@ -43,11 +43,17 @@ pip_env() {
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }
 
 phase_system() {
@@ -64,7 +70,7 @@ phase_system() {
 
 phase_cuda() {
     if [ "$IMAGEKIT_TARGET" = docker ]; then
-        log 'cuda: a container takes CUDA 12.4 from its base image; nothing to install'
+        log 'cuda: a container takes CUDA 12.4 user space from the nvidia-* wheels torch depends on (the lock pins them); nothing to install'
         return 0
     fi
     # shellcheck disable=SC1091

@@ -45,21 +45,91 @@ pip_env() {
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }
 
-phase_system() {
-    log 'apt: python3.11 python3.11-venv'
-    apt_install python3.11 python3.11-venv
-    apt_clean
+UV_VERSION=0.13.9
+# Downloads are cached in $IMAGEKIT_CACHE (a BuildKit cache mount) when it is set, so --force, refreshes and sibling
+# images reuse them; without it (a VM) nothing is cached.
+find_uv() {
+    UV=""
+    if [ -n "${IMAGEKIT_NO_UV:-}" ]; then
+        log "install: IMAGEKIT_NO_UV is set; installing with pip"
+        return 0
+    fi
+    PIPCONF_INDEX=""
+    PIPCONF_EXTRA=""
+    PIPCONF_CERT=""
+    if [ -n "${PIP_CONFIG_FILE:-}" ]; then
+        # uv reads no pip.conf: it gets the index settings imagekit writes there as flags; anything else, pip
+        known='^[[:space:]]*($|[#;]|\[global\]|((extra-)?index-url|cert)[[:space:]]*=)'
+        other="$(grep -vE "$known" "$PIP_CONFIG_FILE" || true)"
+        if [ -n "$other" ]; then
+            log "install: the pip.conf secret sets more than index-url, extra-index-url and cert; installing with pip"
+            return 0
+        fi
+        PIPCONF_INDEX="$(sed -n 's/^[[:space:]]*index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
+        PIPCONF_EXTRA="$(sed -n 's/^[[:space:]]*extra-index-url[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE")"
+        PIPCONF_CERT="$(sed -n 's/^[[:space:]]*cert[[:space:]]*=[[:space:]]*//p' "$PIP_CONFIG_FILE" | tail -n 1)"
+    fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then uv_home="$IMAGEKIT_CACHE/uv-$UV_VERSION"; else uv_home="$(mktemp -d)/uv"; fi
+    if [ ! -x "$uv_home/bin/uv" ]; then
+        rm -rf "$uv_home.$$"
+        if ! "$VENV/bin/python" -m pip install -q --no-cache-dir --target "$uv_home.$$" "uv==$UV_VERSION"; then
+            rm -rf "$uv_home.$$"
+            log "install: could not get uv==$UV_VERSION from the package index; installing with pip (slower)"
+            return 0
+        fi
+        rm -rf "$uv_home"
+        mv "$uv_home.$$" "$uv_home" 2>/dev/null || rm -rf "$uv_home.$$"
+    fi
+    if ! "$uv_home/bin/uv" --version >/dev/null 2>&1; then
+        libc="$(ldd --version 2>&1 | head -n 1)"
+        log "install: uv $UV_VERSION cannot run here (it needs glibc >= 2.17; this system: $libc); installing with pip"
+        return 0
+    fi
+    UV="$uv_home/bin/uv"
+    log "install: uv $UV_VERSION"
 }
 
-phase_build_deps() {
-    # compilers for sdists; remembered so drop-build-deps removes only what this layer added
+index_answers() {
+    "$VENV/bin/python" - "$1" <<'IMAGEKIT_PY' >/dev/null 2>&1
+import os, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/", timeout=10, context=ctx)
+IMAGEKIT_PY
+}
+
+# pkg_install ARGS: `pip install ARGS` into $VENV, by uv where find_uv found it
+pkg_install() {
+    if [ -n "$UV" ]; then
+        set -- --python "$VENV/bin/python" --index-strategy unsafe-best-match --compile-bytecode "$@"
+        if [ -n "${PIP_FIND_LINKS:-}" ]; then set -- --find-links "$PIP_FIND_LINKS" "$@"; fi
+        if [ -n "$PIPCONF_INDEX" ]; then set -- --index-url "$PIPCONF_INDEX" "$@"; fi
+        for url in $PIPCONF_EXTRA; do set -- --extra-index-url "$url" "$@"; done
+        if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+            set -- --cache-dir "$IMAGEKIT_CACHE/uv" --link-mode copy "$@"
+        else
+            set -- --no-cache "$@"
+        fi
+        SSL_CERT_FILE="${PIP_CERT:-${PIPCONF_CERT:-${SSL_CERT_FILE:-}}}" "$UV" pip install "$@"
+    else
+        "$VENV/bin/python" -m pip install "$@"
+    fi
+}
+
+install_build_deps() {
+    # remembered so drop-build-deps removes only what this layer added
     mkdir -p /var/lib/imagekit
     : >/var/lib/imagekit/build-deps.runtime
     for pkg in build-essential python3.11-dev; do
@@ -73,6 +143,26 @@ phase_build_deps() {
     fi
 }
 
+# pkg_install_or_build ARGS: wheels only first; when that fails, compilers in and the same install again
+pkg_install_or_build() {
+    if pkg_install --only-binary :all: "$@"; then return 0; fi
+    log 'install: not everything installs from wheels; installing compilers and trying again'
+    install_build_deps
+    pkg_install "$@"
+}
+
+phase_system() {
+    log 'apt: python3.11 python3.11-venv'
+    apt_install python3.11 python3.11-venv
+    apt_clean
+}
+
+phase_build_deps() {
+    # compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:
+    # the install phase calls install_build_deps then; a lock of wheels builds with none of them
+    log 'build-deps: only if a package must be built from source'
+}
+
 phase_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         log "venv: $VENV ($PYTHON)"
@@ -82,25 +172,32 @@ phase_venv() {
 
 phase_install() {
     pip_env
-    pip="$VENV/bin/python -m pip"
+    find_uv
     # PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off
     # a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise
-    default_index="https://download.pytorch.org/whl/cu124"
+    default_index=""
     if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi
     torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"
     extra=""
-    if [ -n "$torch_index" ]; then extra="--extra-index-url $torch_index"; fi
+    if [ -n "$torch_index" ]; then
+        # an index that does not answer costs pip minutes of retries and fails uv: leave it out, and say so
+        if index_answers "$torch_index"; then
+            extra="--extra-index-url $torch_index"
+        else
+            log "install: $torch_index does not answer; torch comes from the default index"
+        fi
+    fi
     lock="$IMAGEKIT_SRC/requirements.lock"
     [ -f "$lock" ] || die "requirements lock $lock is missing"
     if grep -q -- '--hash=' "$lock"; then
         grep -qiE '^torch==' "$lock" || die 'a hashed lock must pin torch==2.5.1'
         log 'install: hashed lock (torch from the lock)'
         # shellcheck disable=SC2086
-        $pip install $extra --require-hashes --no-deps -r "$lock"
+        pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"
     else
         log 'install: lock (no deps) + torch==2.5.1'
         # shellcheck disable=SC2086
-        $pip install $extra --no-deps -r "$lock" torch==2.5.1
+        pkg_install_or_build $extra --no-deps -r "$lock" torch==2.5.1
     fi
     "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.5.1 || die "torch in $VENV is not 2.5.1"
 }

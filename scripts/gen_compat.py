@@ -88,6 +88,37 @@ TORCH: list[tuple[str, list[str], list[str], list[str], str, str]] = [
     ("2.9.1", ["12.6", "12.8", "13.0"], PY310_314, [], U, "patch release; same variants as 2.9.0 assumed"),
 ]
 
+# --- torch on PyPI: which CUDA build `pip install torch==X` gets on manylinux x86_64 -------------------------
+# On a base with no CUDA of its own (a bootstrapped Debian), CUDA user space comes from these wheels' nvidia-*
+# dependencies: version -> (CUDA build, cuDNN major of its nvidia-cudnn pin, confidence). 1.12 and older bundle
+# the libraries inside the torch wheel instead.
+PYPI_SRC = "https://pypi.org/project/torch/ (Requires-Dist nvidia-*-cuXX of the manylinux x86_64 wheel)"
+PYPI_OBSERVED = "pip install --dry-run --report of the example locks (examples/tts, examples/indextts2), 2026-12-01"
+PYPI: dict[str, tuple[str, str, str]] = {
+    "1.13.0": ("11.7", "8", U),
+    "1.13.1": ("11.7", "8", V),  # nvidia-cudnn-cu11 8.5.0.96, nvidia-cuda-runtime-cu11 11.7.99
+    "2.0.0": ("11.7", "8", U),
+    "2.0.1": ("11.7", "8", U),
+    "2.1.0": ("12.1", "8", U),
+    "2.1.1": ("12.1", "8", U),
+    "2.1.2": ("12.1", "8", U),
+    "2.2.0": ("12.1", "8", U),
+    "2.2.1": ("12.1", "8", U),
+    "2.2.2": ("12.1", "8", U),
+    "2.3.0": ("12.1", "8", U),
+    "2.3.1": ("12.1", "8", U),
+    "2.4.0": ("12.1", "9", U),
+    "2.4.1": ("12.1", "9", U),
+    "2.5.0": ("12.4", "9", U),
+    "2.5.1": ("12.4", "9", V),  # nvidia-cudnn-cu12 9.1.0.70, nvidia-cuda-runtime-cu12 12.4.127
+    "2.6.0": ("12.4", "9", U),
+    "2.7.0": ("12.6", "9", U),
+    "2.7.1": ("12.6", "9", U),
+    "2.8.0": ("12.8", "9", U),
+    "2.9.0": ("12.8", "9", U),
+    "2.9.1": ("12.8", "9", U),
+}
+
 # --- CUDA toolkit: version -> minimum Linux driver of the GA release -----------------------------------------
 CUDA: list[tuple[str, str, str]] = [
     ("10.2", "440.33", V),
@@ -213,6 +244,14 @@ def torch_doc(observed: list[str]) -> dict[str, Any]:
         }
         if note:
             row["note"] = note
+        if ver in PYPI:
+            pypi_cuda, pypi_cudnn, pypi_conf = PYPI[ver]
+            row["pypi"] = {
+                "cuda": pypi_cuda,
+                "cudnn": pypi_cudnn,
+                "confidence": pypi_conf,
+                "source": PYPI_SRC + (f" ; {PYPI_OBSERVED}" if pypi_conf == V else ""),
+            }
         rows[ver] = row
     for ver, seen in parse_wheels(observed).items():
         files = sorted(set(seen["files"]))

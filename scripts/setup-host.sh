@@ -35,4 +35,14 @@ if [ ! -x .venv/bin/imagekit ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch .venv/.installed
 fi
+# outside verifiers the tests run (@sigstore/verify): node 20 from the machine, packages pinned by the lock file
+if ! command -v node >/dev/null 2>&1; then
+  echo "setup: installing nodejs npm" >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+fi
+if [ ! -d tests/js/node_modules/@sigstore/verify ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+  echo "setup: npm ci in tests/js" >&2
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "setup: ready (docker $(/usr/bin/docker version --format '{{.Server.Version}}'), $(packer version | head -1))" >&2

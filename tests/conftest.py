@@ -133,3 +133,52 @@ def copy_example(dest: Path, name: str = "tts") -> Path:
         text = spec.read_text(encoding="utf-8")
         spec.write_text(re.sub(r"(?m)^store: .*$", "store: manifests", text), encoding="utf-8")
     return dest
+
+
+JS = REPO / "tests" / "js"
+
+
+@pytest.fixture(scope="session")
+def sigstore_js() -> list[str]:
+    """`node tests/js/verify-bundle.js`: @sigstore/verify from npm (npm ci here when setup-host.sh has not run it)."""
+    node = require_tool("node")
+    if not (JS / "node_modules" / "@sigstore" / "verify").is_dir():
+        npm = require_tool("npm")
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            _missing(f"@sigstore/verify (npm ci in tests/js failed: {proc.stderr.strip()[-300:]})")
+    return [node, str(JS / "verify-bundle.js")]
+
+
+@pytest.fixture
+def docker_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1:<free port>: no auth, a temp storage folder."""
+    import socket
+    import time
+    import urllib.request
+
+    binary = require_tool("docker-registry")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry-data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("docker-registry did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

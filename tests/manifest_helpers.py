@@ -53,7 +53,7 @@ def fake_build(
     report: dict[str, Any] | None = None,
     size: int | None = 1000,
 ) -> Recorded:
-    """Record a build as the docker builder would after verify, with a made-up image digest."""
+    """Record a build as the docker builder would after verify and push, with a made-up registry digest."""
     layers = plan_image(loaded, image, "docker").layers
     digest = "sha256:" + hashlib.sha256(f"{image}-{seed}".encode()).hexdigest()
     rep = report if report is not None else {"passed": passed, "failures": [] if passed else ["torch 2.4 != 2.5"]}
@@ -64,7 +64,7 @@ def fake_build(
         layers,
         started="2026-11-21T01:00:00Z",
         finished=f"2026-11-21T01:{int(hashlib.md5(seed.encode()).hexdigest()[:4], 16) % 60:02d}:00Z",
-        image_ref=f"localhost:5000/demo-{image}:{layers[-1].hash[:16]}",
+        image_ref=f"localhost:5000/demo-{image}@{digest}",
         image_digest=digest,
         base="debian@sha256:" + "ab" * 32,
         report=rep,

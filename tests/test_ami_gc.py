@@ -69,7 +69,8 @@ def test_protected_amis_keep_each_channels_rollback_target(tmp_path: Path) -> No
     ids = []
     for n in range(3):
         ami = {"region": "us-east-1", "id": f"ami-{n:08d}", "account": "123456789012", "snapshots": [f"snap-{n}"]}
-        ids.append(record_build(loaded, "app", "ami", layers, started="a", finished=f"2026-11-2{n}T00:00:00Z",
+        ids.append(record_build(loaded, "app", "ami", layers, started=f"2026-11-2{n}T00:00:00Z",
+                                finished=f"2026-11-2{n}T00:10:00Z",
                                 amis=[ami], base="ami-785db401", report={"passed": True}).id)  # fmt: skip
     for mid in ids:
         promote(loaded.path, "app", mid, "prod", why="t", who="t")
@@ -77,3 +78,13 @@ def test_protected_amis_keep_each_channels_rollback_target(tmp_path: Path) -> No
     assert protected.channel["ami-00000002"] == "app@prod"
     assert protected.channel["ami-00000001"] == "app@prod (rollback target)"
     assert "ami-00000000" not in protected.channel  # two back is not a rollback target: gc may remove it
+
+
+def test_the_rehearsal_reads_the_ssh_port_past_engine_warnings() -> None:
+    from imagekit.targets.ami.rehearsal import published_port
+
+    # a loaded engine made `docker port` print a warning first; that line once crashed a build (exit 3)
+    noisy = ['time="2026-12-02T00:33:27Z" level=error msg="error waiting for container: context canceled"']
+    assert published_port([*noisy, "127.0.0.1:49153"]) == 49153
+    assert published_port(noisy) is None
+    assert published_port([]) is None

@@ -21,3 +21,30 @@ def test_bench_quick_noop_plan_prints_json_lines() -> None:
     assert row["name"] == "noop_plan" and row["quick"] is True
     assert isinstance(row["ratio"], float) and 0 < row["ratio"] < 1
     assert row["cold_s"] > row["warm_s"] > 0 and row["goal"] == 0.05
+
+
+def test_bench_quick_store_growth_prints_json_lines() -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json",
+         "--only", "store_resolve_growth", "store_list_growth", "seed_app_rebuild"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = {row["name"]: row for row in map(json.loads, filter(str.strip, res.stdout.splitlines()))}
+    assert list(rows) == ["store_resolve_growth", "store_list_growth", "seed_app_rebuild"]
+    resolve, listing = rows["store_resolve_growth"], rows["store_list_growth"]
+    assert resolve["records"] == listing["records"] == 300
+    assert resolve["resolve_at_300_s"] > 0 and resolve["resolve_at_100_s"] > 0
+    assert isinstance(resolve["ratio"], float) and resolve["goal"] == 2.0
+    # list reads and verifies every record: three times the records cost more
+    assert listing["list_at_300_s"] > listing["list_at_100_s"] > 0 and listing["goal"] == 12.0
+    # seed-scale benchmarks need the CUDA build: --quick says so instead of running them
+    assert rows["seed_app_rebuild"]["ratio"] is None and "skipped" in rows["seed_app_rebuild"]
+
+
+def test_bench_rejects_an_unknown_name() -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "no_such_bench"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 2 and "unknown benchmark no_such_bench" in res.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from manifest_helpers import fake_build, make_spec
 
+from imagekit.api import attest
 from imagekit.api import manifest as api
 from imagekit.errors import SignatureError, StoreError, UsageError
 from imagekit.manifest.dsse import envelope_bytes, envelope_payload, sign_envelope
@@ -94,10 +95,10 @@ def test_revoking_a_base_layer_cascades_to_every_build_on_top(tmp_path: Path) ->
     assert res["layer"] == "runtime" and sorted(res["revoked"]) == sorted([rt.id, app1.id, app2.id])
     for mid in (rt.id, app1.id, app2.id):
         with pytest.raises(SignatureError, match="revoked"):
-            api.verify_manifest(tmp_path, mid)
-    assert api.verify_manifest(tmp_path, app3.id).id == app3.id
+            attest.verify_manifest(tmp_path, mid)
+    assert attest.verify_manifest(tmp_path, app3.id).id == app3.id
     with pytest.raises(SignatureError, match=f"layer runtime .*revoked with build {rt.id}.*CVE in the runtime"):
-        api.verify_manifest(tmp_path, app1.id)
+        attest.verify_manifest(tmp_path, app1.id)
     with pytest.raises(StoreError, match=r"revoked.*imagekit rollback app --channel stable"):
         api.resolve(tmp_path, "app", "stable")
     with pytest.raises(StoreError, match="revoked"):
@@ -119,7 +120,7 @@ def test_a_build_made_later_on_a_revoked_layer_is_revoked_too(tmp_path: Path) ->
     api.revoke(tmp_path, first.id, reason="bad base image", layer="base")
     later = fake_build(make_spec(tmp_path, app="9"), seed="2")  # same base hash, recorded after the revocation
     with pytest.raises(SignatureError, match="layer base"):
-        api.verify_manifest(tmp_path, later.id)
+        attest.verify_manifest(tmp_path, later.id)
 
 
 def test_altered_channel_log_is_detected(tmp_path: Path) -> None:
@@ -181,7 +182,7 @@ def test_concurrent_promotions_on_s3_lose_no_record(moto_server: str, tmp_path: 
     assert sorted(r.doc["why"] for r in records) == sorted(f"{w}-{i}" for w in range(workers) for i in range(per))
     resolved = api.resolve(tmp_path, "app", "stable")
     assert resolved["manifest"] == records[-1].manifest
-    assert api.verify_manifest(tmp_path, ids[0]).revocation_checked
+    assert attest.verify_manifest(tmp_path, ids[0]).revocation_checked
 
 
 def test_a_signed_record_copied_into_another_channel_is_refused(tmp_path: Path) -> None:

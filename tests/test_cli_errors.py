@@ -174,3 +174,11 @@ def test_control_characters_and_long_values_are_escaped_and_cut(tmp_path: Path) 
     assert len(lines) == 3  # one problem per line: the scheme, the control character, the length
     assert "\x1b" not in r.stderr and "\\x1b" in r.stderr
     assert all(len(line) < 600 for line in lines), [len(line) for line in lines]
+
+
+def test_a_300_byte_name_anywhere_is_exit_2(spec: Path, tmp_path: Path) -> None:
+    long = str(tmp_path / ("n" * 300))
+    one_line(cli("manifest", "verify", long), 2, "is not a file")
+    one_line(cli("manifest", "verify", long, "-f", str(spec), "--trust", long), 2, "the file name is too long")
+    r = cli("promote", "app", "abcdef", "--channel", "stable", "-f", str(spec), "--key", long)
+    one_line(r, 2, "signing key")

@@ -7,8 +7,10 @@ tests look at that build and cheap follow-ups, because the machine's cores are s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -173,12 +175,79 @@ def test_changing_app_source_rebuilds_only_the_app_layer(built: Built) -> None:
     assert again.image_id != cold.image_id
     out = _docker("run", "--rm", "--entrypoint", "cat", again.ref, "/opt/app/src/main.py").stdout
     assert out == "print('v2')\n"
+    # the weights sit in their own image layer, right on the parent's, and that layer did not move
+    parent = _diff_ids(cold.layers[1].image_id)
+    before, after = _diff_ids(cold.image_id), _diff_ids(again.image_id)
+    assert before[: len(parent)] == after[: len(parent)] == parent
+    weights = _weights_layer(again.ref, parent)
+    assert before[len(parent)] == after[len(parent)] == weights
+    assert before[len(parent) + 1 :] != after[len(parent) + 1 :]  # and the code's layer did
     print(f"app-only rebuild: {seconds:.1f}s")
+
+
+def _diff_ids(ref: str) -> list[str]:
+    out = _docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", ref).stdout
+    layers: list[str] = json.loads(out)
+    return layers
+
+
+def _weights_layer(ref: str, parent: list[str]) -> str:
+    """The diff ID of the image layer just above the parent's, checked to hold the model file and nothing else."""
+    layer = _diff_ids(ref)[len(parent)]
+    saved = subprocess.run([require_docker(), "save", ref], capture_output=True, check=True, timeout=300).stdout
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        path = manifest[0]["Layers"][len(parent)]
+        blob = tar.extractfile(path).read()  # type: ignore[union-attr]
+    assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer
+    with tarfile.open(fileobj=io.BytesIO(blob)) as inner:
+        files = [m.name for m in inner.getmembers() if m.isfile()]
+    assert files == ["opt/models/w.bin"], files
+    return layer
+
+
+def _cli_piped(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdout and stderr piped (as in a CI log), CI unset: what a pipe gets by itself."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "imagekit"), "build", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=1800, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_a_piped_build_prints_a_line_per_step_start_and_end(built: Built) -> None:
+    """Every layer rebuilt (--force), piped: a start and a done line per layer, none of BuildKit's own lines."""
+    proc = _cli_piped("-f", str(built.spec), "--target", "docker", "--force", "--no-verify")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    print(f"piped forced build of the tiny spec: {len(lines)} lines")
+    assert len(lines) <= 30, proc.stdout
+    for layer in ("base", "runtime", "app"):
+        where = f"tiny/docker/{layer}"
+        assert sum(1 for ln in lines if ln.split()[:2] == ["start", where]) == 1, proc.stdout
+        done = [ln for ln in lines if " done " in f" {ln} " and where in ln]
+        assert len(done) == 1 and re.match(r"^\s*[\dmh.]+s\s+done", done[0]), proc.stdout  # its time leads the line
+    assert not any(ln.startswith("#") or " #" in ln for ln in lines), "BuildKit's lines belong in the log file"
+    assert any("full log:" in ln for ln in lines)
+    # -v streams everything as before: BuildKit's plain progress lines are there
+    src = built.spec.parent / "src" / "main.py"
+    original = src.read_text()
+    src.write_text(f"print('{uuid.uuid4().hex}')\n")
+    try:
+        verbose = _cli_piped("-f", str(built.spec), "--target", "docker", "--no-verify", "-v")
+    finally:
+        src.write_text(original)
+    assert verbose.returncode == 0, verbose.stdout[-3000:]
+    assert sum(1 for ln in verbose.stdout.splitlines() if "#" in ln) >= 5, verbose.stdout
 
 
 def test_force_rebuilds_every_layer(built: Built) -> None:
     forced = build(built.spec, "docker", force=True, verify=False).image("tiny")
     assert [lr.status for lr in forced.layers] == ["built", "built", "built"]
+    # copied again with no build cache, the weights' layer has the same diff ID: its content alone decides it
+    cold = built.cold.image("tiny")
+    parent_cold, parent_forced = _diff_ids(cold.layers[1].image_id), _diff_ids(forced.layers[1].image_id)
+    assert _weights_layer(forced.ref, parent_forced) == _weights_layer(cold.ref, parent_cold)
     assert forced.base is not None
     assert not forced.base.built  # --force rebuilds layers, not the debootstrapped distribution base
 

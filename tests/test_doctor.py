@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_docker, require_packer, require_tool
+from conftest import REPO, require_docker, require_packer, require_tool
 from typer.testing import CliRunner
 
 from imagekit import doctor
 from imagekit.cli import app
 from imagekit.runners import process
+from imagekit.spec import load_spec
 
-NAMES = ["docker engine", "buildkit", "packer", "aws credentials", "aws region", "gpu", "debootstrap"]
+NAMES = [
+    "docker engine",
+    "buildkit",
+    "packer",
+    "aws credentials",
+    "aws region",
+    "gpu",
+    "debootstrap",
+    "moto",
+    "paramiko",
+]
+CPU_SPEC = REPO / "examples" / "tts" / "imagekit-cpu.yaml"
+GPU_SPEC = REPO / "examples" / "tts" / "imagekit.yaml"
 
 
 @pytest.fixture
@@ -47,6 +63,7 @@ def test_real_tools_on_this_machine(no_aws: Path) -> None:
     assert checks["docker engine"].ok, checks["docker engine"]
     assert re.search(r"engine \d+\.\d+", checks["docker engine"].detail)
     assert checks["buildkit"].ok, checks["buildkit"]
+    assert checks["buildkit"].detail.startswith("built a FROM scratch image with BuildKit")
     assert checks["packer"].ok and re.search(r"packer \d+\.\d+\.\d+$", checks["packer"].detail)
     assert checks["debootstrap"].ok and "debootstrap" in checks["debootstrap"].detail
     gpu = checks["gpu"]
@@ -163,7 +180,8 @@ def test_engine_down() -> None:
     assert not engine.ok
     assert "Cannot connect to the Docker daemon" in engine.detail
     assert "dockerd" in engine.fix
-    assert buildkit.ok  # the client has it; the engine is the thing to fix
+    # BuildKit is never reported ok without a build: with the engine down it is not tried
+    assert not buildkit.ok and "not tried" in buildkit.detail and "engine" in buildkit.fix
 
 
 def test_a_tool_that_hangs_is_missing_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,8 +209,11 @@ def test_cli_json_and_strict(no_aws: Path, monkeypatch: pytest.MonkeyPatch, tmp_
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert [c["name"] for c in doc["checks"]] == NAMES
-    assert doc["ok"] is False  # no AWS credentials in this environment
-    # Missing items are not errors ...
+    # with no spec, what a docker build needs decides; AWS is reported but not needed
+    assert doc["ok"] is True and doc["missing"] == [] and doc["spec"] == ""
+    aws = next(c for c in doc["checks"] if c["name"] == "aws credentials")
+    assert aws["ok"] is False and aws["needed"] is False
+    # Missing items nothing needs are not errors ...
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -204,3 +225,117 @@ def test_cli_json_and_strict(no_aws: Path, monkeypatch: pytest.MonkeyPatch, tmp_
     assert result.exit_code == 1
     assert "error: missing: " in result.output and "packer" in result.output
     assert "Traceback" not in result.output
+
+
+def _path_without(tmp_path: Path, tool: str) -> str:
+    """PATH as it is, but with the folder holding `tool` replaced by links to everything else in it."""
+    found = shutil.which(tool)
+    assert found, tool
+    hidden = Path(found).parent
+    links = tmp_path / f"bin-without-{tool}"
+    links.mkdir()
+    for entry in hidden.iterdir():
+        if entry.name != tool:
+            (links / entry.name).symlink_to(entry)
+    # /bin is /usr/bin on a merged-/usr system: every folder that resolves to the same place is replaced
+    dirs = [str(links) if Path(d).resolve() == hidden.resolve() else d for d in os.environ["PATH"].split(os.pathsep)]
+    path = os.pathsep.join(dirs)
+    assert shutil.which(tool, path=path) is None
+    return path
+
+
+def _doctor_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("imagekit")
+    return subprocess.run(
+        [str(exe), "doctor", *args], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.docker
+@pytest.mark.packer
+def test_cpu_example_without_packer_exits_1_naming_packer(no_aws: Path, tmp_path: Path) -> None:
+    require_docker()
+    require_packer()
+    proc = _doctor_cli("-f", str(CPU_SPEC), env={"PATH": _path_without(tmp_path, "packer")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISS packer" in proc.stdout and "apt-get install packer" in proc.stdout
+    assert "missing for " in proc.stderr and proc.stderr.strip().endswith(
+        "packer (each fix is above; --json lists them)"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.packer
+def test_cpu_example_with_its_tools_exits_0_without_aws_or_gpu(no_aws: Path) -> None:
+    """No AWS credentials and no GPU here: the CPU example needs neither (gpu: optional, AMIs only rehearsed)."""
+    require_docker()
+    require_packer()
+    require_tool("debootstrap")
+    proc = _doctor_cli("-f", str(CPU_SPEC), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    needed = {c["name"] for c in doc["checks"] if c["needed"]}
+    assert {"docker engine", "buildkit", "packer", "moto"} <= needed
+    assert "aws credentials" not in needed and "gpu" not in needed
+    assert doc["ok"] is True and doc["spec"].endswith("imagekit-cpu.yaml")
+
+
+def test_gpu_example_needs_aws_and_a_gpu(no_aws: Path) -> None:
+    fake = FakeTools(
+        {("docker", "version"): (1, "Cannot connect to the Docker daemon"), ("debootstrap", "--version"): (0, "1.0")}
+    )
+    loaded = load_spec(GPU_SPEC)
+    # build=False and a client path that answers nothing: only the needs are looked at here
+    report = doctor.diagnose(loaded, capture=fake, which=lambda _n: None, build=False)
+    checks = by_name(report)
+    assert checks["aws credentials"].needed and "on AWS" in checks["aws credentials"].needed_for
+    assert checks["gpu"].needed and "verify.gpu: required" in checks["gpu"].needed_for
+    assert not checks["debootstrap"].needed  # from.docker, no bootstrap base
+    assert not checks["moto"].needed
+    rehearsed = by_name(doctor.diagnose(loaded, rehearse=True, capture=fake, which=lambda _n: None, build=False))
+    assert rehearsed["moto"].needed and not rehearsed["aws credentials"].needed
+
+
+def test_ssh_docker_host_needs_paramiko(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "ssh://gpu-host")
+    needs = doctor.needs_of(None)
+    assert needs.why["paramiko"] == "DOCKER_HOST=ssh://gpu-host"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2376")
+    assert "paramiko" not in doctor.needs_of(None).why
+
+
+def test_registry_login_for_push() -> None:
+    check = doctor.check_registry_login("registry.example.com/team/tts", {"auths": {}})
+    assert not check.ok and check.fix == "docker login registry.example.com"
+    stored = {"auths": {"registry.example.com": {"auth": "x"}}}
+    assert doctor.check_registry_login("registry.example.com/team/tts", stored).ok
+    assert doctor.check_registry_login("team/tts", {"auths": {"https://index.docker.io/v1/": {}}}).ok
+    assert doctor.check_registry_login("localhost:5000/tts", {}).ok
+    helper = doctor.check_registry_login("123.dkr.ecr.us-east-1.amazonaws.com/tts", {"credHelpers": {
+        "123.dkr.ecr.us-east-1.amazonaws.com": "ecr-login"}})  # fmt: skip
+    assert helper.ok and "docker-credential-ecr-login" in helper.detail
+
+
+@pytest.mark.docker
+def test_imagekit_docker_cli_is_honoured_and_buildkit_is_really_tried(no_aws: Path, tmp_path: Path) -> None:
+    docker = require_docker()
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "my-docker"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {docker} "$@"\n')
+    wrapper.chmod(0o755)
+    proc = _doctor_cli("--json", env={"IMAGEKIT_DOCKER_CLI": str(wrapper)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["docker engine"]["detail"].startswith(f"{wrapper} (IMAGEKIT_DOCKER_CLI)")
+    assert "build" in calls.read_text().split()
+    # the same client with BuildKit turned off: the real build fails, so BuildKit is reported missing
+    legacy = tmp_path / "legacy-docker"
+    legacy.write_text(f'#!/bin/sh\nDOCKER_BUILDKIT=0 exec {docker} "$@"\n')
+    legacy.chmod(0o755)
+    proc = _doctor_cli(env={"IMAGEKIT_DOCKER_CLI": str(legacy)})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISS buildkit" in proc.stdout and "buildkit" in proc.stderr
+    proc = _doctor_cli(env={"IMAGEKIT_DOCKER_CLI": str(tmp_path / "nope")})
+    assert proc.returncode == 1 and "IMAGEKIT_DOCKER_CLI" in proc.stdout

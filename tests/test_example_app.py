@@ -127,7 +127,7 @@ def service() -> Iterator[Service]:
 @pytest.mark.docker
 def test_ready_reports_the_loaded_model(service: Service) -> None:
     assert service.wait("/health")[0] == 200
-    assert service.wait("/ready") == (200, {"status": "ok", "model_loaded": True})
+    assert service.wait("/ready") == (200, {"status": "ok", "model_loaded": True, "device": "cpu"})
 
 
 @pytest.mark.docker

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from manifest_helpers import fake_build, make_spec
 
+from imagekit.api import attest
 from imagekit.api import manifest as api
 from imagekit.errors import SignatureError
 from imagekit.manifest.dsse import envelope_payload
@@ -60,7 +61,7 @@ def test_ami_and_model_subjects(tmp_path: Path) -> None:
     loaded = make_spec(tmp_path)
     layers = plan_image(loaded, "app", "ami").layers
     ami = {"id": "ami-0123", "region": "eu-west-1", "account": "123456789012", "snapshot_ids": ["snap-2", "snap-1"]}
-    rec = record_build(loaded, "app", "ami", layers, started="a", finished="b", amis=[ami], base="ami-785db401",
+    rec = record_build(loaded, "app", "ami", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", amis=[ami], base="ami-785db401",
                        report={"passed": True})  # fmt: skip
     st = _statement(rec.location)
     (s,) = st["subject"]
@@ -75,7 +76,7 @@ def test_failed_and_rehearsal_builds_are_recorded_and_marked(tmp_path: Path) -> 
     failed = fake_build(loaded, seed="f", passed=False)
     assert not failed.passed
     layers = plan_image(loaded, "app", "docker").layers
-    crashed = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r:t",
+    crashed = record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", image_ref="r:t",
                            image_digest="sha256:" + "1" * 64, report=None, failure="health endpoint never answered")  # fmt: skip
     rehearsal = fake_build(loaded, seed="r", rehearsal=True)
     rows = {r["id"]: r for r in api.list_manifests(tmp_path)}
@@ -97,23 +98,31 @@ def test_default_key_is_created_on_first_record_and_reported(tmp_path: Path, mon
 
     loaded = load_spec(tmp_path / "s" / "imagekit.yaml")
     events = []
-    rec = record_build(loaded, "app", "docker", plan_image(loaded, "app", "docker").layers, started="a", finished="b",
+    rec = record_build(loaded, "app", "docker", plan_image(loaded, "app", "docker").layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z",
                        image_ref="r:t", image_digest="sha256:" + "2" * 64, report={"passed": True},
                        reporter=events.append)  # fmt: skip
     assert rec.key_created == tmp_path / "cfg" / "imagekit" / "imagekit.key"
     assert any(str(rec.key_created) in e.message for e in events)
     assert not list((tmp_path / "s").rglob("*.key"))  # never into the repo
     # with no trust file, the local default public key is trusted: the local flow needs no setup
-    assert api.verify_manifest(tmp_path / "s", rec.id).id == rec.id
+    assert attest.verify_manifest(tmp_path / "s", rec.id).id == rec.id
 
 
 def test_verify_list_show(tmp_path: Path) -> None:
     loaded = make_spec(tmp_path)
     rec = fake_build(loaded, report={"passed": True, "torch": "2.5.1", "latency_ms": 40})
-    out = api.verify_manifest(tmp_path, rec.id[:8])
+    out = attest.verify_manifest(tmp_path, rec.id[:8])
     assert out.id == rec.id and out.revocation_checked and out.passed
-    assert out.cosign and "cosign verify-blob-attestation --key" in out.cosign
-    assert f"--type {PREDICATE_TYPE} --insecure-ignore-tlog" in out.cosign and rec.location in out.cosign
+    bundle = rec.location.removesuffix(".intoto.json") + ".sigstore.json"
+    digest = _statement(rec.location)["subject"][0]["digest"]["sha256"]
+    blob, image = out.cosign.splitlines() if out.cosign else ("", "")
+    # the cosign v3 form: the bundle, and the subject's real digest instead of --check-claims=false
+    assert blob.startswith(f"cosign verify-blob-attestation --bundle {bundle} --key ")
+    assert f"--type {PREDICATE_TYPE} --insecure-ignore-tlog --digest {digest} --digestAlg sha256" in blob
+    assert "--check-claims=false" not in out.cosign and "--signature" not in out.cosign
+    assert image.startswith("cosign verify-attestation --key ") and image.endswith(
+        f"localhost:5000/demo-app@sha256:{digest}"
+    )
     # the file alone, with only the public key (no spec): works offline
     monkey_cwd = tmp_path / "elsewhere"
     monkey_cwd.mkdir()
@@ -122,7 +131,7 @@ def test_verify_list_show(tmp_path: Path) -> None:
     old = os.getcwd()
     os.chdir(monkey_cwd)
     try:
-        alone = api.verify_manifest(None, rec.location, trust=tmp_path / "keys" / "imagekit.pub")
+        alone = attest.verify_manifest(None, rec.location, trust=tmp_path / "keys" / "imagekit.pub")
     finally:
         os.chdir(old)
     assert alone.id == rec.id and not alone.revocation_checked
@@ -148,17 +157,17 @@ def test_tampered_or_untrusted_manifest_fails_verify(tmp_path: Path) -> None:
         other = tmp_path / "bad.intoto.json"
         other.write_text(json.dumps(bad))
         with pytest.raises(SignatureError):
-            api.verify_manifest(tmp_path, str(other))
+            attest.verify_manifest(tmp_path, str(other))
     from imagekit.manifest.keys import keygen
 
     _, pub = keygen(tmp_path / "stranger")
     with pytest.raises(SignatureError, match="unknown key"):
-        api.verify_manifest(tmp_path, rec.id, trust=pub)
+        attest.verify_manifest(tmp_path, rec.id, trust=pub)
     # a re-signed payload under a new name is caught by the id check
     alias = path.with_name("0000000000000000.intoto.json")
     alias.write_bytes(good)
     with pytest.raises(SignatureError, match="renamed or replaced"):
-        api.verify_manifest(tmp_path, "0000000000000000")
+        attest.verify_manifest(tmp_path, "0000000000000000")
 
 
 def test_diff_with_real_verify_reports(tmp_path: Path) -> None:
@@ -179,7 +188,10 @@ def test_diff_with_real_verify_reports(tmp_path: Path) -> None:
     d = api.diff_manifests(tmp_path, a.id, b.id)
     assert [c["key"] for c in d["layers"]] == ["app"]
     assert d["versions"] == [{"key": "probe.torch.version", "old": "2.13.0+cpu", "new": "2.13.1+cpu"}]
-    assert {c["key"] for c in d["packages"]} == {"probe.pip.packages.filelock", "probe.dpkg.packages.hostname"}
+    # read from the signed SBOMs beside the records (one entry per package, from its purl)
+    assert {c["key"] for c in d["packages"]} == {"pip.filelock", "dpkg.hostname"}
+    assert next(c for c in d["packages"] if c["key"] == "dpkg.hostname")["new"] == "3.24"
+    assert a.sbom_location and b.sbom_location
     assert d["verification"] == [{"key": "smoke.latency_ms", "old": 40.0, "new": 44.0}]  # host/times are noise
     assert d["size"] == {"old": 1000, "new": 1100}
     assert api.diff_manifests(tmp_path, a.id, a.id)["packages"] == []
@@ -225,9 +237,9 @@ def test_report_as_file_or_model_and_latest_verified(tmp_path: Path) -> None:
     layers = plan_image(loaded, "app", "docker").layers
     rf = tmp_path / "report.json"
     rf.write_text(json.dumps({"passed": True, "failures": [], "torch": "2.5.1"}))
-    a = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-01T00:00:00Z",
+    a = record_build(loaded, "app", "docker", layers, started="2026-01-01T00:00:00Z", finished="2026-01-01T00:00:00Z",
                      image_ref="r@sha256:" + "3" * 64, report=rf)  # fmt: skip
-    b = record_build(loaded, "app", "docker", layers, started="a", finished="2026-01-02T00:00:00Z",
+    b = record_build(loaded, "app", "docker", layers, started="2026-01-01T00:00:00Z", finished="2026-01-02T00:00:00Z",
                      image_ref="r:t", image_digest="r@sha256:" + "4" * 64,
                      report=Rep(passed=False, failures=["torch 2.4.0 != 2.5.1"], torch="2.4.0"))  # fmt: skip
     assert a.passed and not b.passed
@@ -244,7 +256,7 @@ def test_ed25519_builds_verify_without_a_cosign_line(tmp_path: Path) -> None:
     priv, _pub = keygen(tmp_path / "ed", "ed25519")
     (tmp_path / "imagekit.trust.yaml").write_text("keys:\n  - pem: keys/imagekit.pub\n  - pem: ed/imagekit.pub\n")
     layers = plan_image(loaded, "app", "docker").layers
-    rec = record_build(loaded, "app", "docker", layers, started="a", finished="b", image_ref="r@sha256:" + "5" * 64,
+    rec = record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z", finished="2026-11-21T01:30:00Z", image_ref="r@sha256:" + "5" * 64,
                        report={"passed": True}, key=str(priv))  # fmt: skip
-    out = api.verify_manifest(tmp_path, rec.id)
+    out = attest.verify_manifest(tmp_path, rec.id)
     assert out.keyid == rec.keyid and out.cosign is None

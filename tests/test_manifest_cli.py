@@ -38,7 +38,7 @@ def test_flow_verify_promote_resolve_revoke(tmp_path: Path) -> None:
 
     r = cli("manifest", "verify", rec.id, "-f", spec)
     assert r.exit_code == 0, r.output
-    assert "cosign verify-blob-attestation --key" in r.stdout and "--insecure-ignore-tlog" in r.stdout
+    assert "cosign verify-blob-attestation --bundle" in r.stdout and "--insecure-ignore-tlog" in r.stdout
 
     lst = cli("manifest", "list", "-f", spec, "--json")
     assert lst.exit_code == 0 and json.loads(lst.stdout)[0]["id"] == rec.id

@@ -174,7 +174,8 @@ def _record_ami(root: Path) -> str:
     loaded = load_spec(loaded.path)
     layers = plan_image(loaded, "app", "ami").layers
     ami = {"region": "us-east-1", "id": "ami-12345678", "account": "123456789012", "snapshots": ["snap-1"]}
-    return record_build(loaded, "app", "ami", layers, started="a", finished="b", amis=[ami], base="ami-785db401",
+    return record_build(loaded, "app", "ami", layers, started="2026-11-20T00:00:00Z",
+                        finished="2026-11-20T00:10:00Z", amis=[ami], base="ami-785db401",
                         report={"passed": True, "failures": []}).id  # fmt: skip
 
 

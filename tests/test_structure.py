@@ -21,7 +21,8 @@ MAX_LINES = 500
 # external module -> the only imagekit modules that may import it
 WRAPPED = {
     "docker": {"imagekit.runners.docker"},
-    "requests": {"imagekit.runners.docker"},  # the docker SDK's transport errors
+    "requests": {"imagekit.runners.docker", "imagekit.runners.registry"},  # transport errors of docker SDK, oras
+    "oras": {"imagekit.runners.registry"},
     "boto3": {"imagekit.runners.aws"},
     "botocore": {"imagekit.runners.aws"},
     "subprocess": {"imagekit.runners.process", "imagekit.verify.probe", "imagekit.verify.vmcheck"},

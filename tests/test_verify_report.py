@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -279,11 +280,20 @@ def test_probe_runs_standalone_and_never_crashes(tmp_path: Path) -> None:
         timeout=120,
     )
     doc = json.loads(out.stdout)
-    assert set(doc) == {"probe_version", "os", "python", "user", "torch", "nvidia_smi", "pip", "dpkg", "models"}
+    v1 = {"probe_version", "os", "python", "user", "torch", "nvidia_smi", "pip", "dpkg", "models"}
+    assert set(doc) == v1 | {"cuda_libs", "cuda_check"}  # version 2 adds two sections, keeps version 1's
+    assert doc["probe_version"] == 2
+    assert set(doc["cuda_libs"]) == {"search_path", "cudart", "cudnn", "cublas"}
+    for lib in ("cudart", "cudnn", "cublas"):  # a version read from the library, or why there is none
+        entry = doc["cuda_libs"][lib]
+        assert "version" in entry or entry["error"], entry
     assert doc["models"][str(model)] == {
         "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         "size": 3,
         "writable": True,
+        "readable": True,
+        "mode": f"0{model.stat().st_mode & 0o7777:03o}",
+        "uid": os.getuid(),
     }
     assert doc["models"][str(tmp_path / "missing")]["error"].startswith("FileNotFoundError")
     assert doc["python"]["version"] == ".".join(map(str, sys.version_info[:3]))

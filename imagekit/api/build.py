@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -15,10 +15,12 @@ from imagekit.errors import BuildFailed, ImagekitError, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.plan import Target as TargetName
 from imagekit.plan import plan_image
+from imagekit.release import release_for
 from imagekit.spec import LoadedSpec
 from imagekit.targets import BuildOptions, LayerLock, Target, target_info
 from imagekit.targets.results import BaseResult, BuildResult, ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
+from imagekit.verify.policy import effective_gpu
 
 if TYPE_CHECKING:
     from imagekit.manifest.statement import BuildRecord
@@ -46,6 +48,8 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     previous: Previous | None = None,
     raise_failures: bool = True,
     now: datetime | None = None,
+    gpu: str | None = None,
+    tags: Sequence[str] = (),
 ) -> BuildResult:
     """Build the spec's images for one target, reusing layers whose hash is already built; verify, gate, record.
 
@@ -54,6 +58,8 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     made that layer, which is then reused. previous(image): the size gate's baseline (default: the store's last
     verified build). raise_failures=False leaves a failed verification or size gate in the result (nightly).
     now: the time that picks a refreshed root layer's base period (nightly passes its clock).
+    gpu (required|optional) overrides verify.gpu for this call's verification; tags (--tag, `{git_sha}` expands
+    to the commit) also tag the final image and go into its signed manifest (docker target).
     """
     from imagekit.api.spec import validate
 
@@ -62,15 +68,35 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(info.push)
     if rehearse and info.rehearse:
         raise UsageError(info.rehearse)
+    if gpu is not None and info.gpu:
+        raise UsageError(info.gpu)
+    if tags and info.tag:
+        raise UsageError(info.tag)
+    if gpu is not None:
+        effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
     loaded = validate(path)
     selected = select_images(loaded, target, images)
     unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
     if unknown:
         raise UsageError(f"--force-layer {unknown[0]!r} is no layer of {', '.join(selected)}")
+    if rehearse and target == "ami":
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
     from imagekit.manifest.record import revoked_layers
 
+    release = release_for(loaded.root, tags) if info.tag is None else None
     options = BuildOptions(
-        force, force_layers, push, rehearse, engine, reporter, now, frozenset(revoked_layers(loaded))
+        force,
+        force_layers,
+        push,
+        rehearse,
+        engine,
+        reporter,
+        now=now,
+        no_reuse=frozenset(revoked_layers(loaded)),
+        gpu=gpu,
+        release=release,
     )
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:
@@ -187,6 +213,13 @@ def record_image(
         **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
+    if res.pushed and rec.passed and rec.store is not None:
+        # where cosign and admission controllers look: the attestations beside the pushed image
+        from imagekit.api.attest import attach_stored
+
+        done = attach_stored(rec.store, res.image, rec.id)
+        res.attestations = done["reference"]
+        reporter(Event("done", f"attestations at {done['reference']}", res.image, "", res.target))
 
 
 def size_gate(loaded: LoadedSpec, tgt: Target, res: ImageResult, previous: Previous | None) -> BudgetOutcome | None:

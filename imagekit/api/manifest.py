@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,12 @@ from imagekit.manifest.channels import (
     who_default,
 )
 from imagekit.manifest.dsse import envelope_payload
-from imagekit.manifest.keys import KMS_PREFIX, KeyType, TrustedKey, keygen, load_signer
-from imagekit.manifest.ledger import Entry, Ledger, Trust, check_envelope, open_ledger, trust_from_file
-from imagekit.manifest.statement import PREDICATE_TYPE, BuildRecord, parse_statement
+from imagekit.manifest.keys import KeyType, keygen, load_signer
+from imagekit.manifest.ledger import Entry, Ledger, open_ledger
+from imagekit.manifest.sbom import sbom_packages
+from imagekit.manifest.statement import BuildRecord, parse_statement
 from imagekit.manifest.store import REVOCATIONS
-from imagekit.spec import NAME_RE, LoadedSpec, find_spec, load_spec
+from imagekit.spec import NAME_RE, LoadedSpec, load_spec
 
 
 def generate_key(out: Path | None, kind: KeyType = "ecdsa-p256") -> tuple[Path, Path]:
@@ -68,7 +68,7 @@ def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) 
     problem = e.problem
     if e.build is None:
         # show what it claims, with the signature problem in front: the content is not to be trusted
-        e.build = parse_statement(e.id, envelope_payload(e.raw))
+        e.build = parse_statement(e.id, envelope_payload(e.raw), strict=False)
     doc = entry_json(e)
     doc["signature"] = "ok" if problem is None else problem
     b = e.build
@@ -87,77 +87,6 @@ def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) 
         key=(e.key_used.source if e.key_used else None),
     )
     return doc
-
-
-@dataclass
-class VerifyOutcome:
-    """What `manifest verify` established."""
-
-    id: str
-    image: str
-    key_source: str
-    keyid: str
-    passed: bool
-    revocation_checked: bool
-    cosign: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _cosign_command(entry_path: str, key: TrustedKey) -> str | None:
-    """The equivalent cosign check; cosign verifies ECDSA P-256 DSSE envelopes (not Ed25519)."""
-    if key.kind != "ecdsa-p256":
-        return None
-    if key.path is not None:
-        key_arg = str(key.path)
-    elif key.source.startswith(KMS_PREFIX):
-        key_arg = "awskms:///" + key.source[len(KMS_PREFIX) :]
-    else:
-        key_arg = "cosign.pub"
-    return (
-        f"cosign verify-blob-attestation --key {key_arg} --type {PREDICATE_TYPE} --insecure-ignore-tlog "
-        f"--check-claims=false --signature {entry_path}"
-    )
-
-
-def verify_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> VerifyOutcome:
-    """Offline check: a trusted key signed it, the payload parses, and the build is not revoked."""
-    ref_path = Path(ref)
-    loaded: LoadedSpec | None = None
-    if path is not None or find_spec(None).exists():
-        loaded = load_spec(path)
-    notes: list[str] = []
-    if loaded is None:
-        if not ref_path.is_file():
-            raise UsageError(f"{ref} is not a file, and there is no spec (-f) to find a manifest id in")
-        if trust is None:
-            raise UsageError("without a spec, pass --trust FILE (a trust file or a public key PEM)")
-        tr: Trust = trust_from_file(trust)
-        build, key = check_envelope(None, ref_path.read_bytes(), tr)
-        notes.append("revocation not checked: no spec (-f) locates the store")
-        return VerifyOutcome(
-            build.id, build.image, key.source, key.keyid, build.passed, False,
-            _cosign_command(str(ref_path), key), notes,
-        )  # fmt: skip
-    ledger = open_ledger(loaded, trust)
-    assert ledger.trust is not None
-    if ref_path.is_file() and ref_path.name.endswith(".json"):
-        build, key = check_envelope(None, ref_path.read_bytes(), ledger.trust)
-        location = str(ref_path)
-    else:
-        e = ledger.build(ref)
-        assert e.build is not None and e.key_used is not None
-        build, key, location = e.build, e.key_used, e.location
-    reason = ledger.revocations.reason(build)
-    if reason:
-        raise SignatureError(f"manifest {build.id} is revoked: {reason}")
-    if not build.passed:
-        notes.append(f"the signature is good, but this build FAILED verification: {'; '.join(build.failures)}")
-    if build.rehearsal:
-        notes.append("this is a rehearsal build")
-    return VerifyOutcome(
-        build.id, build.image, key.source, key.keyid, build.passed, True,
-        _cosign_command(location, key), notes,
-    )  # fmt: skip
 
 
 # --- diff --------------------------------------------------------------------------------------------
@@ -209,8 +138,10 @@ def _kind(key: str) -> str:
     return "verification"
 
 
-def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
-    """What changed between two builds, by section."""
+def diff_builds(
+    a: BuildRecord, b: BuildRecord, sboms: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
+) -> dict[str, Any]:
+    """What changed between two builds, by section; packages from their SBOMs when both have one."""
 
     def flat(report: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in _flatten(report or {}).items() if _segments(k)[-1:] and _segments(k)[-1] not in _NOISE}
@@ -218,6 +149,9 @@ def diff_builds(a: BuildRecord, b: BuildRecord) -> dict[str, Any]:
     by_kind: dict[str, list[dict[str, Any]]] = {"packages": [], "weights": [], "versions": [], "verification": []}
     for change in _changes(flat(a.report()), flat(b.report())):
         by_kind[_kind(change["key"])].append(change)
+    if sboms[0] is not None and sboms[1] is not None:
+        # the signed inventory of what was verified, one entry per package (older records: the report's lists)
+        by_kind["packages"] = _changes(sbom_packages(sboms[0]), sbom_packages(sboms[1]))
     status = _changes({"passed": a.passed, "failures": a.failures}, {"passed": b.passed, "failures": b.failures})
     return {
         "old": a.id,
@@ -237,13 +171,14 @@ def diff_manifests(path: Path | str | None, old: str, new: str, trust: Path | No
     """`manifest diff ID1 ID2`."""
     loaded = load_spec(path)
     ledger = open_ledger(loaded, trust, require_trust=False)
-    builds = []
+    builds, boms = [], []
     for ref in (old, new):
         e = ledger.entry(ref)
         if e.build is None:
             raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
         builds.append(e.build)
-    return diff_builds(builds[0], builds[1])
+        boms.append(ledger.sbom(e) if ledger.trust is not None else None)
+    return diff_builds(builds[0], builds[1], (boms[0], boms[1]))
 
 
 # --- channels ----------------------------------------------------------------------------------------
@@ -313,7 +248,13 @@ def promote(
     _check_channel(channel)
     loaded, ledger, signer = _context(path, trust, key)
     _check_image(loaded, image)
-    e = promotable(ledger, ref, image, allow_rehearsal=allow_rehearsal)
+    try:
+        e = promotable(ledger, ref, image, allow_rehearsal=allow_rehearsal)
+    except (StoreError, UsageError):
+        # not a manifest id (prefix): a release tag names the newest verified build carrying it
+        if not any(e.build is not None and ref in e.build.tags for e in ledger.entries(image, with_channels=False)):
+            raise
+        e = promotable(ledger, tagged_build(ledger, image, ref).id, image, allow_rehearsal=allow_rehearsal)
     assert e.build is not None
     build = e.build
 
@@ -433,16 +374,40 @@ def revoke(
             "record": rec.location}  # fmt: skip
 
 
-def resolve(path: Path | str | None, image: str, channel: str, trust: Path | None = None) -> dict[str, Any]:
-    """What a channel points at now: the image digest reference and/or AMI per region, from verified records."""
-    _check_channel(channel)
+def tagged_build(ledger: Ledger, image: str, tag: str) -> Entry:
+    """The newest signed, verified, not revoked build of `image` recorded with release tag `tag`."""
+    hits = [e for e in ledger.entries(image, with_channels=False) if e.build is not None and tag in e.build.tags]
+    good = [e for e in hits if e.build is not None and e.build.passed and not e.revoked]
+    if not good:
+        why = f"{len(hits)} tagged build(s), none verified and not revoked" if hits else "no build carries it"
+        raise StoreError(f"tag {tag} of {image}: {why} (tag a build with `imagekit build --tag {tag}`)")
+    return good[-1]  # entries are oldest first
+
+
+def resolve(
+    path: Path | str | None,
+    image: str,
+    channel: str | None = None,
+    trust: Path | None = None,
+    *,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """What a channel (or a release tag) points at now: the image digest reference and/or AMI per region."""
+    if (channel is None) == (tag is None):
+        raise UsageError("resolve takes --channel NAME or --tag TAG (one of them)")
     loaded = load_spec(path)
     _check_image(loaded, image)
     ledger = open_ledger(loaded, trust)
+    if tag is not None:
+        e = tagged_build(ledger, image, tag)
+        assert e.build is not None
+        return {"image": image, "tag": tag, "manifest": e.id, **e.build.artifact()}
+    assert channel is not None
+    _check_channel(channel)
     stack = assignments(ledger.channel_records(image, channel))
     if not stack:
         raise StoreError(f"channel {channel} of {image} points at nothing (promote a build first)")
-    e = ledger.build(stack[-1])
+    e = ledger.build(stack[-1], image)
     assert e.build is not None
     if e.revoked:
         raise StoreError(
@@ -450,6 +415,16 @@ def resolve(path: Path | str | None, image: str, channel: str, trust: Path | Non
             f"run `imagekit rollback {image} --channel {channel}`"
         )
     return {"image": image, "channel": channel, "manifest": e.id, **e.build.artifact()}
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Write JSON (indented, sorted keys) to a file the user named; UsageError naming it when that fails."""
+    from imagekit.fsutil import atomic_write
+
+    try:
+        atomic_write(path, json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def dumps(doc: Any) -> str:

@@ -22,6 +22,10 @@ def nightly(
     clock: Clock = utc_now,
 ) -> NightlyResult:
     """Run the nightly job over every image and target of a spec; the result says what failed (exit 1 if any)."""
+    if rehearse and target in ("ami", "all"):
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
     return run_nightly(
         path,
         target=target,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from imagekit.digests import DigestCache
 from imagekit.errors import Problem, SpecError
+from imagekit.inputs import exists, is_file
 from imagekit.plan import CacheLookup, ImagePlan, PreviousSettings, StaleCheck, plan
 from imagekit.spec import LoadedSpec, load_spec
 
@@ -17,7 +18,7 @@ def check_files(loaded: LoadedSpec, cache: DigestCache | None = None) -> list[Pr
     file = loaded.file
     for name, layer in loaded.spec.layers.items():
         for i, item in enumerate(layer.copy_):
-            if not loaded.local(item.src).exists():
+            if not exists(loaded.local(item.src)):
                 problems.append(
                     Problem(
                         file,
@@ -26,7 +27,7 @@ def check_files(loaded: LoadedSpec, cache: DigestCache | None = None) -> list[Pr
                         f"{item.src!r} does not exist",
                     )
                 )
-        if layer.requirements and not loaded.local(layer.requirements).is_file():
+        if layer.requirements and not is_file(loaded.local(layer.requirements)):
             problems.append(
                 Problem(
                     file,
@@ -41,7 +42,7 @@ def check_files(loaded: LoadedSpec, cache: DigestCache | None = None) -> list[Pr
             path = loaded.local(model.src)
             key = f"layers.{name}.models[{i}]"
             line = loaded.line_of("layers", name, "models", i, "sha256")
-            if not path.is_file():
+            if not is_file(path):
                 problems.append(
                     Problem(
                         file,
@@ -105,6 +106,15 @@ def plan_spec(
             stale_check = StaleChecker(loaded, builds)
     plans = plan(loaded, target=target, images=images, lookup=lookup, stale_check=stale_check, previous=previous)
     return loaded, plans
+
+
+def schema_text() -> str:
+    """The JSON Schema of imagekit.yaml, as committed in docs/imagekit.schema.json (sorted keys, trailing newline)."""
+    import json
+
+    from imagekit.spec_model import json_schema
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def check_images(loaded: LoadedSpec, images: list[str] | None) -> None:

@@ -1,4 +1,5 @@
-"""verify: boot an image on the Docker host, probe it, compare with the pins, check health and smoke, report."""
+"""verify: boot an image on the Docker host (or judge a saved probe), compare with the pins and the GPU policy,
+check health and smoke, report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from imagekit.events import Reporter, silent
 from imagekit.spec import load_spec
-from imagekit.verify import docker_host
+from imagekit.verify import docker_host, probe_file
 from imagekit.verify.docker_host import VerifyResult
 
 
@@ -18,9 +19,23 @@ def verify_docker(
     reporter: Reporter = silent,
     *,
     client: Any = None,
+    gpu: str | None = None,
 ) -> VerifyResult:
     """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
 
-    Raises VerifyFailed (after writing the report) when anything does not match, Interrupted on Ctrl-C.
+    `gpu` (required|optional) overrides verify.gpu for this run. Raises VerifyFailed (after writing the report)
+    when anything does not match, Interrupted on Ctrl-C.
     """
-    return docker_host.verify_docker(load_spec(path), image_ref, image, reporter, client=client)
+    return docker_host.verify_docker(load_spec(path), image_ref, image, reporter, client=client, gpu=gpu)
+
+
+def verify_probe_file(
+    path: Path | str | None,
+    probe: Path | str,
+    image: str | None = None,
+    reporter: Reporter = silent,
+    *,
+    gpu: str | None = None,
+) -> VerifyResult:
+    """Judge a saved probe JSON against the spec, with no container: exit 0 pass, 1 failed checks, 2 not a probe."""
+    return probe_file.verify_probe_file(load_spec(path), probe, image, reporter, gpu=gpu)

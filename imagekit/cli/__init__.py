@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 
@@ -17,12 +18,30 @@ app = typer.Typer(
     name="imagekit",
     help="Golden machine images for GPU inference services: validate, plan, render, build, verify, sign.",
     no_args_is_help=True,
-    add_completion=False,
+    # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
 T = TypeVar("T")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imagekit import __version__
+
+        typer.echo(f"imagekit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print imagekit's version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Golden machine images for GPU inference services: validate, plan, render, build, verify, sign."""
 
 
 def run(fn: Callable[[], T]) -> T:
@@ -45,15 +64,30 @@ def run(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            _crash(exc)
+        # always the user's input: a path the kernel refuses, wherever it was first touched
+        message = one_line(f"{exc.filename or 'a path'}: the file name is too long (over 255 bytes)")
+        _json_error(message, one_line(str(exc.filename or "")), 2)
+        err.print(f"[bold red]error:[/] {escape(message)}")
+        raise typer.Exit(2) from None
     except Exception as exc:
-        fd, log = tempfile.mkstemp(prefix="imagekit-crash-", suffix=".log")
-        with os.fdopen(fd, "w") as fh:
-            traceback.print_exc(file=fh)
-        message = one_line(f"{type(exc).__name__}: {exc}")
-        _json_error(f"unexpected error: {message} (a bug in imagekit; traceback in {log})", "", 3)
-        err.print(f"[bold red]unexpected error:[/] {escape(message)}")
-        err.print(f"this is a bug in imagekit; the traceback is in {log}")
-        raise typer.Exit(3) from None
+        _crash(exc)
+
+
+def _crash(exc: BaseException) -> NoReturn:
+    """Exit 3: an unexpected exception, with the traceback in a log file."""
+    from imagekit.cli.console import err, escape
+
+    fd, log = tempfile.mkstemp(prefix="imagekit-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exception(exc, file=fh)
+    message = one_line(f"{type(exc).__name__}: {exc}")
+    _json_error(f"unexpected error: {message} (a bug in imagekit; traceback in {log})", "", 3)
+    err.print(f"[bold red]unexpected error:[/] {escape(message)}")
+    err.print(f"this is a bug in imagekit; the traceback is in {log}")
+    raise typer.Exit(3) from None
 
 
 MAX_LINE = 2000

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import ProgressPrinter, err, escape, print_json
+from imagekit.cli.console import display, err, escape, print_json
 
 
 @app.command()
@@ -25,7 +25,24 @@ def build(  # noqa: PLR0917 (typer options)
     push: str | None = typer.Option(None, "--push", help="Push the final image to REGISTRY/REPO[:TAG]."),
     json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show every build log line."),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        help="required|optional: overrides verify.gpu for this run's verify.",
+        metavar="required|optional",
+    ),
+    tag: list[str] = typer.Option(
+        [],
+        "--tag",
+        help="Also tag the final image (repeatable), e.g. v1.5.0 or '{git_sha}'; recorded in the signed manifest.",
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "-v",
+        "--verbose",
+        help="Stream every event and build log line (default: a live view on a terminal, "
+        "one line per step start/end with heartbeats when piped or CI=true).",
+    ),
     rehearse: bool = typer.Option(
         False, "--rehearse", help="AMI target without AWS: local moto EC2, sshd containers as instances."
     ),
@@ -33,18 +50,22 @@ def build(  # noqa: PLR0917 (typer options)
     """Build images layer by layer (unchanged layers are reused); the docker engine is found via DOCKER_HOST."""
     from imagekit.api.build import build as api_build
 
-    printer = ProgressPrinter(show_log=verbose)
+    show = display(verbose=verbose)
     result = run(
-        lambda: api_build(
-            file,
-            target,
-            images=image or None,
-            force=force,
-            push=push,
-            force_layers=[n for item in force_layer for n in item.replace(",", " ").split()],
-            reporter=printer,
-            verify=not no_verify,
-            rehearse=rehearse,
+        lambda: show.run(
+            lambda: api_build(
+                file,
+                target,
+                images=image or None,
+                force=force,
+                push=push,
+                force_layers=[n for item in force_layer for n in item.replace(",", " ").split()],
+                reporter=show,
+                verify=not no_verify,
+                rehearse=rehearse,
+                gpu=gpu,
+                tags=tag,
+            )
         )
     )
     if json_out:
@@ -53,6 +74,8 @@ def build(  # noqa: PLR0917 (typer options)
     for res in result.images:
         built = ", ".join(res.built_layers) or "none (all reused)"
         err.print(f"[green]built[/] {escape(res.ref or res.image)}  layers built: {escape(built)}")
+        if res.release_tags:
+            err.print(f"  tagged {escape(', '.join(res.release_tags))}")
         if res.pushed:
             err.print(f"  pushed {escape(res.pushed)}")
         if res.verify_report:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import ProgressPrinter, err, escape, print_json
+from imagekit.cli.console import display, err, escape, print_json
 
 
 @app.command()
@@ -23,10 +23,12 @@ def gc(  # noqa: PLR0917 (typer options)
     """Remove old builds: untag docker images, or deregister AMIs and their snapshots (channel targets kept)."""
     from imagekit.api.gc import gc as api_gc
 
-    printer = ProgressPrinter(show_log=False)
+    show = display()
     result = run(
-        lambda: api_gc(
-            file, target=target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=printer
+        lambda: show.run(
+            lambda: api_gc(
+                file, target=target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=show
+            )
         )
     )
     if json_out:

@@ -10,7 +10,7 @@ import typer
 from imagekit.cli import app, run
 from imagekit.cli.console import err, escape, out, print_json
 
-manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, diff.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, sbom, attach, diff.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
 
 SpecOpt = typer.Option(None, "-f", "--file", help="The spec file (locates the store and trust file).")
@@ -36,6 +36,8 @@ def list_cmd(
         return
     from rich.table import Table
 
+    from imagekit.manifest.statement import LOCAL_IMAGE_PREFIX
+
     table = Table()
     for name in ("id", "image", "target", "created", "verified", "channels"):
         table.add_column(name, no_wrap=True)
@@ -51,10 +53,11 @@ def list_cmd(
             state += " (rehearsal)"
         # the digest (or AMI ids) is what tells builds apart; the full subjects are in --json and `show`
         artifact = ", ".join(
-            s.split("@", 1)[1][:19] if s.startswith("oci:") else s[4:]
+            s.split("@", 1)[1][:19] if s.startswith("oci:") else "local " + s.split(":", 1)[1] if s.startswith(
+                LOCAL_IMAGE_PREFIX) else s[4:]
             for s in r["subjects"]
-            if s.startswith(("oci:", "aws:"))
-        )
+            if s.startswith(("oci:", "aws:", LOCAL_IMAGE_PREFIX))
+        )  # fmt: skip
         created = (r["created"] or "?").replace("T", " ")[:16]
         table.add_row(r["id"], r["image"], r["target"] or "?", created, state, ", ".join(r["channels"]),
                       escape(artifact))  # fmt: skip
@@ -126,24 +129,68 @@ def verify(
     ref: str = typer.Argument(..., help="Manifest id, or an envelope file (.intoto.json)."),
     file: Path | None = SpecOpt,
     trust: Path | None = TrustOpt,
+    image: str | None = typer.Option(
+        None, "--image", help="Also check that the registry serves this subject for REGISTRY/REPO:TAG now (online)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Offline: exit 0 only if a trusted key signed it, the payload parses and the build is not revoked."""
+    """Offline: exit 0 only if a trusted key signed it, every strict rule holds and the build is not revoked."""
     from dataclasses import asdict
 
-    from imagekit.api.manifest import verify_manifest
+    from imagekit.api.attest import verify_manifest
 
-    res = run(lambda: verify_manifest(file, ref, trust))
+    res = run(lambda: verify_manifest(file, ref, trust, image))
     if json_out:
         print_json({"ok": True, **asdict(res)})
         return
     err.print(f"[green]ok[/] manifest {res.id} ({res.image}) signed by {escape(res.key_source)} "
               f"(keyid {res.keyid[:16]}…)" + ("; not revoked" if res.revocation_checked else ""))  # fmt: skip
     for note in res.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        label = "" if note.startswith("warning:") else "note: "
+        err.print(f"[yellow]{label}[/]{escape(note)}")
     if res.cosign:
         err.print("the same check with cosign:")
         out.print(res.cosign)
+
+
+@manifest_app.command("sbom")
+def sbom(
+    ref: str = typer.Argument(..., help="Manifest id (or a unique prefix)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the CycloneDX JSON here (default: stdout)."),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+) -> None:
+    """The build's SBOM (CycloneDX 1.6 JSON of the verified image's pip and dpkg packages), after checking it."""
+    from imagekit.api.attest import manifest_sbom
+    from imagekit.api.manifest import write_json
+
+    bom = run(lambda: manifest_sbom(file, ref, trust))
+    if output is None:
+        print_json(bom)
+        return
+    run(lambda: write_json(output, bom))
+    err.print(f"[green]ok[/] {len(bom.get('components', []))} components -> {escape(str(output))}")
+
+
+@manifest_app.command("attach")
+def attach(
+    ref: str = typer.Argument(..., help="Manifest id (or a unique prefix) of a pushed build."),
+    registry: str | None = typer.Option(
+        None, "--registry", help="REGISTRY/REPO to attach at (default: where the build pushed its image)."
+    ),
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Push the signed provenance (and SBOM) beside the image, as cosign does: the sha256-<digest>.att tag."""
+    from imagekit.api.attest import attach_manifest
+
+    res = run(lambda: attach_manifest(file, ref, registry, trust))
+    if json_out:
+        print_json(res)
+        return
+    err.print(f"[green]ok[/] {res['attestations']} attestation(s) at {escape(res['reference'])} "
+              f"({res['added']} new) for {escape(res['image'])}")  # fmt: skip
 
 
 @manifest_app.command("diff")
@@ -183,7 +230,7 @@ def diff(
 @app.command()
 def promote(  # noqa: PLR0917 - typer maps each parameter to an option
     image: str = typer.Argument(..., help="The image name in the spec."),
-    ref: str = typer.Argument(..., help="Manifest id to promote."),
+    ref: str = typer.Argument(..., help="Manifest id to promote, or a release tag (build --tag)."),
     channel: str = typer.Option(..., "--channel", help="Channel name, e.g. stable."),
     why: str = typer.Option("", "--why", help="Why (goes into the signed record)."),
     allow_rehearsal: bool = typer.Option(False, "--allow-rehearsal", help="Allow a rehearsal build."),
@@ -248,22 +295,27 @@ def revoke(  # noqa: PLR0917 - typer maps each parameter to an option
 
 
 @app.command()
-def resolve(
+def resolve(  # noqa: PLR0917 - typer maps each parameter to an option
     image: str = typer.Argument(..., help="The image name in the spec."),
-    channel: str = typer.Option(..., "--channel", help="Channel name."),
+    channel: str | None = typer.Option(None, "--channel", help="Channel name."),
+    tag: str | None = typer.Option(None, "--tag", help="A release tag given to `build --tag` instead."),
     file: Path | None = SpecOpt,
     trust: Path | None = TrustOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Print what a channel points at: the image digest reference, or the AMI id per region."""
+    """Print what a channel or release tag points at: REGISTRY/REPO@sha256:… (pushed), a local image ID, or AMIs."""
     from imagekit.api.manifest import resolve as api_resolve
 
-    res = run(lambda: api_resolve(file, image, channel, trust))
+    res = run(lambda: api_resolve(file, image, channel, trust, tag=tag))
     if json_out:
         print_json(res)
         return
     if "image" in res:
         out.print(res["image"])
+    elif "image_id" in res:
+        # not pushed: only the engine that built it can run this ID; say so on stderr, keep stdout the value
+        err.print(f"[yellow]note:[/] {escape(res['local_ref'])} was not pushed; this image ID is local to its engine")
+        out.print(res["image_id"])
     for region, ami in sorted(res.get("amis", {}).items()):
         out.print(f"{region} {ami}")
 

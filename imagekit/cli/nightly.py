@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import ProgressPrinter, err, escape, out, print_json
+from imagekit.cli.console import display, err, escape, out, print_json
 
 
 @app.command()
@@ -40,7 +40,7 @@ def nightly(  # noqa: PLR0917 (typer options)
     from imagekit.errors import UsageError
     from imagekit.nightly.report import NightlyResult, to_json, to_markdown
 
-    printer = ProgressPrinter(show_log=verbose)
+    show = display(verbose=verbose)
 
     def go() -> NightlyResult:
         if collect:
@@ -49,14 +49,14 @@ def nightly(  # noqa: PLR0917 (typer options)
             if jobs != 1:
                 raise UsageError("--collect builds nothing, so --jobs does not apply")
             return api_collect(file, since=since, target=target, promote=promote, report_dir=report,
-                               rehearse=rehearse, reporter=printer)  # fmt: skip
+                               rehearse=rehearse, reporter=show)  # fmt: skip
         if since is not None:
             raise UsageError("--since goes with --collect")
         return api_nightly(
-            file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=printer
+            file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=show
         )
 
-    result = run(go)
+    result = run(lambda: show.run(go))
     if json_out:
         print_json(to_json(result))
     else:

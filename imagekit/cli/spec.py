@@ -51,11 +51,12 @@ def plan(  # noqa: PLR0917 (typer options)
 
     if matrix:
         from imagekit.api.fanout import plan_matrix
-        from imagekit.cli.console import ProgressPrinter, print_line_json
+        from imagekit.cli.console import display, print_line_json
 
+        show = display()
         print_line_json(
-            run(lambda: plan_matrix(file, target=target, images=image or None, rehearse=rehearse,
-                                    reporter=ProgressPrinter()))
+            run(lambda: show.run(lambda: plan_matrix(file, target=target, images=image or None, rehearse=rehearse,
+                                                     reporter=show)))
         )  # fmt: skip
         return
 
@@ -81,24 +82,59 @@ def plan(  # noqa: PLR0917 (typer options)
 
 
 @app.command()
-def doctor(
-    json_out: bool = JsonOpt,
-    strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything is missing."),
+def init(
+    folder: Path | None = typer.Argument(None, help="The app folder (default: the current folder)."),
+    cpu: bool = typer.Option(False, "--cpu", help="A CPU image on a debootstrapped Debian base (no CUDA)."),
 ) -> None:
-    """Check this machine: Docker Engine + BuildKit, packer, AWS credentials and region, a GPU, debootstrap."""
-    from imagekit.doctor import diagnose
+    """Write a first imagekit.yaml for an app folder (requirements, torch, CUDA, models, server); never overwrites."""
+    from imagekit.api.init import init as api_init
+    from imagekit.spec import display_path
 
-    report = run(diagnose)
+    result = run(lambda: api_init(folder, cpu=cpu))
+    for line in result.found:
+        err.print(f"[cyan]found[/] {escape(line)}")
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    shown = display_path(result.path.absolute())
+    err.print(f"[green]wrote[/] {escape(shown)} (it validates); next: imagekit plan -f {escape(shown)}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of imagekit.yaml (the file docs/imagekit.schema.json holds), for editors and CI."""
+    import sys
+
+    from imagekit.api.spec import schema_text
+
+    sys.stdout.write(run(schema_text))
+
+
+@app.command()
+def doctor(
+    file: Path | None = typer.Option(
+        None, "-f", "--file", help="Judge against this spec's targets (default: ./imagekit.yaml when present)."
+    ),
+    rehearse: bool = typer.Option(False, "--rehearse", help="AMI targets will be rehearsed (moto), not built on AWS."),
+    push: str | None = typer.Option(None, "--push", help="Also check a stored login for this REGISTRY/REPO."),
+    json_out: bool = JsonOpt,
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything is missing, needed or not."),
+) -> None:
+    """Check the tools a spec needs (engine, a real BuildKit build, packer, ...); exit 1 if a needed one is missing."""
+    from imagekit.api.doctor import doctor as api_doctor
+
+    report = run(lambda: api_doctor(file, rehearse=rehearse, push=push))
     if json_out:
         print_json(report.to_json())
     else:
+        needed = ", ".join(c.name for c in report.checks if c.needed)
+        out.print(f"[dim]needed for {escape(report.spec or 'docker builds')}: {escape(needed)}[/]")
         for check in report.checks:
-            mark = "[green]  ok[/]" if check.ok else "[yellow]miss[/]"
+            # MISS: needed and missing (exit 1); miss: missing, but nothing asked for needs it
+            mark = "[green]  ok[/]" if check.ok else "[bold red]MISS[/]" if check.needed else "[yellow]miss[/]"
             out.print(f"{mark} [bold]{check.name:<16}[/] {escape(check.detail)}")
             if check.fix:
                 out.print(f"     {'':<16} [dim]fix ({escape(check.needed_for)}):[/] {escape(check.fix)}")
-    if strict:
-        run(report.require_all)
+    run(report.require_all if strict else report.require_needed)
 
 
 @app.command()

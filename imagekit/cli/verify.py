@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,29 +12,50 @@ from imagekit.cli.console import err, escape, print_json
 
 
 @app.command()
-def verify(
-    image_ref: str = typer.Argument(..., help="The image to verify, e.g. tts-inference:0123456789abcdef."),
+def verify(  # noqa: PLR0917 (typer options)
+    image_ref: str | None = typer.Argument(
+        None, help="The image to verify, e.g. tts-inference:0123456789abcdef (not with --probe-file)."
+    ),
     file: Path | None = typer.Option(None, "-f", "--file", help="The spec file (default: ./imagekit.yaml)."),
     image: str | None = typer.Option(None, "--image", help="Which spec image it is (default: the only one)."),
+    gpu: str | None = typer.Option(
+        None, "--gpu", help="required|optional: overrides verify.gpu for this run.", metavar="required|optional"
+    ),
+    probe_file: Path | None = typer.Option(
+        None,
+        "--probe-file",
+        help="Judge a saved probe (python -m imagekit.verify.probe MODEL... > probe.json) instead; no container.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Boot IMAGE_REF (GPUs requested when verify.gpu is required), probe it, check health and smoke, write a report.
+    """Boot IMAGE_REF (GPUs requested when the GPU policy is required), probe it, check health and smoke; report.
 
-    DOCKER_HOST picks the engine, e.g. DOCKER_HOST=ssh://gpu-host for a GPU machine.
+    DOCKER_HOST picks the engine, e.g. DOCKER_HOST=ssh://gpu-host for a GPU machine. With --probe-file, the pins
+    and the GPU rules are judged on a probe saved on another host (exit 0 pass, 1 failed checks, 2 not a probe).
     """
-    from imagekit.api.verify import verify_docker
+    from imagekit.api.verify import verify_docker, verify_probe_file
+    from imagekit.errors import UsageError
     from imagekit.events import Event
 
     def show(event: Event) -> None:
         if not json_out and event.kind in ("start", "step", "warn"):
             err.print(f"[dim]{escape(event.message)}[/]")
 
-    report, path = run(lambda: verify_docker(file, image_ref, image, show))
+    def call() -> Any:
+        if probe_file is not None:
+            if image_ref is not None:
+                raise UsageError("give IMAGE_REF or --probe-file, not both")
+            return verify_probe_file(file, probe_file, image, show, gpu=gpu)
+        if image_ref is None:
+            raise UsageError("verify needs IMAGE_REF (an image on the Docker host) or --probe-file PROBE.json")
+        return verify_docker(file, image_ref, image, show, gpu=gpu)
+
+    report, path = run(call)
     if json_out:
         print_json({**report.model_dump(mode="json", by_alias=True), "report_path": str(path)})
         return
     smoke = report.smoke
     if smoke and smoke.status is not None:
         err.print(f"smoke: {smoke.status} {smoke.content_type} {smoke.bytes} bytes in {smoke.latency_ms} ms")
-    err.print(f"[green]verified[/] {escape(image_ref)} ({report.image})")
+    err.print(f"[green]verified[/] {escape(report.image_ref)} ({report.image}, gpu {report.gpu_policy})")
     err.print(f"report: {path}")

@@ -22,6 +22,16 @@ VersionKey = tuple[int, ...]
 
 
 @dataclass(frozen=True)
+class PypiBuild:
+    """The CUDA build of a torch release's PyPI wheel: CUDA user space from its nvidia-* dependencies."""
+
+    cuda: str
+    cudnn: str
+    confidence: str
+    source: str
+
+
+@dataclass(frozen=True)
 class TorchRelease:
     """One torch release: the CUDA builds and Python versions PyTorch published for it."""
 
@@ -34,6 +44,7 @@ class TorchRelease:
     confidence: str
     source: str
     note: str = ""
+    pypi: PypiBuild | None = None  # the build `pip install torch==X` gets from PyPI on manylinux x86_64
 
     @property
     def minor(self) -> str:
@@ -116,6 +127,14 @@ def matrix() -> Matrix:
             confidence=str(r["confidence"]),
             source=str(r["source"]),
             note=str(r.get("note") or ""),
+            pypi=None
+            if r.get("pypi") is None
+            else PypiBuild(
+                cuda=str(r["pypi"]["cuda"]),
+                cudnn=str(r["pypi"]["cudnn"]),
+                confidence=str(r["pypi"]["confidence"]),
+                source=str(r["pypi"]["source"]),
+            ),
         )
         for r in _read("torch.yaml")["releases"]
     )
@@ -212,6 +231,12 @@ def torch_pythons(version: str) -> list[str]:
     return sorted({p for r in torch_releases(version) for p in r.pythons}, key=vkey)
 
 
+def pypi_build(version: str) -> PypiBuild | None:
+    """The CUDA build PyPI serves for a torch pin ("2.5.1" -> CUDA 12.4, cuDNN 9), when the matrix knows it."""
+    builds = {r.pypi for r in torch_releases(version) if r.pypi is not None}
+    return builds.pop() if len(builds) == 1 else None
+
+
 def torch_for_cuda(cuda: str) -> list[str]:
     """Torch releases built for a CUDA version."""
     key = cuda_key(cuda)
@@ -283,8 +308,12 @@ def check_versions(
     driver: str | None = None,
     python: str | None = None,
     torch: str | None = None,
+    wheels: bool = False,
 ) -> list[Finding]:
-    """Check resolved pins against the matrix; pure, no file positions (check_spec adds those)."""
+    """Check resolved pins against the matrix; pure, no file positions (check_spec adds those).
+
+    `wheels`: the base has no CUDA of its own (a bootstrapped one), so CUDA user space is what torch's wheels bring.
+    """
     found: list[Finding] = []
     cpu = cuda.strip().lower() == "none"
     ckey = None if cpu else cuda_key(cuda)
@@ -302,7 +331,46 @@ def check_versions(
         found += _check_driver(driver, ckey)
     if cudnn is not None:
         found += _check_cudnn(cudnn, cpu, ckey)
+    if wheels and ckey is not None:
+        found += _check_wheel_cuda(ckey, cudnn, torch)
     return found
+
+
+def _check_wheel_cuda(ckey: str, cudnn: str | None, torch: str | None) -> list[Finding]:
+    """CUDA from torch's wheels: PyPI's build carries one CUDA (and cuDNN); others come from PyTorch's own index."""
+    if torch is None:
+        pypi_for = [r.version for r in matrix().torch if r.pypi is not None and r.pypi.cuda == ckey]
+        hint = f"torch releases whose PyPI wheels carry CUDA {ckey}: {_lines(pypi_for)}" if pypi_for else ""
+        return [
+            Finding(
+                "cuda",
+                f"CUDA {ckey} on a bootstrapped base comes from torch's nvidia-* wheels, but no layer pins torch",
+                hint or "set torch, or start from a CUDA image (from.docker)",
+            )
+        ]
+    build = pypi_build(torch)
+    if build is None:
+        return [Finding("torch", f"the CUDA build of torch {torch} on PyPI is not in the matrix", "", "note")]
+    if build.cuda != ckey:
+        index = f"https://download.pytorch.org/whl/cu{ckey.replace('.', '')}"
+        return [
+            Finding(
+                "cuda",
+                f"torch {torch} on PyPI is the CUDA {build.cuda} build; CUDA {ckey} comes from PyTorch's index {index}",
+                f'the build must reach that index, or set cuda: "{build.cuda}" (source: {build.source})',
+                "note",
+            )
+        ]
+    major = (cudnn or "").strip().split(".")[0]
+    if major.isdigit() and str(int(major)) != build.cudnn:
+        return [
+            Finding(
+                "cudnn",
+                f"torch {torch}'s CUDA {ckey} wheels bring cuDNN {build.cudnn} (nvidia-cudnn), not cuDNN {int(major)}",
+                f'set cudnn: "{build.cudnn}" (source: {build.source})',
+            )
+        ]
+    return []
 
 
 def _check_torch(cuda: str, cpu: bool, ckey: str | None, python: str | None, torch: str | None) -> list[Finding]:
@@ -445,7 +513,10 @@ def _located(loaded: LoadedSpec) -> list[tuple[Finding, Problem]]:
     for image in loaded.spec.images:
         chain = loaded.chain(image)
         r = loaded.resolved(image)
-        for f in check_versions(cuda=r.cuda, cudnn=r.cudnn, driver=r.driver, python=r.python, torch=r.torch):
+        root = chain[0][1].from_
+        wheels = root is not None and root.bootstrap is not None
+        pins = {"cudnn": r.cudnn, "driver": r.driver, "python": r.python, "torch": r.torch}
+        for f in check_versions(cuda=r.cuda, **pins, wheels=wheels):
             layer = _setter(chain, f.key)
             if layer is None:
                 line, path = loaded.line_of("images", image, "leaf"), f"images.{image}"

@@ -9,10 +9,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagekit.errors import SignatureError
-from imagekit.inputs import JsonInputError, load_json
+from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json
 from imagekit.manifest.keys import Signer, TrustedKey, b64, verify_signature
 
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+ENVELOPE_FIELDS = frozenset({"payload", "payloadType", "signatures"})
+SIGNATURE_FIELDS = frozenset({"keyid", "sig"})
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the LAST of two equal keys while other parsers keep the first: a forged first `payload`
+    # could show one thing to them and verify as another here, so a duplicate is never accepted anywhere.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SignatureError(f"duplicate JSON key {key!r} (rule: no duplicate keys)")
+        out[key] = value
+    return out
+
+
+def loads_strict(raw: bytes | str, *, limit: int = MAX_RECORD_BYTES) -> Any:
+    """JSON within the size and nesting bounds (JsonInputError) that repeats no key in any object (SignatureError)."""
+    load_json(raw, limit=limit)  # bounds and syntax first: the second parse only looks for duplicates
+    return json.loads(raw, object_pairs_hook=_refuse_duplicates)
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -40,6 +59,12 @@ class Verified:
     payload: bytes
     payload_type: str
     key: TrustedKey
+    keyid_hint: str = ""
+
+    @property
+    def hint_matches(self) -> bool:
+        """True when the signature's keyid names the key that verified it (the keyid is not signed: a hint)."""
+        return self.keyid_hint == self.key.keyid
 
 
 def _b64decode(text: Any, what: str) -> bytes:
@@ -52,20 +77,35 @@ def _b64decode(text: Any, what: str) -> bytes:
         raise SignatureError(f"envelope {what} is not valid base64") from None
     # refuse non-canonical text (changed padding bits decode to the same bytes): any altered byte must fail
     if base64.b64encode(raw).decode("ascii") != text:
-        raise SignatureError(f"envelope {what} is not canonical base64 (altered?)")
+        raise SignatureError(f"envelope {what} is not canonical base64 (altered?) (rule: canonical base64)")
     return raw
 
 
 def parse_envelope(raw: bytes) -> dict[str, Any]:
-    """Parse envelope JSON and check its shape."""
+    """Parse envelope JSON and check its shape: the DSSE fields only, no duplicate keys."""
     try:
-        env = load_json(raw)
+        env = loads_strict(raw)
+    except SignatureError as exc:
+        raise SignatureError(f"envelope: {exc}") from None
     except JsonInputError as exc:
         raise SignatureError(f"not a DSSE envelope ({exc})") from None
-    if not isinstance(env, dict) or not {"payload", "payloadType", "signatures"} <= env.keys():
+    if not isinstance(env, dict) or not env.keys() >= ENVELOPE_FIELDS:
         raise SignatureError("not a DSSE envelope (needs payload, payloadType and signatures)")
+    extra = sorted(env.keys() - ENVELOPE_FIELDS)
+    if extra:
+        raise SignatureError(f"envelope has unknown field(s) {', '.join(extra)} (rule: DSSE fields only)")
     if not isinstance(env["signatures"], list) or not env["signatures"]:
         raise SignatureError("the envelope is unsigned (no signatures)")
+    for i, entry in enumerate(env["signatures"]):
+        if not isinstance(entry, dict) or "sig" not in entry:
+            raise SignatureError(f"envelope signatures[{i}] is not a {{keyid, sig}} object (rule: DSSE fields only)")
+        extra = sorted(entry.keys() - SIGNATURE_FIELDS)
+        if extra:
+            raise SignatureError(
+                f"envelope signatures[{i}] has unknown field(s) {', '.join(extra)} (rule: DSSE fields only)"
+            )
+        if not isinstance(entry.get("keyid", ""), str):
+            raise SignatureError(f"envelope signatures[{i}].keyid is not a string (rule: DSSE fields only)")
     return env
 
 
@@ -99,7 +139,7 @@ def verify_envelope(
         candidates = [by_id[keyid]] if keyid in by_id else list(trusted)
         for key in candidates:
             if verify_signature(key.key, sig, message):
-                return Verified(payload, payload_type, key)
+                return Verified(payload, payload_type, key, keyid)
         if keyid and keyid not in by_id:
             reasons.append(f"signed by unknown key {keyid[:16]}… (not in the trust file)")
         else:

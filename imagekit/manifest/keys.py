@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from imagekit.errors import SignatureError, UsageError
 from imagekit.fsutil import atomic_write
@@ -28,6 +29,8 @@ PASSPHRASE_ENV = "IMAGEKIT_KEY_PASSPHRASE"  # noqa: S105 - the variable name, no
 KMS_PREFIX = "awskms:"
 # KMS signs a RAW message only up to this size; beyond it the caller must send the sha256 digest.
 KMS_RAW_LIMIT = 4096
+# the order of the P-256 group: an ECDSA signature (r, s) with s > n/2 has the equally valid twin (r, n - s)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -77,6 +80,14 @@ def key_kind(key: PublicKey) -> KeyType:
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return "ecdsa-p256"
     raise SignatureError(f"unsupported key type {type(key).__name__}: use ECDSA P-256 or Ed25519")
+
+
+def low_s(der: bytes) -> bytes:
+    """The low-S form of a DER ECDSA P-256 signature (what Bitcoin, Go's and many strict verifiers expect)."""
+    r, s = decode_dss_signature(der)
+    if s > P256_ORDER // 2:
+        s = P256_ORDER - s
+    return encode_dss_signature(r, s)
 
 
 def verify_signature(key: PublicKey, sig: bytes, data: bytes) -> bool:
@@ -155,7 +166,7 @@ class FileSigner:
     def sign(self, data: bytes) -> bytes:
         if isinstance(self.private, ed25519.Ed25519PrivateKey):
             return self.private.sign(data)
-        return self.private.sign(data, ec.ECDSA(hashes.SHA256()))
+        return low_s(self.private.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 def load_file_signer(path: Path) -> FileSigner:
@@ -261,7 +272,7 @@ class KmsSigner:
             )
         except aws_errors() as exc:
             raise SignatureError(f"KMS sign with {self.key_id} failed: {exc}") from None
-        return bytes(resp["Signature"])
+        return low_s(bytes(resp["Signature"]))
 
 
 def _kms_client() -> Any:

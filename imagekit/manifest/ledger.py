@@ -7,8 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import SignatureError
-from imagekit.inputs import clip, read_regular
+from imagekit.errors import SignatureError, StoreError
+from imagekit.inputs import clip, exists, read_regular
 from imagekit.manifest.channels import (
     CHANNEL_TYPE,
     Record,
@@ -19,8 +19,10 @@ from imagekit.manifest.channels import (
     read_revocations,
     read_verified,
 )
-from imagekit.manifest.dsse import parse_envelope, verify_envelope
+from imagekit.manifest.dsse import loads_strict, parse_envelope, verify_envelope
 from imagekit.manifest.keys import PUBLIC_NAME, TrustedKey, load_trust, trusted_from_pem
+from imagekit.manifest.rules import check_statement
+from imagekit.manifest.sbom import SBOM_SUFFIX, check_sbom_statement
 from imagekit.manifest.statement import BuildRecord, manifest_id_of, parse_statement
 from imagekit.manifest.store import MANIFEST_SUFFIX, Store, open_store
 from imagekit.paths import config_dir
@@ -46,10 +48,10 @@ def resolve_trust(loaded: LoadedSpec | None, override: Path | None = None, *, km
         return trust_from_file(override, kms_client=kms_client)
     if loaded is not None:
         path = loaded.local(loaded.spec.signing.trust)
-        if path.exists():
+        if exists(path):
             return trust_from_file(path, kms_client=kms_client)
     default_pub = config_dir() / PUBLIC_NAME
-    if default_pub.exists():
+    if exists(default_pub):
         # No trust file yet: the local default flow (build, verify on the same machine) trusts the local key.
         return Trust([trusted_from_pem(default_pub, f"the local default key {default_pub}")], str(default_pub))
     where = loaded.local(loaded.spec.signing.trust) if loaded else Path("imagekit.trust.yaml")
@@ -76,6 +78,7 @@ class Entry:
     raw: bytes
     build: BuildRecord | None = None
     key_used: TrustedKey | None = None
+    keyid_hint_ok: bool = True
     problem: str | None = None
     revoked: str | None = None
     channels: list[str] = field(default_factory=list)
@@ -91,13 +94,24 @@ class Entry:
         return self.build is not None and self.problem is None
 
 
-def check_envelope(manifest_id: str | None, raw: bytes, trust: Trust) -> tuple[BuildRecord, TrustedKey]:
-    """Verify one manifest envelope against the trusted keys and parse its statement."""
+@dataclass(frozen=True)
+class Checked:
+    """A manifest envelope that verified and met every rule: its build, the key, and whether the keyid hint agreed."""
+
+    build: BuildRecord
+    key: TrustedKey
+    keyid_hint_ok: bool
+
+
+def check_envelope(manifest_id: str | None, raw: bytes, trust: Trust) -> Checked:
+    """Verify one manifest envelope against the trusted keys, parse its statement and apply the strict rules."""
     verified = verify_envelope(parse_envelope(raw), trust.keys)
     mid = manifest_id_of(verified.payload)
     if manifest_id is not None and mid != manifest_id:
-        raise SignatureError(f"manifest {manifest_id}: its payload hashes to id {mid} (renamed or replaced)")
-    return parse_statement(mid, verified.payload), verified.key
+        raise SignatureError(
+            f"manifest {manifest_id}: its payload hashes to id {mid} (renamed or replaced) (rule: file name is the id)"
+        )
+    return Checked(parse_statement(mid, verified.payload), verified.key, verified.hint_matches)
 
 
 class Ledger:
@@ -140,10 +154,11 @@ class Ledger:
             entry.problem = self.trust_error or "no trusted keys"
             return entry
         try:
-            entry.build, entry.key_used = check_envelope(entry.id, entry.raw, self.trust)
+            checked = check_envelope(entry.id, entry.raw, self.trust)
         except SignatureError as exc:
             entry.problem = str(exc)
             return entry
+        entry.build, entry.key_used, entry.keyid_hint_ok = checked.build, checked.key, checked.keyid_hint_ok
         entry.revoked = self.revocations.reason(entry.build)
         return entry
 
@@ -159,13 +174,39 @@ class Ledger:
         out.sort(key=lambda e: (e.build.created if e.build else "", e.id))
         return out
 
-    def entry(self, ref: str) -> Entry:
-        """The manifest with id (or unique id prefix) ref."""
+    def entry(self, ref: str, image: str | None = None) -> Entry:
+        """The manifest with id (or unique id prefix) ref; with its image, a full id is read without a listing."""
+        if image is not None:
+            # a channel record names the full id of a build of its image: one read, however big the store is
+            key = self.store.manifest_key(image, ref)
+            try:
+                return self.read_entry(key)
+            except StoreError:
+                pass  # not there under that name: find() says what is (or why not)
         return self.read_entry(self.store.find(ref))
 
-    def build(self, ref: str) -> Entry:
+    def sbom(self, e: Entry) -> dict[str, Any] | None:
+        """The CycloneDX document beside a verified record, checked: signed by a trusted key, over the record's
+        subjects, hashing to the digest the record signed. None for a record without one (older, or no probe)."""
+        assert e.build is not None
+        raw = self.store.read_sidecar(e.key, SBOM_SUFFIX)
+        if raw is None:
+            if e.build.sbom_sha256:
+                raise SignatureError(
+                    f"manifest {e.id}: it names an SBOM but none lies beside it (rule: SBOM matches its signed digest)"
+                )
+            return None
+        try:
+            verified = verify_envelope(parse_envelope(raw), self.keys)
+            doc = loads_strict(verified.payload)
+        except SignatureError as exc:
+            raise SignatureError(f"manifest {e.id}: its SBOM statement: {exc}") from None
+        check_statement(e.id, doc)
+        return check_sbom_statement(e.id, doc, e.build.subjects, e.build.sbom_sha256)
+
+    def build(self, ref: str, image: str | None = None) -> Entry:
         """A manifest that must verify; SignatureError with why otherwise."""
-        e = self.entry(ref)
+        e = self.entry(ref, image)
         if e.build is None:
             raise SignatureError(f"manifest {e.id} ({e.location}): {e.problem}")
         return e

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from imagekit import __version__
 from imagekit.errors import SignatureError, StoreError
 from imagekit.events import Event, Reporter, silent
 from imagekit.inputs import JsonInputError, load_json, read_text
+from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.statement import BuildFacts, BuildRecord, build_statement, canonical_json, manifest_id_of
+from imagekit.manifest.rules import is_rfc3339
+from imagekit.manifest.sbom import (
+    SBOM_BUNDLE_SUFFIX,
+    SBOM_SUFFIX,
+    bom_sha256,
+    cyclonedx_sbom,
+    inventory,
+    sbom_statement,
+)
+from imagekit.manifest.statement import (
+    BuildFacts,
+    BuildRecord,
+    build_statement,
+    builder_id,
+    canonical_json,
+    manifest_id_of,
+)
 from imagekit.manifest.store import Store
 from imagekit.plan import CacheLookup, PreviousSettings, spec_hash, target_settings
 from imagekit.spec import LoadedSpec
@@ -44,23 +63,80 @@ class Recorded:
     keyid: str
     key_created: Path | None = None
     trusted: bool | None = None
+    sbom_location: str | None = None
+    store: Store | None = None
 
 
 def _iso(t: datetime | str) -> str:
-    return t if isinstance(t, str) else iso_utc(t)
+    text = t if isinstance(t, str) else iso_utc(t)
+    if not is_rfc3339(text):
+        # `manifest verify` refuses such a record, so signing one would only store something unusable
+        raise ValueError(f"record_build: time {text!r} is not RFC 3339 (e.g. 2026-11-21T06:30:00Z)")
+    return text
 
 
-def _git_commit(root: Path) -> str | None:
+@dataclass(frozen=True)
+class GitSource:
+    """The commit a build came from, and where anyone can fetch it."""
+
+    commit: str
+    remote: str
+    toplevel: Path
+
+    @property
+    def uri(self) -> str:
+        """`git+<remote URL>` (credentials stripped), else `git+file://<work tree>`."""
+        return f"git+{self.remote}" if self.remote else "git+" + self.toplevel.as_uri()
+
+    def file_uri(self, path: Path) -> str | None:
+        """`git+<remote>@<commit>#<path>` for a file inside the work tree, when the tree has a remote."""
+        try:
+            rel = path.resolve().relative_to(self.toplevel.resolve()).as_posix()
+        except ValueError:
+            return None
+        return f"{self.uri}@{self.commit}#{rel}" if self.remote else None
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    if not parts.scheme and ":" in url and "@" in url.split(":", 1)[0]:
+        # scp-like git@host:org/repo.git: the user name is no secret, but it is not a URI either
+        host_part, path = url.split(":", 1)
+        return f"ssh://{host_part}/{path}"
+    return url
+
+
+def _git_source(root: Path) -> GitSource | None:
     from imagekit.errors import ImagekitError
     from imagekit.runners.process import capture
 
-    try:
-        res = capture(["git", "-C", str(root), "rev-parse", "HEAD"], timeout=10)
-    except (ImagekitError, OSError):  # git missing, or it did not answer (CommandTimeout)
-        # a build outside git (or without git installed) is still recorded, just without a commit
+    def git(*args: str) -> str | None:
+        try:
+            res = capture(["git", "-C", str(root), *args], timeout=10)
+        except (ImagekitError, OSError):  # git missing, or it did not answer (CommandTimeout)
+            # a build outside git (or without git installed) is still recorded, just without a commit
+            return None
+        return res.output.strip() if res.ok else None
+
+    sha = git("rev-parse", "HEAD") or ""
+    if len(sha) != 40:
         return None
-    sha = res.output.strip()
-    return sha if res.ok and len(sha) == 40 else None
+    top = git("rev-parse", "--show-toplevel") or str(root)
+    remotes = (git("remote") or "").split()
+    remote = ""
+    if remotes:
+        name = "origin" if "origin" in remotes else remotes[0]
+        remote = _strip_credentials(git("remote", "get-url", name) or "")
+    return GitSource(sha, remote, Path(top))
+
+
+def _model_uri(loaded: LoadedSpec, src: str, is_remote: bool, git: GitSource | None) -> str:
+    if is_remote:
+        return src
+    path = loaded.local(src)
+    return (git.file_uri(path) if git else None) or path.resolve().as_uri()
 
 
 def _report_dict(report: Any) -> dict[str, Any] | None:
@@ -106,6 +182,8 @@ def record_build(
     image_digest: str | None = None,
     amis: Sequence[Mapping[str, Any]] = (),
     base: str | None = None,
+    base_image_id: str | None = None,
+    base_recipe: str | None = None,
     report: Mapping[str, Any] | Path | Any = None,
     failure: str | None = None,
     passed: bool | None = None,
@@ -116,6 +194,7 @@ def record_build(
     key: str | None = None,
     store: Store | None = None,
     reporter: Reporter = silent,
+    tags: Sequence[str] = (),
 ) -> Recorded:
     """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
     pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
@@ -130,17 +209,29 @@ def record_build(
     ok, failures = _report_passed(report, failure)
     if passed is not None:
         ok = passed and not failure
+    from imagekit.digests import DigestCache, real_digest
+
+    cache = DigestCache()
     collected: dict[str, str] = dict(inputs or {})
     if inputs is None:
-        from imagekit.digests import DigestCache
         from imagekit.plan import layer_inputs
 
-        cache = DigestCache()
         for name, layer in loaded.chain(image):
             collected.update(layer_inputs(loaded, name, layer, cache))
+    input_digests: dict[str, dict[str, str]] = {}
+    for k in collected:
+        kind, _, rel = k.partition(":")
+        if kind != "model" and loaded.local(rel).exists():
+            input_digests[k] = real_digest(loaded.local(rel), cache)
+    git = _git_source(loaded.root)
     models = [
-        {"name": m.dest, "src": m.src, "sha256": m.sha256} for _, layer in loaded.chain(image) for m in layer.models
+        {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
+        for _, layer in loaded.chain(image)
+        for m in layer.models
     ]
+    signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
+    if created:
+        reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
     spec_path = loaded.path.name
     facts = BuildFacts(
         image=image,
@@ -155,24 +246,42 @@ def record_build(
         image_digest=image_digest,
         amis=list(amis),
         base=base,
+        base_image_id=base_image_id,
+        base_recipe=base_recipe,
         models=models,
         inputs=collected,
-        git_commit=_git_commit(loaded.root),
+        input_digests=input_digests,
+        git_commit=git.commit if git else None,
+        git_uri=git.uri if git else None,
+        builder_id=builder_id(socket.gethostname(), signer.keyid),
         report=report,
         passed=ok,
         failures=failures,
         rehearsal=rehearsal,
         size_bytes=size_bytes,
         settings=target_settings(loaded, target),
+        tags=tuple(tags),
     )
+    sbom_envelope = None
+    pip, dpkg, os_info = inventory(report)
+    if pip or dpkg:
+        # the SBOM of what was verified, signed over the same subjects and bound to the record by its digest
+        subjects = build_statement(facts)["subject"]
+        bom = cyclonedx_sbom(image, subjects, pip, dpkg, os_info, tool_version=__version__, timestamp=facts.finished)
+        facts = replace(facts, sbom_sha256=bom_sha256(bom))
+        sbom_envelope = sign_envelope(canonical_json(sbom_statement(subjects, bom)), signer)
     payload = canonical_json(build_statement(facts))
-    signer, created = load_signer(key or loaded.spec.signing.key, base=loaded.root)
-    if created:
-        reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
     envelope = sign_envelope(payload, signer)
     mid = manifest_id_of(payload)
     store = store or spec_store(loaded)
+    sbom_location = None
+    if sbom_envelope is not None:
+        # before the record: a record that names an SBOM never lies in the store without it
+        sbom_location = store.put_sidecar(image, mid, SBOM_SUFFIX, envelope_bytes(sbom_envelope))
+        store.put_sidecar(image, mid, SBOM_BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(sbom_envelope)))
     location = store.put_manifest(image, mid, envelope_bytes(envelope))
+    # the same envelope as a Sigstore bundle v0.3, for @sigstore/verify and `cosign … --bundle`
+    store.put_sidecar(image, mid, BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(envelope)))
     trusted: bool | None
     try:
         trusted = signer.keyid in {t.keyid for t in resolve_trust(loaded).keys}
@@ -181,7 +290,7 @@ def record_build(
     if trusted is False:
         reporter(Event("warn", f"key {signer.ref} is not in the trust file; `manifest verify` will reject {mid}"))
     reporter(Event("done", f"manifest {mid} ({'verified' if ok else 'FAILED verification'}) -> {location}", image))
-    return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted)
+    return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted, sbom_location, store)
 
 
 def verified_builds(loaded: LoadedSpec, *, store: Store | None = None, rehearsal: bool = False) -> list[BuildRecord]:

@@ -8,15 +8,23 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from imagekit.errors import SignatureError
 from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json
+from imagekit.manifest.dsse import loads_strict
+from imagekit.manifest.rules import check_statement
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-BUILD_TYPE = "https://imagekit.dev/build/v1"
+# docs/build-type-v1.md describes the parameters this build type records (the URI's last segment names the page)
+BUILD_TYPE = "https://imagekit.dev/docs/build-type-v1"
 BUILDER_ID = "https://imagekit.dev/builder/v1"
+LOCAL_IMAGE_PREFIX = "docker-image-id:"
+LOCAL_IMAGE_NOTE = "the local Docker image ID (config digest), not a registry manifest digest: push for a pullable one"
 REPORT_NAME = "verification-report"
+SBOM_NAME = "sbom"
+SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 STATUS_NAME = "imagekit-status"
 
 
@@ -46,12 +54,31 @@ def ami_subject(ami: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": f"aws:{rec['region']}:{rec['id']}", "digest": {"sha256": sha256_hex(canonical_json(rec))}}
 
 
-def oci_subject(image_ref: str, digest: str) -> dict[str, Any]:
-    """`oci:<repo>@sha256:<digest>` for a container image."""
-    hexdigest = digest.removeprefix("sha256:")
+def _hex(digest: str) -> str:
+    hexdigest = digest.rsplit("@", 1)[-1].removeprefix("sha256:")
     if len(hexdigest) != 64:
         raise ValueError(f"image digest {digest!r} is not a sha256 digest")
+    return hexdigest
+
+
+def oci_subject(image_ref: str, digest: str) -> dict[str, Any]:
+    """`oci:<registry>/<repo>@sha256:<manifest digest>` for an image a registry serves (its Docker-Content-Digest)."""
+    hexdigest = _hex(digest)
     return {"name": f"oci:{repository_of(image_ref)}@sha256:{hexdigest}", "digest": {"sha256": hexdigest}}
+
+
+def local_image_subject(image_ref: str, image_id: str) -> dict[str, Any]:
+    """`docker-image-id:<ref>` for an image only this engine holds: named for what the digest is (its image ID)."""
+    return {
+        "name": f"{LOCAL_IMAGE_PREFIX}{image_ref}",
+        "digest": {"sha256": _hex(image_id)},
+        "annotations": {"digestOf": LOCAL_IMAGE_NOTE},
+    }
+
+
+def builder_id(host: str, keyid: str) -> str:
+    """This installation: imagekit's builder URI with the host and the signing key's id."""
+    return f"{BUILDER_ID}?host={quote(host, safe='')}&keyid=sha256:{keyid}"
 
 
 def repository_of(ref: str) -> str:
@@ -79,47 +106,90 @@ class BuildFacts:
     image_digest: str | None = None
     amis: Sequence[Mapping[str, Any]] = ()
     base: str | None = None
+    base_image_id: str | None = None
+    base_recipe: str | None = None
     models: Sequence[Mapping[str, str]] = ()
     inputs: Mapping[str, str] = field(default_factory=dict)
+    input_digests: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     git_commit: str | None = None
+    git_uri: str | None = None
+    builder_id: str = BUILDER_ID
+    sbom_sha256: str | None = None
     report: Mapping[str, Any] | None = None
     passed: bool = False
     failures: Sequence[str] = ()
     rehearsal: bool = False
     size_bytes: int | None = None
     settings: Mapping[str, str] = field(default_factory=dict)
+    tags: Sequence[str] = ()  # release tags (--tag v1.5.0, --tag {git_sha}) the image was also tagged with
+
+
+def _image_subject(f: BuildFacts) -> dict[str, Any] | None:
+    if not (f.image_ref and f.image_digest):
+        return None
+    if "@sha256:" in f.image_ref:
+        # pushed: the reference carries the registry's manifest digest, what a cluster pulls and cosign checks
+        return oci_subject(f.image_ref, f.image_ref)
+    return local_image_subject(f.image_ref, f.image_digest)
+
+
+def _base_dependency(f: BuildFacts) -> dict[str, Any] | None:
+    if not f.base:
+        return None
+    if f.base.startswith(("ami-", "aws:")):
+        return {"name": "base", "uri": f.base if f.base.startswith("aws:") else f"aws:ami:{f.base}"}
+    if f.base_recipe:
+        # debootstrap -> docker import: the imported image's ID is the real digest; the recipe says how it was made
+        dep: dict[str, Any] = {"name": "base", "annotations": {"source": "bootstrap", "localTag": f.base,
+                                                               "recipeSha256": f.base_recipe}}  # fmt: skip
+        if f.base_image_id:
+            dep["digest"] = {"sha256": _hex(f.base_image_id)}
+        return dep
+    if "@sha256:" in f.base:
+        dep = {"name": "base", "uri": f"oci:{f.base}", "digest": {"sha256": _hex(f.base)}}
+    else:
+        dep = {"name": "base", "annotations": {"localRef": f.base}}
+        if f.base_image_id:
+            dep["digest"] = {"sha256": _hex(f.base_image_id)}
+            dep["annotations"]["digestOf"] = "the local Docker image ID (the base has no registry digest here)"
+        else:
+            dep["uri"] = f"oci:{f.base}"
+    if f.base_image_id and "@sha256:" in f.base:
+        dep["annotations"] = {"imageId": f.base_image_id}
+    return dep
 
 
 def build_statement(f: BuildFacts) -> dict[str, Any]:
     """The in-toto Statement v1 (SLSA provenance v1 predicate) for one build."""
     subjects: list[dict[str, Any]] = []
-    if f.image_ref and f.image_digest:
-        subjects.append(oci_subject(f.image_ref, f.image_digest))
+    image = _image_subject(f)
+    if image:
+        subjects.append(image)
     subjects.extend(ami_subject(a) for a in f.amis)
-    subjects.extend({"name": m["name"], "digest": {"sha256": m["sha256"]}} for m in f.models)
     if not subjects:
-        raise ValueError("a build record needs at least one subject (an image digest, an AMI or a model file)")
+        raise ValueError("a build record needs a subject (an image digest or an AMI)")
 
     deps: list[dict[str, Any]] = []
-    if f.base:
-        if f.base.startswith("ami-") or f.base.startswith("aws:"):
-            deps.append({"name": "base", "uri": f.base if f.base.startswith("aws:") else f"aws:ami:{f.base}"})
-        else:
-            dep: dict[str, Any] = {"name": "base", "uri": f"oci:{f.base}"}
-            if "@sha256:" in f.base:
-                dep["digest"] = {"sha256": f.base.split("@sha256:", 1)[1]}
-            deps.append(dep)
-    for key, digest in sorted(f.inputs.items()):
+    base = _base_dependency(f)
+    if base:
+        deps.append(base)
+    for key, tree in sorted(f.inputs.items()):
         kind, _, rel = key.partition(":")
         if kind == "model":
-            continue  # weights are subjects (and listed below with their destination)
-        deps.append({"name": f"{kind}:{rel}", "digest": {"sha256": digest}})
-    deps.extend(
-        {"name": f"model:{m['name']}", "uri": m.get("src", m["name"]), "digest": {"sha256": m["sha256"]}}
-        for m in f.models
-    )
+            continue  # weights are listed below with their source and destination
+        dep: dict[str, Any] = {"name": f"{kind}:{rel}", "annotations": {"imagekitTreeHash": tree}}
+        real = f.input_digests.get(key)
+        if real:
+            # the file's sha256 or the folder's dirHash: digests anyone can recompute; imagekit's own is a note
+            dep["digest"] = dict(real)
+        deps.append(dep)
+    for m in f.models:
+        dep = {"name": f"model:{m['name']}", "digest": {"sha256": m["sha256"]}, "annotations": {"dest": m["name"]}}
+        if m.get("uri"):
+            dep["uri"] = m["uri"]
+        deps.append(dep)
     if f.git_commit:
-        deps.append({"name": "git", "uri": "git+file:.", "digest": {"gitCommit": f.git_commit}})
+        deps.append({"name": "git", "uri": f.git_uri or "git+file:.", "digest": {"gitCommit": f.git_commit}})
 
     byproducts: list[dict[str, Any]] = [
         {
@@ -143,6 +213,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
                 "content": base64.b64encode(raw).decode("ascii"),
             }
         )
+    if f.sbom_sha256:
+        # the SBOM is its own signed statement beside this one; this binds the two by the document's digest
+        byproducts.append({"name": SBOM_NAME, "mediaType": SBOM_MEDIA_TYPE, "digest": {"sha256": f.sbom_sha256}})
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -157,12 +230,13 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
                     "rehearsal": f.rehearsal,
                     # the target settings in the layer hashes, so a plan can name the one that changed
                     **({"settings": dict(sorted(f.settings.items()))} if f.settings else {}),
+                    **({"tags": list(f.tags)} if f.tags else {}),
                 },
                 "internalParameters": {"layers": [{"name": n, "hash": h} for n, h in f.layers]},
                 "resolvedDependencies": deps,
             },
             "runDetails": {
-                "builder": {"id": BUILDER_ID, "version": dict(sorted(f.builder.items()))},
+                "builder": {"id": f.builder_id, "version": dict(sorted(f.builder.items()))},
                 "metadata": {"startedOn": f.started, "finishedOn": f.finished},
                 "byproducts": byproducts,
             },
@@ -203,6 +277,11 @@ class BuildRecord:
         """The target settings the build's layer hashes cover (`aws.encrypted` -> "true"), None if not recorded."""
         raw = self.params.get("settings")
         return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+
+    @property
+    def tags(self) -> list[str]:
+        """The release tags recorded with the build (--tag), if any."""
+        return [str(x) for x in self.params.get("tags") or []]
 
     @property
     def layers(self) -> list[tuple[str, str]]:
@@ -276,6 +355,27 @@ class BuildRecord:
         return None
 
     @property
+    def local_image(self) -> tuple[str, str] | None:
+        """(reference, sha256:<image ID>) of an image that was not pushed (only its engine holds it)."""
+        for s in self.subjects:
+            name = str(s.get("name"))
+            if name.startswith(LOCAL_IMAGE_PREFIX):
+                return name[len(LOCAL_IMAGE_PREFIX) :], "sha256:" + str(s.get("digest", {}).get("sha256", ""))
+        return None
+
+    @property
+    def dependencies(self) -> list[dict[str, Any]]:
+        """resolvedDependencies."""
+        deps = self.predicate.get("buildDefinition", {}).get("resolvedDependencies", [])
+        return [d for d in deps if isinstance(d, dict)]
+
+    @property
+    def sbom_sha256(self) -> str | None:
+        """The sha256 of the CycloneDX document the SBOM statement beside this one must carry, when there is one."""
+        value = self._byproduct(SBOM_NAME).get("digest", {}).get("sha256")
+        return str(value) if value else None
+
+    @property
     def amis(self) -> dict[str, str]:
         """region -> AMI id."""
         out = {}
@@ -287,12 +387,17 @@ class BuildRecord:
 
     @property
     def models(self) -> dict[str, str]:
-        """Model file name -> sha256."""
-        return {
+        """Model file (destination) -> sha256: resolved dependencies `model:<dest>` (older records: subjects)."""
+        out = {
             str(s["name"]): str(s.get("digest", {}).get("sha256", ""))
             for s in self.subjects
-            if not str(s.get("name")).startswith(("oci:", "aws:"))
+            if not str(s.get("name")).startswith(("oci:", "aws:", LOCAL_IMAGE_PREFIX))
         }
+        for d in self.dependencies:
+            name = str(d.get("name", ""))
+            if name.startswith("model:"):
+                out[name[len("model:") :]] = str(d.get("digest", {}).get("sha256", ""))
+        return out
 
     @property
     def builder(self) -> dict[str, str]:
@@ -318,21 +423,28 @@ class BuildRecord:
         out: dict[str, Any] = {}
         if self.oci:
             out["image"] = self.oci
+        elif self.local_image:
+            # not pullable: `docker run <image_id>` works on the engine that built it, nowhere else
+            out["local_ref"], out["image_id"] = self.local_image
         if self.amis:
             out["amis"] = self.amis
         return out
 
 
-def parse_statement(manifest_id: str, payload: bytes) -> BuildRecord:
-    """Parse a payload as an imagekit build statement; SignatureError when it is not one."""
+def parse_statement(manifest_id: str, payload: bytes, *, strict: bool = True) -> BuildRecord:
+    """Parse a payload as an imagekit build statement; SignatureError when it is not one (or, strict, breaks a rule)."""
     try:
-        doc = load_json(payload, limit=MAX_RECORD_BYTES)
+        doc = loads_strict(payload) if strict else load_json(payload, limit=MAX_RECORD_BYTES)
+    except SignatureError as exc:
+        raise SignatureError(f"manifest {manifest_id}: payload: {exc}") from None
     except JsonInputError as exc:
         raise SignatureError(f"manifest {manifest_id}: payload is not readable JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
         raise SignatureError(f"manifest {manifest_id}: payload is not an in-toto Statement v1")
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise SignatureError(f"manifest {manifest_id}: predicateType is {doc.get('predicateType')!r}")
+    if strict:
+        check_statement(manifest_id, doc)
     rec = BuildRecord(manifest_id, doc)
     try:
         if not rec.image or not rec.layers:

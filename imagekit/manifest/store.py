@@ -286,10 +286,36 @@ class Store:
         self.backend.create(key, data)
         return self.backend.location(key)
 
+    @staticmethod
+    def sidecar_key(image: str, manifest_id: str, suffix: str) -> str:
+        """manifests/<image>/<id><suffix>: what lies beside a manifest (its Sigstore bundle, its SBOM statement)."""
+        return f"{image}/{manifest_id}{suffix}"
+
+    def put_sidecar(self, image: str, manifest_id: str, suffix: str, data: bytes) -> str:
+        """Write a file beside a manifest once; returns its location."""
+        key = self.sidecar_key(image, manifest_id, suffix)
+        self.backend.create(key, data)
+        return self.backend.location(key)
+
+    def read_sidecar(self, manifest_key: str, suffix: str) -> bytes | None:
+        """The file beside a manifest (by the manifest's key), or None when there is none (older records)."""
+        image, name = manifest_key.split("/", 1)
+        key = self.sidecar_key(image, name[: -len(MANIFEST_SUFFIX)], suffix)
+        if key not in self.backend.keys(f"{image}/"):
+            return None
+        return self.backend.read(key)
+
     def manifest_keys(self, image: str | None = None) -> list[str]:
-        """Keys of every manifest (of one image, or all)."""
+        """Keys of every manifest (of one image, or all); `<id>.sbom.dsse.json` and other sidecars are not."""
         keys = self.backend.keys(f"{image}/" if image else "")
-        return [k for k in keys if k.endswith(MANIFEST_SUFFIX) and not k.startswith("_") and k.count("/") == 1]
+        return [
+            k
+            for k in keys
+            if k.endswith(MANIFEST_SUFFIX)
+            and not k.startswith("_")
+            and k.count("/") == 1
+            and "." not in k.split("/")[1][: -len(MANIFEST_SUFFIX)]
+        ]
 
     def find(self, ref: str) -> str:
         """The key of the manifest whose id is ref or starts with it (unique prefix, at least 6 characters)."""

@@ -16,13 +16,24 @@ import re
 from imagekit.errors import UsageError
 from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
-from imagekit.render.scripts import layer_steps
+from imagekit.render.scripts import layer_steps, model_owner
 from imagekit.render.upgrade import UPGRADE_RUN
 from imagekit.spec import LoadedSpec
 
 OCI = "org.opencontainers.image"
 WHEELS_DIR = "/wheels"
 SCRIPT_DIR = "/tmp/imagekit"  # noqa: S108 - a mount point inside the build, nothing stays there
+# uv's and pip's download caches: a BuildKit cache mount outlives --no-cache (--force), a refresh and the image;
+# nothing of it enters a layer. One cache per spec: its images and layers share downloads, while another project's
+# builds on the same engine can neither read nor seed what this one installs.
+CACHE_DIR = "/root/.cache/imagekit"
+
+
+def cache_mount(spec_name: str) -> str:
+    """The RUN flag that mounts the spec's package cache at CACHE_DIR."""
+    return f"--mount=type=cache,id=imagekit-pkgs-{spec_name},target={CACHE_DIR}"
+
+
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9._-]*$")
 NONROOT_UID = "65532:65532"  # the conventional non-root id, used when the spec names no user
 # BuildKit reads `<Dockerfile>.dockerignore` next to the Dockerfile (checked on 20.10.24). The plan hash ignores
@@ -171,8 +182,8 @@ def render_dockerfile(
                     script,
                     name,
                     [p for p in ("system", "build-deps", "venv", "install") if p in phases],
-                    mounts=[*mounts, *secret_mounts, *wheel_mounts],
-                    env=wheel_env,
+                    mounts=[*mounts, *secret_mounts, *wheel_mounts, cache_mount(spec.name)],
+                    env={**wheel_env, "IMAGEKIT_CACHE": CACHE_DIR},
                 ),
                 "",
             ]
@@ -180,13 +191,29 @@ def render_dockerfile(
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
         out += ["# hadolint ignore=DL3002", "USER root"]
+        # Weights first, one COPY (one image layer) each, straight on the parent: a change to anything else in the
+        # layer (code, apt, user, venv) leaves their layers and digests as they were, so a rebuild re-copies and a
+        # push re-uploads nothing of them (as cog's --separate-weights). A changed model rebuilds from its own COPY.
+        for model in layer.models:
+            if model.mode:
+                continue  # owned by the service user: copied once the system phase made that user (below)
+            rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
+            out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
         if layer.parent is None:
+            # the distribution's updates after the weights, so a refresh's new upgrade leaves the weight layers
             out.append(UPGRADE_RUN)
         stage_phases = [p for p in ("system",) if p in phases]
         if not steps.pip_work and "venv" in phases:
             stage_phases.append("venv")
         if stage_phases:
             out.append(_run(script, name, stage_phases, mounts=[]))
+        for model in layer.models:
+            if model.mode:
+                owner = model_owner(loaded, name)
+                rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
+                out.append(
+                    _copy(_ctx(src_prefix, rel), model.dest, f"--chown={owner}:{owner}", f"--chmod={model.mode}")
+                )
         if steps.pip_work:
             out.append(f"COPY --from={builder_stage(name)} {VENV} {VENV}")
         if (steps.pip_work or "venv" in phases) and not has_venv:
@@ -194,9 +221,6 @@ def render_dockerfile(
             has_venv = True
         for item in layer.copy_:
             out.append(_copy(_ctx(src_prefix, item.src), item.dest))
-        for model in layer.models:
-            rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
-            out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
         if layer.env:
             out.append("ENV " + " ".join(f"{k}={_env_value(v)}" for k, v in sorted(layer.env.items())))
         if layer.workdir:

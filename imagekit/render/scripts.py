@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from imagekit.errors import UsageError
 from imagekit.names import SRC_DIR, VENV
+from imagekit.render.install import INSTALL_HELPERS, install_body, install_build_deps
 from imagekit.render.upgrade import APT_UPGRADE
 from imagekit.spec import Layer, LoadedSpec, Resolved
 
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
-BUILD_DEPS = ("build-essential",)
 NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
 TORCH_INDEX = "https://download.pytorch.org/whl"
 
@@ -37,6 +37,7 @@ class LayerSteps:
     cudnn: str | None
     driver: str | None
     pip_work: bool  # torch, a requirements lock or pip packages
+    wheel_cuda: bool = False  # the container's base is bootstrapped: CUDA user space comes from torch's nvidia-* wheels
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -82,7 +83,21 @@ def layer_steps(loaded: LoadedSpec, layer_name: str) -> LayerSteps:
         cudnn=upto.cudnn if owns_cuda else None,
         driver=upto.driver if owns_cuda else None,
         pip_work=pip_work,
+        wheel_cuda=_bootstrapped(loaded.spec.layers[_root_of(loaded, layer_name)]),
     )
+
+
+def _root_of(loaded: LoadedSpec, layer_name: str) -> str:
+    name = layer_name
+    while (parent := loaded.spec.layers[name].parent) is not None:
+        name = parent
+    return name
+
+
+def _bootstrapped(root: Layer) -> bool:
+    # a bootstrap base wins over from.docker for the container (render/dockerfile.py), as here
+    src = root.from_
+    return src is not None and src.bootstrap is not None
 
 
 def _pip_work(layer: Layer) -> bool:
@@ -155,11 +170,17 @@ pip_env() {{
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${{IMAGEKIT_CACHE:-}}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }}
 """
 
@@ -215,9 +236,14 @@ def _cuda(steps: LayerSteps) -> list[str]:
     pkgs.append("cuda-libraries-" + "-".join(cuda.split(".")[:2]))
     if steps.cudnn:
         pkgs.append(cudnn_package(steps.cudnn, cuda))
+    source = (
+        f"CUDA {cuda} user space from the nvidia-* wheels torch depends on (the lock pins them)"
+        if steps.wheel_cuda
+        else f"CUDA {cuda} from its base image"
+    )
     return [
         'if [ "$IMAGEKIT_TARGET" = docker ]; then',
-        f"    log {_q(f'cuda: a container takes CUDA {cuda} from its base image; nothing to install')}",
+        f"    log {_q(f'cuda: a container takes {source}; nothing to install')}",
         "    return 0",
         "fi",
         "# shellcheck disable=SC1091",
@@ -247,22 +273,11 @@ def _cuda(steps: LayerSteps) -> list[str]:
     ]
 
 
-def _build_deps(steps: LayerSteps) -> list[str]:
-    pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
-    record = f"/var/lib/imagekit/build-deps.{steps.name}"
+def _build_deps() -> list[str]:
     return [
-        "# compilers for sdists; remembered so drop-build-deps removes only what this layer added",
-        "mkdir -p /var/lib/imagekit",
-        f": >{_q(record)}",
-        f"for pkg in {' '.join(_q(p) for p in pkgs)}; do",
-        f'    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg" >>{_q(record)}',
-        "done",
-        f"if [ -s {_q(record)} ]; then",
-        f"    log \"build-deps: $(tr '\\n' ' ' <{_q(record)})\"",
-        "    # shellcheck disable=SC2046",
-        f"    apt_install $(cat {_q(record)})",
-        "    apt_clean",
-        "fi",
+        "# compilers (and the interpreter's headers) come in only when a package has no wheel for this platform:",
+        "# the install phase calls install_build_deps then; a lock of wheels builds with none of them",
+        "log 'build-deps: only if a package must be built from source'",
     ]
 
 
@@ -273,64 +288,6 @@ def _venv() -> list[str]:
         '    "$PYTHON" -m venv "$VENV"',
         "fi",
     ]
-
-
-def _install(steps: LayerSteps, cuda_upto: str) -> list[str]:
-    layer = steps.layer
-    body = ["pip_env", 'pip="$VENV/bin/python -m pip"']
-    torch = layer.torch
-    index = torch_index(cuda_upto)
-    if torch:
-        body += [
-            "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
-            "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
-            f'default_index="{index}"',
-            'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
-            'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
-            'extra=""',
-            'if [ -n "$torch_index" ]; then extra="--extra-index-url $torch_index"; fi',
-        ]
-    if layer.requirements:
-        lock = f"$IMAGEKIT_SRC/{layer.requirements}"
-        body += [
-            f'lock="{lock}"',
-            '[ -f "$lock" ] || die "requirements lock $lock is missing"',
-            "if grep -q -- '--hash=' \"$lock\"; then",
-        ]
-        if torch:
-            body += [
-                "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
-                f"    log {_q('install: hashed lock (torch from the lock)')}",
-                "    # shellcheck disable=SC2086",
-                '    $pip install $extra --require-hashes --no-deps -r "$lock"',
-            ]
-        else:
-            body += ["    log 'install: hashed lock'", '    $pip install --require-hashes --no-deps -r "$lock"']
-        body += ["else"]
-        if torch:
-            body += [
-                f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
-                "    # shellcheck disable=SC2086",
-                f'    $pip install $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
-            ]
-        else:
-            body += ["    log 'install: lock (no deps)'", '    $pip install --no-deps -r "$lock"']
-        body += ["fi"]
-    elif torch:
-        body += [
-            f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
-            "# shellcheck disable=SC2086",
-            f"$pip install $extra {_q(f'torch=={torch}')}",
-        ]
-    if layer.pip:
-        body += [
-            f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "$pip install " + " ".join(_q(p) for p in layer.pip),
-        ]
-    if torch:
-        check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
-        body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
-    return body
 
 
 def _drop_build_deps(steps: LayerSteps) -> list[str]:
@@ -399,20 +356,44 @@ install_model() {
 """
 
 
-def _files(layer: Layer) -> list[str]:
+def model_owner(loaded: LoadedSpec, layer_name: str) -> str:
+    """Who owns weights with a `mode`: the user the chain up to this layer runs as (root when none)."""
+    return loaded.resolved_upto(layer_name).user or "root"
+
+
+def _torch_index(steps: LayerSteps, cuda: str) -> str:
+    # CUDA from the wheels, and PyPI's torch is already this CUDA build: no second index to ask
+    torch = steps.layer.torch
+    if torch and steps.wheel_cuda and _pypi_is(torch, cuda):
+        return ""
+    return torch_index(cuda)
+
+
+def _pypi_is(torch: str, cuda: str) -> bool:
+    from imagekit.compat import cuda_key, pypi_build
+
+    build = pypi_build(torch)
+    return build is not None and cuda != "none" and build.cuda == cuda_key(cuda)
+
+
+def _files(layer: Layer, owner: str = "root") -> list[str]:
     body: list[str] = []
     if layer.workdir:
         body.append(f"install -d -m 0755 {_q(layer.workdir)}")
-    for item in layer.copy_:
-        body += [
-            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
-            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
-        ]
+    # weights before code, as in the Dockerfile
     for model in layer.models:
         src = _q(model.src) if model.is_remote else f'"$IMAGEKIT_SRC"/{_q(model.src)}'
         body += [
             f"log {_q(f'model: {model.src} -> {model.dest}')}",
             f"install_model {src} {_q(model.dest)} {model.sha256}",
+        ]
+        if model.mode:
+            # readable by the service user, writable by nobody else (the spec's mode)
+            body += [f"chown {_q(owner)}:{_q(owner)} {_q(model.dest)}", f"chmod {model.mode} {_q(model.dest)}"]
+    for item in layer.copy_:
+        body += [
+            f"log {_q(f'copy: {item.src} -> {item.dest}')}",
+            f'install_path "$IMAGEKIT_SRC"/{_q(item.src)} {_q(item.dest)}',
         ]
     return body
 
@@ -448,16 +429,19 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
             venv_lines=_venv_lines(phases, steps.python),
         )
     ]
+    if "install" in phases:
+        lines.append(INSTALL_HELPERS)
+        lines += install_build_deps(steps)
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
         "system": _system(steps) if "system" in phases else [],
         "cuda": _cuda(steps) if "cuda" in phases else [],
-        "build-deps": _build_deps(steps) if "build-deps" in phases else [],
+        "build-deps": _build_deps() if "build-deps" in phases else [],
         "venv": _venv(),
-        "install": _install(steps, upto.cuda) if "install" in phases else [],
+        "install": install_body(steps, _torch_index(steps, upto.cuda)) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
-        "files": _files(steps.layer),
+        "files": _files(steps.layer, upto.user or "root"),
         "run": _run(steps.layer, upto),
     }
     for phase in phases:

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -96,9 +96,7 @@ def ensure_base(
             str(spec["mirror"]),
         ]
 
-        def on_line(line: str) -> None:
-            if line.startswith("I: "):
-                reporter(Event("step", line[3:], image, layer, "docker"))
+        on_line = _progress(reporter, image, layer)
 
         res = process.run(argv, log=log, on_line=on_line)
         if not res.ok:
@@ -127,6 +125,36 @@ def ensure_base(
     seconds = time.monotonic() - t0
     reporter(Event("done", f"base {ref} in {seconds:.0f}s", image, layer, "docker"))
     return BaseImage(ref, image_id, digest, True, seconds)
+
+
+def _progress(reporter: Reporter, image: str, layer: str) -> Callable[[str], None]:
+    """debootstrap's `I:` lines as progress: packages downloaded (total unknown), then extracted/unpacked/configured.
+
+    debootstrap names every package it retrieves before it extracts any, so once extracting starts the total is
+    known: each package is extracted, unpacked and configured once.
+    """
+    retrieved = 0
+    installed = 0
+
+    def on_line(line: str) -> None:
+        nonlocal retrieved, installed
+        if not line.startswith("I: "):
+            return
+        text = line[3:].strip()
+        verb, _, rest = text.partition(" ")
+        phase = rest.endswith(("packages...", "base system...")) or not rest
+        if verb == "Retrieving" and not rest.startswith(("InRelease", "Release", "Packages")):
+            retrieved += 1
+            reporter(Event("progress", f"downloading packages ({rest})", image, layer, "docker", retrieved, None))
+        elif verb in ("Extracting", "Unpacking", "Configuring") and not phase and retrieved:
+            installed += 1
+            total = 3 * retrieved
+            msg = f"{verb.lower()} {rest.rstrip('.')}"
+            reporter(Event("progress", msg, image, layer, "docker", min(installed, total), total))
+        elif verb != "Validating":
+            reporter(Event("step", text, image, layer, "docker"))
+
+    return on_line
 
 
 def _labels(spec: dict[str, object]) -> dict[str, str]:

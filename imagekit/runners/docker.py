@@ -76,7 +76,10 @@ def client_from_env(*, timeout: int | None = None, ping: bool = False) -> Any:
     """
     import docker
 
+    from imagekit.extras import require_docker_host
+
     host = os.environ.get("DOCKER_HOST", "")
+    require_docker_host(host)
     kwargs: dict[str, Any] = {"use_ssh_client": host.startswith("ssh://")}
     if timeout is not None:
         kwargs["timeout"] = timeout

@@ -30,6 +30,8 @@ class TargetInfo:
     concurrent: bool
     push: str | None = None  # None: --push works; else why not
     rehearse: str | None = None  # None: --rehearse works; else why not
+    gpu: str | None = None  # None: --gpu works; else why not
+    tag: str | None = None  # None: --tag works (release tags, OCI labels); else why not
 
 
 @contextlib.contextmanager
@@ -61,6 +63,8 @@ TARGETS: dict[str, TargetInfo] = {
         _open_ami,
         concurrent=False,
         push="--push applies to --target docker (AMIs are copied with aws.ami_regions)",
+        gpu="--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says",
+        tag="--tag applies to --target docker (an AMI is named by its id and its layer-hash tags)",
     ),
 }
 

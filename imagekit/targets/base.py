@@ -14,6 +14,7 @@ from imagekit.targets.results import ImageResult, LayerResult
 
 if TYPE_CHECKING:
     from imagekit.nightly.budget import SizeSource
+    from imagekit.release import Release
 
 # key -> a context held around building that layer; it yields True when another build already made the layer
 LayerLock = Callable[[str], contextlib.AbstractContextManager[bool]]
@@ -33,6 +34,8 @@ class BuildOptions:
     now: datetime | None = None
     # layer hashes whose image or AMI must not be reused: revoked and not rebuilt since (built without any cache)
     no_reuse: frozenset[str] = frozenset()
+    gpu: str | None = None  # --gpu: overrides verify.gpu for this call's verification (docker target)
+    release: Release | None = None  # --tag: release tags and the git facts for the OCI labels (docker target)
 
 
 class Target(Protocol):

@@ -6,13 +6,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter
@@ -34,10 +32,15 @@ from imagekit.render.dockerfile import parent_arg
 from imagekit.runners.docker import DockerEngine, EngineSizes, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
 from imagekit.targets.base import BuildOptions
-from imagekit.targets.results import BaseResult, ImageResult, LayerResult
+from imagekit.targets.docker_base import ensure_docker_base
+from imagekit.targets.results import ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 
+if TYPE_CHECKING:
+    from imagekit.release import Release
+
 TARGET = "docker"
+OCI = "org.opencontainers.image"
 LOG_TAIL = 25
 
 
@@ -90,13 +93,18 @@ class DockerTarget:
             root_name, _root_layer = loaded.chain(image)[0]
             # a refresh or drift of the root layer renews its base: debootstrapped again once per refresh period,
             # or pulled again
-            res.base = _ensure_base(
+            res.base = ensure_docker_base(
                 loaded, image, root_name, self.engine, renew=root_name in self.options.force_layers,
                 now=self.options.now, reporter=self.reporter, log=log,
             )  # fmt: skip
             wheelhouse = _stage_wheelhouse(loaded, image, self.reporter)
             dockerfile = _render(loaded, image, wheelhouse)
-            self._state[image] = _ImageState(log, log_path, dockerfile, secrets, {"BASE_IMAGE": res.base.ref})
+            build_args = {"BASE_IMAGE": res.base.ref}
+            release = self.options.release
+            if release is not None:
+                # the final stage's OCI labels; a leaf reused by its hash keeps those of the build that made it
+                build_args |= {"IMAGEKIT_REVISION": release.revision, "IMAGEKIT_SOURCE": release.source}
+            self._state[image] = _ImageState(log, log_path, dockerfile, secrets, build_args)
             try:
                 yield
                 log.write(f"# finished {res.finished} image={res.ref} id={res.image_id}\n")
@@ -131,6 +139,12 @@ class DockerTarget:
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
+        release = self.options.release
+        if release is not None and release.tags:
+            final = self._release_image(image, leaf, repo, release)
+            res.ref = final
+            res.tags += [f"{repo}:{rtag}" for rtag in release.tags]
+            res.release_tags = list(release.tags)
         info = self.engine.inspect(final)
         res.image_id = info.id if info else leaf.image_id
         res.size = info.size if info else 0
@@ -142,28 +156,64 @@ class DockerTarget:
         res.finished = iso_utc()
         self.reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", TARGET))
 
+    def _release_image(self, image: str, leaf: LayerResult, repo: str, release: Release) -> str:
+        """The leaf with this release's OCI revision/source labels, tagged with the release tags.
+
+        A leaf reused by its hash carries the labels of the build that made it; the release gets its own config
+        (same layers, no new content) so what is tagged, verified and signed names this commit.
+        """
+        want = {f"{OCI}.revision": release.revision, f"{OCI}.source": release.source}
+        refs = [f"{repo}:{rtag}" for rtag in release.tags]
+        info = self.engine.inspect(leaf.tag)
+        if info is not None and all(info.labels.get(k) == v for k, v in want.items()):
+            for rtag in release.tags:
+                self.engine.tag(leaf.tag, repo, rtag)
+            return refs[0]
+        st = self._state[image]
+        with tempfile.TemporaryDirectory(prefix="imagekit-release-") as tmp:
+            dockerfile = Path(tmp) / "Dockerfile"
+            dockerfile.write_text("ARG LEAF\nFROM ${LEAF} AS release\n", encoding="utf-8")
+            result = self.engine.build(
+                Path(tmp), dockerfile=dockerfile, target="release", tags=refs, build_args={"LEAF": leaf.tag},
+                labels=want, log=st.log,
+            )  # fmt: skip
+        if not result.ok:
+            raise BuildFailed(
+                f"tagging the release {', '.join(release.tags)} failed: docker build exited {result.returncode}",
+                image=image,
+                log_tail=result.tail[-LOG_TAIL:],
+                log_path=str(st.log_path),
+            )
+        return refs[0]
+
     def verify(self, image: str, res: ImageResult) -> str:
         """Boot-and-verify on the Docker host (DOCKER_HOST): probe, pins, health, smoke."""
         from imagekit.verify.docker_host import verify_docker
 
-        _report, path = verify_docker(self.loaded, res.ref, image=image, reporter=self.reporter)
+        _report, path = verify_docker(self.loaded, res.ref, image=image, reporter=self.reporter, gpu=self.options.gpu)
         return str(path)
 
     def record_facts(self, res: ImageResult) -> dict[str, Any]:
-        """A pushed image is named by its registry digest, a local one by its image (config) digest."""
+        """A pushed image is named by its registry digest, a local one by its image ID (labelled as such)."""
         if "docker" not in self.builders:
             version = self.engine.version()  # a nicety in the record, never a reason to fail
             if version:
                 self.builders["docker"] = version
-        base = None
+        base = base_id = recipe = None
         if res.base is not None:
-            base = res.base.digest or res.base.image_id or res.base.ref
+            # the reference built FROM (repo@sha256:… when resolved at a registry), the image ID it was, and for
+            # a bootstrapped base the hash of its recipe
+            base, base_id = res.base.ref, res.base.image_id or None
+            recipe = res.base.digest if res.base.kind == "bootstrap" else None
         return {
             "image_ref": res.pushed or res.ref,
             "image_digest": res.repo_digest or res.image_id,
             "base": base,
+            "base_image_id": base_id,
+            "base_recipe": recipe,
             "builders": dict(self.builders),
             "size_bytes": res.size or None,
+            "tags": list(res.release_tags),
         }
 
     def sizes(self) -> EngineSizes:
@@ -258,76 +308,6 @@ def _build_layer(
         )
     reporter(Event("done", f"{tag} in {seconds:.0f}s", image, lp.name, "docker"))
     return LayerResult(lp.name, lp.hash, tag, "built", seconds, image_id, lp.reason)
-
-
-_BASE_LOCKS: dict[str, threading.Lock] = {}
-_BASE_GUARD = threading.Lock()
-
-
-def _base_lock(key: str) -> threading.Lock:
-    with _BASE_GUARD:
-        return _BASE_LOCKS.setdefault(key, threading.Lock())
-
-
-def _ensure_base(
-    loaded: LoadedSpec,
-    image: str,
-    root_name: str,
-    engine: DockerEngine,
-    *,
-    renew: bool,
-    now: datetime | None,
-    reporter: Reporter,
-    log: IO[str],
-) -> BaseResult:
-    root_layer = loaded.spec.layers[root_name]
-    src = root_layer.from_
-    key = ("layers", root_name, "from")
-    if src is not None and src.bootstrap is not None:
-        from imagekit.names import refresh_epoch
-        from imagekit.runners.bootstrap import ensure_base
-
-        # --force rebuilds layers, not the distribution base (minutes of debootstrap for the same packages); a
-        # layer with a refresh gets a new base once per refresh period (its epoch is part of the base's hash)
-        epoch = None
-        if root_layer.refresh is not None:
-            epoch = refresh_epoch(root_layer.refresh.every_days, now or datetime.now(timezone.utc))
-        with _base_lock(f"{root_name}:{epoch}"):  # the images of one run that share the base wait for one
-            base = ensure_base(engine, root_name, src.bootstrap, reporter=reporter, log=log, image=image, epoch=epoch)
-        return BaseResult("bootstrap", base.tag, base.image_id, base.hash, base.built, round(base.seconds, 1))
-    if src is not None and src.docker:
-        reporter(Event("step", f"resolving base {src.docker}", image, root_name, "docker"))
-        try:
-            if renew:
-                reporter(Event("step", f"pulling {src.docker} again (refresh or upstream change)", image, root_name,
-                               "docker"))  # fmt: skip
-            info = engine.resolve(src.docker, renew=renew)
-        except BuildFailed as exc:
-            raise BuildFailed(
-                f"{exc} (with no registry, start from `from: {{bootstrap: ...}}`, or `docker load` the image first)",
-                image=image,
-                layer=root_name,
-                log_path=getattr(log, "name", ""),
-            ) from None
-        repo = src.docker.split("@", 1)[0].rsplit(":", 1)[0] if "/" in src.docker else src.docker.split(":")[0]
-        digest = next((d for d in info.repo_digests if d.split("@", 1)[0] == repo), "")
-        if not digest and info.repo_digests:
-            digest = info.repo_digests[0]
-        # build from the exact image that was resolved (repo@sha256:...), so the record and the build agree; a
-        # local-only image has no repo digest, and BuildKit cannot start FROM a bare image id, so its ref is kept
-        ref = digest or src.docker
-        return BaseResult("docker", ref, info.id, digest.split("@", 1)[1] if "@" in digest else info.id)
-    raise SpecError(
-        [
-            Problem(
-                loaded.file,
-                loaded.line_of(*key) or loaded.line_of("layers", root_name),
-                ".".join(key),
-                "the root layer needs from.docker or from.bootstrap for the docker target",
-                "add `from: {bootstrap: {distro: debian, suite: bookworm}}` to build with no registry",
-            )
-        ]
-    )
 
 
 def _render(loaded: LoadedSpec, image: str, wheelhouse: str | None) -> Path:

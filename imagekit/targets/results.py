@@ -46,6 +46,7 @@ class ImageResult:
     layers: list[LayerResult] = field(default_factory=list)
     ref: str = ""
     tags: list[str] = field(default_factory=list)
+    release_tags: list[str] = field(default_factory=list)  # --tag values, recorded in the signed manifest
     image_id: str = ""
     size: int = 0
     repo_digest: str = ""
@@ -62,6 +63,7 @@ class ImageResult:
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None
+    attestations: str = ""
     started: str = ""
     finished: str = ""
     seconds: float = 0.0

@@ -37,6 +37,7 @@ from imagekit.runners.docker import (
 )
 from imagekit.runners.process import Process, check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
+from imagekit.verify.policy import effective_gpu, service_device_failures
 from imagekit.verify.report import (
     GPU_HINT,
     HealthResult,
@@ -337,13 +338,16 @@ def verify_docker(
     reporter: Reporter = silent,
     *,
     client: Any = None,
+    gpu: str | None = None,
 ) -> VerifyResult:
     """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
 
-    Raises VerifyFailed (after writing the report) when anything does not match, Interrupted on Ctrl-C.
+    `gpu` (required|optional) overrides the image's verify.gpu for this run. Raises VerifyFailed (after writing
+    the report) when anything does not match, Interrupted on Ctrl-C.
     """
     name = pick_image(loaded, image)
     policy = loaded.verify_for(name)
+    gpu_rule = effective_gpu(policy.gpu, gpu)
     res = loaded.resolved(name)
     host = DockerHost(client if client is not None else client_from_env(timeout=120, ping=True), reporter)
     started = datetime.now(timezone.utc)
@@ -354,7 +358,7 @@ def verify_docker(
         image_ref=image_ref,
         host=host.name,
         started_at=started.isoformat(),
-        gpu_policy=policy.gpu,
+        gpu_policy=gpu_rule,
     )
     out_path = report_path_for(loaded, name, started)
 
@@ -371,7 +375,7 @@ def verify_docker(
             report.image_id = host.image_id(image_ref)
             models = [m.dest for _, layer in loaded.chain(name) for m in layer.models]
             # Request GPUs only when they are required: asking for them on a CPU host fails the container start.
-            want_gpu = policy.gpu == "required"
+            want_gpu = gpu_rule == "required"
             reporter(Event("start", f"probing {image_ref}", image=name, target="docker"))
             gpu_refused = False
             try:
@@ -387,7 +391,7 @@ def verify_docker(
                     report.failures.append(f"probe: the engine could not run the probe container: {exc}")
             if report.probe:
                 report.gpu_visible = gpu_visible(report.probe)
-                report.failures += compare(report.probe, loaded, name, target="docker")
+                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule)
             if gpu_refused:
                 pass  # the service container would be refused the same way
             elif res.port and policy.health:
@@ -403,13 +407,13 @@ def verify_docker(
             raise Interrupted(f"verify interrupted; its containers were removed (partial report: {partial})") from None
     written = finish()
     if report.failures:
-        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name, target="docker"))
         raise VerifyFailed(
             f"{name}: verification of {image_ref} failed on {host.name}",
             failures=report.failures,
             report_path=str(written),
         )
-    reporter(Event("done", f"verified; report {written}", image=name))
+    reporter(Event("done", f"verified; report {written}", image=name, target="docker"))
     return VerifyResult(report, written)
 
 
@@ -427,7 +431,7 @@ def _serve_checks(
     policy = loaded.verify_for(name)
     health = policy.health
     assert health is not None
-    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name))
+    reporter(Event("step", f"starting the service, waiting for {health.path}", image=name, target="docker"))
     try:
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
@@ -441,10 +445,14 @@ def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report:
     assert health is not None
     report.health = wait_ready(svc, health.path, health.timeout, interval=health.interval, reporter=reporter)
     report.failures += check_health(health, report.health)
+    if report.health.ready:
+        # the smoke request must run with the model where the GPU policy says it is
+        ready = report.health.last_body
+        report.failures += service_device_failures(ready, report.probe, report.gpu_policy, health.path)
     sm = policy.smoke
     if not report.health.ready or sm is None:
         return
-    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name))
+    reporter(Event("step", f"smoke {sm.method} {sm.path}", image=name, target="docker"))
     result, body = smoke(svc, sm.method, sm.path, sm.json_, sm.headers)
     report.smoke = result
     report.failures += check_smoke(loaded, sm, result, body)

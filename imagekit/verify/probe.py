@@ -3,11 +3,17 @@
 Standard library only (it is bind-mounted read-only at verify time, never baked in, and must run on any
 Python >= 3.8), and it never crashes: each section that fails records {"error": "..."} instead.
 
-  python probe.py [MODEL_FILE ...]
+  python probe.py [MODEL_FILE ...]          (or: python -m imagekit.verify.probe ... > probe.json on any host)
+
+Version 2 adds two sections to version 1's (whose keys stay as they were): `cuda_libs`, the CUDA runtime, cuDNN
+and cuBLAS libraries found on disk (the nvidia-* wheel folders, the loader's paths) with the version each reports
+when loaded with ctypes, and `cuda_check`, a small computation on every GPU torch sees, checked against the CPU.
 """
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import json
 import os
@@ -15,10 +21,25 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
+# library -> (file name pattern, the wheel folder under site-packages/nvidia/, the version function)
+CUDA_LIBS = {
+    "cudart": ("libcudart.so*", "cuda_runtime", "cudaRuntimeGetVersion"),
+    "cudnn": ("libcudnn.so*", "cudnn", "cudnnGetVersion"),
+    "cublas": ("libcublas.so*", "cublas", "cublasGetProperty"),
+}
+SYSTEM_LIB_DIRS = (
+    "/usr/local/cuda/lib64",
+    "/usr/local/cuda/targets/x86_64-linux/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+)
 
 
 def _err(exc: BaseException) -> dict[str, Any]:
@@ -166,10 +187,162 @@ def models(paths: list[str]) -> dict[str, Any]:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
                     size += len(block)
-            out[path] = {"sha256": digest.hexdigest(), "size": size, "writable": os.access(path, os.W_OK)}
+            st = os.stat(path)
+            out[path] = {
+                "sha256": digest.hexdigest(),
+                "size": size,
+                "writable": os.access(path, os.W_OK),
+                "readable": os.access(path, os.R_OK),
+                "mode": "0%03o" % (st.st_mode & 0o7777),
+                "uid": st.st_uid,
+            }
         except BaseException as exc:
             out[path] = _err(exc)
     return out
+
+
+def _lib_dirs() -> list[str]:
+    """Where CUDA user-space libraries live: the nvidia-* wheels' lib folders first, then the loader's paths."""
+    dirs: list[str] = []
+    for entry in sys.path:
+        dirs += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib")))
+    dirs += [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    dirs += list(SYSTEM_LIB_DIRS)
+    seen: list[str] = []
+    for d in dirs:
+        real = os.path.realpath(d)
+        if os.path.isdir(real) and real not in seen:
+            seen.append(real)
+    return seen
+
+
+def _loaded_libs() -> list[str]:
+    """Shared objects mapped into this process (torch's, once it was imported), from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            paths = {line.split()[-1] for line in fh if "/" in line and ".so" in line}
+    except OSError:
+        return []
+    return sorted(paths)
+
+
+def _lib_version(lib: Any, name: str, func: str) -> int | str:
+    """The version a loaded library reports about itself (cudart 12040, cuDNN 90100, cuBLAS 120405)."""
+    if name == "cudnn":
+        fn = lib.cudnnGetVersion
+        fn.restype = ctypes.c_size_t
+        return int(fn())
+    if name == "cublas":
+        fn = lib.cublasGetProperty
+        parts = []
+        for prop in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+            value = ctypes.c_int(0)
+            status = fn(prop, ctypes.byref(value))
+            if status != 0:
+                raise RuntimeError(f"{func} returned status {status}")
+            parts.append(value.value)
+        return "{}.{}.{}".format(*parts)
+    value = ctypes.c_int(0)
+    status = getattr(lib, func)(ctypes.byref(value))
+    if status != 0:
+        raise RuntimeError(f"{func} returned status {status}")
+    return int(value.value)
+
+
+def _wheel_of(path: str) -> dict[str, str] | None:
+    """The installed distribution (name, version) whose files include `path`, e.g. nvidia-cuda-runtime-cu11."""
+    try:
+        from importlib import metadata
+
+        real = os.path.realpath(path)
+        for dist in metadata.distributions():
+            name = str(dist.metadata["Name"] or "")
+            if not name.lower().startswith("nvidia-"):
+                continue
+            for f in dist.files or []:
+                if os.path.realpath(str(dist.locate_file(f))) == real:
+                    return {"name": name, "version": str(dist.version)}
+    except BaseException:
+        return None
+    return None
+
+
+def cuda_libs() -> dict[str, Any]:
+    """The CUDA libraries in the image: every file found, the one this process loads, and its own version.
+
+    A library torch already mapped (after the torch section) is the one reported as loaded; otherwise the first
+    found is opened with ctypes. Also the CUDA version the driver supports (cudaDriverGetVersion; 0: no driver).
+    """
+    dirs = _lib_dirs()
+    mapped = _loaded_libs()
+    out: dict[str, Any] = {"search_path": dirs}
+    for name, (pattern, wheel_dir, func) in CUDA_LIBS.items():
+        found: list[str] = []
+        for d in dirs:
+            found += [p for p in sorted(glob.glob(os.path.join(d, pattern))) if p not in found]
+        entry: dict[str, Any] = {"found": found}
+        in_process = [p for p in mapped if os.path.basename(p).startswith(pattern.rstrip("*"))]
+        candidates = in_process + [p for p in found if os.path.basename(p) != pattern.rstrip("*")] + found
+        if not candidates:
+            entry["error"] = f"no {pattern} in {', '.join(dirs) or 'any library folder'}"
+            out[name] = entry
+            continue
+        path = candidates[0]
+        entry["loaded_by_torch"] = bool(in_process)
+        entry["from_wheel"] = f"{os.sep}nvidia{os.sep}{wheel_dir}{os.sep}" in path
+        if entry["from_wheel"]:
+            # the wheel's own version: CUDA 11's cudart reports nothing without a driver (status 35)
+            entry["wheel"] = _wheel_of(path)
+        try:
+            lib = ctypes.CDLL(path)
+            entry["path"] = path
+            entry["version"] = _lib_version(lib, name, func)
+            if name == "cudart":
+                driver = ctypes.c_int(0)
+                status = lib.cudaDriverGetVersion(ctypes.byref(driver))
+                entry["driver_cuda"] = int(driver.value) if status == 0 else None
+        except BaseException as exc:
+            entry["path"] = path
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        out[name] = entry
+    return out
+
+
+def cuda_check() -> dict[str, Any]:
+    """A small computation on every GPU torch sees (cuBLAS matmul, cuDNN conv1d), compared with the CPU result."""
+    try:
+        import torch
+    except BaseException as exc:
+        return {**_err(exc), "devices": []}
+    try:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except BaseException as exc:
+        return {**_err(exc), "devices": []}
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 64, generator=gen)
+    x = torch.randn(1, 4, 128, generator=gen)
+    w = torch.randn(8, 4, 5, generator=gen)
+    want_mm = a @ a
+    want_conv = torch.nn.functional.conv1d(x, w)
+    devices: list[dict[str, Any]] = []
+    for i in range(count):
+        dev: dict[str, Any] = {"index": i}
+        t0 = time.monotonic()
+        try:
+            dev["name"] = torch.cuda.get_device_name(i)
+            got_mm = (a.to(f"cuda:{i}") @ a.to(f"cuda:{i}")).cpu()
+            got_conv = torch.nn.functional.conv1d(x.to(f"cuda:{i}"), w.to(f"cuda:{i}")).cpu()
+            torch.cuda.synchronize(i)
+            dev["matmul_max_abs_diff"] = float((got_mm - want_mm).abs().max())
+            dev["conv1d_max_abs_diff"] = float((got_conv - want_conv).abs().max())
+            # TF32 and reordered sums differ from the CPU by ~1e-2 at most on these sizes; garbage is far larger
+            dev["ok"] = dev["matmul_max_abs_diff"] < 0.5 and dev["conv1d_max_abs_diff"] < 0.5
+        except BaseException as exc:
+            dev["ok"] = False
+            dev["error"] = f"{type(exc).__name__}: {exc}"
+        dev["seconds"] = round(time.monotonic() - t0, 3)
+        devices.append(dev)
+    return {"device_count": count, "devices": devices, "tolerance": 0.5}
 
 
 def collect(paths: list[str]) -> dict[str, Any]:
@@ -179,6 +352,8 @@ def collect(paths: list[str]) -> dict[str, Any]:
         ("python", python_info),
         ("user", user_info),
         ("torch", torch_info),
+        ("cuda_libs", cuda_libs),  # after torch: reports the libraries torch itself mapped
+        ("cuda_check", cuda_check),
         ("nvidia_smi", nvidia_smi),
         ("pip", pip_freeze),
         ("dpkg", dpkg),

@@ -17,12 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from imagekit.fsutil import atomic_write
 from imagekit.names import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
+from imagekit.verify.policy import GPU_HINT, GpuPolicy, gpu_failures, gpu_visible
+
+__all__ = ["GPU_HINT", "gpu_visible"]  # re-exported: callers read them from here
 
 REPORT_SCHEMA = "imagekit.verify/v1"
-GPU_HINT = (
-    "verify.gpu is required but the host shows no GPU; run verify on a GPU host, "
-    "e.g. DOCKER_HOST=ssh://gpu-host imagekit verify ..."
-)
 
 
 class HealthResult(BaseModel):
@@ -142,13 +141,6 @@ def cudnn_major(version: Any) -> int | None:
     return version // 10000 if version >= 10000 else version // 1000
 
 
-def gpu_visible(probe: dict[str, Any]) -> bool:
-    """Whether the probe saw at least one GPU, through torch or nvidia-smi."""
-    torch = probe.get("torch") or {}
-    smi = probe.get("nvidia_smi") or {}
-    return bool(torch.get("cuda_available") and torch.get("device_count")) or bool(smi.get("gpus"))
-
-
 def _section(probe: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
     value = probe.get(name)
     if not isinstance(value, dict):
@@ -161,11 +153,16 @@ def _section(probe: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
 # --- the comparison ------------------------------------------------------------------------------------
 
 
-def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: str = "docker") -> list[str]:
-    """Pin/policy failures of a probe against the spec's image; each names the expected and the found value."""
+def compare(
+    probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: str = "docker", gpu: GpuPolicy | None = None
+) -> list[str]:
+    """Pin/policy failures of a probe against the spec's image; each names the expected and the found value.
+
+    `gpu` overrides the image's verify.gpu for this run (the --gpu flag).
+    """
     res = loaded.resolved(image)
     chain = loaded.chain(image)
-    policy = loaded.verify_for(image)
+    gpu_policy: GpuPolicy = gpu or loaded.verify_for(image).gpu
     failures: list[str] = []
 
     torch, torch_err = _section(probe, "torch")
@@ -257,13 +254,18 @@ def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: st
         found_user = f"{user.get('name') or '?'} (uid {user['uid']})"
         if user["uid"] == 0 or (user.get("name") and user["name"] != res.user):
             failures.append(f"user: expected {res.user}, found {found_user}")
+        moded = {m.dest: m.mode for _, layer in chain for m in layer.models if m.mode}
         for path, entry in sorted(found_models.items()):
-            if isinstance(entry, dict) and entry.get("writable"):
+            if not isinstance(entry, dict) or "error" in entry:
+                continue
+            if path in moded:
+                # `mode` (e.g. 0600): owned by the service user, readable by it, writable by nobody else
+                failures += _owned_model_failures(path, entry, moded[path], res.user, user)
+            elif entry.get("writable"):
                 failures.append(f"model {path}: expected read-only for {res.user}, found writable by {found_user}")
 
+    failures += gpu_failures(probe, gpu_policy)
     visible = gpu_visible(probe)
-    if policy.gpu == "required" and not visible:
-        failures.append(GPU_HINT)
     if target == "ami" and res.driver and visible:
         # On Docker the driver belongs to the host, not the image; on an AMI it is part of what was built.
         driver = str((probe.get("nvidia_smi") or {}).get("driver") or "")
@@ -272,6 +274,18 @@ def compare(probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: st
         elif driver.split(".", 1)[0] != res.driver.split(".", 1)[0]:
             failures.append(f"driver: expected branch {res.driver}, found {driver}")
     return failures
+
+
+def _owned_model_failures(path: str, entry: dict[str, Any], mode: str, owner: str, user: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if entry.get("readable") is False:
+        out.append(f"model {path}: expected readable by {owner} (mode {mode}), found not readable")
+    found_mode = entry.get("mode")
+    if found_mode is not None and found_mode != mode:
+        out.append(f"model {path}: expected mode {mode} (writable by nobody but {owner}), found {found_mode}")
+    if "uid" in entry and entry["uid"] != user.get("uid"):
+        out.append(f"model {path}: expected owned by {owner} (uid {user.get('uid')}), found uid {entry['uid']}")
+    return out
 
 
 def check_service_unit(found: Mapping[str, Any] | None, loaded: LoadedSpec, image: str, *, target: str) -> list[str]:

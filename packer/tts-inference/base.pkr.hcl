@@ -40,13 +40,13 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-727fdd85465d2c44-${var.build_id}"
+  ami_name      = "imagekit-tts-base-032482968b3308df-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "727fdd85465d2c4448472990ce1075ad29cf9469c935c73e22db4a96c974eb64"
+    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -60,7 +60,7 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "727fdd85465d2c4448472990ce1075ad29cf9469c935c73e22db4a96c974eb64"
+    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "727fdd85465d2c4448472990ce1075ad29cf9469c935c73e22db4a96c974eb64"
+      "layer_hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
     }
   }
 }

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-255a1b91744b12f7-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-6eff1c2ad6b36b72-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "255a1b91744b12f73f7daa4a3ea9fa747885e1e70a62a6e8e9a2fed3a19cff15"
+    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "727fdd85465d2c4448472990ce1075ad29cf9469c935c73e22db4a96c974eb64"
+    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -61,9 +61,9 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "255a1b91744b12f73f7daa4a3ea9fa747885e1e70a62a6e8e9a2fed3a19cff15"
+    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "727fdd85465d2c4448472990ce1075ad29cf9469c935c73e22db4a96c974eb64"
+    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "255a1b91744b12f73f7daa4a3ea9fa747885e1e70a62a6e8e9a2fed3a19cff15"
+      "layer_hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
     }
   }
 }

@@ -1,7 +1,8 @@
 """HTTP front of the example TTS service (stdlib http.server, nothing else to install).
 
 GET  /health      liveness: 200 while the process serves
-GET  /ready       {"status": "ok"|"loading"|"error", "model_loaded": bool}: 200 once the model is loaded, else 503
+GET  /ready       {"status": "ok"|"loading"|"error", "model_loaded": bool, "device": "cuda:0"|"cpu"}: 200 once
+                  the model is loaded, else 503 (verify reads `device` to see that the model runs on the GPU)
 POST /synthesize  {"text": "..."} -> audio/wav (16-bit PCM mono, 16 kHz)
 
 python -m app.server --port 7860   (weights from $MODEL_PATH or --model)
@@ -32,6 +33,7 @@ class State:
 
     def __init__(self) -> None:
         self.model: TinyTTS | None = None
+        self.device = ""  # where the loaded weights are, e.g. cuda:0
         self.error: str | None = None
         self.lock = threading.Lock()  # one inference at a time keeps latency and output stable
 
@@ -41,6 +43,7 @@ class State:
         try:
             model = TinyTTS.from_file(path).to(device)
             model.synthesize("warm up")
+            self.device = str(next(model.parameters()).device)
             self.model = model
             log.info("model loaded from %s on %s in %.2fs", path, device, time.monotonic() - t0)
         except Exception as exc:  # a bad weights file must show in /ready, not kill the server silently
@@ -80,6 +83,8 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 loaded = state.model is not None
                 status = "ok" if loaded else ("error" if state.error else "loading")
                 body: dict[str, Any] = {"status": status, "model_loaded": loaded}
+                if loaded:
+                    body["device"] = state.device
                 if state.error:
                     body["error"] = state.error
                 self._json(200 if loaded else 503, body)

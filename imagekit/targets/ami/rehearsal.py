@@ -77,6 +77,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def published_port(lines: list[str]) -> int | None:
+    """The host port in `docker port` output (`127.0.0.1:49153`), ignoring any other line."""
+    for line in lines:
+        host, sep, port = line.strip().rpartition(":")
+        if sep and host and port.isdigit():
+            return int(port)
+    return None
+
+
 @dataclass
 class Instance:
     """An sshd container standing in for an EC2 instance."""
@@ -117,6 +126,9 @@ class RehearsalEc2:
 
     def start(self) -> None:
         """Start moto (seeded with earlier rehearsals' AMIs) on a free local port and wait until it answers."""
+        from imagekit.extras import require
+
+        require("rehearsal", "--rehearse")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         seeds = self._seeds()
         known = {a.get("ami_id") for a in seeds}
@@ -247,8 +259,16 @@ class RehearsalEc2:
         if not res.ok:
             raise BuildFailed(f"could not start the rehearsal instance from {image}", log_tail=res.tail)
         container = res.output.strip().splitlines()[-1]
-        port_out = _docker("port", container, "22/tcp").output.strip().splitlines()
-        port = int(port_out[0].rsplit(":", 1)[1]) if port_out else 0
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            # a loaded engine may print a warning line too (the CLI merges stderr): take the host:port line only
+            port = published_port(_docker("port", container, "22/tcp").output.splitlines())
+            if port is None:
+                time.sleep(0.5)
+        if port is None:
+            _docker("rm", "-f", "-v", container, log=self.log)
+            raise BuildFailed(f"the rehearsal instance from {image} published no SSH port (docker port {container})")
         self._wait_ssh(port)
         return Instance(container, port)
 

@@ -24,7 +24,8 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
     --mount=type=bind,source=spec/wheels,target=/wheels \
-    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels sh /tmp/imagekit/runtime.sh system build-deps venv install
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="5677331f1462626645f86b1b08c09bbcdd0d88c5944afbef3c1680d9efd262ae"
@@ -39,11 +40,11 @@ FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
 LABEL dev.imagekit.layer.app-svc.hash="75fe52df722ce90a7deed22b6b65f07feca20f705bbdbba199be9aaf48e13f0a"
 # hadolint ignore=DL3002
 USER root
+COPY --chmod=0444 spec/models/w.bin /opt/models/w.bin
+COPY --chmod=0444 spec/.imagekit/models/0000000000000000000000000000000000000000000000000000000000000001 /opt/models/v2.bin
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app-svc.sh system
 COPY spec/app/ /opt/app
-COPY --chmod=0444 spec/models/w.bin /opt/models/w.bin
-COPY --chmod=0444 spec/.imagekit/models/0000000000000000000000000000000000000000000000000000000000000001 /opt/models/v2.bin
 ENV APP_HOME="/opt/app" GREETING="say \"hi\" to \$USER"
 WORKDIR /opt/app
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \

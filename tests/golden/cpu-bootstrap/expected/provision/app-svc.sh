@@ -44,11 +44,17 @@ pip_env() {
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }
 
 # Files and weights are root-owned and not writable by the app user: files 0644 (weights 0444), folders 0755.
@@ -111,12 +117,12 @@ phase_system() {
 
 phase_files() {
     install -d -m 0755 /opt/app
-    log 'copy: app/ -> /opt/app'
-    install_path "$IMAGEKIT_SRC"/app/ /opt/app
     log 'model: models/w.bin -> /opt/models/w.bin'
     install_model "$IMAGEKIT_SRC"/models/w.bin /opt/models/w.bin b862a06b88e63113a94821c3c6e60f79765a7ac62c4d4483bb0bde406467155d
     log 'model: https://example.com/weights/v 2.bin -> /opt/models/v2.bin'
     install_model 'https://example.com/weights/v 2.bin' /opt/models/v2.bin 0000000000000000000000000000000000000000000000000000000000000001
+    log 'copy: app/ -> /opt/app'
+    install_path "$IMAGEKIT_SRC"/app/ /opt/app
 }
 
 phase_run() {

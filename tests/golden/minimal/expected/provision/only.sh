@@ -44,11 +44,17 @@ pip_env() {
         PIP_CONFIG_FILE=/run/secrets/pipconf
         export PIP_CONFIG_FILE
     fi
+    if [ -n "${IMAGEKIT_CACHE:-}" ]; then
+        PIP_CACHE_DIR="$IMAGEKIT_CACHE/pip"
+        export PIP_CACHE_DIR
+    else
+        PIP_NO_CACHE_DIR=1
+        export PIP_NO_CACHE_DIR
+    fi
     PIP_DISABLE_PIP_VERSION_CHECK=1
     PIP_NO_INPUT=1
-    PIP_NO_CACHE_DIR=1
     PIP_PROGRESS_BAR=off
-    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_NO_CACHE_DIR PIP_PROGRESS_BAR
+    export PIP_DISABLE_PIP_VERSION_CHECK PIP_NO_INPUT PIP_PROGRESS_BAR
 }
 
 phase_system() {

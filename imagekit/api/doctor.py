@@ -1,0 +1,14 @@
+"""doctor: what this machine has, judged against what a spec's targets need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagekit.doctor import Report, diagnose
+from imagekit.spec import find_spec, load_spec
+
+
+def doctor(path: Path | str | None = None, *, rehearse: bool = False, push: str | None = None) -> Report:
+    """Check the tools for a spec (-f, else ./imagekit.yaml when there is one, else a docker build in general)."""
+    loaded = load_spec(path) if path is not None or find_spec(None).is_file() else None
+    return diagnose(loaded, rehearse=rehearse, push=push)

@@ -1,0 +1,65 @@
+"""Release tags (`build --tag v1.5.0`, `--tag '{git_sha}'`) and the OCI revision/source labels they go with."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.errors import ToolMissing, UsageError
+
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the OCI distribution spec's tag grammar
+GIT_SHA = "{git_sha}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """The tags of one build and the git facts the OCI labels carry."""
+
+    tags: tuple[str, ...]
+    revision: str  # the commit (org.opencontainers.image.revision), "" outside git
+    source: str  # where the source is (org.opencontainers.image.source): the origin URL, else file://<work tree>
+
+
+def expand_tags(tags: Sequence[str], commit: str | None, *, where: Path) -> tuple[str, ...]:
+    """The tags with {git_sha} replaced by the commit; UsageError for a tag the registry would refuse."""
+    out: list[str] = []
+    for raw in tags:
+        tag = raw.strip()
+        if GIT_SHA in tag:
+            if not commit:
+                raise UsageError(
+                    f"--tag {raw!r}: {where} is not in a git work tree with a commit, so {GIT_SHA} is unknown"
+                )
+            tag = tag.replace(GIT_SHA, commit)
+        if not TAG_RE.match(tag):
+            raise UsageError(
+                f"--tag {raw!r}: not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting "
+                "with '.' or '-')"
+            )
+        if tag == "latest" or re.fullmatch(r"[0-9a-f]{16}", tag):
+            raise UsageError(f"--tag {raw!r}: imagekit sets 'latest' and the 16-digit layer-hash tag itself")
+        if tag not in out:
+            out.append(tag)
+    return tuple(out)
+
+
+def _git(root: Path, *args: str) -> str:
+    from imagekit.runners.process import capture
+
+    try:
+        res = capture(["git", "-C", str(root), *args], timeout=10)
+    except (ToolMissing, OSError, subprocess.TimeoutExpired):
+        return ""
+    return res.output.strip() if res.ok else ""
+
+
+def release_for(root: Path, tags: Sequence[str]) -> Release:
+    """The release of a build from the spec folder `root`: its tags and the git revision and source."""
+    commit = _git(root, "rev-parse", "HEAD")
+    commit = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
+    top = _git(root, "rev-parse", "--show-toplevel")
+    source = _git(root, "remote", "get-url", "origin") or (f"file://{top}" if top else "")
+    return Release(expand_tags(tags, commit or None, where=root), commit, source)

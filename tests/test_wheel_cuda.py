@@ -1,0 +1,129 @@
+"""CUDA user space from torch's wheels on a bootstrapped base, and weights with a `mode` owned by the service user."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, REPO
+
+from imagekit.compat import check_spec, check_versions, notes, pypi_build
+from imagekit.errors import SpecError
+from imagekit.render.dockerfile import render_dockerfile
+from imagekit.render.scripts import render_scripts
+from imagekit.spec import LoadedSpec, load_spec, parse_spec
+from imagekit.verify.report import compare
+
+GPU_SPEC = EXAMPLES / "tts" / "imagekit.yaml"
+REAL_CPU_HOST = REPO / "tests" / "fixtures" / "probe-tts-cpu-host.json"
+
+
+def _gpu_variant(tmp_path: Path, old: str, new: str) -> LoadedSpec:
+    text = GPU_SPEC.read_text(encoding="utf-8")
+    assert old in text, old
+    for name in ("requirements.lock", "models", "app", "reference"):
+        src = GPU_SPEC.parent / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name, dirs_exist_ok=True)
+        else:
+            shutil.copy(src, tmp_path / name)
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(text.replace(old, new), encoding="utf-8")
+    return parse_spec(spec.read_text(encoding="utf-8"), spec)
+
+
+# --- which CUDA the torch wheels carry ----------------------------------------------------------------------------
+
+
+def test_pypi_builds_of_the_seed_torches() -> None:
+    b251, b1131 = pypi_build("2.5.1"), pypi_build("1.13.1")
+    assert b251 is not None and (b251.cuda, b251.cudnn, b251.confidence) == ("12.4", "9", "verified")
+    assert b1131 is not None and (b1131.cuda, b1131.cudnn) == ("11.7", "8")
+    assert "pypi.org/project/torch" in b251.source
+
+
+def test_the_gpu_example_pins_are_what_pypis_torch_carries() -> None:
+    loaded = load_spec(GPU_SPEC)
+    assert check_spec(loaded) == [] and notes(loaded) == []
+    assert check_versions(cuda="12.4", cudnn="9", python="3.11", torch="2.5.1", wheels=True) == []
+
+
+def test_a_cudnn_the_wheels_do_not_bring_is_an_error(tmp_path: Path) -> None:
+    loaded = _gpu_variant(tmp_path, 'cudnn: "9"', 'cudnn: "8"')
+    problems = check_spec(loaded)
+    assert [p.message for p in problems] == [
+        "cuDNN 8 is not shipped for CUDA 12.4; it has cuDNN 9",
+        "torch 2.5.1's CUDA 12.4 wheels bring cuDNN 9 (nvidia-cudnn), not cuDNN 8",
+    ]
+    assert problems[1].path == "layers.base.cudnn" and 'set cudnn: "9"' in problems[1].hint
+
+
+def test_another_cuda_build_needs_pytorchs_index_and_says_so(tmp_path: Path) -> None:
+    loaded = _gpu_variant(tmp_path, 'cuda: "12.4"', 'cuda: "12.1"')
+    assert check_spec(loaded) == []
+    (note,) = notes(loaded)
+    assert note.message == (
+        "torch 2.5.1 on PyPI is the CUDA 12.4 build; CUDA 12.1 comes from PyTorch's index "
+        "https://download.pytorch.org/whl/cu121"
+    )
+
+
+def test_cuda_on_a_bootstrapped_base_without_torch_is_an_error() -> None:
+    findings = check_versions(cuda="12.4", wheels=True)
+    assert [f.message for f in findings] == [
+        "CUDA 12.4 on a bootstrapped base comes from torch's nvidia-* wheels, but no layer pins torch"
+    ]
+    assert "2.5.x, 2.6.0" in findings[0].hint
+    assert check_versions(cuda="12.4") == []  # a CUDA base image brings its own
+
+
+# --- weights with a mode ------------------------------------------------------------------------------------------
+
+
+def test_mode_is_normalized_and_unsafe_modes_are_refused(tmp_path: Path) -> None:
+    sha = 'sha256: "4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e"'
+    loaded = _gpu_variant(tmp_path, sha, sha + ", mode: '600'")
+    assert loaded.spec.layers["app"].models[0].mode == "0600"
+    for bad, why in (("'0666'", "lets group or others write"), ("'0200'", "does not let the owner")):
+        with pytest.raises(SpecError, match=why):
+            _gpu_variant(tmp_path, sha, f"{sha}, mode: {bad}")
+
+
+def test_a_moded_model_is_copied_owned_by_the_service_user(tmp_path: Path) -> None:
+    sha = 'sha256: "4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e"'
+    loaded = _gpu_variant(tmp_path, sha, sha + ', mode: "0600"')
+    dockerfile = render_dockerfile(loaded, "tts-inference")
+    assert "COPY --chown=app:app --chmod=0600 models/tts.pt /opt/models/tts.pt" in dockerfile
+    app = render_scripts(loaded, "tts-inference", "ami")["app"]
+    assert "chown app:app /opt/models/tts.pt\n" in app and "chmod 0600 /opt/models/tts.pt\n" in app
+    # without a mode nothing changes: root-owned 0444, and the layer hash is what it was
+    plain = render_dockerfile(load_spec(GPU_SPEC), "tts-inference")
+    assert "COPY --chmod=0444 examples/tts/models/tts.pt" in plain or "COPY --chmod=0444 models/tts.pt" in plain
+
+
+def _moded_probe(**entry: Any) -> dict[str, Any]:
+    probe: dict[str, Any] = copy.deepcopy(json.loads(REAL_CPU_HOST.read_text(encoding="utf-8")))
+    probe["models"]["/opt/models/tts.pt"].update(entry)
+    return probe
+
+
+def test_a_moded_model_must_be_readable_by_the_user_and_writable_by_nobody_else(tmp_path: Path) -> None:
+    sha = 'sha256: "4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e"'
+    loaded = _gpu_variant(tmp_path, sha, sha + ', mode: "0600"')
+    uid = _moded_probe()["user"]["uid"]
+    ok = _moded_probe(mode="0600", uid=uid, writable=True, readable=True)  # the owner may write its own 0600 file
+    assert compare(ok, loaded, "tts-inference", gpu="optional") == []
+    wrong = compare(_moded_probe(mode="0644", uid=0, readable=True), loaded, "tts-inference", gpu="optional")
+    assert wrong == [
+        "model /opt/models/tts.pt: expected mode 0600 (writable by nobody but app), found 0644",
+        f"model /opt/models/tts.pt: expected owned by app (uid {uid}), found uid 0",
+    ]
+    unreadable = compare(_moded_probe(mode="0600", uid=uid, readable=False), loaded, "tts-inference", gpu="optional")
+    assert unreadable == ["model /opt/models/tts.pt: expected readable by app (mode 0600), found not readable"]
+    # and the default rule still holds for weights without a mode
+    default = compare(_moded_probe(writable=True), load_spec(GPU_SPEC), "tts-inference", gpu="optional")
+    assert default == ["model /opt/models/tts.pt: expected read-only for app, found writable by app (uid 999)"]
