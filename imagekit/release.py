@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.errors import ToolMissing, UsageError
+from imagekit.errors import UsageError
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the OCI distribution spec's tag grammar
 GIT_SHA = "{git_sha}"
@@ -46,20 +45,11 @@ def expand_tags(tags: Sequence[str], commit: str | None, *, where: Path) -> tupl
     return tuple(out)
 
 
-def _git(root: Path, *args: str) -> str:
-    from imagekit.runners.process import capture
-
-    try:
-        res = capture(["git", "-C", str(root), *args], timeout=10)
-    except (ToolMissing, OSError, subprocess.TimeoutExpired):
-        return ""
-    return res.output.strip() if res.ok else ""
-
-
 def release_for(root: Path, tags: Sequence[str]) -> Release:
     """The release of a build from the spec folder `root`: its tags and the git revision and source."""
-    commit = _git(root, "rev-parse", "HEAD")
-    commit = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
-    top = _git(root, "rev-parse", "--show-toplevel")
-    source = _git(root, "remote", "get-url", "origin") or (f"file://{top}" if top else "")
+    from imagekit.manifest.record import git_source
+
+    git = git_source(root)  # the same commit and credential-free remote the signed record names
+    commit = git.commit if git else ""
+    source = (git.remote or git.toplevel.as_uri()) if git else ""
     return Release(expand_tags(tags, commit or None, where=root), commit, source)

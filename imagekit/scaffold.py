@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagekit import compat
+from imagekit.compat.check import check_versions
 from imagekit.spec import NAME_RE
 
 MODEL_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".ckpt", ".gguf", ".h5", ".tflite", ".msgpack")
@@ -349,7 +350,7 @@ def choose_pins(facts: AppFacts, *, cpu: bool) -> Pins:
         )
     errors = [
         f
-        for f in compat.check_versions(
+        for f in check_versions(
             cuda=pins.cuda, cudnn=pins.cudnn, driver=pins.driver, python=pins.python, torch=pins.torch
         )
         if f.severity == "error"

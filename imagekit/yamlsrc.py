@@ -108,6 +108,13 @@ def _prescan(text: str) -> None:
         loader.dispose()
 
 
+def _marked_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+    """A YAML error that knows where it is, as a YamlSyntaxError with its line."""
+    mark = exc.problem_mark or exc.context_mark
+    message = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+    return YamlSyntaxError(mark.line + 1 if mark else 1, message)
+
+
 def load_located(text: str) -> Located:
     """Parse one YAML document, recording the line of every mapping key and list item."""
     if len(text) > MAX_TEXT:
@@ -115,18 +122,14 @@ def load_located(text: str) -> Located:
     try:
         _prescan(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        message = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
-        raise YamlSyntaxError(line, message) from exc
+        raise _marked_error(exc) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(_reader_line(text, exc), str(exc).splitlines()[0]) from exc
     try:
         # The reader rejects control characters as soon as the loader is built, before any parsing.
         loader = yaml.SafeLoader(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise YamlSyntaxError(mark.line + 1 if mark else 1, exc.problem or "invalid YAML") from exc
+        raise _marked_error(exc) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(_reader_line(text, exc), str(exc).splitlines()[0]) from exc
     try:
@@ -139,10 +142,7 @@ def _load(loader: yaml.SafeLoader) -> Located:
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        message = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
-        raise YamlSyntaxError(line, message) from exc
+        raise _marked_error(exc) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(1, str(exc).splitlines()[0] if str(exc) else "invalid YAML") from exc
     out = Located(data=None)

@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 
 from imagekit import compat
-from imagekit.compat import check_versions, cuda_key, gpu_problems, gpu_row, matrix, torch_releases, vkey
+from imagekit.compat import cuda_key, gpu_problems, gpu_row, matrix, torch_releases, vkey
+from imagekit.compat.check import check_versions
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gen_compat.py"

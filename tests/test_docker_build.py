@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import tarfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, REPO, copy_example, require_docker, require_tool
+from conftest import IN_CI, REPO, copy_example, require_docker
 from test_docker_build_unit import https_server  # noqa: F401 (a fixture)
 
 from imagekit.api.build import BuildResult, build
@@ -329,41 +328,8 @@ def test_a_broken_run_step_exits_1_naming_the_layer(built: Built, tmp_path: Path
     assert "full log:" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1:<free port>, stopped afterwards."""
-    binary = require_tool("docker-registry")
-    port = _free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("docker-registry did not start")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_push_records_the_repo_digest(built: Built, registry: str) -> None:
+def test_push_records_the_repo_digest(built: Built, docker_registry: str) -> None:
+    registry = docker_registry
     dest = f"{registry}/imagekit-test/{built.name}"
     res = build(built.spec, "docker", push=dest, verify=False).image("tiny")
     assert [lr.status for lr in res.layers] == ["reused", "reused", "reused"]
@@ -498,7 +464,8 @@ def test_cpu_example_builds_verifies_and_rebuilds_only_the_app(tmp_path: Path) -
             _docker("rmi", again["ref"], again["layers"][2]["tag"], check=False)
 
 
-def test_from_docker_pulls_and_records_the_repo_digest(built: Built, registry: str, tmp_path: Path) -> None:
+def test_from_docker_pulls_and_records_the_repo_digest(built: Built, docker_registry: str, tmp_path: Path) -> None:
+    registry = docker_registry
     # the runtime layer (root user; the final image's USER is app) goes to the registry, then only from there
     runtime = built.cold.image("tiny").layers[1]
     engine = DockerEngine()

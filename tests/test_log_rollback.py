@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
@@ -195,3 +196,34 @@ def test_s3_store_rollback_is_refused(moto_server: str, tmp_path: Path) -> None:
         s3.delete_object(Bucket=bucket, Key=f"team/_revocations/{key}")
     r = cli("manifest", "verify", other.id, "-f", str(tmp_path / "imagekit.yaml"))
     fails(r, "_revocations was rolled back")
+
+
+def test_a_store_from_before_signed_heads_is_sealed_once_on_purpose(tmp_path: Path) -> None:
+    spec, _one, two = _promoted(tmp_path)
+    loaded = make_spec(tmp_path)
+    api.revoke(tmp_path, fake_build(loaded, seed="3").id, reason="cve")
+    # what an older imagekit left: the same signed records, no heads, and no reader on this machine has seen them
+    shutil.rmtree(heads_dir(), ignore_errors=True)
+    (_log(tmp_path) / "head.json").unlink()
+    (tmp_path / "manifests" / "_revocations" / "head.json").unlink()
+    fails(cli("resolve", "app", "--channel", "stable", "-f", spec), "no signed head", "manifest seal-heads")
+
+    res = cli("manifest", "seal-heads", "-f", spec, "--json")
+    assert res.exit_code == 0, res.output
+    sealed = json.loads(res.stdout)["sealed"]
+    assert sorted(Path(p).name for p in sealed) == ["_revocations", "stable"]
+    ok = cli("history", "app", "--channel", "stable", "-f", spec, "--json")
+    assert ok.exit_code == 0, ok.output
+    assert two in ok.stdout  # both records read, against the new head
+    # a second run seals nothing, and a log whose records do not verify is never sealed
+    again = cli("manifest", "seal-heads", "-f", spec, "--json")
+    assert json.loads(again.stdout)["sealed"] == []
+    (_log(tmp_path) / "head.json").unlink()
+    record = _log(tmp_path) / "0000000002.json"
+    env = json.loads(record.read_bytes())
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[-1] ^= 1  # another signature
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    record.write_text(json.dumps(env))
+    fails(cli("manifest", "seal-heads", "-f", spec))
+    assert not (_log(tmp_path) / "head.json").exists()

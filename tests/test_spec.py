@@ -96,7 +96,7 @@ def test_the_committed_examples_validate(name: str) -> None:
     # The GPU example (CUDA 12.4, torch 2.5.1) and the CPU one (torch 2.13.0 CPU, the observed row) pass the matrix
     # and their files match their pins.
     from imagekit.api.spec import validate as api_validate
-    from imagekit.compat import notes
+    from imagekit.compat.check import notes
 
     path = Path(__file__).resolve().parent.parent / "examples" / "tts" / name
     loaded = api_validate(path)
@@ -346,7 +346,7 @@ def test_cpu_and_seed_specs_are_accepted(spec_dir: Path, text: str) -> None:
 
 
 def test_newer_cpu_torch_is_a_note(spec_dir: Path) -> None:
-    from imagekit.compat import check_spec, notes
+    from imagekit.compat.check import check_spec, notes
 
     (spec_dir / "ok.yaml").write_text(
         'version: 1\nname: cpu\nlayers: {a: {from: {docker: "x"}, torch: "2.14.0"}}\nimages: {cpu: {leaf: a}}\n'

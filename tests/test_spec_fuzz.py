@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagekit.compat import check_spec
+from imagekit.compat.check import check_spec
 from imagekit.errors import SpecError
 from imagekit.spec import LoadedSpec, parse_spec
 

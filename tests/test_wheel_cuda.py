@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES, REPO
 
-from imagekit.compat import check_spec, check_versions, notes, pypi_build
+from imagekit.compat import pypi_build
+from imagekit.compat.check import check_spec, check_versions, notes
 from imagekit.errors import SpecError
 from imagekit.render.dockerfile import render_dockerfile
 from imagekit.render.scripts import render_scripts

@@ -15,6 +15,7 @@ from imagekit.manifest.channels import (
     assignments,
     channel_log,
     now_iso,
+    seal_heads,
     who_default,
 )
 from imagekit.manifest.dsse import envelope_payload
@@ -445,3 +446,9 @@ def channel_history(
         {"seq": r.seq, **{k: r.doc[k] for k in fields if k in r.doc}, "keyid": r.keyid}
         for r in ledger.channel_records(image, channel)
     ]
+
+
+def seal_log_heads(path: Path | str | None, trust: Path | None = None, key: str | None = None) -> dict[str, Any]:
+    """Sign heads for a store's logs written before logs had signed heads, after verifying every record."""
+    _loaded, ledger, signer = _context(path, trust, key)
+    return {"store": ledger.store.url, "sealed": seal_heads(ledger.store, signer, ledger.keys)}

@@ -72,7 +72,7 @@ def validate(path: Path | str | None, *, check_compat: bool = True) -> LoadedSpe
     loaded = load_spec(path)
     problems = check_files(loaded)
     if check_compat:
-        from imagekit.compat import check_spec
+        from imagekit.compat.check import check_spec
 
         problems += check_spec(loaded)
     if problems:

@@ -82,6 +82,26 @@ def _figures(report: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
+@manifest_app.command("seal-heads")
+def seal_heads_cmd(
+    file: Path | None = SpecOpt,
+    trust: Path | None = TrustOpt,
+    key: str | None = KeyOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Once, for a store written before signed log heads: verify each channel/revocation log, sign its head."""
+    from imagekit.api.manifest import seal_log_heads
+
+    res = run(lambda: seal_log_heads(file, trust, key))
+    if json_out:
+        print_json(res)
+        return
+    for where in res["sealed"]:
+        err.print(f"[green]ok[/] sealed {where}")
+    if not res["sealed"]:
+        err.print(f"every log of {res['store']} has a signed head already")
+
+
 @manifest_app.command("show")
 def show(
     ref: str = typer.Argument(..., help="Manifest id (or a unique prefix)."),

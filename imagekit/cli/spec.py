@@ -17,7 +17,7 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on std
 def validate(file: Path | None = SpecOpt, json_out: bool = JsonOpt) -> None:
     """Check a spec: keys, types, layer graph, paths, weight digests and the compatibility matrix."""
     from imagekit.api.spec import validate as api_validate
-    from imagekit.compat import notes
+    from imagekit.compat.check import notes
 
     loaded = run(lambda: api_validate(file))
     # Notes are what the matrix could not check (e.g. a CPU torch newer than it); they never fail validation.

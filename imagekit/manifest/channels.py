@@ -128,7 +128,8 @@ def _check_head(store: Store, log: str, head: bytes | None, entries: list[LogEnt
         if entries:
             raise StoreError(
                 f"log {store.location(log)} has {len(entries)} records but no signed head ({where} is missing): "
-                "its newest records may have been removed with it; restore the head from a backup or versioned bucket"
+                "its newest records may have been removed with it; restore the head from a backup or versioned bucket "
+                "(a store written before imagekit signed log heads: check it, then `imagekit manifest seal-heads`)"
             )
         return
     try:
@@ -243,11 +244,37 @@ def append_signed(
         return envelope_bytes(sign_envelope(canonical_json(doc), signer, RECORD_PAYLOAD_TYPE))
 
     entry = store.append(log, make)
+    _sign_head(store, log, entry, signer)
+    return Record(entry.seq, signed["doc"], signer.keyid, store.location(entry.key))
+
+
+def _sign_head(store: Store, log: str, entry: LogEntry, signer: Signer) -> None:
     head_doc = {"_type": HEAD_TYPE, "log": log, "seq": entry.seq, "digest": sha256_hex(entry.data)}
     head = envelope_bytes(sign_envelope(canonical_json(head_doc), signer, RECORD_PAYLOAD_TYPE))
     store.advance_head(log, entry.seq, head, _head_seq)
     SeenHeads(store.url).update(log, Seen(entry.seq, sha256_hex(entry.data)))
-    return Record(entry.seq, signed["doc"], signer.keyid, store.location(entry.key))
+
+
+def seal_heads(store: Store, signer: Signer, trusted: list[TrustedKey]) -> list[str]:
+    """Sign a head for each log written before logs had signed heads (records but no head); their locations.
+
+    Trust on first use, asked for on purpose: every record of such a log must verify (signature, sequence, chain)
+    first, and what is sealed is the log as it stands now, so a log that lost records before this is not detected.
+    """
+    if signer.keyid not in {t.keyid for t in trusted}:
+        raise SignatureError(f"signing key {signer.ref} is not in the trust file; add its public key to it first")
+    logs = [(REVOCATIONS, REVOCATION_TYPE)]
+    channel_logs = {key.rsplit("/", 1)[0] for key in store.backend.keys(CHANNELS + "/")}
+    logs += [(log, CHANNEL_TYPE) for log in sorted(channel_logs) if len(log.split("/")) == 3]
+    sealed = []
+    for log, expect in logs:
+        entries = store.read_log(log)
+        if not entries or store.read_head(log) is not None:
+            continue
+        verify_log(store, entries, trusted, expect)
+        _sign_head(store, log, entries[-1], signer)
+        sealed.append(store.location(log))
+    return sealed
 
 
 # --- channel state -----------------------------------------------------------------------------------

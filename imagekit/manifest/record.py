@@ -108,7 +108,8 @@ def _strip_credentials(url: str) -> str:
     return url
 
 
-def _git_source(root: Path) -> GitSource | None:
+def git_source(root: Path) -> GitSource | None:
+    """The commit and remote (credentials stripped) of the git work tree holding `root`; None outside git."""
     from imagekit.errors import ImagekitError
     from imagekit.runners.process import capture
 
@@ -223,7 +224,7 @@ def record_build(
         kind, _, rel = k.partition(":")
         if kind != "model" and loaded.local(rel).exists():
             input_digests[k] = real_digest(loaded.local(rel), cache)
-    git = _git_source(loaded.root)
+    git = git_source(loaded.root)
     models = [
         {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
         for _, layer in loaded.chain(image)

@@ -68,6 +68,11 @@ def gc_for(
     info = target_info(target)  # the same UsageError for an unknown name as `build`
     if rehearse and info.rehearse:
         raise UsageError(info.rehearse)
+    if rehearse:
+        from imagekit.extras import require
+
+        # before the store is read, as build and nightly do: a missing extra is the first thing to say
+        require("rehearsal", "--rehearse")
     return RETENTION[target](
         loaded, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, engine=engine, reporter=reporter
     )
