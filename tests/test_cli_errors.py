@@ -182,3 +182,21 @@ def test_a_300_byte_name_anywhere_is_exit_2(spec: Path, tmp_path: Path) -> None:
     one_line(cli("manifest", "verify", long, "-f", str(spec), "--trust", long), 2, "the file name is too long")
     r = cli("promote", "app", "abcdef", "--channel", "stable", "-f", str(spec), "--key", long)
     one_line(r, 2, "signing key")
+
+
+def test_json_runs_get_a_json_error_even_when_click_rejects_the_options(spec: Path) -> None:
+    for args, needle, where in (
+        (["build", "-f", str(spec), "--json"], "Missing option '--target'", "imagekit build"),
+        (["plan", "--bogus", "--json"], "No such option: --bogus", "imagekit plan"),
+        (["manifest", "verify", "--bogus", "--json"], "No such option: --bogus", "imagekit manifest verify"),
+        (["nosuch", "--json"], "No such command 'nosuch'", "imagekit"),
+    ):
+        r = CliRunner().invoke(app, args, prog_name="imagekit")
+        assert r.exit_code == 2, r.output
+        doc = json.loads(r.stdout)
+        assert doc["error"]["exit_code"] == 2 and doc["error"]["where"] == where, doc
+        assert needle in doc["error"]["message"], doc
+        assert needle in r.stderr  # the usual message still goes to stderr
+    # without --json, stdout stays empty
+    r = CliRunner().invoke(app, ["build", "-f", str(spec)])
+    assert r.exit_code == 2 and r.stdout == ""

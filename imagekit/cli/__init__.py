@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
+import typer.core
 
 from imagekit.errors import BuildFailed, ImagekitError, SpecError
 
+# typer 0.20+ runs commands on its own copy of click; older ones on click itself
+_click = getattr(typer.core, "_click", None) or importlib.import_module("click")
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group: options click rejects before any command runs still get `--json`'s error document."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        self._argv = list(args)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _click.exceptions.ClickException as exc:
+            argv = getattr(self, "_argv", [])
+            if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+                from imagekit.cli.console import print_json
+
+                where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else ""
+                print_json({"error": {"message": one_line(exc.format_message()), "where": where,
+                                      "exit_code": exc.exit_code}})  # fmt: skip
+            raise
+
+
 app = typer.Typer(
     name="imagekit",
+    cls=_Group,
     help="Golden machine images for GPU inference services: validate, plan, render, build, verify, sign.",
     no_args_is_help=True,
     # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
