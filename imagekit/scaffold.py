@@ -387,6 +387,18 @@ def render_spec(facts: AppFacts, pins: Pins) -> str:
             "      bootstrap: {distro: debian, suite: bookworm}",
             '    cuda: "none"',
         ]
+    elif facts.cuda_from_lock and pins.torch:
+        # the lock pins torch and NVIDIA's CUDA wheels (nvidia-cuda-runtime-cu12, cuDNN, cuBLAS, ...): the container
+        # needs no CUDA image, only the host's driver, as the GPU example does
+        out += [
+            "    # a Debian bookworm base made with debootstrap: no registry needed (as root, once, about a minute);",
+            "    # CUDA's user space comes from the nvidia-*-cu* wheels the lock pins, the driver from the host",
+            "    from:",
+            "      bootstrap: {distro: debian, suite: bookworm}",
+            "      # for AMIs (targets: [docker, ami]) also:",
+            '      # ami: {name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", owners: ["099720109477"]}',
+            f"    cuda: {_q(pins.cuda)}   # from {pins.cuda_why}",
+        ]
     else:
         tag = CUDA_IMAGE_PATCH.get(pins.cuda, f"{pins.cuda}.0")
         flavour = "cudnn" if pins.cudnn and int(pins.cudnn) >= 9 else (f"cudnn{pins.cudnn}" if pins.cudnn else "")
@@ -398,12 +410,10 @@ def render_spec(facts: AppFacts, pins: Pins) -> str:
             '      # ami: {name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", owners: ["099720109477"]}',
             f"    cuda: {_q(pins.cuda)}   # from {pins.cuda_why}",
         ]
-        if pins.cudnn:
-            out.append(f"    cudnn: {_q(pins.cudnn)}")
-        if pins.driver:
-            out.append(
-                f"    driver: {_q(pins.driver)}   # AMI only: the oldest NVIDIA driver branch for CUDA {pins.cuda}"
-            )
+    if not pins.cpu and pins.cudnn:
+        out.append(f"    cudnn: {_q(pins.cudnn)}")
+    if not pins.cpu and pins.driver:
+        out.append(f"    driver: {_q(pins.driver)}   # AMI only: the oldest NVIDIA driver branch for CUDA {pins.cuda}")
     out += ["    # apt: [ffmpeg, libsndfile1]   # system packages the app needs", "  runtime:", "    parent: base"]
     out.append(f"    python: {_q(pins.python)}")
     if pins.torch:

@@ -122,6 +122,20 @@ def test_init_on_the_example_app_finds_its_cuda_from_the_lock(tmp_path: Path) ->
     assert resolved.port == 7860 and resolved.command is not None and "app.server" in resolved.command
 
 
+def test_a_lock_with_torch_and_the_cuda_wheels_starts_from_a_bootstrap_base(tmp_path: Path) -> None:
+    lock = "torch==2.5.1\nnvidia-cuda-runtime-cu12==12.4.127\nnvidia-cudnn-cu12==9.1.0.70\nfilelock==3.16.1\n"
+    folder = _app(tmp_path / "wheels-svc", lock=lock)
+    code, output = _init(str(folder))
+    assert code == 0, output
+    loaded = validate(folder / "imagekit.yaml")
+    resolved = loaded.resolved("wheels-svc")
+    assert (resolved.torch, resolved.cuda, resolved.cudnn) == ("2.5.1", "12.4", "9")
+    # CUDA comes from the wheels: a bootstrapped base that builds here, no nvidia/cuda image from a registry
+    base = loaded.spec.layers["base"].from_
+    assert base is not None and base.bootstrap is not None and base.docker is None
+    assert resolved.driver is not None  # the AMI still gets the driver branch CUDA 12.4 needs
+
+
 def test_a_uv_lock_gives_the_torch_build_and_says_how_to_export(tmp_path: Path) -> None:
     folder = tmp_path / "uvapp"
     folder.mkdir()
