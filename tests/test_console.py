@@ -135,3 +135,23 @@ def test_debootstrap_lines_become_progress() -> None:
     steps = [e.message for e in events if e.kind == "step"]
     assert "Unpacking required packages..." in steps and "Base system installed successfully." in steps
     assert all(e.target == "docker" and e.layer == "base" for e in events)
+
+
+def test_verify_lines_name_each_step_and_the_image() -> None:
+    console, buf = _console()
+    show = LineDisplay(console=console, heartbeat=60, steps=True)
+    show(Event("start", "probing tts-cpu:abc", image="tts-cpu", target="docker"))
+    show(Event("step", "starting the service, waiting for /ready", image="tts-cpu", target="docker"))
+    show(Event("step", "ready after 2.5s"))  # no image: it belongs to the unit that is running
+    show(Event("done", "verified; report r.json", image="tts-cpu", target="docker"))
+    lines = _lines(buf)
+    assert len(lines) == 4, lines
+    assert "starting the service" in lines[1] and "tts-cpu" in lines[1]
+    assert "ready after 2.5s" in lines[2] and "tts-cpu" in lines[2]
+    assert "done" in lines[3] and "verified" in lines[3]
+    # a build's display prints no steps: its piped output stays one line per start and end
+    quiet_console, quiet = _console()
+    build = LineDisplay(console=quiet_console, heartbeat=60)
+    build(_layer("start", "building"))
+    build(_layer("step", "RUN install"))
+    assert len(_lines(quiet)) == 1

@@ -240,9 +240,10 @@ ProgressPrinter = StreamDisplay
 class LineDisplay(Display):
     """For CI logs and pipes: a line when a unit starts and when it ends, heartbeats while it runs."""
 
-    def __init__(self, *, console: Console | None = None, heartbeat: float = HEARTBEAT_S) -> None:
+    def __init__(self, *, console: Console | None = None, heartbeat: float = HEARTBEAT_S, steps: bool = False) -> None:
         super().__init__(console)
         self.heartbeat = heartbeat
+        self.steps = steps  # a line per step too (verify's few: probing, starting the service, smoke)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -253,8 +254,10 @@ class LineDisplay(Display):
         elif event.kind in CLOSING:
             timed = unit is not None and unit.key == key and unit.timed and event.kind != "cached"
             self._line(event.kind, key, event.message, unit.elapsed(time.monotonic()) if unit and timed else None)
-        elif event.kind in ("info", "warn"):
-            self._line(event.kind, key, event.message, None)
+        elif event.kind in ("info", "warn") or (self.steps and event.kind == "step"):
+            if event.kind == "step" and unit is not None:
+                unit.said = time.monotonic()  # the step's line counts as news: the next heartbeat waits
+            self._line(event.kind, unit.key if unit is not None and not any(key) else key, event.message, None)
 
     def beat(self) -> None:
         """One heartbeat: a line for each unit that has run a heartbeat's time without a line about it."""
@@ -349,11 +352,12 @@ class LiveDisplay(Display):
             self.console.print(self.summary())
 
 
-def display(*, verbose: bool = False, console: Console | None = None) -> Display:
-    """The display for where stderr goes: -v streams everything, a terminal gets the live view, else lines."""
+def display(*, verbose: bool = False, steps: bool = False, console: Console | None = None) -> Display:
+    """The display for where stderr goes: -v streams everything, a terminal gets the live view, else lines (with
+    steps: a line for each step as well)."""
     console = console or err
     if verbose:
         return StreamDisplay(show_log=True, console=console)
     if console.is_terminal and not in_ci():
         return LiveDisplay(console=console)
-    return LineDisplay(console=console)
+    return LineDisplay(console=console, steps=steps)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import err, escape, print_json
+from imagekit.cli.console import display, err, escape, print_json
 
 
 @app.command()
@@ -37,9 +37,13 @@ def verify(  # noqa: PLR0917 (typer options)
     from imagekit.errors import UsageError
     from imagekit.events import Event
 
+    # the same display as build: a live view on a terminal, start/end lines and heartbeats in a CI log or a pipe
+    # (a health wait of minutes is not silent); nothing on stderr but errors under --json
+    shown = None if json_out else display(steps=True)
+
     def show(event: Event) -> None:
-        if not json_out and event.kind in ("start", "step", "warn"):
-            err.print(f"[dim]{escape(event.message)}[/]")
+        if shown is not None:
+            shown(event)
 
     def call() -> Any:
         if probe_file is not None:
@@ -50,7 +54,7 @@ def verify(  # noqa: PLR0917 (typer options)
             raise UsageError("verify needs IMAGE_REF (an image on the Docker host) or --probe-file PROBE.json")
         return verify_docker(file, image_ref, image, show, gpu=gpu)
 
-    report, path = run(call)
+    report, path = run(call if shown is None else lambda: shown.run(call))
     if json_out:
         print_json({**report.model_dump(mode="json", by_alias=True), "report_path": str(path)})
         return

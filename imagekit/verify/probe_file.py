@@ -77,9 +77,16 @@ def verify_probe_file(
     report.seconds = round(time.monotonic() - t0, 3)
     written = report.write(report_path_for(loaded, name, started))
     if report.failures:
-        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name))
+        reporter(Event("fail", f"{len(report.failures)} failure(s); report {written}", image=name, target="probe-file"))
         raise VerifyFailed(
             f"{name}: the saved probe {source} fails the spec", failures=report.failures, report_path=str(written)
         )
-    reporter(Event("done", f"the saved probe passes (no health/smoke: no service ran); report {written}", image=name))
+    reporter(
+        Event(
+            "done",
+            f"the saved probe passes (no health/smoke: no service ran); report {written}",
+            image=name,
+            target="probe-file",
+        )
+    )
     return VerifyResult(report, written)
