@@ -141,7 +141,8 @@ def check_store(spec: Spec, root: Path, file: str, located: Located) -> list[Pro
     if not url.strip():
         return [Problem(file, line, "store", "store is empty", "use a folder or s3://bucket/prefix")]
     folder = posixpath.normpath(posixpath.join(str(root), url)) if not url.startswith("~") else url
-    if folder == "/" or folder in _SYSTEM_FOLDERS or folder.startswith(("/proc/", "/sys/", "/dev/")):
+    in_kernel_fs = folder.startswith(("/proc/", "/sys/", "/dev/")) and not folder.startswith("/dev/shm/")  # noqa: S108 (a name compared, no file made)
+    if folder == "/" or folder in _SYSTEM_FOLDERS or in_kernel_fs:
         # every command would list (and plan would walk) the whole of it
         return [Problem(file, line, "store", f"store {clip(url)!r} is a system folder", "use a folder of its own")]
     return []

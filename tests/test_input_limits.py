@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -265,6 +267,17 @@ def test_store_at_the_filesystem_root_is_refused(tmp_path: Path) -> None:
     t0 = time.monotonic()
     err = one_line_error(cli("plan", "-f", str(path)))
     assert "store '/' is a system folder" in err and time.monotonic() - t0 < 5
+    for system in ("/proc/self", "/dev/sda", "/sys/kernel"):
+        err = one_line_error(cli("plan", "-f", str(spec(tmp_path, tail=f"store: {system}/x\n"))))
+        assert "is a system folder" in err
+    # /dev/shm is a tmpfs of its own: a workspace there (a benchmark's) keeps its store beside it
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        ws = Path(tempfile.mkdtemp(dir=shm))
+        try:
+            assert cli("validate", "-f", str(spec(ws, tail="store: manifests\n"))).exit_code == 0
+        finally:
+            shutil.rmtree(ws)
 
 
 def test_oversized_store_record_is_refused(tmp_path: Path) -> None:
