@@ -152,7 +152,8 @@ def _windowed(fn: Any) -> Any:
 
 def prune_own_records(*, builder_only: bool = False) -> int:
     """Prune the BuildKit records of this run's builds (see _WINDOWS); bytes reclaimed as the engine reports.
-    builder_only: just the builder stage's venv snapshot (the layer cache, context and package cache stay)."""
+    builder_only: just the install RUN's snapshot, BuildKit's copy of the venv that the exported image holds anyway
+    (the layer cache of the other steps, the context and the package cache mount stay)."""
     mine = []
     for rec in _buildkit_records():
         created = str(rec.get("CreatedAt", ""))[:19]
@@ -222,7 +223,7 @@ def _cold(seed: Seed) -> dict[str, Any]:
     # hand-tuned build runs with --no-cache; the package cache mount is the spec's own and starts empty
     _need_disk(seed.weights_bytes * 2 / 1e9 + 17, "the cold build")
     res, wall = _build(seed, images=[seed.image], force=True)
-    prune_own_records(builder_only=True)  # ~6 GB nobody needs once the runtime layer has its venv
+    prune_own_records(builder_only=True)  # ~6 GB nobody needs once the runtime image holds its venv
     img = res.image(seed.image)
     seed.figures["cold"] = {
         "wall_s": wall,

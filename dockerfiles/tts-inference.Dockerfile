@@ -16,23 +16,18 @@ RUN apt-get update -q \
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
-FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-builder
-# hadolint ignore=DL3002
-USER root
-RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
-    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
-    --mount=type=secret,id=ca \
-    --mount=type=secret,id=pipconf,required=false \
-    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
-    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
-
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="baafadc767abebbd9fb392fe8a0e92f5a8e97096219235289d9cd92168775b7a"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
-COPY --from=runtime-builder /opt/venv /opt/venv
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app

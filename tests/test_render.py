@@ -141,7 +141,6 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^ARG BASE_IMAGE=imagekit-base-base:[0-9a-f]{16}$", text, re.M)
     assert re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M) == [
         ("${BASE_IMAGE}", "base"),
-        ("${IMAGEKIT_PARENT_RUNTIME}", "runtime-builder"),
         ("${IMAGEKIT_PARENT_RUNTIME}", "runtime"),
         ("${IMAGEKIT_PARENT_APP}", "app"),
     ]
@@ -152,7 +151,11 @@ def test_dockerfile_contract() -> None:
     assert not re.search(r"^(COPY|ADD) .*(\.crt|\.pem|pip\.conf|ca-certificates)", text, re.M)
     assert "--mount=type=bind,source=.imagekit/wheelhouse,target=/wheels" in text
     assert "PIP_FIND_LINKS=/wheels" in text
-    assert "COPY --from=runtime-builder /opt/venv /opt/venv" in text
+    # the venv is installed in the runtime stage itself (one RUN with the package cache mount), not copied in
+    assert "COPY --from=" not in text
+    runtime = text[text.index("AS runtime\n") : text.index("AS app\n")]
+    assert "--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit" in runtime
+    assert "runtime.sh build-deps venv install drop-build-deps" in runtime
     assert "COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt" in text
     assert re.search(r"^USER app$", text, re.M)
     assert "HEALTHCHECK " in text and "http://127.0.0.1:7860/ready" in text
@@ -182,16 +185,16 @@ def test_committed_renders_of_the_gpu_example_are_fresh() -> None:
             lint(REPO / dockerfile)
 
 
-def test_layer_names_that_cannot_be_stages_are_refused(tmp_path: Path) -> None:
+def test_layer_names_that_cannot_be_stages_are_refused_and_any_other_is_a_stage(tmp_path: Path) -> None:
     spec = tmp_path / "imagekit.yaml"
     spec.write_text(
-        "version: 1\nname: clash\nlayers:\n"
+        "version: 1\nname: named\nlayers:\n"
         "  x: {from: {docker: 'debian:bookworm'}, python: '3.11', pip: [six]}\n"
         "  x-builder: {parent: x}\n"
-        "images:\n  clash: {leaf: x-builder}\n"
+        "images:\n  named: {leaf: x-builder}\n"
     )
-    with pytest.raises(UsageError, match="two Dockerfile stages would be called 'x-builder'"):
-        render_dockerfile(load_spec(spec), "clash")
+    # no builder stages any more: a layer may be called x-builder next to a pip layer x
+    assert "AS x-builder\n" in render_dockerfile(load_spec(spec), "named")
     spec.write_text(
         "version: 1\nname: digits\nlayers:\n  1st: {from: {docker: 'debian:bookworm'}}\nimages:\n  d: {leaf: 1st}\n"
     )

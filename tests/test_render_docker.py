@@ -1,7 +1,7 @@
 """A rendered Dockerfile built for real with BuildKit on the engine (Debian docker.io 20.10, DOCKER_BUILDKIT=1).
 
-The spec is tiny but uses every feature the renderer emits: a bootstrapped base, a venv builder stage with a hashed
-lock from a wheelhouse (pip reaches the index only through the CA secret), copied sources with a byte-code cache
+The spec is tiny but uses every feature the renderer emits: a bootstrapped base, a venv installed in its layer's stage from a
+hashed lock from a wheelhouse (pip reaches the index only through the CA secret), copied sources with a byte-code cache
 that must stay out, weights that must be root-owned 0444, env with quoting, run steps, a non-root user, labels and
 a health check. Layers are built one at a time from their parent's tagged image, exactly as the docker runner does,
 and the same scripts are then run with no arguments the way Packer runs them on a VM (IMAGEKIT_TARGET=ami).
@@ -192,7 +192,7 @@ def test_final_image_runs_non_root_with_read_only_weights(workspace: dict[str, o
     assert _sh(workspace, final, "test -w /opt/models/w.bin && echo writable || echo read-only") == "read-only"
     assert _sh(workspace, final, "touch /opt/models/x 2>/dev/null && echo wrote || echo refused") == "refused"
     assert _sh(workspace, final, "cat /opt/app/ran.txt") == "ran"
-    # the venv came from the builder stage with the pinned wheel; compilers stayed there
+    # the venv has the pinned wheel from the wheelhouse, and no compilers
     assert _sh(workspace, final, "python -c 'import imagekit_hello; print(imagekit_hello.GREETING)'") == (
         "hello from the wheelhouse"
     )
@@ -244,13 +244,18 @@ def test_the_same_scripts_provision_a_vm_like_host(workspace: dict[str, object])
 def test_no_compilers_for_a_lock_of_wheels(workspace: dict[str, object], final: str) -> None:
     hashes = workspace["hashes"]
     assert isinstance(hashes, dict)
-    tag = "imagekit-rendertest-builder:latest"
-    _build(workspace, "runtime-builder", tag, f"IMAGEKIT_PARENT_RUNTIME=imagekit-rendertest-base:{hashes['base'][:16]}")
-    # the lock is all wheels: the builder never needed compilers, so it has none (they come in only for an sdist;
-    # tests/test_render_scripts.py runs that path), and the final image has none either
+    tag = "imagekit-rendertest-runtime-only:latest"
+    _build(workspace, "runtime", tag, f"IMAGEKIT_PARENT_RUNTIME=imagekit-rendertest-base:{hashes['base'][:16]}")
+    # the lock is all wheels: the install never needed compilers, so the runtime layer has none (they come in only
+    # for an sdist and leave in the same RUN; tests/test_render_scripts.py runs that path), nor the final image
     assert _sh(workspace, tag, "command -v gcc || echo no-gcc") == "no-gcc"
+    assert _sh(workspace, tag, "dpkg -s build-essential >/dev/null 2>&1 && echo left || echo none") == "none"
+    assert _sh(workspace, tag, "ls /var/lib/imagekit/build-deps.runtime 2>/dev/null || echo no-record") == "no-record"
     assert _sh(workspace, tag, "/opt/venv/bin/python -c 'import imagekit_hello; print(1)'") == "1"
     assert _sh(workspace, final, "command -v gcc || echo no-gcc") == "no-gcc"
+    # one stage per layer: the venv is installed where it lives, not copied from a builder stage
+    text = (Path(str(workspace["root"])) / "dockerfiles" / "rendertest.Dockerfile").read_text()
+    assert "COPY --from=" not in text and "-builder" not in text
 
 
 def test_a_start_image_with_a_non_root_user_still_provisions(workspace: dict[str, object]) -> None:

@@ -1,10 +1,14 @@
-"""Multi-stage Dockerfile per image: one stage per layer, a builder stage per virtualenv, secrets only as mounts. Pure.
+"""Multi-stage Dockerfile per image: one stage per layer, secrets only as mounts. Pure.
 
 Why the FROM lines look the way they do: the root stage starts from the build arg BASE_IMAGE, every child from the
 build arg IMAGEKIT_PARENT_<LAYER> whose default is the parent's stage name. Built whole, BuildKit resolves the default
 to the earlier stage; the docker runner instead builds one layer at a time (`--target <layer>`) and points the arg at
 the parent layer's tagged image, so an unchanged parent is never rebuilt. Checked on Debian's docker.io 20.10.24 with
 DOCKER_BUILDKIT=1 (tests/test_render_docker.py builds both ways).
+
+A virtualenv is installed in its layer's own stage, in one RUN that also removes any compilers it needed (as the AMI's
+script does), not in a builder stage whose venv is copied over: the copy cost a 5 GB CUDA venv ~25 s of snapshot
+and COPY on top of the install (bench/seed_bench.py, seed_cold_runtime).
 """
 
 from __future__ import annotations
@@ -44,11 +48,6 @@ DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n**/*.pyo\n**/.git\n"
 def parent_arg(layer: str) -> str:
     """The build arg a child stage starts from: IMAGEKIT_PARENT_<LAYER> (non-alphanumerics become _)."""
     return "IMAGEKIT_PARENT_" + "".join(c if c.isalnum() else "_" for c in layer.upper())
-
-
-def builder_stage(layer: str) -> str:
-    """The name of a layer's virtualenv builder stage."""
-    return f"{layer}-builder"
 
 
 def _ctx(prefix: str, rel: str) -> str:
@@ -96,18 +95,11 @@ def _health_cmd(port: int, path: str, python: str) -> str:
     return json.dumps([python, "-c", code])
 
 
-def _check_stage_names(image: str, layers: list[tuple[str, bool]]) -> None:
-    """Stage names BuildKit accepts, none used twice (a layer called `x-builder` next to a builder of `x`)."""
-    seen: set[str] = set()
-    for name, has_builder in layers:
-        for stage in (name, builder_stage(name)) if has_builder else (name,):
-            if not STAGE_NAME.match(stage):
-                raise UsageError(
-                    f"image {image}: layer {name!r} cannot name a Dockerfile stage (start it with a letter)"
-                )
-            if stage in seen:
-                raise UsageError(f"image {image}: two Dockerfile stages would be called {stage!r}; rename layer {name}")
-            seen.add(stage)
+def _check_stage_names(image: str, layers: list[str]) -> None:
+    """Stage names BuildKit accepts."""
+    for name in layers:
+        if not STAGE_NAME.match(name):
+            raise UsageError(f"image {image}: layer {name!r} cannot name a Dockerfile stage (start it with a letter)")
 
 
 def render_dockerignore() -> str:
@@ -140,7 +132,7 @@ def render_dockerfile(
         raise UsageError(
             f"image {image}: layer {root_name} has no from.docker or from.bootstrap, so it cannot be a container"
         )
-    _check_stage_names(image, [(name, layer_steps(loaded, name).pip_work) for name, _ in chain])
+    _check_stage_names(image, [name for name, _ in chain])
     args = {parent_arg(name): layer.parent for name, layer in chain if layer.parent}
     if len(set(args)) != len(chain) - 1:
         raise UsageError(f"image {image}: two layer names map to the same build arg ({', '.join(sorted(args))})")
@@ -167,26 +159,6 @@ def render_dockerfile(
         start = "${BASE_IMAGE}" if layer.parent is None else "${" + parent_arg(name) + "}"
         script = _ctx(scripts_prefix, f"{name}.sh")
         out.append("")
-        if steps.pip_work:
-            # Compilers live only here; the finished virtualenv is copied into the layer's stage.
-            mounts = []
-            if layer.requirements:
-                lock = _ctx(src_prefix, layer.requirements)
-                mounts.append(f"--mount=type=bind,source={lock},target={SRC_DIR}/{layer.requirements}")
-            out += [
-                f"FROM {start} AS {builder_stage(name)}",
-                "# hadolint ignore=DL3002",
-                "USER root",
-                *([UPGRADE_RUN] if layer.parent is None else []),
-                _run(
-                    script,
-                    name,
-                    [p for p in ("system", "build-deps", "venv", "install") if p in phases],
-                    mounts=[*mounts, *secret_mounts, *wheel_mounts, cache_mount(spec.name)],
-                    env={**wheel_env, "IMAGEKIT_CACHE": CACHE_DIR},
-                ),
-                "",
-            ]
         out += [f"FROM {start} AS {name}", f"LABEL {_label(f'{LABEL_PREFIX}.layer.{name}.hash', hashes[name])}"]
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
@@ -207,6 +179,22 @@ def render_dockerfile(
             stage_phases.append("venv")
         if stage_phases:
             out.append(_run(script, name, stage_phases, mounts=[]))
+        if steps.pip_work:
+            # The venv in one RUN: compilers come in only for a package without a wheel and leave in the same RUN,
+            # so no layer holds them; downloads stay in the spec's BuildKit cache mount for the next build.
+            mounts = []
+            if layer.requirements:
+                lock = _ctx(src_prefix, layer.requirements)
+                mounts.append(f"--mount=type=bind,source={lock},target={SRC_DIR}/{layer.requirements}")
+            out.append(
+                _run(
+                    script,
+                    name,
+                    [p for p in ("build-deps", "venv", "install", "drop-build-deps") if p in phases],
+                    mounts=[*mounts, *secret_mounts, *wheel_mounts, cache_mount(spec.name)],
+                    env={**wheel_env, "IMAGEKIT_CACHE": CACHE_DIR},
+                )
+            )
         for model in layer.models:
             if model.mode:
                 owner = model_owner(loaded, name)
@@ -214,8 +202,6 @@ def render_dockerfile(
                 out.append(
                     _copy(_ctx(src_prefix, rel), model.dest, f"--chown={owner}:{owner}", f"--chmod={model.mode}")
                 )
-        if steps.pip_work:
-            out.append(f"COPY --from={builder_stage(name)} {VENV} {VENV}")
         if (steps.pip_work or "venv" in phases) and not has_venv:
             out.append(f'ENV VIRTUAL_ENV={VENV} PATH="{VENV}/bin:$PATH"')
             has_venv = True

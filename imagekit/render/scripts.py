@@ -2,8 +2,8 @@
 
 A script is a set of phases (system, cuda, build-deps, venv, install, drop-build-deps, files, run). With no
 arguments it runs every phase the layer has, which is what Packer's shell provisioner does on a VM; the Dockerfile
-runs chosen phases per RUN step (`sh <layer>.sh venv install` in the builder stage, `sh <layer>.sh system` in the
-layer's stage) because there the builder owns the virtualenv and COPY places files and weights. The one step
+runs chosen phases per RUN step (`sh <layer>.sh system`, then `sh <layer>.sh build-deps venv install drop-build-deps`
+with the package cache mounted) because there COPY places files and weights between them. The one step
 that differs by target is CUDA: a container gets it from its base image, a VM installs the NVIDIA driver branch,
 the CUDA runtime and cuDNN from NVIDIA's apt repository. The target is read at run time from $IMAGEKIT_TARGET,
 so one file serves both and the committed render stays a single `provision/<layer>.sh`.

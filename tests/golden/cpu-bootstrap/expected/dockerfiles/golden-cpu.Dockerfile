@@ -16,24 +16,19 @@ RUN apt-get update -q \
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
-FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-builder
-# hadolint ignore=DL3002
-USER root
-RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
-    --mount=type=bind,source=spec/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
-    --mount=type=secret,id=ca \
-    --mount=type=secret,id=pipconf,required=false \
-    --mount=type=bind,source=spec/wheels,target=/wheels \
-    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
-    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh system build-deps venv install
-
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="5677331f1462626645f86b1b08c09bbcdd0d88c5944afbef3c1680d9efd262ae"
 # hadolint ignore=DL3002
 USER root
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
-COPY --from=runtime-builder /opt/venv /opt/venv
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,source=spec/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
