@@ -10,6 +10,7 @@ FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="6ead15a62582cb67ee973ac50a27dc418e6ad32d6e4f5fe3b8a8c6c8caae87ed"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
@@ -20,6 +21,7 @@ FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="baafadc767abebbd9fb392fe8a0e92f5a8e97096219235289d9cd92168775b7a"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -34,6 +36,7 @@ FROM ${IMAGEKIT_PARENT_APP} AS app
 LABEL dev.imagekit.layer.app.hash="9b0e3b9e792b56f0fd103728291c68a60b9d97368b1a03c4d4539ad59bdb3d19"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system

@@ -96,6 +96,9 @@ def base_tag(layer: str, boot: Bootstrap) -> str:
 # --- paths inside the image or VM ---------------------------------------------------------------------------
 
 VENV = "/opt/venv"
+# The build arg every Dockerfile stage declares: `--force` and a refresh pass a new value, so every RUN runs again
+# while the package cache mounts stay (BuildKit's --no-cache would empty them too: moby/buildkit#1213).
+REBUILD_ARG = "IMAGEKIT_REBUILD"
 # Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
 # Packer template uploads them there, the Dockerfile bind-mounts the lock there.
 SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned

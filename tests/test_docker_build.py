@@ -249,6 +249,12 @@ def test_force_rebuilds_every_layer(built: Built) -> None:
     assert _weights_layer(forced.ref, parent_forced) == _weights_layer(cold.ref, parent_cold)
     assert forced.base is not None
     assert not forced.base.built  # --force rebuilds layers, not the debootstrapped distribution base
+    # every RUN ran again, but the spec's package cache mount stayed: uv found six in it and downloaded nothing
+    # (BuildKit's --no-cache would have emptied the mount as well)
+    log = Path(forced.log_path).read_text(encoding="utf-8", errors="replace")
+    runtime = log.split("# ---- layer runtime", 1)[1].split("# ---- layer app", 1)[0]
+    assert "runtime-ok" in runtime and "Installed 1 package" in runtime, runtime[-2000:]
+    assert "Prepared" not in runtime and "Downloading" not in runtime, runtime[-2000:]
 
 
 def test_final_image_runs_as_non_root_and_models_are_read_only(built: Built) -> None:

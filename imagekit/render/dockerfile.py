@@ -18,7 +18,7 @@ import posixpath
 import re
 
 from imagekit.errors import UsageError
-from imagekit.names import LABEL_PREFIX, MODELS_DIR, SRC_DIR, VENV, base_tag
+from imagekit.names import LABEL_PREFIX, MODELS_DIR, REBUILD_ARG, SRC_DIR, VENV, base_tag
 from imagekit.plan import plan_image
 from imagekit.render.scripts import layer_steps, model_owner
 from imagekit.render.upgrade import UPGRADE_RUN
@@ -27,9 +27,10 @@ from imagekit.spec import LoadedSpec
 OCI = "org.opencontainers.image"
 WHEELS_DIR = "/wheels"
 SCRIPT_DIR = "/tmp/imagekit"  # noqa: S108 - a mount point inside the build, nothing stays there
-# uv's and pip's download caches: a BuildKit cache mount outlives --no-cache (--force), a refresh and the image;
-# nothing of it enters a layer. One cache per spec: its images and layers share downloads, while another project's
-# builds on the same engine can neither read nor seed what this one installs.
+# uv's and pip's download caches: a BuildKit cache mount outlives `--force` and a refresh (which re-run every RUN
+# through REBUILD_ARG, not --no-cache, which would empty it) and the image; nothing of it enters a layer. One cache
+# per spec: its images and layers share downloads, while another project's builds on the same engine can neither
+# read nor seed what this one installs.
 CACHE_DIR = "/root/.cache/imagekit"
 
 
@@ -162,7 +163,7 @@ def render_dockerfile(
         out += [f"FROM {start} AS {name}", f"LABEL {_label(f'{LABEL_PREFIX}.layer.{name}.hash', hashes[name])}"]
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
-        out += ["# hadolint ignore=DL3002", "USER root"]
+        out += ["# hadolint ignore=DL3002", "USER root", f"ARG {REBUILD_ARG}"]
         # Weights first, one COPY (one image layer) each, straight on the parent: a change to anything else in the
         # layer (code, apt, user, venv) leaves their layers and digests as they were, so a rebuild re-copies and a
         # push re-uploads nothing of them (as cog's --separate-weights). A changed model rebuilds from its own COPY.

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from imagekit.names import (
     DEFAULT_CA_BUNDLE,
     LABEL_PREFIX,
     MODELS_DIR,
+    REBUILD_ARG,
     RENDER_DIR,
     SCRIPTS_PREFIX,
     WHEELHOUSE_DIR,
@@ -272,12 +274,16 @@ def _build_layer(
         f"{LABEL_PREFIX}.layer": lp.name,
         f"{LABEL_PREFIX}.spec": loaded.spec.name,
     }
+    if force:
+        # every RUN again (a new value of the arg each stage declares), the package cache mounts kept: --no-cache
+        # would empty those too, and --force, a refresh or a revoked layer would download every wheel again
+        build_args = {**build_args, REBUILD_ARG: uuid.uuid4().hex}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imagekit-iid-") as tmp:
         iid = Path(tmp) / "iid"
         result = engine.build(
             context, dockerfile=dockerfile, target=lp.name, tags=[tag], build_args=build_args, labels=labels,
-            secrets=secrets, no_cache=force, iidfile=iid, log=log, on_line=on_line,
+            secrets=secrets, iidfile=iid, log=log, on_line=on_line,
         )  # fmt: skip
         image_id = iid.read_text().strip() if iid.exists() else ""
     seconds = round(time.monotonic() - t0, 1)

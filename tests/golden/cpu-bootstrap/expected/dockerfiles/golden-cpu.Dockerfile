@@ -10,6 +10,7 @@ FROM ${BASE_IMAGE} AS base
 LABEL dev.imagekit.layer.base.hash="c44f9d7c31f4981a6db651b9a4eaa4894f2d75a757febb9f07d1cc8d7a814e21"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
@@ -20,6 +21,7 @@ FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
 LABEL dev.imagekit.layer.runtime.hash="5677331f1462626645f86b1b08c09bbcdd0d88c5944afbef3c1680d9efd262ae"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
@@ -35,6 +37,7 @@ FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
 LABEL dev.imagekit.layer.app-svc.hash="75fe52df722ce90a7deed22b6b65f07feca20f705bbdbba199be9aaf48e13f0a"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 COPY --chmod=0444 spec/models/w.bin /opt/models/w.bin
 COPY --chmod=0444 spec/.imagekit/models/0000000000000000000000000000000000000000000000000000000000000001 /opt/models/v2.bin
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \

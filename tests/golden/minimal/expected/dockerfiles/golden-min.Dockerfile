@@ -8,6 +8,7 @@ FROM ${BASE_IMAGE} AS only
 LABEL dev.imagekit.layer.only.hash="3656a652165cf51f657033eb74ee4af821ca475f1d45498ccf3f5db79d1f85d4"
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_REBUILD
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
