@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,27 +102,22 @@ def read_text(path: Path, *, what: str, limit: int = MAX_INPUT_BYTES) -> str:
         raise InputError(f"{shown}:{line}: not UTF-8 text", where=where) from None
 
 
+# a JSON string (with its escapes) as one token, or a bracket: strings are skipped whole, in C, however long (a
+# record's base64 payload is one string of ~10 KB)
+_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
 def json_depth_ok(data: bytes | str, max_depth: int = MAX_DEPTH) -> bool:
     """True when no array/object in the JSON text nests deeper than max_depth (strings are skipped)."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     depth = 0
-    in_str = False
-    escaped = False
-    for ch in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
+    for m in _JSON_NESTING.finditer(raw):
+        ch = raw[m.start()]
+        if ch in b"[{":
             depth += 1
             if depth > max_depth:
                 return False
-        elif ch in "]}":
+        elif ch in b"]}":
             depth -= 1
     return True
 
@@ -129,14 +126,21 @@ class JsonInputError(ValueError):
     """A JSON document is too big, too deep or not JSON; the message says which."""
 
 
-def load_json(data: bytes | str, *, limit: int = MAX_INPUT_BYTES, max_depth: int = MAX_DEPTH) -> Any:
-    """json.loads with a size and a nesting bound; JsonInputError (a ValueError) on any problem."""
+def load_json(
+    data: bytes | str,
+    *,
+    limit: int = MAX_INPUT_BYTES,
+    max_depth: int = MAX_DEPTH,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """json.loads with a size and a nesting bound; JsonInputError (a ValueError) on any problem. An error the
+    object_pairs_hook raises that is not a ValueError goes through as it is."""
     if len(data) > limit:
         raise JsonInputError(f"{len(data)} bytes is over the limit of {limit} bytes")
     if not json_depth_ok(data, max_depth):
         raise JsonInputError(f"nested deeper than {max_depth} levels")
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=object_pairs_hook)
     except RecursionError:
         raise JsonInputError(f"nested deeper than {max_depth} levels") from None
     except (ValueError, TypeError) as exc:

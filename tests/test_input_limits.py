@@ -295,3 +295,15 @@ def test_oversized_store_record_is_refused(tmp_path: Path) -> None:
     os.mkfifo(record)
     with pytest.raises(StoreError, match="named pipe"):
         store.read("app/abcdef123456.intoto.json")
+
+
+def test_json_depth_counts_brackets_outside_strings_only() -> None:
+    from imagekit.inputs import json_depth_ok
+
+    assert json_depth_ok(b"[[1]]", 2) and not json_depth_ok(b"[[[1]]]", 2)
+    # brackets inside strings, escaped quotes and backslashes do not count
+    assert json_depth_ok(b'["[[[[["]', 1) and json_depth_ok(b'["a\\"[[[", {"k": "\\\\"}]', 2)
+    assert json_depth_ok('["é[[{"]', 1)  # text as well as bytes
+    assert not json_depth_ok("[" * 65 + "]" * 65) and json_depth_ok("[" * 64 + "]" * 64)
+    # a long string (a record's base64 payload) is one token
+    assert json_depth_ok(b'{"payload": "' + b"A" * 1_000_000 + b'"}', 1)

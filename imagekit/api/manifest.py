@@ -20,7 +20,7 @@ from imagekit.manifest.channels import (
 )
 from imagekit.manifest.dsse import envelope_payload
 from imagekit.manifest.keys import KeyType, keygen, load_signer
-from imagekit.manifest.ledger import Entry, Ledger, open_ledger
+from imagekit.manifest.ledger import Entry, Ledger, bulk, open_ledger
 from imagekit.manifest.sbom import sbom_packages
 from imagekit.manifest.statement import BuildRecord, parse_statement
 from imagekit.manifest.store import REVOCATIONS
@@ -58,7 +58,8 @@ def list_manifests(
     """Every manifest in the spec's store (of one image), oldest first."""
     loaded = load_spec(path)
     ledger = open_ledger(loaded, trust, require_trust=False)
-    return [entry_json(e) for e in ledger.entries(image)]
+    with bulk():
+        return [entry_json(e) for e in ledger.entries(image)]
 
 
 def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) -> dict[str, Any]:

@@ -20,18 +20,20 @@ SIGNATURE_FIELDS = frozenset({"keyid", "sig"})
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the LAST of two equal keys while other parsers keep the first: a forged first `payload`
     # could show one thing to them and verify as another here, so a duplicate is never accepted anywhere.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise SignatureError(f"duplicate JSON key {key!r} (rule: no duplicate keys)")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise SignatureError(f"duplicate JSON key {key!r} (rule: no duplicate keys)")
+            seen.add(key)
     return out
 
 
 def loads_strict(raw: bytes | str, *, limit: int = MAX_RECORD_BYTES) -> Any:
-    """JSON within the size and nesting bounds (JsonInputError) that repeats no key in any object (SignatureError)."""
-    load_json(raw, limit=limit)  # bounds and syntax first: the second parse only looks for duplicates
-    return json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    """JSON within the size and nesting bounds (JsonInputError) that repeats no key in any object (SignatureError).
+    One parse: the bounds are checked on the text first, the duplicates while objects are made."""
+    return load_json(raw, limit=limit, object_pairs_hook=_refuse_duplicates)
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
