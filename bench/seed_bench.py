@@ -219,7 +219,7 @@ def _cold(seed: Seed) -> dict[str, Any]:
     """The cold build of the whole image (base bootstrapped already), timed per layer; once per workspace."""
     if "cold" in seed.figures:
         return dict(seed.figures["cold"])
-    # --force: no BuildKit cache either (the base's apt step is the same text in every GPU-example build), as the
+    # --force: every step runs again (the base's apt step is the same text in every GPU-example build), as the
     # hand-tuned build runs with --no-cache; the package cache mount is the spec's own and starts empty
     _need_disk(seed.weights_bytes * 2 / 1e9 + 17, "the cold build")
     res, wall = _build(seed, images=[seed.image], force=True)
