@@ -26,9 +26,8 @@ def nightly_plans(
     from imagekit.api.spec import check_images, validate
     from imagekit.errors import UsageError
     from imagekit.manifest.ledger import spec_store
-    from imagekit.manifest.record import lookup_from, revoked_layers, settings_from, verified_builds
-    from imagekit.nightly.staleness import StaleChecker
-    from imagekit.plan import plan
+    from imagekit.manifest.record import verified_builds
+    from imagekit.nightly.run import night_plans
 
     if target not in ("docker", "ami", "all"):
         raise UsageError(f"--target must be docker, ami or all, not {target!r}")
@@ -36,19 +35,9 @@ def nightly_plans(
     check_images(loaded, images)
     store = spec_store(loaded)
     builds = verified_builds(loaded, store=store, rehearsal=rehearse)
-    if docker_resolver is None and target in ("docker", "all"):
-        from imagekit.nightly.staleness import EngineResolver
-
-        docker_resolver = EngineResolver()
-    if ami_resolver is None and target in ("ami", "all") and not rehearse:
-        from imagekit.nightly.staleness import Ec2Resolver
-
-        ami_resolver = Ec2Resolver()
-    revoked = revoked_layers(loaded, store=store, builds=builds)
-    checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter, revoked)
-    return plan(
-        loaded, target=target, images=images, lookup=lookup_from(builds), stale_check=checker,
-        previous=settings_from(builds),
+    return night_plans(
+        loaded, store, builds, target=target, clock=clock, reporter=reporter, rehearse=rehearse, images=images,
+        docker_resolver=docker_resolver, ami_resolver=ami_resolver,
     )  # fmt: skip
 
 

@@ -17,13 +17,12 @@ from imagekit.errors import ImagekitError, UsageError
 from imagekit.events import Event, Reporter, silent
 from imagekit.locking import store_lock
 from imagekit.manifest.ledger import Ledger, resolve_trust, spec_store
-from imagekit.manifest.record import lookup_from, revoked_layers, settings_from, verified_builds
+from imagekit.manifest.record import verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, NightlyResult, Rebuilt, write_reports
-from imagekit.nightly.run import NIGHTLY_CHANNEL, LayerLocks, _Context, _figures, _gc, _promote, _Task
-from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, parse_time, utc_now
-from imagekit.plan import plan
+from imagekit.nightly.run import NIGHTLY_CHANNEL, LayerLocks, _Context, _figures, _gc, _promote, _Task, night_plans
+from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, parse_time, utc_now
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
 
@@ -67,19 +66,11 @@ def collect_nightly(
     with store_lock(store.url, reporter=reporter, what=f"imagekit nightly --collect {loaded.path}"):
         builds = verified_builds(loaded, store=store, rehearsal=rehearse)
         before = [b for b in builds if b.created < cut]
-        if docker_resolver is None and target in ("docker", "all"):
-            from imagekit.nightly.staleness import EngineResolver
-
-            docker_resolver = EngineResolver(engine)
-        if ami_resolver is None and target in ("ami", "all") and not rehearse:
-            from imagekit.nightly.staleness import Ec2Resolver
-
-            ami_resolver = Ec2Resolver()
         # the plan job's view: what was verified before it started, refresh due as of then
-        revoked = revoked_layers(loaded, store=store, builds=before)
-        checker = StaleChecker(loaded, before, lambda: since, docker_resolver, ami_resolver, reporter, revoked)
-        plans = plan(loaded, target=target, lookup=lookup_from(before), stale_check=checker,
-                     previous=settings_from(before))  # fmt: skip
+        plans = night_plans(
+            loaded, store, before, target=target, clock=lambda: since, reporter=reporter, rehearse=rehearse,
+            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine,
+        )  # fmt: skip
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         this_run = _records_since(loaded, store, cut, rehearse)

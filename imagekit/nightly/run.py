@@ -89,6 +89,40 @@ class _Context:
     clock: Clock = utc_now
 
 
+def night_plans(
+    loaded: LoadedSpec,
+    store: Store,
+    builds: list[BuildRecord],
+    *,
+    target: str,
+    clock: Clock,
+    reporter: Reporter,
+    rehearse: bool,
+    images: list[str] | None = None,
+    docker_resolver: DockerResolver | None = None,
+    ami_resolver: AmiResolver | None = None,
+    engine: Any = None,
+) -> list[ImagePlan]:
+    """The plans a nightly run acts on, from these verified builds: stale layers, refresh due as of clock(),
+    upstream drift and revoked layers. `nightly`, `plan --matrix` and `nightly --collect` all plan here, so a
+    fanned-out night builds and collects exactly what one `nightly` run would."""
+    # the resolvers ask their upstream only when a plan has a layer from it (they connect on first use)
+    if docker_resolver is None and target in ("docker", "all"):
+        from imagekit.nightly.staleness import EngineResolver
+
+        docker_resolver = EngineResolver(engine)
+    if ami_resolver is None and target in ("ami", "all") and not rehearse:  # a rehearsal has no real EC2 to ask
+        from imagekit.nightly.staleness import Ec2Resolver
+
+        ami_resolver = Ec2Resolver()
+    revoked = revoked_layers(loaded, store=store, builds=builds)
+    checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter, revoked)
+    return plan(
+        loaded, target=target, images=images, lookup=lookup_from(builds), stale_check=checker,
+        previous=settings_from(builds),
+    )  # fmt: skip
+
+
 def run_nightly(
     path: Path | str | None,
     *,
@@ -129,20 +163,10 @@ def run_nightly(
         if created:
             reporter(Event("info", f"created a signing key at {created} (public key beside it); keep it private"))
         builds = verified_builds(loaded, store=store, rehearsal=rehearse)
-        # the resolvers ask their upstream only when a plan has a layer from it (they connect on first use)
-        if docker_resolver is None:
-            from imagekit.nightly.staleness import EngineResolver
-
-            docker_resolver = EngineResolver(engine)
-        if ami_resolver is None and not rehearse:  # a rehearsal has no real EC2 to ask
-            from imagekit.nightly.staleness import Ec2Resolver
-
-            ami_resolver = Ec2Resolver()
-        checker = StaleChecker(loaded, builds, clock, docker_resolver, ami_resolver, reporter,
-                               revoked_layers(loaded, store=store, builds=builds))  # fmt: skip
-        plans = plan(
-            loaded, target=target, lookup=lookup_from(builds), stale_check=checker, previous=settings_from(builds)
-        )
+        plans = night_plans(
+            loaded, store, builds, target=target, clock=clock, reporter=reporter, rehearse=rehearse,
+            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine,
+        )  # fmt: skip
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         # the wall clock, not `clock`: it finds the manifests this run's builds write
