@@ -249,7 +249,6 @@ class DockerEngine:
         build_args: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         secrets: Mapping[str, Path] | None = None,
-        no_cache: bool = False,
         iidfile: Path | None = None,
         log: IO[str] | None = None,
         on_line: Callable[[str], None] | None = None,
@@ -264,8 +263,7 @@ class DockerEngine:
             argv += ["--label", f"{key}={value}"]
         for sid, src in sorted((secrets or {}).items()):
             argv += ["--secret", f"id={sid},src={src}"]
-        if no_cache:
-            argv.append("--no-cache")
+        # no --no-cache: it empties the cache mounts too (moby/buildkit#1213); a forced rebuild passes REBUILD_ARG
         if iidfile is not None:
             argv += ["--iidfile", str(iidfile)]
         argv.append(str(context))
