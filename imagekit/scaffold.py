@@ -366,6 +366,13 @@ def _q(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# a GPU spec's commented `from.ami`, for when the image is to be an AMI too
+_AMI_HINT = (
+    "      # for AMIs (targets: [docker, ami]) also:",
+    '      # ami: {name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", owners: ["099720109477"]}',
+)
+
+
 def render_spec(facts: AppFacts, pins: Pins) -> str:
     """The commented imagekit.yaml for what was found."""
     name = facts.name
@@ -395,8 +402,7 @@ def render_spec(facts: AppFacts, pins: Pins) -> str:
             "    # CUDA's user space comes from the nvidia-*-cu* wheels the lock pins, the driver from the host",
             "    from:",
             "      bootstrap: {distro: debian, suite: bookworm}",
-            "      # for AMIs (targets: [docker, ami]) also:",
-            '      # ami: {name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", owners: ["099720109477"]}',
+            *_AMI_HINT,
             f"    cuda: {_q(pins.cuda)}   # from {pins.cuda_why}",
         ]
     else:
@@ -406,8 +412,7 @@ def render_spec(facts: AppFacts, pins: Pins) -> str:
         out += [
             "    from:",
             f"      docker: {image}   # check the tag at hub.docker.com/r/nvidia/cuda",
-            "      # for AMIs (targets: [docker, ami]) also:",
-            '      # ami: {name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*", owners: ["099720109477"]}',
+            *_AMI_HINT,
             f"    cuda: {_q(pins.cuda)}   # from {pins.cuda_why}",
         ]
     if not pins.cpu and pins.cudnn:
