@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -151,9 +152,10 @@ def sigstore_js() -> list[str]:
     return [node, str(JS / "verify-bundle.js")]
 
 
-@pytest.fixture
-def docker_registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1:<free port>: no auth, a temp storage folder."""
+@contextlib.contextmanager
+def running_registry(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1:<free port>, storage under folder, no auth; its
+    address and process (stopped on exit, unless the test stopped it first)."""
     import socket
     import time
     import urllib.request
@@ -162,10 +164,10 @@ def docker_registry(tmp_path: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    config = tmp_path / "registry.yml"
+    config = folder / "registry.yml"
     config.write_text(
         "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry-data'}}}, delete: {{enabled: true}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'registry-data'}}}, delete: {{enabled: true}}}}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -178,7 +180,15 @@ def docker_registry(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.1)
         else:
             pytest.fail("docker-registry did not start")
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def docker_registry(tmp_path: Path) -> Iterator[str]:
+    """A running docker-registry's address (the engine trusts 127.0.0.0/8 over plain HTTP)."""
+    with running_registry(tmp_path) as (address, _proc):
+        yield address

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import DOCKER, REPO, require_docker, require_packer, require_tool
+from conftest import DOCKER, REPO, require_docker, require_packer, running_registry
 
 from imagekit.api.nightly import nightly
 from imagekit.events import Event
@@ -301,30 +299,8 @@ class Registry:
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     """Debian's docker-registry on 127.0.0.1:<free port> (the engine trusts 127.0.0.0/8 over plain HTTP)."""
-    binary = require_tool("docker-registry")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    reg = Registry(f"127.0.0.1:{port}", subprocess.Popen([binary, "serve", str(config)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("docker-registry did not start")
-        yield reg
-    finally:
-        reg.stop()
+    with running_registry(tmp_path) as (address, proc):
+        yield Registry(address, proc)
 
 
 def _docker(*args: str) -> None:
