@@ -241,6 +241,32 @@ class Smoke(_Model):
     expect: Expect = Field(default_factory=Expect)
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Scan(_Model):
+    """The vulnerability gate between verify and sign: findings at or above fail_on fail the build unless allowed."""
+
+    fail_on: Literal["low", "medium", "high", "critical", "none"] = "high"
+    # finding id (CVE-..., DSA-..., GHSA-...) -> why it is accepted; recorded with each allowed finding
+    allow: dict[str, str] = Field(default_factory=dict)
+    # true: a scanner of `scanners` that is not installed fails the gate instead of being skipped
+    required: bool = False
+    scanners: tuple[Literal["debian", "trivy", "grype"], ...] = Field(
+        default=("debian", "trivy", "grype"), min_length=1
+    )
+
+    @field_validator("allow", mode="after")
+    @classmethod
+    def _allow(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, why in value.items():
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{1,99}$", key):
+                raise ValueError(f"{key!r} is not a vulnerability id such as CVE-2026-1234")
+            if not str(why).strip():
+                raise ValueError(f"allow.{key}: say why it is accepted")
+        return value
+
+
 class Verify(_Model):
     """Boot-and-verify policy."""
 
@@ -249,6 +275,7 @@ class Verify(_Model):
     smoke: Smoke | None = None
     instance_type: str | None = None
     timeout: Num = Field(default=1800, gt=0, le=MAX_TIMEOUT)
+    scan: Scan | None = None
 
 
 class Image(_Model):

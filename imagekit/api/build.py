@@ -185,12 +185,39 @@ def verify_gate_record(
         res.verify_error = str(exc)
     failure = "; ".join(res.verify_failures) or None
     if failure is None:
+        failure = scan_gate(loaded, res, reporter)
+    if failure is None:
         gate = size_gate(loaded, tgt, res, previous)
         if gate is not None:
             res.budget, res.budget_passed = gate.message, gate.passed
             if not gate.passed:
                 failure = f"size budget: {gate.message}"
     record_image(loaded, tgt, res, reporter, failure=failure)
+
+
+def scan_gate(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str | None:
+    """verify.scan over what verification saw: the failure naming each blocking finding, or None."""
+    if loaded.verify_for(res.image).scan is None or not res.verify_report:
+        return None
+    from imagekit.inputs import JsonInputError, load_json, read_text
+    from imagekit.scan.gate import scan_report
+
+    try:
+        report = load_json(read_text(Path(res.verify_report), what="verification report"))
+    except (OSError, JsonInputError) as exc:
+        return f"scan gate: cannot read the verification report {res.verify_report}: {exc}"
+    done = scan_report(loaded, res.image, report if isinstance(report, dict) else {}, reporter)
+    if done is None:
+        return None
+    outcome, res.scan = done
+    res.scan_passed = outcome.passed
+    for line in outcome.skipped:
+        reporter(Event("warn", f"scan: {line}", res.image, "", res.target))
+    counts = ", ".join(f"{n} {s}" for s, n in outcome.counts().items() if n)
+    allowed = f", {len(outcome.allowed)} allowed" if outcome.allowed else ""
+    reporter(Event("step", f"scan: {counts or 'no findings'}{allowed}", res.image, "", res.target))
+    res.scan_failure = outcome.failure() or ""
+    return res.scan_failure or None
 
 
 def record_image(
@@ -210,6 +237,7 @@ def record_image(
         report=report if report is not None and report.is_file() else None,
         failure=failure,
         reporter=reporter,
+        vuln=res.scan,
         **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
@@ -268,5 +296,7 @@ def _raise_failure(res: ImageResult) -> None:
             failures=res.verify_failures,
             report_path=res.verify_report,
         )
+    if res.scan_passed is False:
+        raise BuildFailed(f"{res.scan_failure} (recorded as failed: {res.manifest_id})", image=res.image)
     if res.budget_passed is False:
         raise BuildFailed(f"size budget: {res.budget} (recorded as failed: {res.manifest_id})", image=res.image)

@@ -25,6 +25,7 @@ LOCAL_IMAGE_NOTE = "the local Docker image ID (config digest), not a registry ma
 REPORT_NAME = "verification-report"
 SBOM_NAME = "sbom"
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
+VULN_NAME = "vulnerability-scan"
 STATUS_NAME = "imagekit-status"
 
 
@@ -115,6 +116,7 @@ class BuildFacts:
     git_uri: str | None = None
     builder_id: str = BUILDER_ID
     sbom_sha256: str | None = None
+    vuln_sha256: str | None = None
     report: Mapping[str, Any] | None = None
     passed: bool = False
     failures: Sequence[str] = ()
@@ -216,6 +218,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
     if f.sbom_sha256:
         # the SBOM is its own signed statement beside this one; this binds the two by the document's digest
         byproducts.append({"name": SBOM_NAME, "mediaType": SBOM_MEDIA_TYPE, "digest": {"sha256": f.sbom_sha256}})
+    if f.vuln_sha256:
+        # the scan (cosign's vuln predicate) is its own signed statement beside this one, bound the same way
+        byproducts.append({"name": VULN_NAME, "mediaType": "application/json", "digest": {"sha256": f.vuln_sha256}})
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -373,6 +378,12 @@ class BuildRecord:
     def sbom_sha256(self) -> str | None:
         """The sha256 of the CycloneDX document the SBOM statement beside this one must carry, when there is one."""
         value = self._byproduct(SBOM_NAME).get("digest", {}).get("sha256")
+        return str(value) if value else None
+
+    @property
+    def vuln_sha256(self) -> str | None:
+        """The sha256 of the scan predicate the vuln statement beside this one must carry, when there is one."""
+        value = self._byproduct(VULN_NAME).get("digest", {}).get("sha256")
         return str(value) if value else None
 
     @property

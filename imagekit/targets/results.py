@@ -60,6 +60,10 @@ class ImageResult:
     verify_error: str = ""
     budget: str = ""
     budget_passed: bool | None = None
+    # the scan gate (verify.scan): its signed predicate, its verdict, the failure naming what blocked
+    scan: dict[str, Any] | None = None
+    scan_passed: bool | None = None
+    scan_failure: str = ""
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None
