@@ -116,6 +116,13 @@ class CopyItem(_Model):
     dest: str = Field(min_length=1)
 
 
+class ModelSignatureRef(_Model):
+    """An OpenSSF model-signing bundle over the weights and the public key (PEM) that must have made it."""
+
+    bundle: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
 class ModelFile(_Model):
     """A model weights file, pinned by sha256; src is a local path, https:// or s3://."""
 
@@ -125,6 +132,8 @@ class ModelFile(_Model):
     # e.g. "0600": the file is then owned by the image's user (readable by it, writable by nobody else);
     # without it weights are root-owned 0444
     mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3}$")
+    # the build refuses the weights unless this signature verifies with this key (before anything is built)
+    signature: ModelSignatureRef | None = None
 
     @field_validator("mode", mode="after")
     @classmethod

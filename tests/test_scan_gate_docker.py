@@ -1,7 +1,9 @@
 """The scan gate on a real image: bookworm's `patch` 2.7.6-7, which bookworm-security has fixed, fails `build` at
 the gate naming the package, the fixed version and the advisory (read from the mirror the build uses); the failed
 build is recorded; allowed, it passes, and its signed vuln statement verifies and is attached on --push. The same
-spec's `app` layer slips a Python package into the venv outside the lock: verify fails naming it and the layer.
+spec's `app` layer slips a Python package into the venv outside the lock: verify fails naming it and the layer;
+its `weights` layer holds weights signed with OpenSSF model signing: the build checks the signature, and the
+signer is in `manifest show`.
 
 One small image on the bootstrapped bookworm base the suite already makes (an apt install of one 250 kB package
 and six from the index): about a minute cold on a quiet machine.
@@ -9,6 +11,7 @@ and six from the index): about a minute cold on a quiet machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
@@ -23,8 +26,10 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, require_docker
 
+from imagekit.manifest.keys import keygen, keyid_of, load_public_pem
 from imagekit.manifest.ledger import open_ledger
 from imagekit.manifest.vuln import read_vuln
+from imagekit.modelsig import sign_model
 from imagekit.names import base_tag
 from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap, load_spec
@@ -53,6 +58,13 @@ layers:
   app:
     parent: runtime
     run: ['{inject}']
+  weights:
+    parent: runtime
+    models:
+      - src: models/w.bin
+        dest: /opt/models/w.bin
+        sha256: "{sha}"
+        signature: {{bundle: models/w.bin.sig, key: keys/trainer/imagekit.pub}}
 images:
   gated:
     leaf: runtime
@@ -61,6 +73,10 @@ images:
   injected:
     leaf: app
     repository: imagekit-test/{name}-injected
+    verify: {{gpu: optional}}
+  signed:
+    leaf: weights
+    repository: imagekit-test/{name}-signed
     verify: {{gpu: optional}}
 build:
   ca_bundle: ca.pem
@@ -76,7 +92,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def _write(folder: Path, name: str, allow: str = "") -> Path:
     (folder / "ca.pem").write_text(HOST_CA.read_text() if HOST_CA.is_file() else "")
     spec = folder / "imagekit.yaml"
-    spec.write_text(SPEC.format(name=name, old=OLD_PATCH, inject=INJECT, allow=allow))
+    sha = hashlib.sha256((folder / "models" / "w.bin").read_bytes()).hexdigest()
+    spec.write_text(SPEC.format(name=name, old=OLD_PATCH, inject=INJECT, allow=allow, sha=sha))
     return spec
 
 
@@ -92,6 +109,10 @@ def spec_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, s
     assert f"Package: patch\nVersion: {OLD_PATCH}\n" in main, "bookworm no longer ships patch 2.7.6-7"
     folder = tmp_path_factory.mktemp("scan")
     name = f"ik23-{uuid.uuid4().hex[:8]}"
+    keygen(folder / "keys" / "trainer")
+    (folder / "models").mkdir()
+    (folder / "models" / "w.bin").write_bytes(os.urandom(64 * 1024))
+    sign_model(folder / "models" / "w.bin", folder / "keys" / "trainer" / "imagekit.key")
     yield folder, name
     out = subprocess.run([require_docker(), "images", "--format", "{{.Repository}}:{{.Tag}}"],
                          capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
@@ -162,3 +183,20 @@ def test_a_package_injected_outside_the_lock_fails_verify_naming_it_and_the_laye
         failed.stderr
     ), failed.stderr[-3000:]
     assert "it appeared in layer app" in failed.stderr
+
+
+def test_signed_weights_build_and_their_signer_is_in_manifest_show(spec_dir: tuple[Path, str]) -> None:
+    folder, name = spec_dir
+    spec = _write(folder, name)
+    built = _cli("build", "-f", str(spec), "--target", "docker", "--image", "signed", "--json")
+    assert built.returncode == 0, built.stderr[-3000:]
+    (img,) = json.loads(built.stdout)["images"]
+    shown = _cli("manifest", "show", img["manifest_id"], "-f", str(spec), "--json")
+    assert shown.returncode == 0, shown.stderr
+    signer = keyid_of(load_public_pem(folder / "keys" / "trainer" / "imagekit.pub"))
+    sig = hashlib.sha256((folder / "models" / "w.bin.sig").read_bytes()).hexdigest()
+    assert json.loads(shown.stdout)["model_signers"] == {
+        "/opt/models/w.bin": {"signer": signer, "signature_sha256": sig}
+    }
+    text = _cli("manifest", "show", img["manifest_id"], "-f", str(spec))
+    assert f"signed by {signer}" in text.stdout

@@ -79,6 +79,11 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
     if unknown:
         raise UsageError(f"--force-layer {unknown[0]!r} is no layer of {', '.join(selected)}")
+    from imagekit.modelsig import check_signatures
+
+    # signed weights are checked before any engine is asked anything: a bad signature leaves nothing built
+    ca = loaded.spec.build.ca_bundle
+    signatures = check_signatures(loaded, selected, reporter, ca_bundle=loaded.local(ca) if ca else None)
     if rehearse and target == "ami":
         from imagekit.extras import require
 
@@ -102,6 +107,8 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     with info.open(loaded, selected, options) as tgt:
         for name in selected:
             res = build_image(loaded, tgt, name, options, layer_lock)
+            dests = {m.dest for _, layer in loaded.chain(name) for m in layer.models}
+            res.model_signatures = {d: s for d, s in signatures.items() if d in dests}
             out.images.append(res)
             if verify:
                 verify_gate_record(loaded, tgt, res, reporter, previous=previous)
@@ -238,6 +245,7 @@ def record_image(
         failure=failure,
         reporter=reporter,
         vuln=res.scan,
+        model_signatures=res.model_signatures,
         **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed

@@ -198,6 +198,7 @@ def record_build(
     reporter: Reporter = silent,
     tags: Sequence[str] = (),
     vuln: Mapping[str, Any] | None = None,
+    model_signatures: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Recorded:
     """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
     pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
@@ -227,8 +228,10 @@ def record_build(
         if kind != "model" and loaded.local(rel).exists():
             input_digests[k] = real_digest(loaded.local(rel), cache)
     git = git_source(loaded.root)
+    signed = model_signatures or {}
     models = [
         {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
+        | {k: signed[m.dest][k] for k in ("signer", "signature_sha256") if k in signed.get(m.dest, {})}
         for _, layer in loaded.chain(image)
         for m in layer.models
     ]

@@ -187,6 +187,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
         deps.append(dep)
     for m in f.models:
         dep = {"name": f"model:{m['name']}", "digest": {"sha256": m["sha256"]}, "annotations": {"dest": m["name"]}}
+        for key in ("signer", "signature_sha256"):  # a model-signing signature that verified before the build
+            if m.get(key):
+                dep["annotations"][key] = m[key]
         if m.get("uri"):
             dep["uri"] = m["uri"]
         deps.append(dep)
@@ -408,6 +411,17 @@ class BuildRecord:
             name = str(d.get("name", ""))
             if name.startswith("model:"):
                 out[name[len("model:") :]] = str(d.get("digest", {}).get("sha256", ""))
+        return out
+
+    @property
+    def model_signers(self) -> dict[str, dict[str, str]]:
+        """Model file (destination) -> signer key id and signature digest, for the signed ones."""
+        out: dict[str, dict[str, str]] = {}
+        for d in self.dependencies:
+            notes = d.get("annotations") if isinstance(d.get("annotations"), dict) else {}
+            name = str(d.get("name", ""))
+            if name.startswith("model:") and isinstance(notes, dict) and notes.get("signer"):
+                out[name[len("model:") :]] = {k: str(notes.get(k, "")) for k in ("signer", "signature_sha256")}
         return out
 
     @property

@@ -64,6 +64,8 @@ class ImageResult:
     scan: dict[str, Any] | None = None
     scan_passed: bool | None = None
     scan_failure: str = ""
+    # model dest -> signer, key, signature_sha256 of each signed model that verified before the build
+    model_signatures: dict[str, dict[str, str]] = field(default_factory=dict)
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None
