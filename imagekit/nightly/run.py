@@ -200,6 +200,10 @@ def run_nightly(
         result.runs = [t.run for t in tasks]
         if not crashed:
             result.gc = _gc(ctx, tasks)
+            from imagekit.nightly.rescan import rescan_channels
+
+            # after promotion: what the channels point at now, scanned against today's archive
+            result.rescan = rescan_channels(loaded, store, reporter)
     result.finished = iso_utc(clock())
     if report_dir is not None:
         write_reports(result, Path(report_dir))
