@@ -89,6 +89,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def pushed_digest(stderr: str, dest: str) -> str:
+    """The digest a build pushed to dest, from its progress lines."""
+    m = re.search("pushed " + re.escape(dest) + r"@(sha256:[0-9a-f]{64})", stderr)
+    assert m, stderr[-3000:]
+    return m.group(1)
+
+
 def _write(folder: Path, name: str, allow: str = "") -> Path:
     (folder / "ca.pem").write_text(HOST_CA.read_text() if HOST_CA.is_file() else "")
     spec = folder / "imagekit.yaml"
@@ -126,7 +133,9 @@ def test_an_outdated_security_fixed_package_fails_the_gate_then_passes_allowed(
 ) -> None:
     folder, name = spec_dir
     spec = _write(folder, name)
-    failed = _cli("build", "-f", str(spec), "--target", "docker", "--image", "gated")
+    dest = f"{docker_registry}/ik23/{name}"
+    # pushed (the push comes before verify), then stopped at the gate: recorded as failed, nothing attached
+    failed = _cli("build", "-f", str(spec), "--target", "docker", "--image", "gated", "--push", dest)
     assert failed.returncode == 1, failed.stderr[-3000:]
     m = re.search(r"(CVE-\d{4}-\d+) \((\w+)\): patch 2\.7\.6-7, fixed in (2\.7\.6-7\+deb12u\d+) \[debian-archive\]",
                   failed.stderr)  # fmt: skip
@@ -145,10 +154,15 @@ def test_an_outdated_security_fixed_package_fails_the_gate_then_passes_allowed(
     result = predicate["scanner"]["result"]
     assert result["gate"] == {"fail_on": "high", "passed": False, "blocking": [cve], "errors": []}
     assert any(f["id"] == cve and f["fixed"] == fixed and f["package"] == "patch" for f in result["findings"])
+    policy = folder / "policy.yaml"
+    policy.write_text("verified: true\nscan: {fail_on: high}\nchannels: [stable]\n")
+    pushed = f"{dest}@{pushed_digest(failed.stderr, dest)}"
+    denied = _cli("manifest", "verify", "-f", str(spec), "--image", pushed, "--policy", str(policy))
+    assert denied.returncode == 1, denied.stderr
+    assert "policy clause 'scanned under the gate' failed" in denied.stderr, denied.stderr
 
     # allowed, with a reason: the build passes, is pushed, and the scan goes beside provenance and SBOM
     _write(folder, name, allow=f', allow: {{{cve}: "test: patch is never run on input"}}')
-    dest = f"{docker_registry}/ik23/{name}"
     ok = _cli("build", "-f", str(spec), "--target", "docker", "--image", "gated", "--push", dest, "--json")
     assert ok.returncode == 0, ok.stderr[-3000:]
     (img,) = json.loads(ok.stdout)["images"]
@@ -170,6 +184,20 @@ def test_an_outdated_security_fixed_package_fails_the_gate_then_passes_allowed(
         "https://cyclonedx.org/bom",
         "https://cosign.sigstore.dev/attestation/vuln/v1",
     ]
+
+    # the admission question: not on the channel yet, then promoted, then asked with a key that did not sign
+    pushed = f"{dest}@{digest}"
+    waiting = _cli("manifest", "verify", "-f", str(spec), "--image", pushed, "--policy", str(policy))
+    assert waiting.returncode == 1 and "policy clause 'on a channel' failed" in waiting.stderr, waiting.stderr
+    assert _cli("promote", "gated", img["manifest_id"], "--channel", "stable", "-f", str(spec)).returncode == 0
+    admitted = _cli("manifest", "verify", "-f", str(spec), "--image", pushed, "--policy", str(policy))
+    assert admitted.returncode == 0, admitted.stdout + admitted.stderr
+    assert "scanned under the gate" in admitted.stdout and "FAIL" not in admitted.stdout
+    keygen(folder / "release")
+    other = folder / "release-policy.yaml"
+    other.write_text("scan: {fail_on: high}\nchannels: [stable]\ntrust: release/imagekit.pub\n")
+    untrusted = _cli("manifest", "verify", "-f", str(spec), "--image", pushed, "--policy", str(other))
+    assert untrusted.returncode == 1 and "policy clause 'signed by a trusted key' failed" in untrusted.stderr
 
 
 def test_a_package_injected_outside_the_lock_fails_verify_naming_it_and_the_layer(
