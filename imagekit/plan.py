@@ -138,6 +138,8 @@ def layer_hash(
     for model in dumped.get("models") or []:
         if model.get("mode") is None:
             model.pop("mode", None)  # a model without `mode` hashes as before the key existed
+        # the signature is checked on every build and changes nothing in the image: not part of the layer's content
+        model.pop("signature", None)
     doc: dict[str, object] = {
         "recipe": RECIPE_VERSION,
         "target": target,
