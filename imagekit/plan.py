@@ -13,7 +13,7 @@ from imagekit.errors import Problem, SpecError
 from imagekit.spec import Layer, LoadedSpec
 
 # Bump when what a layer's build does changes for the same spec (new provisioning steps), so builds redo.
-RECIPE_VERSION = "2"  # 2: a root layer runs apt-get upgrade
+RECIPE_VERSION = "3"  # 2: a root layer runs apt-get upgrade; 3: the venv installs in layers (venv_layers)
 Target = Literal["docker", "ami"]
 TARGETS: tuple[Target, ...] = ("docker", "ami")
 
@@ -138,6 +138,8 @@ def layer_hash(
     for model in dumped.get("models") or []:
         if model.get("mode") is None:
             model.pop("mode", None)  # a model without `mode` hashes as before the key existed
+    if dumped.get("venv_layers") is None:
+        dumped.pop("venv_layers", None)
     doc: dict[str, object] = {
         "recipe": RECIPE_VERSION,
         "target": target,

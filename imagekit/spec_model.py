@@ -187,6 +187,20 @@ class Layer(_Model):
     port: Int | None = Field(default=None, ge=1, le=65535)
     refresh: Refresh | None = None
     budget: Budget | None = None
+    # the venv's image layers: each group of package-name globs is installed (and pulled) as a layer of its own,
+    # the rest of the lock after them as one more; unset = imagekit's default (the torch stack in three)
+    venv_layers: tuple[tuple[str, ...], ...] | None = Field(default=None, max_length=8)
+
+    @field_validator("venv_layers", mode="after")
+    @classmethod
+    def _venv_globs(cls, value: tuple[tuple[str, ...], ...] | None) -> tuple[tuple[str, ...], ...] | None:
+        for group in value or ():
+            if not group:
+                raise ValueError("a venv layer needs at least one package name glob")
+            for glob in group:
+                if not re.match(r"^[a-z0-9*][a-z0-9*-]{0,99}$", glob):
+                    raise ValueError(f"{glob!r} is not a normalized package name glob (a-z, 0-9, -, *)")
+        return value
 
     @field_validator("apt", mode="after")
     @classmethod
