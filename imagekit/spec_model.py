@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from imagekit.yamlsrc import Located
 
@@ -300,6 +300,19 @@ class Build(_Model):
     ca_bundle: str | None = None
 
 
+class Push(_Model):
+    """How `build --push` compresses the image's layers (unset: `docker push`, gzip at Docker's level)."""
+
+    compression: Literal["gzip", "zstd", "zstd:chunked"] | None = None
+    level: Int | None = Field(default=None, ge=1, le=22)
+
+    @model_validator(mode="after")
+    def _level_fits(self) -> Push:
+        if self.level is not None and self.compression in (None, "gzip") and self.level > 9:
+            raise ValueError(f"gzip levels are 1-9, not {self.level}")
+        return self
+
+
 class Signing(_Model):
     """Where the signing key and the trust file are."""
 
@@ -323,6 +336,7 @@ class Spec(_Model):
     verify: Verify = Field(default_factory=Verify)
     aws: Aws = Field(default_factory=Aws)
     build: Build = Field(default_factory=Build)
+    push: Push = Field(default_factory=Push)
     signing: Signing = Field(default_factory=Signing)
     store: str = "manifests"
     retention: Retention = Field(default_factory=Retention)

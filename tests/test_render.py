@@ -157,10 +157,15 @@ def test_dockerfile_contract() -> None:
     assert "COPY --from=" not in text
     runtime = text[text.index("AS runtime\n") : text.index("AS app\n")]
     assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 4
-    parts = re.findall(r"from=runtime-lock,source=/imagekit-lock/(\w+),target=/tmp/imagekit/src/requirements.lock", runtime)
+    parts = re.findall(
+        r"from=runtime-lock,source=/imagekit-lock/(\w+),target=/tmp/imagekit/src/requirements.lock", runtime
+    )
     assert parts == ["heavy1", "heavy2", "heavy3", "light"]
     assert "source=examples/tts/requirements.lock" not in runtime  # the whole lock only in the lock stage
-    assert re.findall(r"IMAGEKIT_PART=(\w+) sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps", runtime) == parts
+    assert (
+        re.findall(r"IMAGEKIT_PART=(\w+) sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps", runtime)
+        == parts
+    )
     lock_stage = text[text.index("AS runtime-lock\n") : text.index("AS runtime\n")]
     assert "source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock" in lock_stage
     assert "runtime.sh lock-parts" in lock_stage

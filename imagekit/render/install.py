@@ -329,9 +329,13 @@ def install_body(layer: Layer, index: str) -> list[str]:
         check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
         verify = f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"'
         if layer.requirements:
-            # a RUN of another part has no torch yet (heavy parts first) or has it from an earlier RUN
-            body += [f'case " ${{IMAGEKIT_PART:-{part_of(layer, "torch")}}} " in *" {part_of(layer, "torch")} "*)']
-            body += [f"    {verify}", "    ;;", "esac"]
+            # torch imports only once its dependencies are in, which the light part (installed last) completes
+            body += [
+                f'case " ${{IMAGEKIT_PART:-{LIGHT_PART}}} " in *" {LIGHT_PART} "*)',
+                f"    {verify}",
+                "    ;;",
+                "esac",
+            ]
         else:
             body.append(verify)
     return body

@@ -260,7 +260,7 @@ phase_install() {
         fi
     done
     rm -rf "$parts"
-    case " ${IMAGEKIT_PART:-heavy1} " in *" heavy1 "*)
+    case " ${IMAGEKIT_PART:-light} " in *" light "*)
         "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.13.0 || die "torch in $VENV is not 2.13.0"
         ;;
     esac
