@@ -74,6 +74,8 @@ def ami_settings(loaded: LoadedSpec) -> dict[str, str]:
         "ssh_username": aws.ssh_username,
         "tags": dict(sorted(aws.tags.items())),
     }
+    if aws.prewarm:  # only when on, so the AMI hashes of specs without it stay what they were
+        values["prewarm"] = True
     return {f"aws.{k}": json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in values.items()}
 
 

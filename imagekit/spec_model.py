@@ -290,6 +290,9 @@ class Aws(_Model):
     ssh_username: str = "ubuntu"
     volume_size: Int = Field(default=100, ge=8)
     tags: dict[str, str] = Field(default_factory=dict)
+    # before the service starts, read the weights and the venv's large libraries once, in parallel: a volume made
+    # from a snapshot fetches each block from S3 on its first read, which otherwise lands on the first model load
+    prewarm: bool = False
 
 
 class Build(_Model):
