@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from imagekit.yamlsrc import Located
 
@@ -196,6 +196,20 @@ class Layer(_Model):
     port: Int | None = Field(default=None, ge=1, le=65535)
     refresh: Refresh | None = None
     budget: Budget | None = None
+    # the venv's image layers: each group of package-name globs is installed (and pulled) as a layer of its own,
+    # the rest of the lock after them as one more; unset = imagekit's default (the torch stack in three)
+    venv_layers: tuple[tuple[str, ...], ...] | None = Field(default=None, max_length=8)
+
+    @field_validator("venv_layers", mode="after")
+    @classmethod
+    def _venv_globs(cls, value: tuple[tuple[str, ...], ...] | None) -> tuple[tuple[str, ...], ...] | None:
+        for group in value or ():
+            if not group:
+                raise ValueError("a venv layer needs at least one package name glob")
+            for glob in group:
+                if not re.match(r"^[a-z0-9*][a-z0-9*-]{0,99}$", glob):
+                    raise ValueError(f"{glob!r} is not a normalized package name glob (a-z, 0-9, -, *)")
+        return value
 
     @field_validator("apt", mode="after")
     @classmethod
@@ -312,6 +326,9 @@ class Aws(_Model):
     ssh_username: str = "ubuntu"
     volume_size: Int = Field(default=100, ge=8)
     tags: dict[str, str] = Field(default_factory=dict)
+    # before the service starts, read the weights and the venv's large libraries once, in parallel: a volume made
+    # from a snapshot fetches each block from S3 on its first read, which otherwise lands on the first model load
+    prewarm: bool = False
 
 
 class Build(_Model):
@@ -320,6 +337,19 @@ class Build(_Model):
     wheelhouse: str | None = None
     pip_index_url: str | None = None
     ca_bundle: str | None = None
+
+
+class Push(_Model):
+    """How `build --push` compresses the image's layers (unset: `docker push`, gzip at Docker's level)."""
+
+    compression: Literal["gzip", "zstd", "zstd:chunked"] | None = None
+    level: Int | None = Field(default=None, ge=1, le=22)
+
+    @model_validator(mode="after")
+    def _level_fits(self) -> Push:
+        if self.level is not None and self.compression in (None, "gzip") and self.level > 9:
+            raise ValueError(f"gzip levels are 1-9, not {self.level}")
+        return self
 
 
 class Signing(_Model):
@@ -345,6 +375,7 @@ class Spec(_Model):
     verify: Verify = Field(default_factory=Verify)
     aws: Aws = Field(default_factory=Aws)
     build: Build = Field(default_factory=Build)
+    push: Push = Field(default_factory=Push)
     signing: Signing = Field(default_factory=Signing)
     store: str = "manifests"
     retention: Retention = Field(default_factory=Retention)

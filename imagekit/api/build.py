@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BaseResult", "BuildResult", "ImageResult", "LayerResult", "build", "select_images"]
 
+COMPRESSIONS = ("gzip", "zstd", "zstd:chunked")
 # image -> its last verified build of this target (the size gate's baseline), or None
 Previous = Callable[[str], "BuildRecord | None"]
 
@@ -50,6 +51,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: datetime | None = None,
     gpu: str | None = None,
     tags: Sequence[str] = (),
+    compression: str | None = None,
 ) -> BuildResult:
     """Build the spec's images for one target, reusing layers whose hash is already built; verify, gate, record.
 
@@ -60,6 +62,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: the time that picks a refreshed root layer's base period (nightly passes its clock).
     gpu (required|optional) overrides verify.gpu for this call's verification; tags (--tag, `{git_sha}` expands
     to the commit) also tag the final image and go into its signed manifest (docker target).
+    compression (gzip|zstd|zstd:chunked) overrides push.compression for this call's push.
     """
     from imagekit.api.spec import validate
 
@@ -74,6 +77,10 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(info.tag)
     if gpu is not None:
         effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
+    if compression is not None and compression not in COMPRESSIONS:
+        raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    if compression is not None and not push:
+        raise UsageError("--compression says how to push: give --push REGISTRY/REPO[:TAG] with it")
     loaded = validate(path)
     selected = select_images(loaded, target, images)
     unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
@@ -102,6 +109,8 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         no_reuse=frozenset(revoked_layers(loaded)),
         gpu=gpu,
         release=release,
+        compression=compression or loaded.spec.push.compression,
+        compression_level=loaded.spec.push.level,
     )
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:

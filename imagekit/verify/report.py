@@ -82,6 +82,8 @@ class Report(BaseModel):
     containers: list[str] = Field(default_factory=list)
     # AMI target: the image's systemd unit as found on the booted instance (path, present, enabled, exec_start, ...)
     service_unit: dict[str, Any] | None = None
+    # AMI target with aws.prewarm: the boot's pre-read of weights and venv (seconds, files, bytes, by)
+    prewarm: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """The report as pretty JSON with sorted keys."""
