@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from imagekit.errors import Problem, SpecError
 from imagekit.inputs import MAX_INPUT_BYTES, clip, read_regular
-from imagekit.spec_checks import check_store, check_text, loc_str, root_of, system_path
+from imagekit.spec_checks import check_store, check_text, copy_tree_problem, loc_str, root_of, system_path
 from imagekit.spec_model import (
     NAME_RE,
     SHA256_RE,
@@ -334,6 +334,8 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
                     f"{item.src!r} escapes the spec's folder",
                     "keep sources next to imagekit.yaml",
                 )
+            elif (why := copy_tree_problem(root, item.src)) is not None:
+                bad((*base, "copy", i, "src"), why, "copy the file itself, or make the link in a `run:` step")
             if not item.dest.startswith("/"):
                 bad((*base, "copy", i, "dest"), f"destination {item.dest!r} is not absolute")
         for i, model in enumerate(layer.models):

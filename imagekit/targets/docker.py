@@ -16,7 +16,8 @@ from typing import IO, TYPE_CHECKING, Any
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter
 from imagekit.fetch import fetch_model, stage
-from imagekit.fsutil import atomic_write
+from imagekit.fsutil import atomic_write, owned_dir, wheel_files
+from imagekit.inputs import clip
 from imagekit.names import (
     DEFAULT_CA_BUNDLE,
     LABEL_PREFIX,
@@ -349,12 +350,15 @@ def _stage_wheelhouse(loaded: LoadedSpec, image: str, reporter: Reporter) -> str
     if not src.is_dir():
         reporter(Event("info", f"wheelhouse {src} is not here; pip uses the index", image, "", "docker"))
         return None
-    dest = loaded.root / WHEELHOUSE_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p for p in src.iterdir() if p.is_file()}
+    dest = owned_dir(loaded.root, WHEELHOUSE_DIR)
+    wheels, skipped = wheel_files(src)
+    wanted = {p.name: p for p in wheels}
+    if skipped:
+        shown = ", ".join(clip(n, 60) for n in skipped[:5])
+        reporter(Event("info", f"wheelhouse {src}: not wheel files, left out: {shown}", image, "", "docker"))
     for old in dest.iterdir():
         if old.name not in wanted:
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             else:
                 old.unlink()
@@ -372,7 +376,7 @@ def _stage_models(loaded: LoadedSpec, image: str, reporter: Reporter) -> None:
             if not model.is_remote:
                 continue
             cached = fetch_model(model, ca_bundle=ca, reporter=reporter, image=image, layer=layer_name)
-            stage(cached, loaded.root / MODELS_DIR / model.sha256)
+            stage(cached, owned_dir(loaded.root, MODELS_DIR) / model.sha256)
 
 
 def _ca_bundle(loaded: LoadedSpec) -> Path | None:

@@ -37,6 +37,7 @@ from imagekit.runners.docker import (
 )
 from imagekit.runners.process import Process, check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
+from imagekit.verify import http as service_http
 from imagekit.verify.policy import effective_gpu, service_device_failures
 from imagekit.verify.report import (
     GPU_HINT,
@@ -237,17 +238,6 @@ def _published_port(made: Container, port: int, wait: float = 10.0) -> int:
         time.sleep(0.1)
 
 
-def _http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
-) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310 (http to 127.0.0.1)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return int(resp.status), {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
-
 def wait_ready(
     svc: ServiceHandle,
     path: str,
@@ -264,7 +254,12 @@ def wait_ready(
         # a cancelled run (nightly --jobs: the signal reached another thread) stops waiting; the container goes
         check_cancel("verify interrupted while waiting for health")
         try:
-            status, _, body = _http("GET", svc.base_url + path, timeout=max(1.0, min(10.0, interval * 5)))
+            # the whole answer within the poll's time and never past the deadline (+1 s): a service dripping a
+            # byte at a time is abandoned with the rest
+            per_poll = min(max(1.0, min(10.0, interval * 5)), max(1.0, deadline - clock() + 1.0))
+            status, _, body = service_http.request(
+                svc.base_url, "GET", path, timeout=per_poll, limit=service_http.HEALTH_BODY_LIMIT
+            )
             result.last_status = status
             result.last_body = body[:500].decode("utf-8", "replace")
             if status == 200:
@@ -272,7 +267,7 @@ def wait_ready(
                 result.seconds_to_ready = round(clock() - svc.started, 3)
                 reporter(Event("step", f"ready after {result.seconds_to_ready:.1f}s"))
                 return result
-        except (OSError, urllib.error.URLError) as exc:
+        except OSError as exc:
             result.last_body = f"{type(exc).__name__}: {exc}"
         if not svc.running():
             result.last_body = f"the container exited; last output: {' | '.join(svc.logs_tail(8))}"
@@ -291,8 +286,10 @@ def smoke(
     result = SmokeResult(method=method, path=path)
     t0 = time.monotonic()
     try:
-        status, resp_headers, data = _http(method, svc.base_url + path, body=body, headers=hdrs, timeout=120)
-    except (OSError, urllib.error.URLError) as exc:
+        status, resp_headers, data = service_http.request(
+            svc.base_url, method, path, body=body, headers=hdrs, timeout=120, limit=service_http.SMOKE_BODY_LIMIT
+        )
+    except OSError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result, b""
     result.latency_ms = round(1000 * (time.monotonic() - t0), 2)
