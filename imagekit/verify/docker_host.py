@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
+from imagekit.inputs import clip
 from imagekit.paths import work_dir
 from imagekit.runners.docker import (
     Container,
@@ -39,6 +40,7 @@ from imagekit.runners.process import Process, check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
 from imagekit.verify import http as service_http
 from imagekit.verify.policy import effective_gpu, service_device_failures
+from imagekit.verify.probe_input import MAX_PROBE_BYTES, ProbeInputError, parse_probe
 from imagekit.verify.report import (
     GPU_HINT,
     HealthResult,
@@ -69,6 +71,7 @@ class DockerHost:
 
     docker_host: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
     created: list[str] = field(default_factory=list)  # names of the containers this host started (all removed)
+    probe_problems: list[str] = field(default_factory=list)  # what the probe boundary dropped or cut (failures)
 
     @property
     def name(self) -> str:
@@ -126,14 +129,16 @@ class DockerHost:
                 code = made.wait(timeout=timeout)
             except engine_errors() as exc:
                 raise ProbeFailed(f"the probe did not finish within {timeout:g}s ({type(exc).__name__})") from None
-            out = made.output(stdout=True, stderr=False)
-            err = made.output(stdout=False, stderr=True)
+            out, more = made.output_bytes(stdout=True, limit=MAX_PROBE_BYTES)
+            err_raw, _ = made.output_bytes(stdout=False, stderr=True, limit=64 * 1024)
+        err = clip(err_raw.decode("utf-8", "replace").strip()[-800:], 800)
+        if more:
+            raise ProbeFailed(f"the probe printed over {MAX_PROBE_BYTES} bytes (exit {code}); imagekit reads no more")
         try:
-            data = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProbeFailed(f"the probe printed no JSON (exit {code}): {(err or out).strip()[-800:]}")
+            data, self.probe_problems = parse_probe(out, last_line=True)
+        except ProbeInputError as exc:
+            shown = err or clip(out[-800:].decode("utf-8", "replace"), 800)
+            raise ProbeFailed(f"the probe printed no probe JSON ({exc}; exit {code}): {shown}") from None
         return data
 
     @contextlib.contextmanager
@@ -206,6 +211,12 @@ class ProbeFailed(ImagekitError):
     exit_code = 1
 
 
+class ServiceDidNotStart(ImagekitError):
+    """The service container exited or never published its port."""
+
+    exit_code = 1
+
+
 @dataclass
 class ServiceHandle:
     """A started service container and where to reach it."""
@@ -234,7 +245,8 @@ def _published_port(made: Container, port: int, wait: float = 10.0) -> int:
         if host_port is not None:
             return host_port
         if time.monotonic() > deadline or made.status == "exited":
-            raise ImagekitError(f"the container did not publish port {port} (status {made.status})")
+            # the image under test decides whether its container lives: a failed check, not a crash
+            raise ServiceDidNotStart(f"the container did not publish port {port} (status {made.status})")
         time.sleep(0.1)
 
 
@@ -301,6 +313,14 @@ def smoke(
 
 
 # --- the verification run: probe, pins, health, smoke, report ----------------------------------------------
+
+
+def judged(probe: dict[str, Any], loaded: LoadedSpec, name: str, gpu_rule: Any, target: str = "docker") -> list[str]:
+    """compare(), with a shape the boundary let through but a judge did not expect made a failure, not a crash."""
+    try:
+        return compare(probe, loaded, name, target=target, gpu=gpu_rule or None)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        return [f"probe: a value of an unexpected shape ({type(exc).__name__}: {clip(str(exc), 200)})"]
 
 
 class VerifyResult(NamedTuple):
@@ -386,9 +406,10 @@ def verify_docker(
                     report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
                 else:
                     report.failures.append(f"probe: the engine could not run the probe container: {exc}")
+            report.failures += host.probe_problems
             if report.probe:
                 report.gpu_visible = gpu_visible(report.probe)
-                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule)
+                report.failures += judged(report.probe, loaded, name, gpu_rule)
             if gpu_refused:
                 pass  # the service container would be refused the same way
             elif res.port and policy.health:
@@ -433,7 +454,9 @@ def _serve_checks(
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
     except engine_errors() as exc:
-        report.failures.append(f"service: the container did not start: {str(exc).strip()[:500]}")
+        report.failures.append(f"service: the container did not start: {clip(str(exc).strip(), 500)}")
+    except ServiceDidNotStart as exc:
+        report.failures.append(f"service: {exc}")
 
 
 def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report: Report, reporter: Reporter) -> None:
