@@ -134,11 +134,24 @@ class DockerTarget:
             force=force, log=st.log, log_path=st.log_path, reporter=self.reporter,
         )  # fmt: skip
 
+    def _keep_replaced(self, final: str, repo: str, leaf: LayerResult) -> None:
+        """A same-hash rebuild (--force, a refresh, a revoked layer rebuilt) moves the hash tag to the new image;
+        the image it replaces may be a channel's head or rollback target, and untagged it is what `docker image
+        prune` removes. It keeps a tag of its own: `<hash16>-replaced-<its id12>`."""
+        old = self.engine.inspect(final)
+        new = self.engine.inspect(leaf.tag)
+        if old is None or new is None or old.id == new.id:
+            return
+        short = old.id.split(":", 1)[-1][:12]
+        self.engine.tag(old.id, repo, f"{leaf.hash[:16]}-replaced-{short}")
+        self.reporter(Event("info", f"kept the replaced image {short} as {repo}:{leaf.hash[:16]}-replaced-{short}"))
+
     def finish(self, image: str, res: ImageResult) -> None:
         """Tag the leaf as `<repository>:<leaf hash16>` and `:latest`; push when asked."""
         leaf = res.layers[-1]
         repo = self.loaded.spec.images[image].repository or image
         final = image_tag(repo, leaf.hash)
+        self._keep_replaced(final, repo, leaf)
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
