@@ -189,7 +189,7 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
     names = list(spec.layers)
     roots = []
     for name, layer in spec.layers.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problems.append(
                 Problem(
                     file,
@@ -264,7 +264,7 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
             cur = spec.layers[cur].parent
         done.update(order)
     for name, image in spec.images.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problems.append(
                 Problem(
                     file,
@@ -381,7 +381,7 @@ def _check_partition(spec: Spec, file: str, located: Located) -> list[Problem]:
         return located.line_of(("aws", *key)) or located.line_of(("aws",)) or 1
 
     region_line = at("region")
-    if not partitions.REGION_RE.match(aws.region):
+    if not partitions.REGION_RE.fullmatch(aws.region):
         problems.append(Problem(file, region_line, "aws.region", f"{aws.region!r} is not an AWS region name"))
         return problems
     part = partitions.partition(aws.region)

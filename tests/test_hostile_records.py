@@ -166,3 +166,45 @@ def test_a_same_hash_rebuild_keeps_a_tag_on_the_image_it_replaces(tmp_path: Path
     finally:
         for tag in [*made, f"{repo}:{leaf_hash[:16]}"]:
             subprocess.run([docker, "rmi", "-f", tag], capture_output=True, check=False)
+
+
+# --- names: a trailing newline is no look-alike; `manifest list ARG` walks only the store ---------------------
+
+
+def test_a_channel_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imagekit.cli import app
+    from imagekit.errors import UsageError
+
+    loaded = make_spec(tmp_path)
+    mid = fake_build(loaded).id
+    with pytest.raises(UsageError, match="channel"):
+        api.promote(tmp_path, "app", mid, "stable\n", who="t", why="t")
+    res = CliRunner().invoke(app, ["promote", "app", mid, "--channel", "stable\n", "-f", str(loaded.path)])
+    assert res.exit_code == 2, res.output
+    assert not (tmp_path / "manifests" / "_channels" / "app" / "stable\n").exists()
+
+
+@pytest.mark.parametrize("arg", ["../..", "/etc", "app/../..", "app\n", "."])
+def test_manifest_list_walks_only_store_folders(tmp_path: Path, arg: str) -> None:
+    from typer.testing import CliRunner
+
+    from imagekit.cli import app
+
+    loaded = make_spec(tmp_path)
+    fake_build(loaded)
+    res = CliRunner().invoke(app, ["manifest", "list", arg, "-f", str(loaded.path), "--json"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+
+
+def test_the_store_backend_refuses_a_prefix_outside_it(tmp_path: Path) -> None:
+    from imagekit.errors import StoreError
+    from imagekit.manifest.store import LocalBackend
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key.json").write_text("{}")
+    with pytest.raises(StoreError, match="not a folder of the store"):
+        LocalBackend(tmp_path / "store").keys("../secret/")

@@ -187,7 +187,7 @@ def diff_manifests(path: Path | str | None, old: str, new: str, trust: Path | No
 
 
 def _check_channel(channel: str) -> None:
-    if not NAME_RE.match(channel):
+    if not NAME_RE.fullmatch(channel):
         raise UsageError(f"channel {channel!r}: use lowercase letters, digits, '.', '_' or '-'")
 
 

@@ -82,6 +82,7 @@ class GitSource:
     commit: str
     remote: str
     toplevel: Path
+    dirty: bool = False  # the work tree differs from the commit: HEAD alone does not name what was built
 
     @property
     def uri(self) -> str:
@@ -130,7 +131,10 @@ def git_source(root: Path) -> GitSource | None:
     if remotes:
         name = "origin" if "origin" in remotes else remotes[0]
         remote = _strip_credentials(git("remote", "get-url", name) or "")
-    return GitSource(sha, remote, Path(top))
+    # tracked changes and untracked files (what `copy:` would take), not ignored ones nor imagekit's own work
+    # folders (reports, staged wheels); unknown counts as dirty
+    status = git("status", "--porcelain", "--", ":(top,exclude,glob)**/.imagekit/**")
+    return GitSource(sha, remote, Path(top), dirty=status is None or bool(status))
 
 
 def _model_uri(loaded: LoadedSpec, src: str, is_remote: bool, git: GitSource | None) -> str:
