@@ -12,8 +12,9 @@ from typing import Any
 from imagekit.fsutil import atomic_write
 from imagekit.inputs import printable
 
-# every ASCII punctuation mark CommonMark gives a meaning to (backslash-escaping any of them is always valid)
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>&:\"'])")
+# the marks that open something inline (emphasis, code, links and images, HTML, table cells, headings); a value
+# never starts a line here, so `.`, `-`, `+` and `(` stay as they are and versions stay readable
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]<>&|!#~])")  # `_` only emphasises at word edges: kept readable
 # what XML 1.0 cannot hold at all: C0 controls but tab/newline/CR, lone surrogates, U+FFFE/U+FFFF
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -22,7 +23,8 @@ def md(value: object) -> str:
     """A value from outside (a package name, a version, a message of the image under test) as inert Markdown:
     one line, control characters visible, every mark escaped: no heading, link, image, table cell or HTML."""
     text = " ".join(printable(str(value)).split())
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    # and no bare URL becomes a link (GFM autolinks http://, https://, www.)
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("://", "\\://").replace("www.", "www\\.")
 
 
 def xml_text(value: object) -> str:
