@@ -16,7 +16,8 @@ from typing import IO, TYPE_CHECKING, Any
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter
 from imagekit.fetch import fetch_model, stage
-from imagekit.fsutil import atomic_write
+from imagekit.fsutil import atomic_write, owned_dir, wheel_files
+from imagekit.inputs import clip
 from imagekit.names import (
     DEFAULT_CA_BUNDLE,
     LABEL_PREFIX,
@@ -133,11 +134,24 @@ class DockerTarget:
             force=force, log=st.log, log_path=st.log_path, reporter=self.reporter,
         )  # fmt: skip
 
+    def _keep_replaced(self, final: str, repo: str, leaf: LayerResult) -> None:
+        """A same-hash rebuild (--force, a refresh, a revoked layer rebuilt) moves the hash tag to the new image;
+        the image it replaces may be a channel's head or rollback target, and untagged it is what `docker image
+        prune` removes. It keeps a tag of its own: `<hash16>-replaced-<its id12>`."""
+        old = self.engine.inspect(final)
+        new = self.engine.inspect(leaf.tag)
+        if old is None or new is None or old.id == new.id:
+            return
+        short = old.id.split(":", 1)[-1][:12]
+        self.engine.tag(old.id, repo, f"{leaf.hash[:16]}-replaced-{short}")
+        self.reporter(Event("info", f"kept the replaced image {short} as {repo}:{leaf.hash[:16]}-replaced-{short}"))
+
     def finish(self, image: str, res: ImageResult) -> None:
         """Tag the leaf as `<repository>:<leaf hash16>` and `:latest`; push when asked."""
         leaf = res.layers[-1]
         repo = self.loaded.spec.images[image].repository or image
         final = image_tag(repo, leaf.hash)
+        self._keep_replaced(final, repo, leaf)
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
@@ -354,12 +368,15 @@ def _stage_wheelhouse(loaded: LoadedSpec, image: str, reporter: Reporter) -> str
     if not src.is_dir():
         reporter(Event("info", f"wheelhouse {src} is not here; pip uses the index", image, "", "docker"))
         return None
-    dest = loaded.root / WHEELHOUSE_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p for p in src.iterdir() if p.is_file()}
+    dest = owned_dir(loaded.root, WHEELHOUSE_DIR)
+    wheels, skipped = wheel_files(src)
+    wanted = {p.name: p for p in wheels}
+    if skipped:
+        shown = ", ".join(clip(n, 60) for n in skipped[:5])
+        reporter(Event("info", f"wheelhouse {src}: not wheel files, left out: {shown}", image, "", "docker"))
     for old in dest.iterdir():
         if old.name not in wanted:
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             else:
                 old.unlink()
@@ -377,7 +394,7 @@ def _stage_models(loaded: LoadedSpec, image: str, reporter: Reporter) -> None:
             if not model.is_remote:
                 continue
             cached = fetch_model(model, ca_bundle=ca, reporter=reporter, image=image, layer=layer_name)
-            stage(cached, loaded.root / MODELS_DIR / model.sha256)
+            stage(cached, owned_dir(loaded.root, MODELS_DIR) / model.sha256)
 
 
 def _ca_bundle(loaded: LoadedSpec) -> Path | None:
