@@ -28,7 +28,7 @@ class BuildOptions:
     force_layers: Collection[str] = ()
     push: str | None = None
     rehearse: bool = False
-    engine: Any = None  # a DockerEngine (or a test fake) for the docker target
+    engine: Any = None  # an image engine object (DockerEngine, BuildahEngine, a test fake) for the docker target
     reporter: Reporter = field(default=silent)
     # the time that picks a refreshed root layer's base period (nightly passes its clock; default: now)
     now: datetime | None = None
@@ -36,6 +36,7 @@ class BuildOptions:
     no_reuse: frozenset[str] = frozenset()
     gpu: str | None = None  # --gpu: overrides verify.gpu for this call's verification (docker target)
     release: Release | None = None  # --tag: release tags and the git facts for the OCI labels (docker target)
+    engine_kind: str = "docker"  # which engine the docker target opens when `engine` is None (targets/engines.py)
 
 
 class Target(Protocol):
