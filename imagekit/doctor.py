@@ -365,18 +365,30 @@ class Needs:
         self.why.setdefault(name, why)
 
 
-def needs_of(loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | None = None) -> Needs:
-    """Which checks the spec's targets need; without a spec, what a docker build needs."""
+DAEMONLESS = ("buildah", "podman", "user namespaces", "seccomp", "storage driver", "buildah build")
+
+
+def needs_of(
+    loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | None = None, engine: str = "docker"
+) -> Needs:
+    """Which checks the spec's targets need; without a spec, what a docker build needs (or a buildah one)."""
     from imagekit.names import base_tag
 
     needs = Needs()
+    if engine == "buildah":
+        # the docker target's images come from buildah and boot on podman: no Docker Engine in the picture
+        for name in DAEMONLESS:
+            needs.add(name, "--engine buildah")
+        if push:
+            needs.add("skopeo", f"--push {push} with --engine buildah")
     if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):
         needs.add("paramiko", f"DOCKER_HOST={os.environ['DOCKER_HOST']}")
     if push:
         needs.add("registry login", f"--push {push}")
     if loaded is None:
-        needs.add("docker engine", "docker builds")
-        needs.add("buildkit", "docker builds")
+        if engine == "docker":
+            needs.add("docker engine", "docker builds")
+            needs.add("buildkit", "docker builds")
         return needs
     for name, image in loaded.spec.images.items():
         root_name, root = loaded.chain(name)[0]
@@ -385,8 +397,9 @@ def needs_of(loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | N
         if boot is not None:
             needs.bases.append(base_tag(root_name, boot))
         if "docker" in image.targets:
-            needs.add("docker engine", f"docker target of {name}")
-            needs.add("buildkit", f"docker target of {name}")
+            if engine == "docker":
+                needs.add("docker engine", f"docker target of {name}")
+                needs.add("buildkit", f"docker target of {name}")
             if boot is not None:
                 needs.add("debootstrap", f"the bootstrap base of {name}")
             if loaded.verify_for(name).gpu == "required":
@@ -415,9 +428,14 @@ def diagnose(
     which: Which = shutil.which,
     aws_session: Callable[[], Any] | None = None,
     build: bool = True,
+    engine: str | None = None,
 ) -> Report:
-    """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised."""
-    needs = needs_of(loaded, rehearse=rehearse, push=push)
+    """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised.
+
+    engine (docker|buildah, default the spec's build.engine): buildah adds the daemonless checks
+    (doctor_daemonless) and needs no Docker Engine for the docker target."""
+    engine = engine or (loaded.spec.build.engine if loaded is not None else "docker")
+    needs = needs_of(loaded, rehearse=rehearse, push=push, engine=engine)
     docker_checks = check_docker(capture, which, build=build)
     aws_checks = check_aws(aws_session)
     if loaded is not None:
@@ -431,7 +449,7 @@ def diagnose(
     else:
         gpu = check_gpu(capture, which)
     deboot = check_debootstrap(capture, which)
-    if needs.bases and docker_checks[0].ok and docker is not None and "debootstrap" in needs.why:
+    if needs.bases and docker_checks[0].ok and docker is not None and "debootstrap" in needs.why and engine == "docker":
         present = [t for t in needs.bases if (r := _probe(capture, [docker, "image", "inspect", t])) and r.ok]
         if len(present) == len(needs.bases):
             del needs.why["debootstrap"]
@@ -447,5 +465,9 @@ def diagnose(
     ]
     if push:
         checks.append(check_registry_login(push))
+    if engine == "buildah":
+        from imagekit.doctor_daemonless import daemonless_checks
+
+        checks += daemonless_checks(capture, which, build=build)
     out = [replace(c, needed=True, needed_for=needs.why[c.name]) if c.name in needs.why else c for c in checks]
     return Report(out, loaded.file if loaded is not None else "")

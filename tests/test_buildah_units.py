@@ -104,3 +104,37 @@ def test_spec_takes_the_engine(tmp_path: Path) -> None:
     bad.write_text(text.replace("build:\n", "build:\n  engine: kaniko\n", 1), encoding="utf-8")
     with pytest.raises(SpecError, match=r"build\.engine"):
         load_spec(bad)
+
+
+def test_doctor_judges_seccomp_storage_and_userns_for_a_pod() -> None:
+    from imagekit.doctor_daemonless import check_seccomp, check_storage, check_userns
+
+    filtered = "Seccomp:\t2\nCapEff:\t00000000a80425fb\n"  # the runtime's default profile, no SYS_ADMIN
+    assert not check_seccomp(container=True, status=filtered).ok
+    assert "Unconfined" in check_seccomp(container=True, status=filtered).fix
+    assert check_seccomp(container=True, status="Seccomp:\t0\nCapEff:\t0\n").ok
+    with_admin = "Seccomp:\t2\nCapEff:\t00000000a82425fb\n"  # bit 21: CAP_SYS_ADMIN
+    assert check_seccomp(container=True, status=with_admin).ok
+    assert check_seccomp(container=False, status=filtered).ok
+    # in a pod the overlay driver fails; the vfs flag and chroot isolation are what to add
+    pod = check_storage(container=True, env={}, driver_in_use="overlay", build_ok=False)
+    assert not pod.ok and "STORAGE_DRIVER=vfs" in pod.fix
+    vfs = {"STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+    assert check_storage(container=True, env=vfs, driver_in_use="vfs", build_ok=False).ok
+    assert check_storage(container=False, env={}, driver_in_use="overlay", build_ok=False).ok
+    assert check_userns(root=True).ok
+
+
+def test_doctor_with_buildah_needs_no_docker_engine_for_a_docker_only_spec(tmp_path: Path) -> None:
+    from conftest import copy_example
+
+    from imagekit.doctor import needs_of
+    from imagekit.spec import load_spec
+
+    spec = copy_example(tmp_path / "tts") / "imagekit-cpu.yaml"
+    spec.write_text(spec.read_text(encoding="utf-8").replace("targets: [docker, ami]", "targets: [docker]"))
+    loaded = load_spec(spec)
+    needs = needs_of(loaded, engine="buildah", push="127.0.0.1:5000/x")
+    assert "docker engine" not in needs.why and "buildkit" not in needs.why
+    assert {"buildah", "podman", "skopeo", "seccomp", "storage driver", "buildah build"} <= set(needs.why)
+    assert {"docker engine", "buildkit"} <= set(needs_of(loaded).why)
