@@ -429,11 +429,12 @@ def diagnose(
     aws_session: Callable[[], Any] | None = None,
     build: bool = True,
     engine: str | None = None,
+    extra: Sequence[Check] = (),
 ) -> Report:
     """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised.
 
     engine (docker|buildah, default the spec's build.engine): buildah adds the daemonless checks
-    (doctor_daemonless) and needs no Docker Engine for the docker target."""
+    (`extra`: doctor_daemonless's, made by the caller) and needs no Docker Engine for the docker target."""
     engine = engine or (loaded.spec.build.engine if loaded is not None else "docker")
     needs = needs_of(loaded, rehearse=rehearse, push=push, engine=engine)
     docker_checks = check_docker(capture, which, build=build)
@@ -465,9 +466,6 @@ def diagnose(
     ]
     if push:
         checks.append(check_registry_login(push))
-    if engine == "buildah":
-        from imagekit.doctor_daemonless import daemonless_checks
-
-        checks += daemonless_checks(capture, which, build=build)
+    checks += extra
     out = [replace(c, needed=True, needed_for=needs.why[c.name]) if c.name in needs.why else c for c in checks]
     return Report(out, loaded.file if loaded is not None else "")

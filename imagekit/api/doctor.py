@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from imagekit.doctor import Report, diagnose
@@ -18,4 +19,11 @@ def doctor(
     if engine is not None:
         check_engine(engine)
     loaded = load_spec(path) if path is not None or find_spec(None).is_file() else None
-    return diagnose(loaded, rehearse=rehearse, push=push, engine=engine)
+    engine = engine or (loaded.spec.build.engine if loaded is not None else "docker")
+    extra = []
+    if engine == "buildah":
+        from imagekit.doctor_daemonless import daemonless_checks
+        from imagekit.runners import process
+
+        extra = daemonless_checks(process.capture, shutil.which)
+    return diagnose(loaded, rehearse=rehearse, push=push, engine=engine, extra=extra)
