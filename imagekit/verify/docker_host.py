@@ -94,7 +94,8 @@ class DockerHost:
         found = self.runtime.image_id(ref)
         if found is None:
             raise UsageError(
-                f"image {ref!r} is not on the {self.runtime.kind} host {self.name}; build it first "
+                f"image {ref!r} is not on the {'Docker' if self.runtime.kind == 'docker' else 'podman'} host "
+                f"{self.name}; build it first "
                 f"(imagekit build --target docker --engine {'buildah' if self.runtime.kind == 'podman' else 'docker'})"
             )
         return str(found)
