@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="6ead15a62582cb67ee973ac50a27dc418e6ad32d6e4f5fe3b8a8c6c8caae87ed"
+LABEL dev.imagekit.layer.base.hash="6ed872a4f142f59a45756e93a68fd9fdf114fa525854c6f21137871d20a4678f"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -17,23 +17,48 @@ RUN apt-get update -q \
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
+FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-lock
+# hadolint ignore=DL3002
+USER root
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh lock-parts
+
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="baafadc767abebbd9fb392fe8a0e92f5a8e97096219235289d9cd92168775b7a"
+LABEL dev.imagekit.layer.runtime.hash="b1d71037b3e36e78134583bc5732bf684e19d11b5a80933ee652094b93db33a7"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
-    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy1,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
     --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
-    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy1 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy2,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy2 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy3,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=light sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="9b0e3b9e792b56f0fd103728291c68a60b9d97368b1a03c4d4539ad59bdb3d19"
+LABEL dev.imagekit.layer.app.hash="c4ba85aff93b0c5c208eb46ac062f5c2037e00f25acd6d4b724d1b122ba176ed"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -58,6 +83,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="9b0e3b9e792b56f0"
+    org.opencontainers.image.version="c4ba85aff93b0c5c"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

@@ -32,6 +32,9 @@ NAMES = [
     "debootstrap",
     "moto",
     "paramiko",
+    "pull (docker)",
+    "pull (podman)",
+    "unpigz",
 ]
 CPU_SPEC = REPO / "examples" / "tts" / "imagekit-cpu.yaml"
 GPU_SPEC = REPO / "examples" / "tts" / "imagekit.yaml"

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-43a23c0be4d9b5c3-${var.build_id}"
+  ami_name      = "imagekit-tts-app-5c479ec904deef79-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+    "imagekit:layer-hash"  = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:parent-hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -61,9 +61,9 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+    "imagekit:layer-hash"  = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:parent-hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+      "layer_hash" = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
     }
   }
 }

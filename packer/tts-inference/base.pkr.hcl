@@ -40,13 +40,13 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-032482968b3308df-${var.build_id}"
+  ami_name      = "imagekit-tts-base-d02f96e1d1bc18b9-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:layer-hash"  = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -60,7 +60,7 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:layer-hash"  = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+      "layer_hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
     }
   }
 }

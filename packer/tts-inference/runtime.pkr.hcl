@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-6eff1c2ad6b36b72-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-0aaae99dc29f30eb-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:layer-hash"  = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:parent-hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -61,9 +61,9 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:layer-hash"  = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:parent-hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
     "imagekit:pin:cuda"    = "12.4"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "550"
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+      "layer_hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
     }
   }
 }
