@@ -397,18 +397,23 @@ class Needs:
         self.why.setdefault(name, why)
 
 
-def needs_of(loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | None = None) -> Needs:
-    """Which checks the spec's targets need; without a spec, what a docker build needs."""
+def needs_of(
+    loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | None = None, engine: str = "docker"
+) -> Needs:
+    """Which checks the spec's targets need; without a spec, what a docker build needs (or a buildah one)."""
     from imagekit.names import base_tag
 
     needs = Needs()
+    for check in ("buildah", "podman", "skopeo", "user namespaces", "seccomp", "storage driver", "buildah build"):
+        if engine == "buildah":  # images from buildah, booted on podman, pushed by skopeo: no Docker Engine
+            needs.add(check, "--engine buildah")
     if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):
         needs.add("paramiko", f"DOCKER_HOST={os.environ['DOCKER_HOST']}")
     if push:
         needs.add("registry login", f"--push {push}")
     if loaded is None:
-        needs.add("docker engine", "docker builds")
-        needs.add("buildkit", "docker builds")
+        for check in ("docker engine", "buildkit") if engine == "docker" else ():
+            needs.add(check, "docker builds")
         return needs
     for name, image in loaded.spec.images.items():
         root_name, root = loaded.chain(name)[0]
@@ -417,8 +422,8 @@ def needs_of(loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | N
         if boot is not None:
             needs.bases.append(base_tag(root_name, boot))
         if "docker" in image.targets:
-            needs.add("docker engine", f"docker target of {name}")
-            needs.add("buildkit", f"docker target of {name}")
+            for check in ("docker engine", "buildkit") if engine == "docker" else ():
+                needs.add(check, f"docker target of {name}")
             if boot is not None:
                 needs.add("debootstrap", f"the bootstrap base of {name}")
             if loaded.verify_for(name).gpu == "required":
@@ -447,9 +452,13 @@ def diagnose(
     which: Which = shutil.which,
     aws_session: Callable[[], Any] | None = None,
     build: bool = True,
+    engine: str | None = None,
+    extra: Sequence[Check] = (),
 ) -> Report:
     """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised."""
-    needs = needs_of(loaded, rehearse=rehearse, push=push)
+    # engine buildah (default: the spec's build.engine): `extra` holds doctor_daemonless's checks, no engine needed
+    engine = engine or (loaded.spec.build.engine if loaded is not None else "docker")
+    needs = needs_of(loaded, rehearse=rehearse, push=push, engine=engine)
     docker_checks = check_docker(capture, which, build=build)
     aws_checks = check_aws(aws_session)
     if loaded is not None:
@@ -463,7 +472,7 @@ def diagnose(
     else:
         gpu = check_gpu(capture, which)
     deboot = check_debootstrap(capture, which)
-    if needs.bases and docker_checks[0].ok and docker is not None and "debootstrap" in needs.why:
+    if needs.bases and docker_checks[0].ok and docker is not None and "debootstrap" in needs.why and engine == "docker":
         present = [t for t in needs.bases if (r := _probe(capture, [docker, "image", "inspect", t])) and r.ok]
         if len(present) == len(needs.bases):
             del needs.why["debootstrap"]
@@ -486,5 +495,6 @@ def diagnose(
         fix = "" if skopeo else "apt-get install skopeo (see scripts/setup-host.sh)"
         checks.append(Check("skopeo", bool(skopeo), skopeo or "not installed", fix, f"push.compression {compression}"))
         needs.add("skopeo", f"push.compression: {compression}")
+    checks += [c for c in extra if c.name not in {x.name for x in checks}]
     out = [replace(c, needed=True, needed_for=needs.why[c.name]) if c.name in needs.why else c for c in checks]
     return Report(out, loaded.file if loaded is not None else "")

@@ -286,6 +286,8 @@ class Build(_Model):
     wheelhouse: str | None = None
     pip_index_url: str | None = None
     ca_bundle: str | None = None
+    # the image engine of the docker target: a Docker Engine (BuildKit), or buildah + podman with no daemon
+    engine: Literal["docker", "buildah"] = "docker"
 
 
 class Push(_Model):

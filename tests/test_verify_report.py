@@ -333,7 +333,8 @@ def test_models_must_not_be_writable_by_the_service_user(probe: dict[str, Any]) 
 
 
 def test_ssh_tunnel_command_for_a_remote_engine() -> None:
-    from imagekit.verify.docker_host import DockerHost, ssh_tunnel_argv
+    from imagekit.verify.docker_host import DockerHost
+    from imagekit.verify.ssh_tunnel import ssh_tunnel_argv
 
     assert ssh_tunnel_argv("ssh://ubuntu@gpu-host:2222", 32768, 40000) == [
         *("ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-p", "2222"),

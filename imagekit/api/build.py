@@ -18,6 +18,7 @@ from imagekit.plan import plan_image
 from imagekit.release import release_for
 from imagekit.spec import LoadedSpec
 from imagekit.targets import BuildOptions, LayerLock, Target, target_info
+from imagekit.targets.engines import check_engine
 from imagekit.targets.results import BaseResult, BuildResult, ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 from imagekit.verify.policy import effective_gpu
@@ -51,6 +52,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: datetime | None = None,
     gpu: str | None = None,
     tags: Sequence[str] = (),
+    engine_kind: str | None = None,
     compression: str | None = None,
 ) -> BuildResult:
     """Build the spec's images for one target, reusing layers whose hash is already built; verify, gate, record.
@@ -62,6 +64,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: the time that picks a refreshed root layer's base period (nightly passes its clock).
     gpu (required|optional) overrides verify.gpu for this call's verification; tags (--tag, `{git_sha}` expands
     to the commit) also tag the final image and go into its signed manifest (docker target).
+    engine_kind (--engine docker|buildah) overrides the spec's build.engine (docker target).
     compression (gzip|zstd|zstd:chunked) overrides push.compression for this call's push.
     """
     from imagekit.api.spec import validate
@@ -75,6 +78,10 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(info.gpu)
     if tags and info.tag:
         raise UsageError(info.tag)
+    if engine_kind is not None:
+        check_engine(engine_kind)
+        if info.engine:
+            raise UsageError(info.engine)
     if gpu is not None:
         effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
     if compression is not None and compression not in COMPRESSIONS:
@@ -109,6 +116,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         no_reuse=frozenset(revoked_layers(loaded)),
         gpu=gpu,
         release=release,
+        engine_kind=engine_kind or loaded.spec.build.engine,
         compression=compression or loaded.spec.push.compression,
         compression_level=loaded.spec.push.level,
     )

@@ -20,13 +20,19 @@ def verify_docker(
     *,
     client: Any = None,
     gpu: str | None = None,
+    engine: str | None = None,
 ) -> VerifyResult:
     """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
 
     `gpu` (required|optional) overrides verify.gpu for this run. Raises VerifyFailed (after writing the report)
-    when anything does not match, Interrupted on Ctrl-C.
+    when anything does not match, Interrupted on Ctrl-C. engine (docker|buildah, default the spec's build.engine):
+    buildah's images are booted with podman.
     """
-    return docker_host.verify_docker(load_spec(path), image_ref, image, reporter, client=client, gpu=gpu)
+    from imagekit.targets.engines import VERIFY_RUNTIME, check_engine
+
+    loaded = load_spec(path)
+    runtime = VERIFY_RUNTIME[check_engine(engine or loaded.spec.build.engine)]
+    return docker_host.verify_docker(loaded, image_ref, image, reporter, client=client, gpu=gpu, runtime=runtime)
 
 
 def verify_probe_file(

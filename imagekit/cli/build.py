@@ -52,6 +52,13 @@ def build(  # noqa: PLR0917 (typer options)
     rehearse: bool = typer.Option(
         False, "--rehearse", help="AMI target without AWS: local moto EC2, sshd containers as instances."
     ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="docker (BuildKit on a Docker Engine) or buildah (no daemon: buildah, podman, skopeo); "
+        "default: the spec's build.engine, else docker.",
+        metavar="docker|buildah",
+    ),
 ) -> None:
     """Build images layer by layer (unchanged layers are reused); the docker engine is found via DOCKER_HOST."""
     from imagekit.api.build import build as api_build
@@ -71,6 +78,7 @@ def build(  # noqa: PLR0917 (typer options)
                 rehearse=rehearse,
                 gpu=gpu,
                 tags=tag,
+                engine_kind=engine,
                 compression=compression,
             )
         )

@@ -110,7 +110,7 @@ def schema() -> None:
 
 
 @app.command()
-def doctor(
+def doctor(  # noqa: PLR0917 (typer options)
     file: Path | None = typer.Option(
         None, "-f", "--file", help="Judge against this spec's targets (default: ./imagekit.yaml when present)."
     ),
@@ -118,11 +118,18 @@ def doctor(
     push: str | None = typer.Option(None, "--push", help="Also check a stored login for this REGISTRY/REPO."),
     json_out: bool = JsonOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything is missing, needed or not."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="docker or buildah (also checks user namespaces, seccomp, the storage driver and a real buildah "
+        "build); default: the spec's build.engine.",
+        metavar="docker|buildah",
+    ),
 ) -> None:
     """Check the tools a spec needs (engine, a real BuildKit build, packer, ...); exit 1 if a needed one is missing."""
     from imagekit.api.doctor import doctor as api_doctor
 
-    report = run(lambda: api_doctor(file, rehearse=rehearse, push=push))
+    report = run(lambda: api_doctor(file, rehearse=rehearse, push=push, engine=engine))
     if json_out:
         print_json(report.to_json())
     else:

@@ -27,6 +27,13 @@ def verify(  # noqa: PLR0917 (typer options)
         help="Judge a saved probe (python -m imagekit.verify.probe MODEL... > probe.json) instead; no container.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="docker (boot on DOCKER_HOST's engine) or buildah (boot with podman, no daemon); "
+        "default: the spec's build.engine.",
+        metavar="docker|buildah",
+    ),
 ) -> None:
     """Boot IMAGE_REF (GPUs requested when the GPU policy is required), probe it, check health and smoke; report.
 
@@ -52,7 +59,7 @@ def verify(  # noqa: PLR0917 (typer options)
             return verify_probe_file(file, probe_file, image, show, gpu=gpu)
         if image_ref is None:
             raise UsageError("verify needs IMAGE_REF (an image on the Docker host) or --probe-file PROBE.json")
-        return verify_docker(file, image_ref, image, show, gpu=gpu)
+        return verify_docker(file, image_ref, image, show, gpu=gpu, engine=engine)
 
     report, path = run(call if shown is None else lambda: shown.run(call))
     if json_out:

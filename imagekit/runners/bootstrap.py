@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from imagekit.errors import BuildFailed, ToolMissing
 from imagekit.events import Event, Reporter, silent
 from imagekit.names import LABEL_PREFIX, apt_sources, base_definition, base_hash, base_repository
 from imagekit.runners import process
-from imagekit.runners.docker import DockerEngine
 from imagekit.spec import Bootstrap
+
+if TYPE_CHECKING:
+    from imagekit.targets.engines import ImageEngine
 
 IMAGE_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -46,7 +48,7 @@ class BaseImage:
 
 
 def ensure_base(
-    engine: DockerEngine,
+    engine: ImageEngine,
     layer: str,
     boot: Bootstrap,
     *,
@@ -114,7 +116,7 @@ def ensure_base(
                 if entry.is_file() and entry.name != "lock":
                     entry.unlink()
         tarball = tmp / "rootfs.tar"
-        reporter(Event("step", f"tar + docker import as {ref}", image, layer, "docker"))
+        reporter(Event("step", f"tar + {engine.kind} import as {ref}", image, layer, "docker"))
         res = process.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(tarball), "."], log=log)
         if not res.ok:
             raise BuildFailed("tar of the bootstrapped rootfs failed", image=image, layer=layer, log_tail=res.tail)

@@ -116,6 +116,10 @@ def gpu_requests(gpu: bool) -> list[Any] | None:
 class DockerEngine:
     """Engine operations imagekit needs; the SDK client and CLI path are parameters so tests can swap them."""
 
+    kind = "docker"
+    parse_step = staticmethod(parse_step)
+    is_error_line = staticmethod(is_error_line)
+
     def __init__(self, client: Any | None = None, cli: str | None = None) -> None:
         self._client = client
         self.cli = cli or cli_path()
@@ -205,6 +209,10 @@ class DockerEngine:
             return str(self.client.version().get("Version", ""))
         except Exception:  # informative only (the record's builder versions)
             return ""
+
+    def sizes(self) -> EngineSizes:
+        """The size gate's view of the engine."""
+        return EngineSizes(self)
 
     def registry_digest(self, ref: str) -> str:
         """The manifest digest `ref` resolves to at its registry now (the registry is asked; nothing is pulled)."""
@@ -417,3 +425,54 @@ def split_ref(ref: str) -> tuple[str, str | None]:
         repo, tag = ref.rsplit(":", 1)
         return repo, tag
     return ref, None
+
+
+class DockerRuntime:
+    """The verify host's container runtime on a Docker Engine (a peer of runners/podman.PodmanRuntime)."""
+
+    kind = "docker"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @property
+    def address(self) -> str:
+        """Where the engine is (for reports)."""
+        return engine_address(self.client)
+
+    def image_id(self, ref: str) -> str | None:
+        """The local image id of `ref`, or None when the engine does not have it."""
+        return local_image_id(self.client, ref)
+
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What the SDK raises when the engine refuses or cannot be reached."""
+        return engine_errors()
+
+    @contextlib.contextmanager
+    def container(
+        self,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        image: str,
+        entrypoint: Sequence[str] | None = None,
+        command: Sequence[str] = (),
+        ro_mounts: Mapping[str, str] | None = None,
+        gpu: bool = False,
+        network: bool = True,
+        ports: Mapping[int, str] | None = None,
+    ) -> Iterator[Container]:
+        """Create a container (not started) and always remove it, with its volumes, also on Ctrl-C."""
+        kwargs: dict[str, Any] = {"image": image, "device_requests": gpu_requests(gpu)}
+        if entrypoint is not None:
+            kwargs["entrypoint"] = list(entrypoint)
+        if command:
+            kwargs["command"] = list(command)
+        if ro_mounts:
+            kwargs["volumes"] = {src: {"bind": dest, "mode": "ro"} for src, dest in ro_mounts.items()}
+        if not network:
+            kwargs["network_disabled"] = True
+        if ports:
+            kwargs["ports"] = {f"{port}/tcp": (bind, None) for port, bind in ports.items()}
+        with container(self.client, name=name, labels=labels, **kwargs) as made:
+            yield made

@@ -32,6 +32,7 @@ class TargetInfo:
     rehearse: str | None = None  # None: --rehearse works; else why not
     gpu: str | None = None  # None: --gpu works; else why not
     tag: str | None = None  # None: --tag works (release tags, OCI labels); else why not
+    engine: str | None = None  # None: --engine works (docker | buildah); else why not
 
 
 @contextlib.contextmanager
@@ -65,6 +66,7 @@ TARGETS: dict[str, TargetInfo] = {
         push="--push applies to --target docker (AMIs are copied with aws.ami_regions)",
         gpu="--gpu applies to --target docker; an AMI is verified on verify.instance_type as verify.gpu says",
         tag="--tag applies to --target docker (an AMI is named by its id and its layer-hash tags)",
+        engine="--engine applies to --target docker (AMIs are built by packer)",
     ),
 }
 

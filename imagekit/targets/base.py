@@ -28,7 +28,7 @@ class BuildOptions:
     force_layers: Collection[str] = ()
     push: str | None = None
     rehearse: bool = False
-    engine: Any = None  # a DockerEngine (or a test fake) for the docker target
+    engine: Any = None  # an image engine object (DockerEngine, BuildahEngine, a test fake) for the docker target
     reporter: Reporter = field(default=silent)
     # the time that picks a refreshed root layer's base period (nightly passes its clock; default: now)
     now: datetime | None = None
@@ -39,6 +39,7 @@ class BuildOptions:
     # --compression or push.compression: push through skopeo with this layer compression (None: docker push)
     compression: str | None = None
     compression_level: int | None = None
+    engine_kind: str = "docker"  # which engine the docker target opens when `engine` is None (targets/engines.py)
 
 
 class Target(Protocol):

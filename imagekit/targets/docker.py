@@ -32,15 +32,16 @@ from imagekit.names import (
 from imagekit.paths import log_dir
 from imagekit.plan import LayerPlan
 from imagekit.render.dockerfile import parent_arg
-from imagekit.runners.docker import DockerEngine, EngineSizes, is_error_line, parse_step
 from imagekit.spec import LoadedSpec
 from imagekit.targets.base import BuildOptions
 from imagekit.targets.docker_base import ensure_docker_base
 from imagekit.targets.docker_push import push, push_compressed
+from imagekit.targets.engines import VERIFY_RUNTIME, ImageEngine, open_engine
 from imagekit.targets.results import ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 
 if TYPE_CHECKING:
+    from imagekit.nightly.budget import SizeSource
     from imagekit.release import Release
 
 TARGET = "docker"
@@ -55,7 +56,7 @@ def open_docker(loaded: LoadedSpec, images: list[str], options: BuildOptions) ->
         raise UsageError(f"--push takes one image; pick it with --image ({', '.join(images)})")
     for name in images:
         _stage_models(loaded, name, options.reporter)
-    yield DockerTarget(loaded, options, options.engine or DockerEngine())
+    yield DockerTarget(loaded, options, options.engine or open_engine(options.engine_kind))
 
 
 @dataclass
@@ -73,7 +74,7 @@ class DockerTarget:
 
     loaded: LoadedSpec
     options: BuildOptions
-    engine: DockerEngine
+    engine: ImageEngine
     name: str = TARGET
     builders: dict[str, str] = field(default_factory=dict)
     layer_builds: int = 0
@@ -169,7 +170,7 @@ class DockerTarget:
             log = self._state[image].log
             if self.options.compression:
                 res.repo_digest, res.pushed = push_compressed(
-                    final, self.options.push, self.options, image=image, reporter=self.reporter, log=log
+                    self.engine, final, self.options.push, self.options, image=image, reporter=self.reporter, log=log
                 )
             else:
                 res.repo_digest, res.pushed = push(
@@ -201,7 +202,8 @@ class DockerTarget:
             )  # fmt: skip
         if not result.ok:
             raise BuildFailed(
-                f"tagging the release {', '.join(release.tags)} failed: docker build exited {result.returncode}",
+                f"tagging the release {', '.join(release.tags)} failed: {self.engine.kind} build exited "
+                f"{result.returncode}",
                 image=image,
                 log_tail=result.tail[-LOG_TAIL:],
                 log_path=str(st.log_path),
@@ -209,18 +211,23 @@ class DockerTarget:
         return refs[0]
 
     def verify(self, image: str, res: ImageResult) -> str:
-        """Boot-and-verify on the Docker host (DOCKER_HOST): probe, pins, health, smoke."""
+        """Boot-and-verify where the engine keeps its images (DOCKER_HOST's engine, or podman): probe, pins,
+        health, smoke."""
         from imagekit.verify.docker_host import verify_docker
 
-        _report, path = verify_docker(self.loaded, res.ref, image=image, reporter=self.reporter, gpu=self.options.gpu)
+        _report, path = verify_docker(
+            self.loaded, res.ref, image=image, reporter=self.reporter, gpu=self.options.gpu,
+            runtime=VERIFY_RUNTIME[self.engine.kind],
+        )  # fmt: skip
         return str(path)
 
     def record_facts(self, res: ImageResult) -> dict[str, Any]:
         """A pushed image is named by its registry digest, a local one by its image ID (labelled as such)."""
-        if "docker" not in self.builders:
+        kind = self.engine.kind
+        if kind not in self.builders:
             version = self.engine.version()  # a nicety in the record, never a reason to fail
             if version:
-                self.builders["docker"] = version
+                self.builders[kind] = version
         base = base_id = recipe = None
         if res.base is not None:
             # the reference built FROM (repo@sha256:… when resolved at a registry), the image ID it was, and for
@@ -238,9 +245,9 @@ class DockerTarget:
             "tags": list(res.release_tags),
         }
 
-    def sizes(self) -> EngineSizes:
+    def sizes(self) -> SizeSource:
         """Image sizes and history rows from the engine."""
-        return EngineSizes(self.engine)
+        return self.engine.sizes()
 
     def layer_ref(self, layer: str, digest: str) -> str | None:
         """The layer's hash tag (which may be gone; the gate then knows no previous size)."""
@@ -266,7 +273,7 @@ def _build_layer(
     lp: LayerPlan,
     tag: str,
     *,
-    engine: DockerEngine,
+    engine: ImageEngine,
     dockerfile: Path,
     context: Path,
     build_args: dict[str, str],
@@ -282,7 +289,7 @@ def _build_layer(
     last: list[str] = [""]
 
     def on_line(line: str) -> None:
-        step = parse_step(line)
+        step = engine.parse_step(line)
         if step is not None and str(step) != last[0]:
             last[0] = str(step)
             reporter(Event("step", str(step), image, lp.name, "docker"))
@@ -309,8 +316,8 @@ def _build_layer(
     seconds = round(time.monotonic() - t0, 1)
     if not result.ok:
         tail = result.tail[-LOG_TAIL:]
-        errors = [line for line in result.tail if is_error_line(line)]
-        why = errors[-1].strip() if errors else f"docker build exited {result.returncode}"
+        errors = [line for line in result.tail if engine.is_error_line(line)]
+        why = errors[-1].strip() if errors else f"{engine.kind} build exited {result.returncode}"
         reporter(Event("fail", why, image, lp.name, "docker"))
         raise BuildFailed(
             f"layer {lp.name} failed to build: {why}",

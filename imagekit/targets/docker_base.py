@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from imagekit.errors import BuildFailed, Problem, SpecError
 from imagekit.events import Event, Reporter
-from imagekit.runners.docker import DockerEngine
 from imagekit.spec import LoadedSpec
 from imagekit.targets.results import BaseResult
+
+if TYPE_CHECKING:
+    from imagekit.targets.engines import ImageEngine
 
 _BASE_LOCKS: dict[str, threading.Lock] = {}
 _BASE_GUARD = threading.Lock()
@@ -25,7 +27,7 @@ def ensure_docker_base(
     loaded: LoadedSpec,
     image: str,
     root_name: str,
-    engine: DockerEngine,
+    engine: ImageEngine,
     *,
     renew: bool,
     now: datetime | None,

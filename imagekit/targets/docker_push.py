@@ -7,10 +7,11 @@ import os
 from typing import IO, TYPE_CHECKING
 
 from imagekit.events import Event, Reporter
+from imagekit.targets.engines import SKOPEO_SOURCE
 
 if TYPE_CHECKING:
-    from imagekit.runners.docker import DockerEngine
     from imagekit.targets.base import BuildOptions
+    from imagekit.targets.engines import ImageEngine
 
 
 def _dest(final: str, dest: str) -> tuple[str, str]:
@@ -24,7 +25,7 @@ def _dest(final: str, dest: str) -> tuple[str, str]:
 
 
 def push_compressed(
-    final: str, dest: str, options: BuildOptions, *, image: str, reporter: Reporter, log: IO[str]
+    engine: ImageEngine, final: str, dest: str, options: BuildOptions, *, image: str, reporter: Reporter, log: IO[str]
 ) -> tuple[str, str]:
     """The image from the engine to the registry through skopeo, its layers compressed as asked; the digest
     recorded is the one the registry stored (skopeo's --digestfile), which differs from a `docker push`'s."""
@@ -36,16 +37,18 @@ def push_compressed(
     flags = ["--format", "v2s2" if fmt == "gzip" else "oci", "--dest-compress-format", fmt]
     if options.compression_level is not None:
         flags += ["--dest-compress-level", str(options.compression_level)]
-    if os.environ.get("DOCKER_HOST"):
+    if engine.kind == "docker" and os.environ.get("DOCKER_HOST"):
         flags += ["--src-daemon-host", os.environ["DOCKER_HOST"]]
     reporter(Event("start", f"push {dest_repo}:{dest_tag} ({fmt}, skopeo)", image, "", "docker"))
-    digest = skopeo.copy(f"docker-daemon:{final}", f"docker://{dest_repo}:{dest_tag}", extra=flags, log=log)
+    digest = skopeo.copy(
+        f"{SKOPEO_SOURCE[engine.kind]}{final}", f"docker://{dest_repo}:{dest_tag}", extra=flags, log=log
+    )
     reporter(Event("done", f"pushed {dest_repo}@{digest} ({fmt})", image, "", "docker"))
     return digest, f"{dest_repo}@{digest}"
 
 
 def push(
-    engine: DockerEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
+    engine: ImageEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
 ) -> tuple[str, str]:
     """Push through the engine (`docker push`, gzip); the digest recorded is the one the registry answered."""
     dest_repo, dest_tag = _dest(final, dest)

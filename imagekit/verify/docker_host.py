@@ -1,4 +1,6 @@
-"""Boot-and-verify on a Docker Engine (local, or remote through DOCKER_HOST), through imagekit's docker wrapper.
+"""Boot-and-verify on a container runtime: a Docker Engine (local, or remote through DOCKER_HOST) or podman on
+this machine's containers-storage (no daemon), one host with either runtime behind it (runners/docker.DockerRuntime,
+runners/podman.PodmanRuntime).
 
 Every container started here carries the label `imagekit.verify=1` and is removed in a `finally`, also when the
 run is interrupted.
@@ -11,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -27,16 +28,8 @@ from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.inputs import clip
 from imagekit.paths import work_dir
-from imagekit.runners.docker import (
-    Container,
-    client_from_env,
-    container,
-    engine_address,
-    engine_errors,
-    gpu_requests,
-    local_image_id,
-)
-from imagekit.runners.process import Process, check_cancel, forward_sigterm
+from imagekit.runners.docker import Container, DockerRuntime, client_from_env
+from imagekit.runners.process import check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
 from imagekit.verify import http as service_http
 from imagekit.verify.policy import effective_gpu, service_device_failures
@@ -48,10 +41,11 @@ from imagekit.verify.report import (
     SmokeResult,
     check_health,
     check_smoke,
-    compare,
     excepted_packages,
     gpu_visible,
+    judged,
 )
+from imagekit.verify.ssh_tunnel import ssh_tunnel
 from imagekit.verify.unasked import layer_finder
 
 PROBE_PATH = Path(__file__).resolve().parent / "probe.py"
@@ -66,7 +60,8 @@ _FIND_PYTHON = (
 
 @dataclass
 class DockerHost:
-    """One Docker Engine that images are booted on; `client` is a docker SDK client (or a test fake)."""
+    """The host images are booted on: a Docker Engine (`client`: a docker SDK client or a test fake) or another
+    runtime with the same few operations (`runtime`: runners/podman.PodmanRuntime, always on this machine)."""
 
     client: Any
     reporter: Reporter = silent
@@ -74,11 +69,22 @@ class DockerHost:
     docker_host: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
     created: list[str] = field(default_factory=list)  # names of the containers this host started (all removed)
     probe_problems: list[str] = field(default_factory=list)  # what the probe boundary dropped or cut (failures)
+    runtime: Any = None
+
+    def __post_init__(self) -> None:
+        if self.runtime is None:
+            self.runtime = DockerRuntime(self.client)
+        else:
+            self.docker_host = ""  # a daemonless runtime runs here, whatever DOCKER_HOST says
 
     @property
     def name(self) -> str:
         """The engine's address as the report shows it."""
-        return self.docker_host or engine_address(self.client)
+        return self.docker_host or str(self.runtime.address)
+
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What the runtime raises when it refuses or fails a container operation."""
+        return tuple(self.runtime.errors())
 
     @property
     def is_local(self) -> bool:
@@ -91,12 +97,14 @@ class DockerHost:
 
     def image_id(self, ref: str) -> str:
         """The local image id of `ref`; UsageError when the engine does not have it."""
-        found = local_image_id(self.client, ref)
+        found = self.runtime.image_id(ref)
         if found is None:
             raise UsageError(
-                f"image {ref!r} is not on the Docker host {self.name}; build it first (imagekit build --target docker)"
+                f"image {ref!r} is not on the {'Docker' if self.runtime.kind == 'docker' else 'podman'} host "
+                f"{self.name}; build it first "
+                f"(imagekit build --target docker --engine {'buildah' if self.runtime.kind == 'podman' else 'docker'})"
             )
-        return found
+        return str(found)
 
     @contextlib.contextmanager
     def _container(self, **kwargs: Any) -> Iterator[Container]:
@@ -104,15 +112,15 @@ class DockerHost:
         name = f"imagekit-verify-{uuid.uuid4().hex[:12]}"
         self.created.append(name)
         # removed on the way out, also on KeyboardInterrupt: never leave a verify container behind
-        with container(self.client, name=name, labels=labels, **kwargs) as made:
+        with self.runtime.container(name=name, labels=labels, **kwargs) as made:
             yield made
 
     def probe(self, ref: str, model_paths: list[str], *, gpu: bool, timeout: float = 300) -> dict[str, Any]:
         """Run the probe inside the image (its own Python) and return its JSON."""
-        volumes: dict[str, dict[str, str]] | None = None
+        mounts: dict[str, str] | None = None
         if self.is_local:
             # Mounted read-only at verify time: the probe is never part of the image.
-            volumes = {str(PROBE_PATH): {"bind": PROBE_MOUNT, "mode": "ro"}}
+            mounts = {str(PROBE_PATH): PROBE_MOUNT}
             argv = [PROBE_MOUNT, *model_paths]
         else:
             # A remote engine cannot see this machine's files: hand the probe over as `python -c` text instead.
@@ -121,15 +129,15 @@ class DockerHost:
             image=ref,
             entrypoint=["/bin/sh", "-c", _FIND_PYTHON, "sh"],
             command=argv,
-            volumes=volumes,
-            device_requests=gpu_requests(gpu),
-            network_disabled=True,
+            ro_mounts=mounts,
+            gpu=gpu,
+            network=False,
             labels={f"{LABEL}.role": "probe"},
         ) as made:
             made.start()
             try:
                 code = made.wait(timeout=timeout)
-            except engine_errors() as exc:
+            except self.errors() as exc:
                 raise ProbeFailed(f"the probe did not finish within {timeout:g}s ({type(exc).__name__})") from None
             out, more = made.output_bytes(stdout=True, limit=MAX_PROBE_BYTES)
             err_raw, _ = made.output_bytes(stdout=False, stderr=True, limit=64 * 1024)
@@ -154,8 +162,8 @@ class DockerHost:
         bind = "0.0.0.0" if remote_tcp else "127.0.0.1"  # noqa: S104 (see the docstring)
         with self._container(
             image=ref,
-            ports={f"{port}/tcp": (bind, None)},
-            device_requests=gpu_requests(gpu),
+            ports={port: bind},
+            gpu=gpu,
             labels={f"{LABEL}.role": "service"},
         ) as made:
             made.start()
@@ -173,38 +181,6 @@ class DockerHost:
                 yield f"http://127.0.0.1:{local_port}"
         else:
             yield f"http://{urllib.parse.urlsplit(self.docker_host).hostname}:{host_port}"
-
-
-def ssh_tunnel_argv(docker_host: str, remote_port: int, local_port: int) -> list[str]:
-    """The ssh command forwarding 127.0.0.1:local_port here to 127.0.0.1:remote_port on the ssh:// engine host."""
-    parts = urllib.parse.urlsplit(docker_host)
-    target = f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname)
-    argv = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes"]
-    if parts.port:
-        argv += ["-p", str(parts.port)]
-    return [*argv, "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}", target]
-
-
-@contextlib.contextmanager
-def ssh_tunnel(docker_host: str, remote_port: int, wait: float = 20.0) -> Iterator[int]:
-    """Forward a local port to the engine host's loopback for as long as the block runs."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        local_port = int(sock.getsockname()[1])
-    proc = Process(ssh_tunnel_argv(docker_host, remote_port, local_port))
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local_port), timeout=1):
-                break
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise ImagekitError(
-                    f"could not open an ssh tunnel to {docker_host} for the service port: {' | '.join(proc.tail)}"
-                )
-            time.sleep(0.2)
-        yield local_port
-    finally:
-        proc.cancel(grace=2.0)
 
 
 class ProbeFailed(ImagekitError):
@@ -319,20 +295,10 @@ def smoke(
 
 def _probe_if_present(host: DockerHost, tag: str) -> dict[str, Any] | None:
     """The probe of a layer image on the engine, or None when the engine does not have it or it cannot run."""
-    with contextlib.suppress(ImagekitError, *engine_errors()):
-        if local_image_id(host.client, tag) is not None:
+    with contextlib.suppress(ImagekitError, *host.errors()):
+        if host.runtime.image_id(tag) is not None:
             return host.probe(tag, [], gpu=False, timeout=300)
     return None
-
-
-def judged(
-    probe: dict[str, Any], loaded: LoadedSpec, name: str, gpu_rule: Any, *, target: str = "docker", layer_of: Any = None
-) -> list[str]:
-    """compare(), with a shape the boundary let through but a judge did not expect made a failure, not a crash."""
-    try:
-        return compare(probe, loaded, name, target=target, gpu=gpu_rule or None, layer_of=layer_of)
-    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
-        return [f"probe: a value of an unexpected shape ({type(exc).__name__}: {clip(str(exc), 200)})"]
 
 
 class VerifyResult(NamedTuple):
@@ -368,17 +334,19 @@ def verify_docker(
     *,
     client: Any = None,
     gpu: str | None = None,
+    runtime: str = "docker",
 ) -> VerifyResult:
     """Boot `image_ref` on the Docker host and verify it against the spec; returns the report and its path.
 
     `gpu` (required|optional) overrides the image's verify.gpu for this run. Raises VerifyFailed (after writing
-    the report) when anything does not match, Interrupted on Ctrl-C.
+    the report) when anything does not match, Interrupted on Ctrl-C. runtime: "docker" (the engine DOCKER_HOST
+    names) or "podman" (this machine's containers-storage, where `--engine buildah` builds).
     """
     name = pick_image(loaded, image)
     policy = loaded.verify_for(name)
     gpu_rule = effective_gpu(policy.gpu, gpu)
     res = loaded.resolved(name)
-    host = DockerHost(client if client is not None else client_from_env(timeout=120, ping=True), reporter)
+    host = _open_host(runtime, client, reporter)
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     report = Report(
@@ -411,7 +379,7 @@ def verify_docker(
                 report.probe = host.probe(image_ref, models, gpu=want_gpu, timeout=min(600.0, policy.timeout))
             except ProbeFailed as exc:
                 report.failures.append(f"probe: {exc}")
-            except engine_errors() as exc:
+            except host.errors() as exc:
                 # An engine with no GPU runtime refuses the GPU request itself ("could not select device driver").
                 gpu_refused = want_gpu and bool(re.search(r"gpu|device driver", str(exc), re.IGNORECASE))
                 if gpu_refused:
@@ -449,6 +417,16 @@ def verify_docker(
     return VerifyResult(report, written)
 
 
+def _open_host(runtime: str, client: Any, reporter: Reporter) -> DockerHost:
+    if runtime == "podman":
+        from imagekit.runners.podman import PodmanRuntime
+
+        return DockerHost(None, reporter, runtime=PodmanRuntime())
+    if runtime != "docker":
+        raise UsageError(f"the verify runtime must be docker or podman, not {runtime!r}")
+    return DockerHost(client if client is not None else client_from_env(timeout=120, ping=True), reporter)
+
+
 def _serve_checks(
     host: DockerHost,
     loaded: LoadedSpec,
@@ -467,7 +445,7 @@ def _serve_checks(
     try:
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
-    except engine_errors() as exc:
+    except host.errors() as exc:
         report.failures.append(f"service: the container did not start: {clip(str(exc).strip(), 500)}")
     except ServiceDidNotStart as exc:
         report.failures.append(f"service: {exc}")

@@ -24,7 +24,6 @@ from imagekit.names import VENV, prewarm_paths, service_unit_path
 from imagekit.render.packer import STOP_EXIT, RehearsalRender, render_verify
 from imagekit.runners import packer as pk
 from imagekit.spec import LoadedSpec
-from imagekit.verify.docker_host import judged
 from imagekit.verify.probe_input import MAX_PROBE_BYTES, MAX_PROBE_DEPTH, ProbeInputError, parse_probe
 from imagekit.verify.report import (
     HealthResult,
@@ -34,6 +33,7 @@ from imagekit.verify.report import (
     check_service_unit,
     check_smoke,
     gpu_visible,
+    judged,
 )
 
 PAYLOAD = Path(__file__).resolve().parent  # vmcheck.py and probe.py: what runs on the instance

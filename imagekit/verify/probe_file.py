@@ -16,10 +16,10 @@ from imagekit.errors import UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
 from imagekit.inputs import clip, read_regular
 from imagekit.spec import LoadedSpec
-from imagekit.verify.docker_host import VerifyResult, judged, pick_image, report_path_for
+from imagekit.verify.docker_host import VerifyResult, pick_image, report_path_for
 from imagekit.verify.policy import effective_gpu, gpu_visible, looks_like_probe
 from imagekit.verify.probe_input import MAX_PROBE_BYTES, ProbeInputError, parse_probe
-from imagekit.verify.report import Report
+from imagekit.verify.report import Report, judged
 
 HOW = "write one with `python -m imagekit.verify.probe MODEL_FILE... > probe.json`"
 

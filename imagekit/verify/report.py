@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import clip
 from imagekit.names import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
 from imagekit.verify.policy import GPU_HINT, GpuPolicy, gpu_failures, gpu_visible
@@ -438,3 +439,13 @@ def compare_wav(got: bytes, reference: bytes, tolerance: float) -> tuple[list[st
             f"audio differs from the reference: normalized RMS difference {rms_diff:.4f} > tolerance {tolerance}"
         )
     return failures, metrics
+
+
+def judged(
+    probe: dict[str, Any], loaded: LoadedSpec, name: str, gpu_rule: Any, *, target: str = "docker", layer_of: Any = None
+) -> list[str]:
+    """compare(), with a shape the boundary let through but a judge did not expect made a failure, not a crash."""
+    try:
+        return compare(probe, loaded, name, target=target, gpu=gpu_rule or None, layer_of=layer_of)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        return [f"probe: a value of an unexpected shape ({type(exc).__name__}: {clip(str(exc), 200)})"]
