@@ -322,3 +322,38 @@ def gpu_problems(sm: str | int | float | tuple[int, int], cuda: str, torch: str 
                 f"torch's CUDA {key} builds carry no {row.sm} code; use a CUDA {row.max_torch_cuda} or older build"
             )
     return out
+
+
+# NVIDIA's CUDA wheels: nvidia-cuda-runtime-cu11/-cu12 up to CUDA 12; from CUDA 13 nvidia-cuda-runtime (no suffix)
+# under the cuda-toolkit metapackage, installed in site-packages/nvidia/cu13/lib. cuDNN keeps a suffix (-cu13).
+CUDA_WHEEL_RE = re.compile(r"^(?:nvidia-cuda-runtime(?:-cu\d+)?|cuda-toolkit)$")
+CUDNN_WHEEL_RE = re.compile(r"^nvidia-cudnn-cu\d+$")
+LOCK_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*===?\s*([0-9][^\s;#\\]*)")
+
+
+def wheel_pins(text: str) -> dict[str, str]:
+    """The name==version pins of a requirements lock (names normalized), for the CUDA wheel checks."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        m = LOCK_PIN_RE.match(raw.strip())
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def cuda_of_wheels(pins: dict[str, str]) -> tuple[str, str] | None:
+    """(CUDA MAJOR.MINOR, "name==version") of the CUDA runtime a lock's NVIDIA wheels bring, if it pins one."""
+    for name in sorted(pins, key=lambda n: n == "cuda-toolkit"):  # the runtime wheel first, the metapackage after
+        if CUDA_WHEEL_RE.match(name):
+            key = cuda_key(pins[name])
+            if key:
+                return key, f"{name}=={pins[name]}"
+    return None
+
+
+def cudnn_of_wheels(pins: dict[str, str]) -> tuple[str, str] | None:
+    """(cuDNN major, "name==version") of the nvidia-cudnn wheel a lock pins, if any."""
+    for name, version in sorted(pins.items()):
+        if CUDNN_WHEEL_RE.match(name) and version.split(".")[0].isdigit():
+            return str(int(version.split(".")[0])), f"{name}=={version}"
+    return None

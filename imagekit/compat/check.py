@@ -7,7 +7,9 @@ from imagekit.compat import (
     TORCH_RE,
     Finding,
     cuda_key,
+    cuda_of_wheels,
     cuda_versions,
+    cudnn_of_wheels,
     curated_releases,
     driver_branch,
     matrix,
@@ -21,6 +23,7 @@ from imagekit.compat import (
     torch_releases,
     version_lines,
     vkey,
+    wheel_pins,
 )
 from imagekit.errors import Problem
 from imagekit.spec import Layer, LoadedSpec
@@ -253,6 +256,42 @@ def _check_cudnn(cudnn: str, cpu: bool, ckey: str | None) -> list[Finding]:
 # --- checking a loaded spec -------------------------------------------------------------------------------------
 
 
+def _check_lock_wheels(
+    loaded: LoadedSpec, chain: list[tuple[str, Layer]], cuda: str, cudnn: str | None
+) -> list[Finding]:
+    """A bootstrapped base takes CUDA from the lock's NVIDIA wheels: they must be the spec's CUDA (and cuDNN)."""
+    ckey = None if cuda.strip().lower() == "none" else cuda_key(cuda)
+    out: list[Finding] = []
+    for _name, layer in chain:
+        if not layer.requirements:
+            continue
+        try:
+            text = loaded.local(layer.requirements).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # check_files names a missing lock
+        pins = wheel_pins(text)
+        runtime = cuda_of_wheels(pins)
+        if runtime and ckey and runtime[0] != ckey:
+            out.append(
+                Finding(
+                    "cuda",
+                    f"{layer.requirements} pins {runtime[1]} (CUDA {runtime[0]}), but the spec says CUDA {ckey}",
+                    f'set cuda: "{runtime[0]}", or regenerate the lock for torch\'s CUDA {ckey} build',
+                )
+            )
+        dnn = cudnn_of_wheels(pins)
+        want = (cudnn or "").strip().split(".")[0]
+        if dnn and want.isdigit() and dnn[0] != str(int(want)):
+            out.append(
+                Finding(
+                    "cudnn",
+                    f"{layer.requirements} pins {dnn[1]} (cuDNN {dnn[0]}), but the spec says cuDNN {int(want)}",
+                    f'set cudnn: "{dnn[0]}"',
+                )
+            )
+    return out
+
+
 def _setter(chain: list[tuple[str, Layer]], key: str) -> str | None:
     """The layer whose value for `key` wins in the chain (the last one, root first, that sets it)."""
     name = None
@@ -271,7 +310,10 @@ def _located(loaded: LoadedSpec) -> list[tuple[Finding, Problem]]:
         root = chain[0][1].from_
         wheels = root is not None and root.bootstrap is not None
         pins = {"cudnn": r.cudnn, "driver": r.driver, "python": r.python, "torch": r.torch}
-        for f in check_versions(cuda=r.cuda, **pins, wheels=wheels):
+        found = check_versions(cuda=r.cuda, **pins, wheels=wheels)
+        if wheels:
+            found += _check_lock_wheels(loaded, chain, r.cuda, r.cudnn)
+        for f in found:
             layer = _setter(chain, f.key)
             if layer is None:
                 line, path = loaded.line_of("images", image, "leaf"), f"images.{image}"
