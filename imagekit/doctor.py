@@ -304,6 +304,20 @@ def check_remote_gpu(capture: Capture, docker: str, host: str) -> Check:
     return Check("gpu", False, f"{host}: the engine has no nvidia runtime", fix, "GPU verification")
 
 
+IndexLookup = Callable[[], tuple[list[str] | None, str]]
+
+
+def check_matrix(lookup: IndexLookup | None = None) -> Check:
+    """Torch releases the package index has that the compatibility matrix lacks (one cached look-up, never raises)."""
+    from imagekit import compat
+    from imagekit.runners import pypi
+
+    versions, source = (lookup or pypi.torch_versions_cached)()
+    fresh = compat.freshness(versions, source)
+    fix = f"regenerate it: {compat.REGENERATE}" if fresh.missing else ""
+    return Check("compat matrix", not fresh.missing, fresh.summary(), fix, "torch pins newer than the matrix")
+
+
 def check_extra(name: str, extra: str, what: str) -> Check:
     """An optional Python dependency (imagekit.extras), with the pip line that installs it."""
     from imagekit.extras import install_line, missing
@@ -415,6 +429,7 @@ def diagnose(
     which: Which = shutil.which,
     aws_session: Callable[[], Any] | None = None,
     build: bool = True,
+    index_lookup: IndexLookup | None = None,
 ) -> Report:
     """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised."""
     needs = needs_of(loaded, rehearse=rehearse, push=push)
@@ -444,6 +459,7 @@ def diagnose(
         deboot,
         check_extra("moto", "rehearsal", "--rehearse (local moto EC2)"),
         check_extra("paramiko", "ssh", "DOCKER_HOST=ssh://..."),
+        check_matrix(index_lookup),  # never needed: a stale matrix is news, not a missing tool
     ]
     if push:
         checks.append(check_registry_login(push))

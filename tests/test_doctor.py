@@ -32,6 +32,7 @@ NAMES = [
     "debootstrap",
     "moto",
     "paramiko",
+    "compat matrix",
 ]
 CPU_SPEC = REPO / "examples" / "tts" / "imagekit-cpu.yaml"
 GPU_SPEC = REPO / "examples" / "tts" / "imagekit.yaml"

@@ -357,3 +357,34 @@ def cudnn_of_wheels(pins: dict[str, str]) -> tuple[str, str] | None:
         if CUDNN_WHEEL_RE.match(name) and version.split(".")[0].isdigit():
             return str(int(version.split(".")[0])), f"{name}=={version}"
     return None
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How the matrix compares with the index: the torch releases it lacks, or why that is unknown."""
+
+    missing: tuple[str, ...]
+    newest_known: str
+    source: str  # the index (and whether the answer was cached), or why it could not be asked
+    checked: bool
+
+    def summary(self) -> str:
+        """One line for doctor and the nightly report."""
+        made = matrix().generated
+        when = f" (generated {made['date']})" if made.get("date") else ""
+        if not self.checked:
+            return f"newest known torch {self.newest_known}{when}; not compared with the index: {self.source}"
+        if not self.missing:
+            return f"up to date with {self.source}: newest torch {self.newest_known}{when}"
+        return (
+            f"{len(self.missing)} torch release(s) on {self.source} missing from the matrix "
+            f"({', '.join(self.missing)}); newest known {self.newest_known}{when}"
+        )
+
+
+def freshness(index_versions: list[str] | None, source: str) -> Freshness:
+    """Compare the index's torch releases (None: not reachable) with the matrix. Pure."""
+    newest = torch_range()[1]
+    if index_versions is None:
+        return Freshness((), newest, source, checked=False)
+    return Freshness(tuple(missing_releases(index_versions)), newest, source, checked=True)

@@ -64,6 +64,7 @@ class NightlyResult:
     finished: str = ""
     runs: list[ImageRun] = field(default_factory=list)
     gc: list[dict[str, Any]] = field(default_factory=list)
+    matrix: dict[str, Any] | None = None  # torch releases the index has that the compat matrix lacks (news only)
 
     @property
     def failed(self) -> bool:
@@ -107,6 +108,7 @@ def to_json(result: NightlyResult) -> dict[str, Any]:
         ],
         "runs": [{**asdict(r), "failed": r.failed} for r in result.runs],
         "gc": result.gc,
+        "compat_matrix": result.matrix,
     }
 
 
@@ -126,7 +128,11 @@ def _change(new: int | None, old: int | None) -> str:
 def to_markdown(result: NightlyResult) -> str:
     """report.md: what rebuilt and why, version changes, verification figures, sizes and their change."""
     lines = [f"# imagekit nightly — {'FAILED' if result.failed else 'ok'}", ""]
-    lines += [f"- spec: `{result.spec}`", f"- started: {result.started}", f"- finished: {result.finished}", ""]
+    lines += [f"- spec: `{result.spec}`", f"- started: {result.started}", f"- finished: {result.finished}"]
+    if result.matrix is not None:
+        fix = f" — regenerate it: `{result.matrix['regenerate']}`" if result.matrix.get("missing") else ""
+        lines.append(f"- compatibility matrix: {result.matrix['summary']}{fix}")
+    lines.append("")
     lines += ["| image | target | status | rebuilt | manifest | size | channels |", "|---|---|---|---|---|---|---|"]
     for r in result.runs:
         status = "FAILED" if r.failed else r.status

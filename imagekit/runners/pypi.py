@@ -116,12 +116,14 @@ def cache_file() -> Path:
 
 
 def torch_versions_cached(
-    index: str = DEFAULT_INDEX, *, path: Path | None = None, max_age: float = CACHE_SECONDS, timeout: float = 10
+    index: str | None = None, *, path: Path | None = None, max_age: float = CACHE_SECONDS, timeout: float = 10
 ) -> tuple[list[str] | None, str]:
     """Torch releases with manylinux x86_64 wheels on the index, from a cache younger than a day or one look-up.
 
-    Returns (versions, where) or (None, why) when the index cannot be reached and nothing is cached: never raises.
+    The index is IMAGEKIT_TORCH_INDEX when set (a mirror), else PyPI. Returns (versions, where) or (None, why)
+    when the index cannot be reached and nothing is cached: never raises.
     """
+    index = index or os.environ.get("IMAGEKIT_TORCH_INDEX") or DEFAULT_INDEX
     path = path or cache_file()
     cached: dict[str, Any] | None = None
     try:
@@ -133,7 +135,7 @@ def torch_versions_cached(
         return [str(v) for v in cached.get("versions", [])], f"{index} (cached)"
     try:
         versions = [r.version for r in linux_releases(project_files("torch", index, timeout))]
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, urllib.error.URLError, TimeoutError) as exc:
         if fresh and isinstance(cached, dict):
             return [str(v) for v in cached.get("versions", [])], f"{index} (cached, stale: {exc})"
         return None, f"{index} unreachable ({exc})"
