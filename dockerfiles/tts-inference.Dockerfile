@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="6ead15a62582cb67ee973ac50a27dc418e6ad32d6e4f5fe3b8a8c6c8caae87ed"
+LABEL dev.imagekit.layer.base.hash="f2af928299f4121cba7b5428ed9c03796faad37b951dbf46539dda5fead50df0"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -18,7 +18,7 @@ RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="baafadc767abebbd9fb392fe8a0e92f5a8e97096219235289d9cd92168775b7a"
+LABEL dev.imagekit.layer.runtime.hash="a11a0e51cf721c01da8a15be911b28684ec03087c4c86a198ad823d86124901b"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -33,7 +33,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="9b0e3b9e792b56f0fd103728291c68a60b9d97368b1a03c4d4539ad59bdb3d19"
+LABEL dev.imagekit.layer.app.hash="b1dcb33f0e429c46f1e0b9138b0745927d9d5bd23599b00ac00c8012657d5509"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -43,6 +43,7 @@ RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
 COPY examples/tts/app/ /opt/app/app
 ENV MODEL_PATH="/opt/models/tts.pt" PYTHONPATH="/opt/app"
 WORKDIR /opt/app
+ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 USER app
 EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/ready', timeout=5)"]
@@ -50,14 +51,13 @@ CMD ["python", "-m", "app.server", "--port", "7860"]
 ARG IMAGEKIT_REVISION=""
 ARG IMAGEKIT_SOURCE=""
 LABEL dev.imagekit.image="tts-inference" \
-    dev.imagekit.pin.cuda="12.4" \
+    dev.imagekit.pin.cuda="13.0" \
     dev.imagekit.pin.cudnn="9" \
-    dev.imagekit.pin.driver="550" \
     dev.imagekit.pin.python="3.11" \
-    dev.imagekit.pin.torch="2.5.1" \
+    dev.imagekit.pin.torch="2.14.1" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="9b0e3b9e792b56f0"
+    org.opencontainers.image.version="b1dcb33f0e429c46"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

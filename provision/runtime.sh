@@ -190,16 +190,16 @@ phase_install() {
     lock="$IMAGEKIT_SRC/requirements.lock"
     [ -f "$lock" ] || die "requirements lock $lock is missing"
     if grep -q -- '--hash=' "$lock"; then
-        grep -qiE '^torch==' "$lock" || die 'a hashed lock must pin torch==2.5.1'
+        grep -qiE '^torch==' "$lock" || die 'a hashed lock must pin torch==2.14.1'
         log 'install: hashed lock (torch from the lock)'
         # shellcheck disable=SC2086
         pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"
     else
-        log 'install: lock (no deps) + torch==2.5.1'
+        log 'install: lock (no deps) + torch==2.14.1'
         # shellcheck disable=SC2086
-        pkg_install_or_build $extra --no-deps -r "$lock" torch==2.5.1
+        pkg_install_or_build $extra --no-deps -r "$lock" torch==2.14.1
     fi
-    "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.5.1 || die "torch in $VENV is not 2.5.1"
+    "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.14.1 || die "torch in $VENV is not 2.14.1"
 }
 
 phase_drop_build_deps() {

@@ -39,21 +39,21 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-43a23c0be4d9b5c3-${var.build_id}"
+  ami_name      = "imagekit-tts-app-5e74a2d418803910-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+    "imagekit:layer-hash"  = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -61,14 +61,14 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+    "imagekit:layer-hash"  = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "43a23c0be4d9b5c3804a471c8caa6302631c83fba3baf76230d35390a1a9fb7f"
+      "layer_hash" = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
     }
   }
 }

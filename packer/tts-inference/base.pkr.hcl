@@ -40,19 +40,19 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-032482968b3308df-${var.build_id}"
+  ami_name      = "imagekit-tts-base-ab82b80b980d1d15-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:layer-hash"  = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
     "imagekit:parent-hash" = ""
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -60,13 +60,13 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+    "imagekit:layer-hash"  = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
     "imagekit:parent-hash" = ""
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
+      "layer_hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
     }
   }
 }

@@ -39,21 +39,21 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-6eff1c2ad6b36b72-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-ca26e9c803fe5384-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:layer-hash"  = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -61,14 +61,14 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+    "imagekit:layer-hash"  = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "032482968b3308df3164cef48cd73b2271024381e91098c2ae9566fdac039553"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "6eff1c2ad6b36b7266315b00c6d604d44c60e13711b4e50ff497f49410047c5c"
+      "layer_hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
     }
   }
 }
