@@ -1,20 +1,15 @@
 #!/usr/bin/env python3
 """Regenerate imagekit/compat/data/*.yaml from the package index and the sourced tables below; never by hand.
 
-The torch rows come from the package index: `python scripts/gen_compat.py --from-index` asks the index for every
-torch release since 1.12 with manylinux x86_64 wheels (one PEP 691 request), reads each release's wheel metadata
-(pip --dry-run --report --no-deps: seconds each) for the CUDA build of the PyPI wheel (its nvidia-* / cuda-toolkit
-requirements), the cuDNN it pins and the Python versions it has wheels for, and records what the index said in
-scripts/compat_index.json (with the date and the index). Run it when PyTorch releases (imagekit says so: `validate`
-of a newer torch, `imagekit doctor`, the nightly report). PyTorch's own per-CUDA indexes (download.pytorch.org)
-cannot be reached from here: their variants stay a small sourced table (VARIANTS), marked as such in every row.
-
-Without --from-index the data is regenerated from scripts/compat_index.json (offline, deterministic). `--check`
-exits 1 when the committed data differs from what would be written (with --from-index: also when the index has
-changed since). Like cog's compatibility generator, a table that lost rows is never written (exit 1).
-`--wheel-index FILE` reads a wheel listing (plain file names, an `ls` of a wheelhouse, or the HTML of
-https://download.pytorch.org/whl/torch/), adds the torch wheels it names to scripts/compat_observed_wheels.txt
-and regenerates, so observed builds extend the matrix with an `observed:` source.
+`--from-index` asks the index for every torch release since 1.12 with manylinux x86_64 wheels (one PEP 691 listing:
+the Pythons) and reads each wheel's Requires-Dist (pip --dry-run --report --no-deps, seconds each): the CUDA build
+of the PyPI wheel and the cuDNN it pins. What the index said goes to scripts/compat_index.json with the date and
+the index. Run it when PyTorch releases (validate of a newer torch, `imagekit doctor` and the nightly report say
+so). PyTorch's per-CUDA indexes (download.pytorch.org) cannot be reached from here: their variants stay a small
+sourced table (VARIANTS), marked as such in every row. Without --from-index the data is regenerated from
+compat_index.json (offline). `--check` exits 1 when the committed data differs (with --from-index: also when the
+index changed). Like cog's generator, a table that lost rows is never written (exit 1). `--wheel-index FILE` adds
+the torch wheels a listing names to compat_observed_wheels.txt (`observed:` sources) and regenerates.
 """
 
 from __future__ import annotations
@@ -63,6 +58,11 @@ CUDA13_SRC = (
     "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html (CUDA 13.0: Maxwell, Pascal, Volta dropped)"
 )
 TORCH_ARCH_SRC = "torch.cuda.get_arch_list() of the published wheels (e.g. 2.7.0 cu128: sm_75..sm_120)"
+CU130_ARCH = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+CU130_ARCH_SRC = (
+    "torch.cuda.get_arch_list() of torch 2.11.0+cu130 from PyPI on an NVIDIA H200, 2026-12-04: "
+    "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120 (tests/fixtures/gpu-h200/host.txt)"
+)
 
 V = "verified"
 U = "unverified"
@@ -341,6 +341,8 @@ def gpus_doc() -> dict[str, Any]:
             sources.append(CUDA13_SRC)
         if min_torch:
             sources.append(TORCH_ARCH_SRC)
+        if sm in CU130_ARCH:
+            sources.append(CU130_ARCH_SRC)
         rows.append(
             {
                 "sm": sm,

@@ -261,3 +261,19 @@ def test_from_index_check_passes_on_the_committed_data() -> None:
         timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_every_release_from_2_10_validates_with_the_cuda_of_its_pypi_wheel(tmp_path: Path) -> None:
+    releases = [r for r in matrix().torch if vkey(r.version) >= (2, 10, 0)]
+    assert releases and releases[-1].version == compat.torch_range()[1]
+    for r in releases:
+        build = compat.pypi_build(r.version)
+        assert build is not None, r.version
+        for python in r.python:
+            pins = {"cuda": build.cuda, "cudnn": build.cudnn, "python": python, "torch": r.version}
+            assert check_versions(**pins, wheels=True) == [], (r.version, python)
+            assert check_versions(**pins) == [], (r.version, python)
+        # another CUDA variant: PyTorch's index is named (a note), never a refusal
+        other = "12.8" if build.cuda != "12.8" else "12.6"
+        (note,) = check_versions(cuda=other, python=r.python[-1], torch=r.version)
+        assert note.severity == "note" and f"https://download.pytorch.org/whl/cu{other.replace('.', '')}" in note.message
