@@ -276,4 +276,6 @@ def test_every_release_from_2_10_validates_with_the_cuda_of_its_pypi_wheel(tmp_p
         # another CUDA variant: PyTorch's index is named (a note), never a refusal
         other = "12.8" if build.cuda != "12.8" else "12.6"
         (note,) = check_versions(cuda=other, python=r.python[-1], torch=r.version)
-        assert note.severity == "note" and f"https://download.pytorch.org/whl/cu{other.replace('.', '')}" in note.message
+        assert (
+            note.severity == "note" and f"https://download.pytorch.org/whl/cu{other.replace('.', '')}" in note.message
+        )
