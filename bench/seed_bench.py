@@ -80,13 +80,14 @@ class Seed:
 _SEED: dict[bool, Seed] = {}
 
 
-def seed_workspace(quick: bool) -> Seed:
-    """Copy the GPU example under a unique spec name with a bootstrapped base and a 4 GiB weights file (once)."""
+def seed_workspace(quick: bool, weights: int | None = None) -> Seed:
+    """Copy the GPU example under a unique spec name with a bootstrapped base and a 4 GiB weights file (once;
+    `weights` bytes instead when the first caller asks, as the cold-start benchmark does)."""
     if quick in _SEED:
         return _SEED[quick]
     name = f"bench-seed-{uuid.uuid4().hex[:6]}"
     _MARKERS.append(name)
-    size = (64 << 20) if quick else 4 * GIB
+    size = weights or ((64 << 20) if quick else 4 * GIB)
     # the weights file on tmpfs when it has room: the engine's disk (shared) then holds only BuildKit's copies
     shm = Path("/dev/shm")
     where = shm if shm.is_dir() and shutil.disk_usage(shm).free > size + (8 << 30) else None

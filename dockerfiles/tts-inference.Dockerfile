@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="f2af928299f4121cba7b5428ed9c03796faad37b951dbf46539dda5fead50df0"
+LABEL dev.imagekit.layer.base.hash="c8b1a5cd96e0f552ed1f06048b5b6b551a8ed24c94cdca1c3b8dafd844a5e90f"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -17,23 +17,48 @@ RUN apt-get update -q \
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
+FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-lock
+# hadolint ignore=DL3002
+USER root
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh lock-parts
+
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="a11a0e51cf721c01da8a15be911b28684ec03087c4c86a198ad823d86124901b"
+LABEL dev.imagekit.layer.runtime.hash="1a429fc56ba842e84b45388387f7513ef96edc0f3f0fe4e0a01be09244bb1636"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
-    --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy1,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
     --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
-    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy1 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy2,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy2 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy3,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=light sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="b1dcb33f0e429c46f1e0b9138b0745927d9d5bd23599b00ac00c8012657d5509"
+LABEL dev.imagekit.layer.app.hash="4f6482c8fab8ca8406ca22e2333579484748f56097ab7807e58aaddbff69bb36"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -58,6 +83,6 @@ LABEL dev.imagekit.image="tts-inference" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="b1dcb33f0e429c46"
+    org.opencontainers.image.version="4f6482c8fab8ca84"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

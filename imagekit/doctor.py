@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagekit.errors import ImagekitError, ToolMissing
+from imagekit.nightly.staleness import matrix_news
 from imagekit.runners import process
 
 if TYPE_CHECKING:
@@ -304,18 +305,11 @@ def check_remote_gpu(capture: Capture, docker: str, host: str) -> Check:
     return Check("gpu", False, f"{host}: the engine has no nvidia runtime", fix, "GPU verification")
 
 
-IndexLookup = Callable[[], tuple[list[str] | None, str]]
-
-
-def check_matrix(lookup: IndexLookup | None = None) -> Check:
+def check_matrix(lookup: Callable[[], tuple[list[str] | None, str]] | None = None) -> Check:
     """Torch releases the package index has that the compatibility matrix lacks (one cached look-up, never raises)."""
-    from imagekit import compat
-    from imagekit.runners import pypi
-
-    versions, source = (lookup or pypi.torch_versions_cached)()
-    fresh = compat.freshness(versions, source)
-    fix = f"regenerate it: {compat.REGENERATE}" if fresh.missing else ""
-    return Check("compat matrix", not fresh.missing, fresh.summary(), fix, "torch pins newer than the matrix")
+    news = matrix_news(lookup)  # the same words as the nightly report
+    fix = f"regenerate it: {news['regenerate']}" if news["missing"] else ""
+    return Check("compat matrix", not news["missing"], news["summary"], fix, "torch pins newer than the matrix")
 
 
 def check_extra(name: str, extra: str, what: str) -> Check:
@@ -365,6 +359,38 @@ def check_registry_login(dest: str, config: Mapping[str, Any] | None = None) -> 
     if host.split(":", 1)[0] in ("localhost", "127.0.0.1", "::1"):
         return Check("registry login", True, f"{host}: no login stored (a local registry usually needs none)", "", need)
     return Check("registry login", False, f"{host}: no login stored", f"docker login {host}", need)
+
+
+def check_pull(capture: Capture, which: Which, docker: str | None, compression: str) -> list[Check]:
+    """Whether this node's engines can pull layers compressed so (Docker < 23 cannot pull zstd), and unpigz."""
+    server = ""
+    if docker is not None:
+        res = _probe(capture, [docker, "version", "--format", "{{.Server.Version}}"])
+        server = _first_line(res) if res is not None and res.ok else ""
+    podman = _first_line(_probe(capture, ["podman", "--version"])) if which("podman") else ""
+    what = f"{compression} layers"
+    zstd = compression.startswith("zstd")
+    fix = "pull with podman (>= 4), containerd >= 1.5 or Docker >= 23, or push gzip (push.compression)"
+    if not server:
+        docker_pull = Check("pull (docker)", False, f"{what}: no docker engine answers", fix, "the image's nodes")
+    elif zstd and _major(server) < 23:
+        docker_pull = Check("pull (docker)", False, f"{what}: Docker {server} reads gzip layers only", fix, "the nodes")
+    else:
+        docker_pull = Check("pull (docker)", True, f"{what}: Docker {server}", "", "the image's nodes")
+    detail = f"{what}: {podman}" if podman else "podman is not installed"
+    pod = Check("pull (podman)", bool(podman), detail, "" if podman else "apt-get install podman", "the nodes")
+    unpigz = which("unpigz")
+    gz = Check(
+        "unpigz",
+        unpigz is not None,
+        f"{unpigz}: Docker and containerd decompress gzip layers on every core"
+        if unpigz
+        else "not installed: "
+        "Docker decompresses each gzip layer on one core (a 3 GB layer took 39 s here, unpigz 23 s)",
+        "" if unpigz else "apt-get install pigz (Docker uses unpigz when it is on its PATH at start)",
+        "gzip pulls",
+    )
+    return [docker_pull, pod, gz]
 
 
 @dataclass
@@ -429,7 +455,7 @@ def diagnose(
     which: Which = shutil.which,
     aws_session: Callable[[], Any] | None = None,
     build: bool = True,
-    index_lookup: IndexLookup | None = None,
+    index_lookup: Callable[[], tuple[list[str] | None, str]] | None = None,
 ) -> Report:
     """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised."""
     needs = needs_of(loaded, rehearse=rehearse, push=push)
@@ -463,5 +489,12 @@ def diagnose(
     ]
     if push:
         checks.append(check_registry_login(push))
+    compression = loaded.spec.push.compression if loaded is not None else None
+    checks += check_pull(capture, which, docker, compression or "gzip")
+    if compression:
+        skopeo = _first_line(_probe(capture, ["skopeo", "--version"])) if which("skopeo") else ""
+        fix = "" if skopeo else "apt-get install skopeo (see scripts/setup-host.sh)"
+        checks.append(Check("skopeo", bool(skopeo), skopeo or "not installed", fix, f"push.compression {compression}"))
+        needs.add("skopeo", f"push.compression: {compression}")
     out = [replace(c, needed=True, needed_for=needs.why[c.name]) if c.name in needs.why else c for c in checks]
     return Report(out, loaded.file if loaded is not None else "")

@@ -111,6 +111,11 @@ def service_unit_path(image: str) -> str:
     return f"{SYSTEMD_DIR}/imagekit-{image}.service"
 
 
+def prewarm_paths(image: str) -> tuple[str, str]:
+    """The AMI's pre-read step (aws.prewarm) for an image: its script and the JSON it writes (seconds, files, bytes)."""
+    return f"/usr/local/lib/imagekit/prewarm-{image}.sh", f"/var/lib/imagekit/prewarm-{image}.json"
+
+
 # --- this machine and the build context ---------------------------------------------------------------------
 
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -14,7 +14,7 @@ from imagekit.names import nvidia_require_cuda
 from imagekit.spec import Layer, LoadedSpec
 
 # Bump when what a layer's build does changes for the same spec (new provisioning steps), so builds redo.
-RECIPE_VERSION = "2"  # 2: a root layer runs apt-get upgrade
+RECIPE_VERSION = "3"  # 2: a root layer runs apt-get upgrade; 3: the venv installs in layers (venv_layers)
 Target = Literal["docker", "ami"]
 TARGETS: tuple[Target, ...] = ("docker", "ami")
 
@@ -75,6 +75,8 @@ def ami_settings(loaded: LoadedSpec) -> dict[str, str]:
         "ssh_username": aws.ssh_username,
         "tags": dict(sorted(aws.tags.items())),
     }
+    if aws.prewarm:  # only when on, so the AMI hashes of specs without it stay what they were
+        values["prewarm"] = True
     return {f"aws.{k}": json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in values.items()}
 
 
@@ -139,6 +141,10 @@ def layer_hash(
     for model in dumped.get("models") or []:
         if model.get("mode") is None:
             model.pop("mode", None)  # a model without `mode` hashes as before the key existed
+        # the signature is checked on every build and changes nothing in the image: not part of the layer's content
+        model.pop("signature", None)
+    if dumped.get("venv_layers") is None:
+        dumped.pop("venv_layers", None)
     if target == "docker":
         # the driver is the host's (an AMI installs it; a container only states the CUDA floor it needs): a new
         # driver pin must not rebuild docker layers. Hashed as unset, so layers without one keep their hashes.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from imagekit.yamlsrc import Located
 
@@ -116,6 +116,13 @@ class CopyItem(_Model):
     dest: str = Field(min_length=1)
 
 
+class ModelSignatureRef(_Model):
+    """An OpenSSF model-signing bundle over the weights and the public key (PEM) that must have made it."""
+
+    bundle: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
 class ModelFile(_Model):
     """A model weights file, pinned by sha256; src is a local path, https:// or s3://."""
 
@@ -125,6 +132,8 @@ class ModelFile(_Model):
     # e.g. "0600": the file is then owned by the image's user (readable by it, writable by nobody else);
     # without it weights are root-owned 0444
     mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3}$")
+    # the build refuses the weights unless this signature verifies with this key (before anything is built)
+    signature: ModelSignatureRef | None = None
 
     @field_validator("mode", mode="after")
     @classmethod
@@ -187,6 +196,20 @@ class Layer(_Model):
     port: Int | None = Field(default=None, ge=1, le=65535)
     refresh: Refresh | None = None
     budget: Budget | None = None
+    # the venv's image layers: each group of package-name globs is installed (and pulled) as a layer of its own,
+    # the rest of the lock after them as one more; unset = imagekit's default (the torch stack in three)
+    venv_layers: tuple[tuple[str, ...], ...] | None = Field(default=None, max_length=8)
+
+    @field_validator("venv_layers", mode="after")
+    @classmethod
+    def _venv_globs(cls, value: tuple[tuple[str, ...], ...] | None) -> tuple[tuple[str, ...], ...] | None:
+        for group in value or ():
+            if not group:
+                raise ValueError("a venv layer needs at least one package name glob")
+            for glob in group:
+                if not re.match(r"^[a-z0-9*][a-z0-9*-]{0,99}$", glob):
+                    raise ValueError(f"{glob!r} is not a normalized package name glob (a-z, 0-9, -, *)")
+        return value
 
     @field_validator("apt", mode="after")
     @classmethod
@@ -241,6 +264,32 @@ class Smoke(_Model):
     expect: Expect = Field(default_factory=Expect)
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Scan(_Model):
+    """The vulnerability gate between verify and sign: findings at or above fail_on fail the build unless allowed."""
+
+    fail_on: Literal["low", "medium", "high", "critical", "none"] = "high"
+    # finding id (CVE-..., DSA-..., GHSA-...) -> why it is accepted; recorded with each allowed finding
+    allow: dict[str, str] = Field(default_factory=dict)
+    # true: a scanner of `scanners` that is not installed fails the gate instead of being skipped
+    required: bool = False
+    scanners: tuple[Literal["debian", "trivy", "grype"], ...] = Field(
+        default=("debian", "trivy", "grype"), min_length=1
+    )
+
+    @field_validator("allow", mode="after")
+    @classmethod
+    def _allow(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, why in value.items():
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{1,99}$", key):
+                raise ValueError(f"{key!r} is not a vulnerability id such as CVE-2026-1234")
+            if not str(why).strip():
+                raise ValueError(f"allow.{key}: say why it is accepted")
+        return value
+
+
 class Verify(_Model):
     """Boot-and-verify policy."""
 
@@ -249,6 +298,7 @@ class Verify(_Model):
     smoke: Smoke | None = None
     instance_type: str | None = None
     timeout: Num = Field(default=1800, gt=0, le=MAX_TIMEOUT)
+    scan: Scan | None = None
 
 
 class Image(_Model):
@@ -276,6 +326,9 @@ class Aws(_Model):
     ssh_username: str = "ubuntu"
     volume_size: Int = Field(default=100, ge=8)
     tags: dict[str, str] = Field(default_factory=dict)
+    # before the service starts, read the weights and the venv's large libraries once, in parallel: a volume made
+    # from a snapshot fetches each block from S3 on its first read, which otherwise lands on the first model load
+    prewarm: bool = False
 
 
 class Build(_Model):
@@ -284,6 +337,19 @@ class Build(_Model):
     wheelhouse: str | None = None
     pip_index_url: str | None = None
     ca_bundle: str | None = None
+
+
+class Push(_Model):
+    """How `build --push` compresses the image's layers (unset: `docker push`, gzip at Docker's level)."""
+
+    compression: Literal["gzip", "zstd", "zstd:chunked"] | None = None
+    level: Int | None = Field(default=None, ge=1, le=22)
+
+    @model_validator(mode="after")
+    def _level_fits(self) -> Push:
+        if self.level is not None and self.compression in (None, "gzip") and self.level > 9:
+            raise ValueError(f"gzip levels are 1-9, not {self.level}")
+        return self
 
 
 class Signing(_Model):
@@ -309,6 +375,7 @@ class Spec(_Model):
     verify: Verify = Field(default_factory=Verify)
     aws: Aws = Field(default_factory=Aws)
     build: Build = Field(default_factory=Build)
+    push: Push = Field(default_factory=Push)
     signing: Signing = Field(default_factory=Signing)
     store: str = "manifests"
     retention: Retention = Field(default_factory=Retention)

@@ -127,8 +127,8 @@ for phase in "$@"; do
     case "$phase" in
         system) log "phase system"; phase_system ;;
         files) log "phase files"; phase_files ;;
-        cuda | build-deps | venv | install | drop-build-deps | run) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        cuda | build-deps | venv | install | drop-build-deps | run | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

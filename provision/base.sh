@@ -103,8 +103,8 @@ for phase in "$@"; do
     case "$phase" in
         system) log "phase system"; phase_system ;;
         cuda) log "phase cuda"; phase_cuda ;;
-        build-deps | venv | install | drop-build-deps | files | run) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        build-deps | venv | install | drop-build-deps | files | run | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

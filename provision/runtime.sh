@@ -151,6 +151,40 @@ pkg_install_or_build() {
     pkg_install "$@"
 }
 
+# lock_part PART LOCK: the entries of LOCK (backslash-continued, hashes and all) whose normalized name is in PART;
+# options (--index-url, --find-links, ...) go to every part, nested files and editables (-r, -c, -e) to light only
+lock_part() {
+    awk -v part="$1" -v groups='^(torch)$ ^(triton|pytorch-triton.*|nvidia-cudnn.*|nvidia-cublas.*)$ ^(nvidia-.*|cuda-.*)$' '
+    function emit(entry, first, name, nested, p, i) {
+        first = entry
+        sub(/^[ \t]+/, "", first)
+        if (first == "" || first ~ /^#/) return
+        nested = (first ~ /^(-r|--requirement|-c|--constraint|-e|--editable)([ =]|$)/)
+        if (first ~ /^-/ && !nested) { print entry; return }
+        name = first
+        if (first ~ /^-/) name = ""
+        sub(/[^A-Za-z0-9._-].*$/, "", name)
+        name = tolower(name)
+        gsub(/[._-]+/, "-", name)
+        p = "light"
+        for (i = 1; i <= n; i++) if (name != "" && name ~ re[i]) { p = "heavy" i; break }
+        if (p == part) print entry
+    }
+    BEGIN { n = split(groups, re, " ") }
+    {
+        buf = (cont ? buf "\n" : "") $0
+        cont = ($0 ~ /\\$/)
+        if (!cont) { emit(buf); buf = "" }
+    }
+    END { if (buf != "") emit(buf) }
+    ' "$2"
+}
+
+# has_requirements FILE: whether FILE names any package (not only options)
+has_requirements() {
+    grep -qE '^[[:space:]]*[A-Za-z0-9]' "$1"
+}
+
 phase_system() {
     log 'apt: python3.11 python3.11-venv'
     apt_install python3.11 python3.11-venv
@@ -187,19 +221,45 @@ phase_install() {
             log "install: $torch_index does not answer; torch comes from the default index"
         fi
     fi
+    # install_part PART FILE: one part of the lock into $VENV (no deps: the lock has them all)
+    install_part() {
+        if grep -q -- '--hash=' "$2"; then
+            log "install: $1 (hashed lock)"
+            # shellcheck disable=SC2086
+            pkg_install_or_build $extra --require-hashes --no-deps -r "$2"
+        elif [ "$1" = heavy1 ]; then
+            log "install: $1 (lock, no deps) + torch==2.14.1"
+            # shellcheck disable=SC2086
+            pkg_install_or_build $extra --no-deps -r "$2" torch==2.14.1
+        else
+            log "install: $1 (lock, no deps)"
+            # shellcheck disable=SC2086
+            pkg_install_or_build $extra --no-deps -r "$2"
+        fi
+    }
     lock="$IMAGEKIT_SRC/requirements.lock"
     [ -f "$lock" ] || die "requirements lock $lock is missing"
-    if grep -q -- '--hash=' "$lock"; then
-        grep -qiE '^torch==' "$lock" || die 'a hashed lock must pin torch==2.14.1'
-        log 'install: hashed lock (torch from the lock)'
-        # shellcheck disable=SC2086
-        pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"
-    else
-        log 'install: lock (no deps) + torch==2.14.1'
-        # shellcheck disable=SC2086
-        pkg_install_or_build $extra --no-deps -r "$lock" torch==2.14.1
+    # the Dockerfile mounts one part's lines at $lock and names it in IMAGEKIT_PART; a VM has the whole lock
+    if [ -z "${IMAGEKIT_PART:-}" ]; then
+        if grep -q -- '--hash=' "$lock" && ! grep -qiE '^torch==' "$lock"; then
+            die 'a hashed lock must pin torch==2.14.1'
+        fi
+        :
     fi
-    "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.14.1 || die "torch in $VENV is not 2.14.1"
+    parts="$(mktemp -d)"
+    for part in ${IMAGEKIT_PART:-heavy1 heavy2 heavy3 light}; do
+        lock_part "$part" "$lock" >"$parts/$part"
+        if has_requirements "$parts/$part" || [ "$part" = heavy1 ]; then
+            install_part "$part" "$parts/$part"
+        else
+            log "install: $part: no package of the lock"
+        fi
+    done
+    rm -rf "$parts"
+    case " ${IMAGEKIT_PART:-light} " in *" light "*)
+        "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.14.1 || die "torch in $VENV is not 2.14.1"
+        ;;
+    esac
 }
 
 phase_drop_build_deps() {
@@ -211,6 +271,20 @@ phase_drop_build_deps() {
     rm -f /var/lib/imagekit/build-deps.runtime
 }
 
+phase_lock_parts() {
+    lock="$IMAGEKIT_SRC/requirements.lock"
+    [ -f "$lock" ] || die "requirements lock $lock is missing"
+    if grep -q -- '--hash=' "$lock" && ! grep -qiE '^torch==' "$lock"; then
+        die 'a hashed lock must pin torch==2.14.1'
+    fi
+    mkdir -p /imagekit-lock
+    for part in heavy1 heavy2 heavy3 light; do
+        lock_part "$part" "$lock" >"/imagekit-lock/$part"
+        count="$(grep -cE '^[[:space:]]*[A-Za-z0-9]' "/imagekit-lock/$part" || true)"
+        log "lock-parts: $part: $count packages"
+    done
+}
+
 if [ $# -eq 0 ]; then set -- system build-deps venv install drop-build-deps; fi
 for phase in "$@"; do
     case "$phase" in
@@ -219,8 +293,9 @@ for phase in "$@"; do
         venv) log "phase venv"; phase_venv ;;
         install) log "phase install"; phase_install ;;
         drop-build-deps) log "phase drop-build-deps"; phase_drop_build_deps ;;
+        lock-parts) log "phase lock-parts"; phase_lock_parts ;;
         cuda | files | run) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

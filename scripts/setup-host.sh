@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian (bookworm) machine, as root, for imagekit and its tests:
-# apt packages (Docker Engine, Packer, debootstrap, a local registry), a running dockerd, and the venv in .venv.
+# apt packages (Docker Engine, Packer, debootstrap, a local registry, skopeo/podman, pigz, zstd), a running dockerd,
+# and the venv in .venv.
 # Safe to run again: every step checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 for pair in dockerd:docker.io packer:packer debootstrap:debootstrap docker-registry:docker-registry \
-            curl:curl git:git; do
+            curl:curl git:git skopeo:skopeo podman:podman unpigz:pigz zstd:zstd; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || need_apt+=("$pkg")
 done

@@ -386,8 +386,9 @@ def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> No
     copy_example(root)
     spec = root / "imagekit-cpu.yaml"
     text = spec.read_text()
-    # the example lists only the docker target; the same spec builds AMIs once `ami` is listed
-    spec.write_text(text.replace("targets: [docker]", "targets: [docker, ami]"))
+    # the example lists only the docker target; the same spec builds AMIs once `ami` is listed; with the boot's
+    # pre-read of weights and venv on (aws.prewarm)
+    spec.write_text(text.replace("targets: [docker]", "targets: [docker, ami]") + "aws: {prewarm: true}\n")
     t0 = time.monotonic()
     res = cli("build", "-f", str(spec), "--target", "ami", "--rehearse", "--json")
     cold = time.monotonic() - t0
@@ -405,6 +406,12 @@ def test_cpu_example_rehearsal_three_amis_then_app_only(session_env: Path) -> No
     assert unit["exec_start"] == ["/opt/venv/bin/python", "-m", "app.server", "--port", "7860"]
     assert unit["user"] == "app" and unit["workingdirectory"] == "/opt/app"
     assert unit["environment"]["PATH"].startswith("/opt/venv/bin:")
+    # the pre-read ran before the service (by vmcheck: the rehearsal's sshd containers boot no systemd) and read
+    # the weights and torch's libraries
+    prewarm = report["prewarm"]
+    assert prewarm["by"] == "vmcheck before the service" and prewarm["files"] >= 2, prewarm
+    assert prewarm["bytes"] > 100 << 20 and prewarm["seconds"] >= 0, prewarm
+    print(f"\nprewarm: {prewarm}")
     server = root / "app" / "server.py"
     server.write_text(server.read_text() + "\n# app-only change\n")
     before = _all_packer_runs()

@@ -33,6 +33,9 @@ NAMES = [
     "moto",
     "paramiko",
     "compat matrix",
+    "pull (docker)",
+    "pull (podman)",
+    "unpigz",
 ]
 CPU_SPEC = REPO / "examples" / "tts" / "imagekit-cpu.yaml"
 GPU_SPEC = REPO / "examples" / "tts" / "imagekit.yaml"

@@ -141,6 +141,7 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^ARG BASE_IMAGE=imagekit-base-base:[0-9a-f]{16}$", text, re.M)
     assert re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M) == [
         ("${BASE_IMAGE}", "base"),
+        ("${IMAGEKIT_PARENT_RUNTIME}", "runtime-lock"),
         ("${IMAGEKIT_PARENT_RUNTIME}", "runtime"),
         ("${IMAGEKIT_PARENT_APP}", "app"),
     ]
@@ -151,11 +152,23 @@ def test_dockerfile_contract() -> None:
     assert not re.search(r"^(COPY|ADD) .*(\.crt|\.pem|pip\.conf|ca-certificates)", text, re.M)
     assert "--mount=type=bind,source=.imagekit/wheelhouse,target=/wheels" in text
     assert "PIP_FIND_LINKS=/wheels" in text
-    # the venv is installed in the runtime stage itself (one RUN with the package cache mount), not copied in
+    # the venv is installed in the runtime stage itself (a RUN per part of the lock, heavy first, each with the
+    # package cache and only its own part of the lock mounted), not copied in
     assert "COPY --from=" not in text
     runtime = text[text.index("AS runtime\n") : text.index("AS app\n")]
-    assert "--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit" in runtime
-    assert "runtime.sh build-deps venv install drop-build-deps" in runtime
+    assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 4
+    parts = re.findall(
+        r"from=runtime-lock,source=/imagekit-lock/(\w+),target=/tmp/imagekit/src/requirements.lock", runtime
+    )
+    assert parts == ["heavy1", "heavy2", "heavy3", "light"]
+    assert "source=examples/tts/requirements.lock" not in runtime  # the whole lock only in the lock stage
+    assert (
+        re.findall(r"IMAGEKIT_PART=(\w+) sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps", runtime)
+        == parts
+    )
+    lock_stage = text[text.index("AS runtime-lock\n") : text.index("AS runtime\n")]
+    assert "source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock" in lock_stage
+    assert "runtime.sh lock-parts" in lock_stage
     assert "COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt" in text
     assert re.search(r"^USER app$", text, re.M)
     assert "HEALTHCHECK " in text and "http://127.0.0.1:7860/ready" in text

@@ -188,11 +188,17 @@ def manifest_sbom(path: Path | str | None, ref: str, trust: Path | None = None) 
 
 
 def _attestations_of(store: Store, key: str, raw: bytes) -> list[tuple[bytes, str]]:
-    """(envelope bytes, predicateType) of a record and the SBOM statement beside it."""
+    """(envelope bytes, predicateType) of a record and the SBOM and scan statements beside it."""
+    from imagekit.manifest.vuln import VULN_SUFFIX
+    from imagekit.scan.findings import VULN_PREDICATE_TYPE
+
     out = [(raw, PREDICATE_TYPE)]
     sbom = store.read_sidecar(key, SBOM_SUFFIX)
     if sbom is not None:
         out.append((sbom, SBOM_PREDICATE_TYPE))
+    vuln = store.read_sidecar(key, VULN_SUFFIX)
+    if vuln is not None:
+        out.append((vuln, VULN_PREDICATE_TYPE))
     return out
 
 
@@ -239,4 +245,7 @@ def attach_manifest(
     e = ledger.build(ref)  # only what verifies (and its SBOM too) goes out
     assert e.build is not None
     ledger.sbom(e)
+    from imagekit.manifest.vuln import read_vuln
+
+    read_vuln(ledger, e)
     return attach_record(ledger.store, e.key, e.raw, e.build, registry)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BaseResult", "BuildResult", "ImageResult", "LayerResult", "build", "select_images"]
 
+COMPRESSIONS = ("gzip", "zstd", "zstd:chunked")
 # image -> its last verified build of this target (the size gate's baseline), or None
 Previous = Callable[[str], "BuildRecord | None"]
 
@@ -50,6 +51,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: datetime | None = None,
     gpu: str | None = None,
     tags: Sequence[str] = (),
+    compression: str | None = None,
 ) -> BuildResult:
     """Build the spec's images for one target, reusing layers whose hash is already built; verify, gate, record.
 
@@ -60,6 +62,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
     now: the time that picks a refreshed root layer's base period (nightly passes its clock).
     gpu (required|optional) overrides verify.gpu for this call's verification; tags (--tag, `{git_sha}` expands
     to the commit) also tag the final image and go into its signed manifest (docker target).
+    compression (gzip|zstd|zstd:chunked) overrides push.compression for this call's push.
     """
     from imagekit.api.spec import validate
 
@@ -74,11 +77,20 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         raise UsageError(info.tag)
     if gpu is not None:
         effective_gpu("required", gpu)  # a bad value is a usage error before anything is built
+    if compression is not None and compression not in COMPRESSIONS:
+        raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    if compression is not None and not push:
+        raise UsageError("--compression says how to push: give --push REGISTRY/REPO[:TAG] with it")
     loaded = validate(path)
     selected = select_images(loaded, target, images)
     unknown = sorted(set(force_layers) - {n for i in selected for n, _ in loaded.chain(i)})
     if unknown:
         raise UsageError(f"--force-layer {unknown[0]!r} is no layer of {', '.join(selected)}")
+    from imagekit.modelsig import check_signatures
+
+    # signed weights are checked before any engine is asked anything: a bad signature leaves nothing built
+    ca = loaded.spec.build.ca_bundle
+    signatures = check_signatures(loaded, selected, reporter, ca_bundle=loaded.local(ca) if ca else None)
     if rehearse and target == "ami":
         from imagekit.extras import require
 
@@ -97,11 +109,15 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         no_reuse=frozenset(revoked_layers(loaded)),
         gpu=gpu,
         release=release,
+        compression=compression or loaded.spec.push.compression,
+        compression_level=loaded.spec.push.level,
     )
     out = BuildResult(spec=str(loaded.path), target=target)
     with info.open(loaded, selected, options) as tgt:
         for name in selected:
             res = build_image(loaded, tgt, name, options, layer_lock)
+            dests = {m.dest for _, layer in loaded.chain(name) for m in layer.models}
+            res.model_signatures = {d: s for d, s in signatures.items() if d in dests}
             out.images.append(res)
             if verify:
                 verify_gate_record(loaded, tgt, res, reporter, previous=previous)
@@ -185,12 +201,39 @@ def verify_gate_record(
         res.verify_error = str(exc)
     failure = "; ".join(res.verify_failures) or None
     if failure is None:
+        failure = scan_gate(loaded, res, reporter)
+    if failure is None:
         gate = size_gate(loaded, tgt, res, previous)
         if gate is not None:
             res.budget, res.budget_passed = gate.message, gate.passed
             if not gate.passed:
                 failure = f"size budget: {gate.message}"
     record_image(loaded, tgt, res, reporter, failure=failure)
+
+
+def scan_gate(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str | None:
+    """verify.scan over what verification saw: the failure naming each blocking finding, or None."""
+    if loaded.verify_for(res.image).scan is None or not res.verify_report:
+        return None
+    from imagekit.inputs import JsonInputError, load_json, read_text
+    from imagekit.scan.gate import scan_report
+
+    try:
+        report = load_json(read_text(Path(res.verify_report), what="verification report"))
+    except (OSError, JsonInputError) as exc:
+        return f"scan gate: cannot read the verification report {res.verify_report}: {exc}"
+    done = scan_report(loaded, res.image, report if isinstance(report, dict) else {}, reporter)
+    if done is None:
+        return None
+    outcome, res.scan = done
+    res.scan_passed = outcome.passed
+    for line in outcome.skipped:
+        reporter(Event("warn", f"scan: {line}", res.image, "", res.target))
+    counts = ", ".join(f"{n} {s}" for s, n in outcome.counts().items() if n)
+    allowed = f", {len(outcome.allowed)} allowed" if outcome.allowed else ""
+    reporter(Event("step", f"scan: {counts or 'no findings'}{allowed}", res.image, "", res.target))
+    res.scan_failure = outcome.failure() or ""
+    return res.scan_failure or None
 
 
 def record_image(
@@ -210,6 +253,8 @@ def record_image(
         report=report if report is not None and report.is_file() else None,
         failure=failure,
         reporter=reporter,
+        vuln=res.scan,
+        model_signatures=res.model_signatures,
         **tgt.record_facts(res),
     )
     res.manifest_id, res.manifest_path, res.manifest_passed = rec.id, str(rec.location), rec.passed
@@ -268,5 +313,7 @@ def _raise_failure(res: ImageResult) -> None:
             failures=res.verify_failures,
             report_path=res.verify_report,
         )
+    if res.scan_passed is False:
+        raise BuildFailed(f"{res.scan_failure} (recorded as failed: {res.manifest_id})", image=res.image)
     if res.budget_passed is False:
         raise BuildFailed(f"size budget: {res.budget} (recorded as failed: {res.manifest_id})", image=res.image)

@@ -79,6 +79,7 @@ def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) 
         layers=[{"name": n, "hash": h} for n, h in b.layers],
         artifact=b.artifact(),
         models=b.models,
+        model_signers=b.model_signers,
         builder=b.builder,
         started=b.started,
         failures=b.failures,
@@ -453,3 +454,10 @@ def seal_log_heads(path: Path | str | None, trust: Path | None = None, key: str 
     """Sign heads for a store's logs written before logs had signed heads, after verifying every record."""
     _loaded, ledger, signer = _context(path, trust, key)
     return {"store": ledger.store.url, "sealed": seal_heads(ledger.store, signer, ledger.keys)}
+
+
+def sign_model_file(path: Path, key: Path, out: Path | None = None) -> tuple[Path, str]:
+    """`imagekit sign-model PATH --key K`: an OpenSSF model-signing bundle beside the weights; (its path, signer)."""
+    from imagekit.modelsig import sign_model
+
+    return sign_model(path, key, out)

@@ -23,6 +23,12 @@ def build(  # noqa: PLR0917 (typer options)
         "separated by spaces or commas (a `plan --matrix` job's `force`). For AMIs it rebuilds the whole chain.",
     ),
     push: str | None = typer.Option(None, "--push", help="Push the final image to REGISTRY/REPO[:TAG]."),
+    compression: str | None = typer.Option(
+        None,
+        "--compression",
+        help="Push the layers compressed with gzip|zstd|zstd:chunked (through skopeo); overrides push.compression.",
+        metavar="gzip|zstd|zstd:chunked",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the build result as JSON on stdout."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip boot-and-verify after the build."),
     gpu: str | None = typer.Option(
@@ -65,6 +71,7 @@ def build(  # noqa: PLR0917 (typer options)
                 rehearse=rehearse,
                 gpu=gpu,
                 tags=tag,
+                compression=compression,
             )
         )
     )

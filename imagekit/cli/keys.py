@@ -31,3 +31,17 @@ def keygen(
     enc = "encrypted with $" + PASSPHRASE_ENV if os.environ.get(PASSPHRASE_ENV) else "not encrypted"
     err.print(f"[green]ok[/] private key {escape(str(private))} (mode 0600, {enc})")
     err.print(f"   public key  {escape(str(public))} (list it in the trust file: keys: [{{pem: {public.name}}}])")
+
+
+@app.command("sign-model")
+def sign_model(
+    path: Path = typer.Argument(..., help="The model weights file to sign."),
+    key: Path = typer.Option(..., "--key", help="An ECDSA P-256 private key (PEM; imagekit keygen's default)."),
+    out: Path | None = typer.Option(None, "--out", help="Where the signature goes (default: PATH.sig)."),
+) -> None:
+    """Sign model weights with OpenSSF model signing (offline, key-based); a spec names it as signature.bundle."""
+    from imagekit.api.manifest import sign_model_file
+
+    dest, signer = run(lambda: sign_model_file(path, key, out))
+    err.print(f"[green]ok[/] {escape(str(dest))} (signer {signer})")
+    err.print(f"   in imagekit.yaml: signature: {{bundle: {escape(dest.name)}, key: <the matching public key>}}")

@@ -134,8 +134,12 @@ def show(
         out.print(f"    {layer['name']:<12} {layer['hash']}")
     if doc["models"]:
         out.print("  weights")
+        signers = doc.get("model_signers") or {}
         for name, digest in sorted(doc["models"].items()):
             out.print(f"    {escape(name)}  sha256:{digest}")
+            if name in signers:
+                s = signers[name]
+                out.print(f"      signed by {escape(s['signer'])} (signature sha256:{escape(s['signature_sha256'])})")
     out.print("  builder       " + ", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items())))
     report = doc.get("report")
     if report:
@@ -145,12 +149,15 @@ def show(
 
 
 @manifest_app.command("verify")
-def verify(
-    ref: str = typer.Argument(..., help="Manifest id, or an envelope file (.intoto.json)."),
+def verify(  # noqa: PLR0917 (typer options)
+    ref: str | None = typer.Argument(None, help="Manifest id, or an envelope file (.intoto.json)."),
     file: Path | None = SpecOpt,
     trust: Path | None = TrustOpt,
     image: str | None = typer.Option(
         None, "--image", help="Also check that the registry serves this subject for REGISTRY/REPO:TAG now (online)."
+    ),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="With --image: an admission policy (verified, scanned, trusted key, channel)."
     ),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -158,8 +165,16 @@ def verify(
     from dataclasses import asdict
 
     from imagekit.api.attest import verify_manifest
+    from imagekit.errors import UsageError
 
-    res = run(lambda: verify_manifest(file, ref, trust, image))
+    if policy is not None:
+        _verify_policy(file, image, policy, trust, json_out)
+        return
+    if ref is None:
+        run(lambda: (_ for _ in ()).throw(UsageError("name a manifest id (or use --image REF --policy FILE)")))
+        return
+    manifest_ref = ref
+    res = run(lambda: verify_manifest(file, manifest_ref, trust, image))
     if json_out:
         print_json({"ok": True, **asdict(res)})
         return
@@ -171,6 +186,26 @@ def verify(
     if res.cosign:
         err.print("the same check with cosign:")
         out.print(res.cosign)
+
+
+def _verify_policy(file: Path | None, image: str | None, policy: Path, trust: Path | None, json_out: bool) -> None:
+    from dataclasses import asdict
+
+    from imagekit.api.policy import verify_policy
+    from imagekit.errors import UsageError
+
+    if image is None:
+        run(lambda: (_ for _ in ()).throw(UsageError("--policy needs --image REGISTRY/REPO:TAG (or @sha256:...)")))
+        return
+    res = run(lambda: verify_policy(file, image, policy, trust))
+    if json_out:
+        print_json({"ok": res.ok, "image": res.image, "digest": res.digest, "manifest": res.manifest,
+                    "clauses": [asdict(c) for c in res.clauses]})  # fmt: skip
+    else:
+        for c in res.clauses:
+            mark = "[green]  ok[/]" if c.ok else "[bold red]FAIL[/]"
+            out.print(f"{mark} {escape(c.name):<24} {escape(c.detail)}")
+    run(res.require)
 
 
 @manifest_app.command("sbom")

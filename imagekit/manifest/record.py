@@ -37,6 +37,7 @@ from imagekit.manifest.statement import (
     manifest_id_of,
 )
 from imagekit.manifest.store import Store
+from imagekit.manifest.vuln import VULN_BUNDLE_SUFFIX, VULN_SUFFIX, vuln_sha256, vuln_statement
 from imagekit.plan import CacheLookup, PreviousSettings, spec_hash, target_settings
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
@@ -196,6 +197,8 @@ def record_build(
     store: Store | None = None,
     reporter: Reporter = silent,
     tags: Sequence[str] = (),
+    vuln: Mapping[str, Any] | None = None,
+    model_signatures: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Recorded:
     """Sign a build's in-toto statement with the spec's key (or the default one, created on first use) and store it."""
     pairs = [(x[0], x[1]) if isinstance(x, tuple) else (x.name, x.hash) for x in layers]
@@ -225,8 +228,10 @@ def record_build(
         if kind != "model" and loaded.local(rel).exists():
             input_digests[k] = real_digest(loaded.local(rel), cache)
     git = git_source(loaded.root)
+    signed = model_signatures or {}
     models = [
         {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
+        | {k: signed[m.dest][k] for k in ("signer", "signature_sha256") if k in signed.get(m.dest, {})}
         for _, layer in loaded.chain(image)
         for m in layer.models
     ]
@@ -262,6 +267,7 @@ def record_build(
         size_bytes=size_bytes,
         settings=target_settings(loaded, target),
         tags=tuple(tags),
+        vuln_sha256=vuln_sha256(vuln) if vuln is not None else None,
     )
     sbom_envelope = None
     pip, dpkg, os_info = inventory(report)
@@ -271,6 +277,12 @@ def record_build(
         bom = cyclonedx_sbom(image, subjects, pip, dpkg, os_info, tool_version=__version__, timestamp=facts.finished)
         facts = replace(facts, sbom_sha256=bom_sha256(bom))
         sbom_envelope = sign_envelope(canonical_json(sbom_statement(subjects, bom)), signer)
+    # the scan (cosign's vuln predicate), signed over the same subjects, bound by its digest like the SBOM
+    vuln_envelope = (
+        sign_envelope(canonical_json(vuln_statement(build_statement(facts)["subject"], vuln)), signer)
+        if vuln is not None
+        else None
+    )
     payload = canonical_json(build_statement(facts))
     envelope = sign_envelope(payload, signer)
     mid = manifest_id_of(payload)
@@ -280,6 +292,9 @@ def record_build(
         # before the record: a record that names an SBOM never lies in the store without it
         sbom_location = store.put_sidecar(image, mid, SBOM_SUFFIX, envelope_bytes(sbom_envelope))
         store.put_sidecar(image, mid, SBOM_BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(sbom_envelope)))
+    if vuln_envelope is not None:
+        store.put_sidecar(image, mid, VULN_SUFFIX, envelope_bytes(vuln_envelope))
+        store.put_sidecar(image, mid, VULN_BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(vuln_envelope)))
     location = store.put_manifest(image, mid, envelope_bytes(envelope))
     # the same envelope as a Sigstore bundle v0.3, for @sigstore/verify and `cosign … --bundle`
     store.put_sidecar(image, mid, BUNDLE_SUFFIX, bundle_bytes(sigstore_bundle(envelope)))

@@ -25,6 +25,7 @@ LOCAL_IMAGE_NOTE = "the local Docker image ID (config digest), not a registry ma
 REPORT_NAME = "verification-report"
 SBOM_NAME = "sbom"
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
+VULN_NAME = "vulnerability-scan"
 STATUS_NAME = "imagekit-status"
 
 
@@ -115,6 +116,7 @@ class BuildFacts:
     git_uri: str | None = None
     builder_id: str = BUILDER_ID
     sbom_sha256: str | None = None
+    vuln_sha256: str | None = None
     report: Mapping[str, Any] | None = None
     passed: bool = False
     failures: Sequence[str] = ()
@@ -185,6 +187,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
         deps.append(dep)
     for m in f.models:
         dep = {"name": f"model:{m['name']}", "digest": {"sha256": m["sha256"]}, "annotations": {"dest": m["name"]}}
+        for key in ("signer", "signature_sha256"):  # a model-signing signature that verified before the build
+            if m.get(key):
+                dep["annotations"][key] = m[key]
         if m.get("uri"):
             dep["uri"] = m["uri"]
         deps.append(dep)
@@ -216,6 +221,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
     if f.sbom_sha256:
         # the SBOM is its own signed statement beside this one; this binds the two by the document's digest
         byproducts.append({"name": SBOM_NAME, "mediaType": SBOM_MEDIA_TYPE, "digest": {"sha256": f.sbom_sha256}})
+    if f.vuln_sha256:
+        # the scan (cosign's vuln predicate) is its own signed statement beside this one, bound the same way
+        byproducts.append({"name": VULN_NAME, "mediaType": "application/json", "digest": {"sha256": f.vuln_sha256}})
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -376,6 +384,12 @@ class BuildRecord:
         return str(value) if value else None
 
     @property
+    def vuln_sha256(self) -> str | None:
+        """The sha256 of the scan predicate the vuln statement beside this one must carry, when there is one."""
+        value = self._byproduct(VULN_NAME).get("digest", {}).get("sha256")
+        return str(value) if value else None
+
+    @property
     def amis(self) -> dict[str, str]:
         """region -> AMI id."""
         out = {}
@@ -397,6 +411,17 @@ class BuildRecord:
             name = str(d.get("name", ""))
             if name.startswith("model:"):
                 out[name[len("model:") :]] = str(d.get("digest", {}).get("sha256", ""))
+        return out
+
+    @property
+    def model_signers(self) -> dict[str, dict[str, str]]:
+        """Model file (destination) -> signer key id and signature digest, for the signed ones."""
+        out: dict[str, dict[str, str]] = {}
+        for d in self.dependencies:
+            notes = d.get("annotations") if isinstance(d.get("annotations"), dict) else {}
+            name = str(d.get("name", ""))
+            if name.startswith("model:") and isinstance(notes, dict) and notes.get("signer"):
+                out[name[len("model:") :]] = {k: str(notes.get(k, "")) for k in ("signer", "signature_sha256")}
         return out
 
     @property

@@ -65,6 +65,8 @@ class NightlyResult:
     runs: list[ImageRun] = field(default_factory=list)
     gc: list[dict[str, Any]] = field(default_factory=list)
     matrix: dict[str, Any] | None = None  # torch releases the index has that the compat matrix lacks (news only)
+    # the builds channels point at, scanned again (nightly/rescan.py): new findings are reported, not failed
+    rescan: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -109,6 +111,7 @@ def to_json(result: NightlyResult) -> dict[str, Any]:
         "runs": [{**asdict(r), "failed": r.failed} for r in result.runs],
         "gc": result.gc,
         "compat_matrix": result.matrix,
+        "rescan": result.rescan,
     }
 
 
@@ -166,6 +169,9 @@ def to_markdown(result: NightlyResult) -> str:
             for key, value in sorted(r.diff.items()):
                 if value:
                     lines.append(f"- {key}: {json.dumps(value, sort_keys=True, ensure_ascii=False)[:400]}")
+    from imagekit.nightly.rescan import rescan_markdown
+
+    lines += rescan_markdown(result.rescan)
     if result.gc:
         lines += ["", "## Retention (gc)", ""]
         lines += [f"- {json.dumps(g, sort_keys=True)}" for g in result.gc]

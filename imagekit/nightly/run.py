@@ -201,6 +201,10 @@ def run_nightly(
         result.runs = [t.run for t in tasks]
         if not crashed:
             result.gc = _gc(ctx, tasks)
+            from imagekit.nightly.rescan import rescan_channels
+
+            # after promotion: what the channels point at now, scanned against today's archive
+            result.rescan = rescan_channels(loaded, store, reporter)
     result.finished = iso_utc(clock())
     if report_dir is not None:
         write_reports(result, Path(report_dir))
@@ -304,6 +308,8 @@ def _run_one(ctx: _Context, task: _Task) -> None:
     built_names = ", ".join(b.layer for b in run.built) or "nothing (every layer was already built)"
     run.checks.append(Check("build", True, f"built {built_names}", round(time.monotonic() - t0, 1)))
     _verify_check(task, res)
+    if res.scan_passed is not None:
+        run.checks.append(Check("scan gate", res.scan_passed, res.scan_failure or "passed"))
     if res.budget_passed is not None:
         run.checks.append(Check("size budget", res.budget_passed, res.budget))
     run.manifest_id = res.manifest_id or None

@@ -6,9 +6,12 @@ to the earlier stage; the docker runner instead builds one layer at a time (`--t
 the parent layer's tagged image, so an unchanged parent is never rebuilt. Checked on Debian's docker.io 20.10.24 with
 DOCKER_BUILDKIT=1 (tests/test_render_docker.py builds both ways).
 
-A virtualenv is installed in its layer's own stage, in one RUN that also removes any compilers it needed (as the AMI's
-script does), not in a builder stage whose venv is copied over: the copy cost a 5 GB CUDA venv ~25 s of snapshot
-and COPY on top of the install (bench/seed_bench.py, seed_cold_runtime).
+A virtualenv is installed in its layer's own stage, not in a builder stage whose venv is copied over: the copy cost a
+5 GB CUDA venv ~25 s of snapshot and COPY on top of the install (bench/seed_bench.py, seed_cold_runtime). A lock is
+installed in parts (render/install.py), one RUN each, heavy first; each RUN also removes any compilers it needed (as
+the AMI's script does). A small `<layer>-lock` stage cuts the lock into its parts, and each RUN mounts only its own
+part from there: BuildKit keys a mount by its content, so a changed light pin leaves the heavy RUNs cached and their
+layers' digests unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 from imagekit.errors import UsageError
 from imagekit.names import LABEL_PREFIX, MODELS_DIR, REBUILD_ARG, SRC_DIR, VENV, base_tag, nvidia_require_cuda
 from imagekit.plan import plan_image
+from imagekit.render.install import LOCK_PARTS_DIR, lock_parts
 from imagekit.render.scripts import layer_steps, model_owner
 from imagekit.render.upgrade import UPGRADE_RUN
 from imagekit.spec import LoadedSpec
@@ -134,6 +138,9 @@ def render_dockerfile(
             f"image {image}: layer {root_name} has no from.docker or from.bootstrap, so it cannot be a container"
         )
     _check_stage_names(image, [name for name, _ in chain])
+    taken = {f"{name}-lock" for name, _ in chain} & {name for name, _ in chain}
+    if taken:
+        raise UsageError(f"image {image}: layer {sorted(taken)[0]!r} has the name of another layer's lock stage")
     args = {parent_arg(name): layer.parent for name, layer in chain if layer.parent}
     if len(set(args)) != len(chain) - 1:
         raise UsageError(f"image {image}: two layer names map to the same build arg ({', '.join(sorted(args))})")
@@ -159,6 +166,13 @@ def render_dockerfile(
         phases = steps.phases
         start = "${BASE_IMAGE}" if layer.parent is None else "${" + parent_arg(name) + "}"
         script = _ctx(scripts_prefix, f"{name}.sh")
+        lock_mount = ""
+        if steps.pip_work and layer.requirements:
+            lock_mount = (
+                f"--mount=type=bind,source={_ctx(src_prefix, layer.requirements)},target={SRC_DIR}/{layer.requirements}"
+            )
+            out += ["", f"FROM {start} AS {name}-lock", "# hadolint ignore=DL3002", "USER root"]
+            out.append(_run(script, name, ["lock-parts"], mounts=[lock_mount]))
         out.append("")
         out += [f"FROM {start} AS {name}", f"LABEL {_label(f'{LABEL_PREFIX}.layer.{name}.hash', hashes[name])}"]
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
@@ -181,21 +195,22 @@ def render_dockerfile(
         if stage_phases:
             out.append(_run(script, name, stage_phases, mounts=[]))
         if steps.pip_work:
-            # The venv in one RUN: compilers come in only for a package without a wheel and leave in the same RUN,
-            # so no layer holds them; downloads stay in the spec's BuildKit cache mount for the next build.
-            mounts = []
+            # The venv part by part (the lock's heavy groups first, then the rest): compilers come in only for a package
+            # without a wheel and leave in the same RUN, so no layer holds them; downloads stay in the spec's BuildKit
+            # cache mount for the next build.
+            install: list[str] = [p for p in ("build-deps", "venv", "install", "drop-build-deps") if p in phases]
+            pip_mounts = [*secret_mounts, *wheel_mounts, cache_mount(spec.name)]
+            pip_env = {**wheel_env, "IMAGEKIT_CACHE": CACHE_DIR}
             if layer.requirements:
-                lock = _ctx(src_prefix, layer.requirements)
-                mounts.append(f"--mount=type=bind,source={lock},target={SRC_DIR}/{layer.requirements}")
-            out.append(
-                _run(
-                    script,
-                    name,
-                    [p for p in ("build-deps", "venv", "install", "drop-build-deps") if p in phases],
-                    mounts=[*mounts, *secret_mounts, *wheel_mounts, cache_mount(spec.name)],
-                    env={**wheel_env, "IMAGEKIT_CACHE": CACHE_DIR},
-                )
-            )
+                for part in lock_parts(layer):
+                    part_mount = (
+                        f"--mount=type=bind,from={name}-lock,source={LOCK_PARTS_DIR}/{part},"
+                        f"target={SRC_DIR}/{layer.requirements}"
+                    )
+                    run_env = {**pip_env, "IMAGEKIT_PART": part}
+                    out.append(_run(script, name, install, mounts=[part_mount, *pip_mounts], env=run_env))
+            else:
+                out.append(_run(script, name, install, mounts=pip_mounts, env=pip_env))
         for model in layer.models:
             if model.mode:
                 owner = model_owner(loaded, name)

@@ -1,17 +1,94 @@
 """The install phase of a layer's script: uv (or pip where uv cannot run) from the lock into the venv. Pure.
 
-Split from scripts.py, which assembles the phases; this module owns how Python packages get installed.
+Split from scripts.py, which assembles the phases and imports this module (never the other way round); this module
+owns how Python packages get installed and in which parts.
+
+The lock is installed in parts, heavy first: each group of `venv_layers` (package-name globs; by default the torch
+stack in three: torch; triton with cuDNN and cuBLAS; the other NVIDIA and CUDA wheels), then the rest of the lock.
+The Dockerfile runs one RUN per part with only that part's lines mounted, so a changed light pin leaves the heavy
+RUNs cached and their image layers (and registry blobs) as they were, and no layer is one 5 GB stream; a VM installs
+the same parts in the same order from one script run.
 """
 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
-if TYPE_CHECKING:
-    from imagekit.render.scripts import LayerSteps
+from imagekit.spec import Layer
 
 BUILD_DEPS = ("build-essential",)
+DEFAULT_VENV_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("torch",),
+    ("triton", "pytorch-triton*", "nvidia-cudnn*", "nvidia-cublas*"),
+    ("nvidia-*", "cuda-*"),
+)
+LIGHT_PART = "light"
+LOCK_PARTS_DIR = "/imagekit-lock"  # inside the Dockerfile's <layer>-lock stage only
+
+
+def venv_groups(layer: Layer) -> tuple[tuple[str, ...], ...]:
+    """The layer's heavy groups of package-name globs (its own `venv_layers`, else the default)."""
+    return layer.venv_layers if layer.venv_layers is not None else DEFAULT_VENV_LAYERS
+
+
+def lock_parts(layer: Layer) -> list[str]:
+    """The parts a layer's lock installs in, in order: heavy1..N, then light."""
+    return [*(f"heavy{i}" for i in range(1, len(venv_groups(layer)) + 1)), LIGHT_PART]
+
+
+def part_of(layer: Layer, name: str) -> str:
+    """The part a (normalized) package name goes into: the first group with a matching glob, else light."""
+    for i, group in enumerate(venv_groups(layer), start=1):
+        if any(fnmatchcase(name, glob) for glob in group):
+            return f"heavy{i}"
+    return LIGHT_PART
+
+
+def _ere(group: Sequence[str]) -> str:
+    # globs are [a-z0-9*-] only (spec_model checks), so `*` is the one character with a meaning
+    return "^(" + "|".join(glob.replace("*", ".*") for glob in group) + ")$"
+
+
+def lock_part_helper(layer: Layer) -> str:
+    """`lock_part PART LOCK`: the sh function that prints the lock's entries of one part (awk, as POSIX has it)."""
+    regexes = " ".join(_ere(group) for group in venv_groups(layer))
+    return f"""\
+# lock_part PART LOCK: the entries of LOCK (backslash-continued, hashes and all) whose normalized name is in PART;
+# options (--index-url, --find-links, ...) go to every part, nested files and editables (-r, -c, -e) to light only
+lock_part() {{
+    awk -v part="$1" -v groups={_q(regexes)} '
+    function emit(entry, first, name, nested, p, i) {{
+        first = entry
+        sub(/^[ \\t]+/, "", first)
+        if (first == "" || first ~ /^#/) return
+        nested = (first ~ /^(-r|--requirement|-c|--constraint|-e|--editable)([ =]|$)/)
+        if (first ~ /^-/ && !nested) {{ print entry; return }}
+        name = first
+        if (first ~ /^-/) name = ""
+        sub(/[^A-Za-z0-9._-].*$/, "", name)
+        name = tolower(name)
+        gsub(/[._-]+/, "-", name)
+        p = "{LIGHT_PART}"
+        for (i = 1; i <= n; i++) if (name != "" && name ~ re[i]) {{ p = "heavy" i; break }}
+        if (p == part) print entry
+    }}
+    BEGIN {{ n = split(groups, re, " ") }}
+    {{
+        buf = (cont ? buf "\\n" : "") $0
+        cont = ($0 ~ /\\\\$/)
+        if (!cont) {{ emit(buf); buf = "" }}
+    }}
+    END {{ if (buf != "") emit(buf) }}
+    ' "$2"
+}}
+
+# has_requirements FILE: whether FILE names any package (not only options)
+has_requirements() {{
+    grep -qE '^[[:space:]]*[A-Za-z0-9]' "$1"
+}}
+"""
 
 
 def _q(text: str) -> str:
@@ -94,9 +171,10 @@ pkg_install() {{
 """
 
 
-def install_build_deps(steps: LayerSteps) -> list[str]:
-    pkgs = [*BUILD_DEPS, f"{steps.python}-dev"]
-    record = f"/var/lib/imagekit/build-deps.{steps.name}"
+def install_build_deps(layer_name: str, python: str) -> list[str]:
+    """The sh functions that bring compilers in when a package has no wheel."""
+    pkgs = [*BUILD_DEPS, f"{python}-dev"]
+    record = f"/var/lib/imagekit/build-deps.{layer_name}"
     return [
         "install_build_deps() {",
         "    # remembered so drop-build-deps removes only what this layer added",
@@ -124,65 +202,140 @@ def install_build_deps(steps: LayerSteps) -> list[str]:
     ]
 
 
-def install_body(steps: LayerSteps, index: str) -> list[str]:
-    layer = steps.layer
+def _torch_extra(index: str) -> list[str]:
+    return [
+        "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
+        "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
+        f'default_index="{index}"',
+        'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
+        'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
+        'extra=""',
+        'if [ -n "$torch_index" ]; then',
+        "    # an index that does not answer costs pip minutes of retries and fails uv: leave it out, and say so",
+        '    if index_answers "$torch_index"; then',
+        '        extra="--extra-index-url $torch_index"',
+        "    else",
+        '        log "install: $torch_index does not answer; torch comes from the default index"',
+        "    fi",
+        "fi",
+    ]
+
+
+def _check_lock(torch: str | None) -> list[str]:
+    if not torch:
+        return []
+    return [
+        "if grep -q -- '--hash=' \"$lock\" && ! grep -qiE '^torch==' \"$lock\"; then",
+        "    die " + _q(f"a hashed lock must pin torch=={torch}"),
+        "fi",
+    ]
+
+
+def lock_parts_body(layer: Layer) -> list[str]:
+    """The `lock-parts` phase (the Dockerfile's <layer>-lock stage): the lock cut into one file per part."""
+    return [
+        f'lock="$IMAGEKIT_SRC/{layer.requirements}"',
+        '[ -f "$lock" ] || die "requirements lock $lock is missing"',
+        *_check_lock(layer.torch),
+        f"mkdir -p {LOCK_PARTS_DIR}",
+        f"for part in {' '.join(lock_parts(layer))}; do",
+        f'    lock_part "$part" "$lock" >"{LOCK_PARTS_DIR}/$part"',
+        f'    count="$(grep -cE \'^[[:space:]]*[A-Za-z0-9]\' "{LOCK_PARTS_DIR}/$part" || true)"',
+        '    log "lock-parts: $part: $count packages"',
+        "done",
+    ]
+
+
+def _install_part(layer: Layer) -> list[str]:
+    torch = layer.torch
+    torch_part = part_of(layer, "torch") if torch else ""
+    pin = f" {_q(f'torch=={torch}')}" if torch else ""
+    return [
+        "# install_part PART FILE: one part of the lock into $VENV (no deps: the lock has them all)",
+        "install_part() {",
+        "    if grep -q -- '--hash=' \"$2\"; then",
+        '        log "install: $1 (hashed lock)"',
+        "        # shellcheck disable=SC2086",
+        '        pkg_install_or_build $extra --require-hashes --no-deps -r "$2"',
+        *(
+            [
+                f'    elif [ "$1" = {torch_part} ]; then',
+                f'        log "install: $1 (lock, no deps) + torch=={torch}"',
+                "        # shellcheck disable=SC2086",
+                f'        pkg_install_or_build $extra --no-deps -r "$2"{pin}',
+            ]
+            if torch
+            else []
+        ),
+        "    else",
+        '        log "install: $1 (lock, no deps)"',
+        "        # shellcheck disable=SC2086",
+        '        pkg_install_or_build $extra --no-deps -r "$2"',
+        "    fi",
+        "}",
+    ]
+
+
+def install_body(layer: Layer, index: str) -> list[str]:
+    """The `install` phase: the lock part by part ($IMAGEKIT_PART picks one; unset: all, heavy first), then pip."""
     body = ["pip_env", "find_uv"]
     torch = layer.torch
-    if torch:
-        body += [
-            "# PyTorch's index has the build for each CUDA version; IMAGEKIT_TORCH_INDEX= (empty) turns it off",
-            "# a wheelhouse ($PIP_FIND_LINKS) stands in for that index unless IMAGEKIT_TORCH_INDEX says otherwise",
-            f'default_index="{index}"',
-            'if [ -n "${PIP_FIND_LINKS:-}" ]; then default_index=""; fi',
-            'torch_index="${IMAGEKIT_TORCH_INDEX-$default_index}"',
-            'extra=""',
-            'if [ -n "$torch_index" ]; then',
-            "    # an index that does not answer costs pip minutes of retries and fails uv: leave it out, and say so",
-            '    if index_answers "$torch_index"; then',
-            '        extra="--extra-index-url $torch_index"',
-            "    else",
-            '        log "install: $torch_index does not answer; torch comes from the default index"',
-            "    fi",
-            "fi",
-        ]
+    body += _torch_extra(index) if torch else ['extra=""']
+    pip_items = " ".join(_q(p) for p in layer.pip)
     if layer.requirements:
-        lock = f"$IMAGEKIT_SRC/{layer.requirements}"
+        torch_part = part_of(layer, "torch") if torch else ""
+        # a torch pin with an unhashed lock installs with its part even when no line of the lock falls there
+        wanted = 'has_requirements "$parts/$part"' + (f' || [ "$part" = {torch_part} ]' if torch else "")
         body += [
-            f'lock="{lock}"',
+            *_install_part(layer),
+            f'lock="$IMAGEKIT_SRC/{layer.requirements}"',
             '[ -f "$lock" ] || die "requirements lock $lock is missing"',
-            "if grep -q -- '--hash=' \"$lock\"; then",
+            "# the Dockerfile mounts one part's lines at $lock and names it in IMAGEKIT_PART; a VM has the whole lock",
+            'if [ -z "${IMAGEKIT_PART:-}" ]; then',
+            *(f"    {line}" for line in _check_lock(torch)),
+            "    :",
+            "fi",
+            'parts="$(mktemp -d)"',
+            f"for part in ${{IMAGEKIT_PART:-{' '.join(lock_parts(layer))}}}; do",
+            '    lock_part "$part" "$lock" >"$parts/$part"',
+            f"    if {wanted}; then",
+            '        install_part "$part" "$parts/$part"',
+            "    else",
+            '        log "install: $part: no package of the lock"',
+            "    fi",
+            *(
+                [
+                    f'    if [ "$part" = {LIGHT_PART} ]; then',
+                    f"        log {_q('install: ' + ' '.join(layer.pip))}",
+                    f"        pkg_install_or_build {pip_items}",
+                    "    fi",
+                ]
+                if layer.pip
+                else []
+            ),
+            "done",
+            'rm -rf "$parts"',
         ]
+    else:
         if torch:
             body += [
-                "    grep -qiE '^torch==' \"$lock\" || die " + _q(f"a hashed lock must pin torch=={torch}"),
-                f"    log {_q('install: hashed lock (torch from the lock)')}",
-                "    # shellcheck disable=SC2086",
-                '    pkg_install_or_build $extra --require-hashes --no-deps -r "$lock"',
+                f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
+                "# shellcheck disable=SC2086",
+                f"pkg_install_or_build $extra {_q(f'torch=={torch}')}",
             ]
-        else:
-            body += ["    log 'install: hashed lock'", '    pkg_install_or_build --require-hashes --no-deps -r "$lock"']
-        body += ["else"]
-        if torch:
-            body += [
-                f"    log {_q(f'install: lock (no deps) + torch=={torch}')}",
-                "    # shellcheck disable=SC2086",
-                f'    pkg_install_or_build $extra --no-deps -r "$lock" {_q(f"torch=={torch}")}',
-            ]
-        else:
-            body += ["    log 'install: lock (no deps)'", '    pkg_install_or_build --no-deps -r "$lock"']
-        body += ["fi"]
-    elif torch:
-        body += [
-            f"log {_q(f'install: torch=={torch} with its dependencies (no lock)')}",
-            "# shellcheck disable=SC2086",
-            f"pkg_install_or_build $extra {_q(f'torch=={torch}')}",
-        ]
-    if layer.pip:
-        body += [
-            f"log {_q('install: ' + ' '.join(layer.pip))}",
-            "pkg_install_or_build " + " ".join(_q(p) for p in layer.pip),
-        ]
+        if layer.pip:
+            body += [f"log {_q('install: ' + ' '.join(layer.pip))}", f"pkg_install_or_build {pip_items}"]
     if torch:
         check = "import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])"
-        body.append(f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"')
+        verify = f'"$VENV/bin/python" -c {_q(check)} {_q(torch)} || die "torch in $VENV is not {torch}"'
+        if layer.requirements:
+            # torch imports only once its dependencies are in, which the light part (installed last) completes
+            body += [
+                f'case " ${{IMAGEKIT_PART:-{LIGHT_PART}}} " in *" {LIGHT_PART} "*)',
+                f"    {verify}",
+                "    ;;",
+                "esac",
+            ]
+        else:
+            body.append(verify)
     return body

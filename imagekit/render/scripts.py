@@ -16,11 +16,19 @@ from dataclasses import dataclass
 
 from imagekit.errors import UsageError
 from imagekit.names import SRC_DIR, VENV
-from imagekit.render.install import INSTALL_HELPERS, install_body, install_build_deps
+from imagekit.render.install import (
+    INSTALL_HELPERS,
+    install_body,
+    install_build_deps,
+    lock_part_helper,
+    lock_parts_body,
+)
 from imagekit.render.upgrade import APT_UPGRADE
 from imagekit.spec import Layer, LoadedSpec, Resolved
 
 PHASES = ("system", "cuda", "build-deps", "venv", "install", "drop-build-deps", "files", "run")
+# run only when asked for (the Dockerfile's <layer>-lock stage), never by a script run without arguments
+EXTRA_PHASES = ("lock-parts",)
 NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
 TORCH_INDEX = "https://download.pytorch.org/whl"
 
@@ -431,7 +439,9 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
     ]
     if "install" in phases:
         lines.append(INSTALL_HELPERS)
-        lines += install_build_deps(steps)
+        lines += install_build_deps(steps.name, steps.python)
+    if steps.layer.requirements and "install" in phases:
+        lines.append(lock_part_helper(steps.layer))
     if "files" in phases and (steps.layer.copy_ or steps.layer.models):
         lines.append(_FILES_HELPERS)
     bodies: dict[str, list[str]] = {
@@ -439,26 +449,28 @@ def render_layer_script(loaded: LoadedSpec, layer_name: str) -> str:
         "cuda": _cuda(steps) if "cuda" in phases else [],
         "build-deps": _build_deps() if "build-deps" in phases else [],
         "venv": _venv(),
-        "install": install_body(steps, _torch_index(steps, upto.cuda)) if "install" in phases else [],
+        "install": install_body(steps.layer, _torch_index(steps, upto.cuda)) if "install" in phases else [],
         "drop-build-deps": _drop_build_deps(steps) if "drop-build-deps" in phases else [],
         "files": _files(steps.layer, upto.user or "root"),
         "run": _run(steps.layer, upto),
     }
-    for phase in phases:
+    extra = ("lock-parts",) if steps.layer.requirements and "install" in phases else ()
+    bodies["lock-parts"] = lock_parts_body(steps.layer) if extra else []
+    for phase in (*phases, *extra):
         lines += _fn(phase, bodies[phase])
     lines += [
         f"if [ $# -eq 0 ]; then set -- {' '.join(phases)}; fi" if phases else "if [ $# -eq 0 ]; then exit 0; fi",
         'for phase in "$@"; do',
         '    case "$phase" in',
     ]
-    for phase in phases:
+    for phase in (*phases, *extra):
         lines.append(f'        {phase}) log "phase {phase}"; phase_{phase.replace("-", "_")} ;;')
     # A phase the layer does not have is a no-op, so the Dockerfile may ask for one uniformly.
-    known = " | ".join(p for p in PHASES if p not in phases)
+    known = " | ".join(p for p in (*PHASES, *EXTRA_PHASES) if p not in (*phases, *extra))
     if known:
         lines.append(f"        {known}) ;;")
     lines += [
-        '        *) die "unknown phase $phase (phases: ' + " ".join(PHASES) + ')" ;;',
+        '        *) die "unknown phase $phase (phases: ' + " ".join((*PHASES, *EXTRA_PHASES)) + ')" ;;',
         "    esac",
         "done",
         'log "done"',

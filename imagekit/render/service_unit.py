@@ -5,13 +5,18 @@ The leaf layer's Packer template installs and enables it (render_service_install
 
 from __future__ import annotations
 
-from imagekit.names import VENV, WANTS_DIR, service_unit_path
+import shlex
+
+from imagekit.names import VENV, WANTS_DIR, prewarm_paths, service_unit_path
 from imagekit.render.scripts import layer_steps
 from imagekit.spec import LoadedSpec
 
 NONROOT_ID = "65532"  # the Dockerfile's non-root id, used when the spec names no user
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _UNIT_EOF = "IMAGEKIT_UNIT"
+_PREWARM_EOF = "IMAGEKIT_PREWARM"
+PREWARM_MIN_SIZE = "1M"  # files smaller than this are few bytes in all and cost a seek each
+PREWARM_JOBS = 16  # reads in flight: EBS serves lazily loaded blocks faster the more are asked for at once
 _SAFE_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:=,+@-")
 
 
@@ -91,6 +96,9 @@ def render_service_unit(loaded: LoadedSpec, image: str) -> str | None:
         lines.append('Environment="' + _sd_escape(f"{key}={value}", dollar=False) + '"')
     if res.workdir:
         lines.append(f"WorkingDirectory={res.workdir}")
+    if loaded.spec.aws.prewarm:
+        # `+`: as root whatever User= says; the script never fails the start (a slow first load beats none)
+        lines.append(f"ExecStartPre=+/bin/sh {prewarm_paths(image)[0]}")
     lines += [
         "ExecStart=" + " ".join(_exec_word(w) for w in argv),
         "Restart=on-failure",
@@ -100,6 +108,43 @@ def render_service_unit(loaded: LoadedSpec, image: str) -> str | None:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_prewarm_script(loaded: LoadedSpec, image: str) -> str | None:
+    """The pre-read step (aws.prewarm): every file over PREWARM_MIN_SIZE under the image's weights and the venv, read
+    once with PREWARM_JOBS in parallel; it writes seconds, files and bytes as JSON ($1, default prewarm_paths[1])."""
+    if not loaded.spec.aws.prewarm:
+        return None
+    paths = sorted({m.dest for _, layer in loaded.chain(image) for m in layer.models} | {VENV})
+    result = prewarm_paths(image)[1]
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            f"# Written by imagekit: spec {loaded.spec.name}, image {image}. Runs before the service (ExecStartPre).",
+            "# An EBS volume made from a snapshot fetches each block from S3 on its first read: read the weights and",
+            "# the venv's large libraries once, many at a time, so the first model load reads from a warm volume.",
+            "set -u",
+            f'out="${{1:-{result}}}"',
+            'list="$(mktemp)"',
+            "t0=$(date +%s%N)",
+            f'find {" ".join(_q(p) for p in paths)} -type f -size +{PREWARM_MIN_SIZE} 2>/dev/null >"$list"',
+            'files=$(wc -l <"$list")',
+            "bytes=$(tr '\\n' '\\0' <\"$list\" | xargs -0 -r stat -c %s | awk '{s += $1} END {print s + 0}')",
+            f"tr '\\n' '\\0' <\"$list\" | xargs -0 -r -P {PREWARM_JOBS} -n 4 cat >/dev/null 2>&1",
+            "t1=$(date +%s%N)",
+            'rm -f "$list"',
+            'mkdir -p "$(dirname "$out")"',
+            'seconds=$(awk -v a="$t0" -v b="$t1" \'BEGIN {printf "%.3f", (b - a) / 1e9}\')',
+            'printf \'{"seconds": %s, "files": %s, "bytes": %s}\\n\' "$seconds" "$files" "$bytes" >"$out"',
+            'echo "imagekit prewarm: $files files, $bytes bytes in ${seconds}s"',
+            "exit 0",
+            "",
+        ]
+    )
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
 
 
 def render_service_install(loaded: LoadedSpec, image: str) -> str | None:
@@ -123,4 +168,14 @@ def render_service_install(loaded: LoadedSpec, image: str) -> str | None:
         f"ln -sfn {path} {WANTS_DIR}/{name}",
         f"echo 'imagekit: installed and enabled {path}'",
     ]
+    prewarm = render_prewarm_script(loaded, image)
+    if prewarm is not None:
+        script = prewarm_paths(image)[0]
+        lines[-1:-1] = [
+            f"mkdir -p {script.rsplit('/', 1)[0]}",
+            f"cat > {script} <<'{_PREWARM_EOF}'",
+            *prewarm.rstrip("\n").split("\n"),
+            _PREWARM_EOF,
+            f"chmod 0755 {script}",
+        ]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,9 @@ class BuildOptions:
     no_reuse: frozenset[str] = frozenset()
     gpu: str | None = None  # --gpu: overrides verify.gpu for this call's verification (docker target)
     release: Release | None = None  # --tag: release tags and the git facts for the OCI labels (docker target)
+    # --compression or push.compression: push through skopeo with this layer compression (None: docker push)
+    compression: str | None = None
+    compression_level: int | None = None
 
 
 class Target(Protocol):

@@ -152,9 +152,14 @@ class DockerTarget:
         res.size = info.size if info else 0
         if self.options.push:
             log = self._state[image].log
-            res.repo_digest, res.pushed = _push(
-                self.engine, final, self.options.push, image=image, reporter=self.reporter, log=log
-            )
+            if self.options.compression:
+                res.repo_digest, res.pushed = _push_compressed(
+                    final, self.options.push, self.options, image=image, reporter=self.reporter, log=log
+                )
+            else:
+                res.repo_digest, res.pushed = _push(
+                    self.engine, final, self.options.push, image=image, reporter=self.reporter, log=log
+                )
         res.finished = iso_utc()
         self.reporter(Event("done", f"{res.ref} ({_mb(res.size)}, {res.seconds:.0f}s)", image, "", TARGET))
 
@@ -438,14 +443,41 @@ def _secrets(loaded: LoadedSpec) -> Iterator[dict[str, Path]]:
             os.unlink(name)
 
 
+def _dest(final: str, dest: str) -> tuple[str, str]:
+    """REGISTRY/REPO[:TAG] -> (repo, tag); the tag defaults to the final image's."""
+    _repo, _, tag = final.rpartition(":")
+    last = dest.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = dest.rsplit(":", 1)
+        return repo, tag
+    return dest, tag
+
+
+def _push_compressed(
+    final: str, dest: str, options: BuildOptions, *, image: str, reporter: Reporter, log: IO[str]
+) -> tuple[str, str]:
+    """The image from the engine to the registry through skopeo, its layers compressed as asked; the digest
+    recorded is the one the registry stored (skopeo's --digestfile), which differs from a `docker push`'s."""
+    from imagekit.runners import skopeo
+
+    dest_repo, dest_tag = _dest(final, dest)
+    fmt = options.compression or "gzip"
+    # zstd layers have media types only OCI manifests name; gzip keeps Docker's manifest, as `docker push` writes
+    flags = ["--format", "v2s2" if fmt == "gzip" else "oci", "--dest-compress-format", fmt]
+    if options.compression_level is not None:
+        flags += ["--dest-compress-level", str(options.compression_level)]
+    if os.environ.get("DOCKER_HOST"):
+        flags += ["--src-daemon-host", os.environ["DOCKER_HOST"]]
+    reporter(Event("start", f"push {dest_repo}:{dest_tag} ({fmt}, skopeo)", image, "", "docker"))
+    digest = skopeo.copy(f"docker-daemon:{final}", f"docker://{dest_repo}:{dest_tag}", extra=flags, log=log)
+    reporter(Event("done", f"pushed {dest_repo}@{digest} ({fmt})", image, "", "docker"))
+    return digest, f"{dest_repo}@{digest}"
+
+
 def _push(
     engine: DockerEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
 ) -> tuple[str, str]:
-    _repo, _, tag = final.rpartition(":")
-    dest_repo, dest_tag = dest, tag
-    last = dest.rsplit("/", 1)[-1]
-    if ":" in last:
-        dest_repo, dest_tag = dest.rsplit(":", 1)
+    dest_repo, dest_tag = _dest(final, dest)
     reporter(Event("start", f"push {dest_repo}:{dest_tag}", image, "", "docker"))
     engine.tag(final, dest_repo, dest_tag)
 

@@ -60,6 +60,12 @@ class ImageResult:
     verify_error: str = ""
     budget: str = ""
     budget_passed: bool | None = None
+    # the scan gate (verify.scan): its signed predicate, its verdict, the failure naming what blocked
+    scan: dict[str, Any] | None = None
+    scan_passed: bool | None = None
+    scan_failure: str = ""
+    # model dest -> signer, key, signature_sha256 of each signed model that verified before the build
+    model_signatures: dict[str, dict[str, str]] = field(default_factory=dict)
     manifest_id: str = ""
     manifest_path: str = ""
     manifest_passed: bool | None = None

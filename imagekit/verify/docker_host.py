@@ -46,8 +46,10 @@ from imagekit.verify.report import (
     check_health,
     check_smoke,
     compare,
+    excepted_packages,
     gpu_visible,
 )
+from imagekit.verify.unasked import layer_finder
 
 PROBE_PATH = Path(__file__).resolve().parent / "probe.py"
 PROBE_MOUNT = "/run/imagekit/probe.py"
@@ -306,6 +308,14 @@ def smoke(
 # --- the verification run: probe, pins, health, smoke, report ----------------------------------------------
 
 
+def _probe_if_present(host: DockerHost, tag: str) -> dict[str, Any] | None:
+    """The probe of a layer image on the engine, or None when the engine does not have it or it cannot run."""
+    with contextlib.suppress(ImagekitError, *engine_errors()):
+        if local_image_id(host.client, tag) is not None:
+            return host.probe(tag, [], gpu=False, timeout=300)
+    return None
+
+
 class VerifyResult(NamedTuple):
     """What verify_docker returns: unpacks as (report, path), and has `.path` for callers that want only that."""
 
@@ -391,7 +401,9 @@ def verify_docker(
                     report.failures.append(f"probe: the engine could not run the probe container: {exc}")
             if report.probe:
                 report.gpu_visible = gpu_visible(report.probe)
-                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule)
+                layer_of = layer_finder(loaded, name, lambda tag: _probe_if_present(host, tag))
+                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule, layer_of=layer_of)
+                report.excepted_packages = excepted_packages(report.probe, loaded, name)
             if gpu_refused:
                 pass  # the service container would be refused the same way
             elif res.port and policy.health:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from imagekit.errors import VerifyFailed
 from imagekit.fsutil import atomic_write
-from imagekit.names import VENV, service_unit_path
+from imagekit.names import VENV, prewarm_paths, service_unit_path
 from imagekit.render.packer import STOP_EXIT, RehearsalRender, render_verify
 from imagekit.runners import packer as pk
 from imagekit.spec import LoadedSpec
@@ -125,6 +125,9 @@ def check_config(loaded: LoadedSpec, image: str) -> dict[str, Any]:
         # the systemd unit the leaf's template installs (render.service_unit.render_service_install); vmcheck reports it
         "unit": service_unit_path(image) if res.command else None,
     }
+    if loaded.spec.aws.prewarm and res.command:
+        script, result = prewarm_paths(image)
+        out["prewarm"] = {"script": script, "result": result}
     if verify.health:
         out["health"] = verify.health.model_dump()
     if verify.smoke:
@@ -152,6 +155,12 @@ def vm_report(
     unit = raw.get("service_unit")
     report.service_unit = dict(unit) if isinstance(unit, Mapping) else None
     report.failures += check_service_unit(report.service_unit, loaded, image, target=TARGET)
+    prewarm = raw.get("prewarm")
+    if loaded.spec.aws.prewarm:
+        if isinstance(prewarm, Mapping) and isinstance(prewarm.get("seconds"), int | float):
+            report.prewarm = {k: prewarm[k] for k in ("seconds", "files", "bytes", "by") if k in prewarm}
+        else:
+            report.failures.append("prewarm: aws.prewarm is on but no pre-read result came back from the instance")
     probe = raw.get("probe")
     if isinstance(probe, dict):
         report.probe = probe

@@ -154,11 +154,21 @@ def pip_freeze() -> dict[str, Any]:
         return _err(exc)
     try:
         packages: dict[str, str] = {}
+        # the folder each distribution is installed in: the venv's own packages and the system's differ there
+        locations: dict[str, str] = {}
         for dist in metadata.distributions():
             name = dist.metadata["Name"]
             if name:
                 packages[str(name)] = str(dist.version)
-        return {"packages": dict(sorted(packages.items(), key=lambda kv: kv[0].lower()))}
+                try:
+                    locations[str(name)] = str(dist.locate_file(""))
+                except BaseException:
+                    locations[str(name)] = ""
+        return {
+            "packages": dict(sorted(packages.items(), key=lambda kv: kv[0].lower())),
+            "locations": dict(sorted(locations.items(), key=lambda kv: kv[0].lower())),
+            "prefix": sys.prefix,
+        }
     except BaseException as exc:
         return _err(exc)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import re
 import struct
 import wave
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from imagekit.fsutil import atomic_write
 from imagekit.names import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
 from imagekit.verify.policy import GPU_HINT, GpuPolicy, gpu_failures, gpu_visible
+from imagekit.verify.unasked import find_unasked, pip_entry_name, unasked_failures
 
 __all__ = ["GPU_HINT", "gpu_visible"]  # re-exported: callers read them from here
 
@@ -75,9 +77,13 @@ class Report(BaseModel):
     health: HealthResult | None = None
     smoke: SmokeResult | None = None
     failures: list[str] = Field(default_factory=list)
+    # Python packages no lock names that are excepted from that check (the base's system packages, venv seeds)
+    excepted_packages: list[str] = Field(default_factory=list)
     containers: list[str] = Field(default_factory=list)
     # AMI target: the image's systemd unit as found on the booted instance (path, present, enabled, exec_start, ...)
     service_unit: dict[str, Any] | None = None
+    # AMI target with aws.prewarm: the boot's pre-read of weights and venv (seconds, files, bytes, by)
+    prewarm: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """The report as pretty JSON with sorted keys."""
@@ -150,15 +156,45 @@ def _section(probe: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
     return value, ""
 
 
+def asked_names(loaded: LoadedSpec, image: str) -> tuple[set[str], list[str]]:
+    """Every project a lock, a `pip:` entry or `torch:` of the chain names (normalized), and where they come from."""
+    chain = loaded.chain(image)
+    asked: set[str] = set()
+    sources: list[str] = []
+    for name, layer in chain:
+        if layer.requirements:
+            sources.append(layer.requirements)
+            with contextlib.suppress(OSError):  # compare() reports the unreadable lock
+                asked |= set(parse_lock(loaded.local(layer.requirements).read_text(encoding="utf-8")))
+        if layer.pip:
+            sources.append(f"layers.{name}.pip")
+            asked |= {pip_entry_name(p) for p in layer.pip}
+    if loaded.resolved(image).torch:
+        asked.add("torch")
+    return asked, sources
+
+
+def excepted_packages(probe: dict[str, Any], loaded: LoadedSpec, image: str) -> list[str]:
+    """The image's Python packages no lock names that the check excepts (the base's system packages, venv seeds)."""
+    return find_unasked(probe, asked_names(loaded, image)[0]).excepted
+
+
 # --- the comparison ------------------------------------------------------------------------------------
 
 
 def compare(
-    probe: dict[str, Any], loaded: LoadedSpec, image: str, *, target: str = "docker", gpu: GpuPolicy | None = None
+    probe: dict[str, Any],
+    loaded: LoadedSpec,
+    image: str,
+    *,
+    target: str = "docker",
+    gpu: GpuPolicy | None = None,
+    layer_of: Callable[[str], str | None] | None = None,
 ) -> list[str]:
     """Pin/policy failures of a probe against the spec's image; each names the expected and the found value.
 
-    `gpu` overrides the image's verify.gpu for this run (the --gpu flag).
+    `gpu` overrides the image's verify.gpu for this run (the --gpu flag). A Python package that no lock of the
+    chain names fails too; `layer_of(name)` says which layer it appeared in, where the host can tell.
     """
     res = loaded.resolved(image)
     chain = loaded.chain(image)
@@ -208,6 +244,8 @@ def compare(
                 pins[pkg] = (ver, layer.requirements)
         for pkg, ver in parse_lock("\n".join(layer.pip)).items():
             pins[pkg] = (ver, "pip")
+    asked, sources = asked_names(loaded, image)
+    failures += unasked_failures(find_unasked(probe, asked), sources, layer_of)
     pins.pop("torch", None)  # pinned by `torch:` above, with its local-label rule
     if pins:
         pip, pip_err = _section(probe, "pip")

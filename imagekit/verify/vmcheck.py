@@ -163,6 +163,18 @@ def _request(url: str, method: str = "GET", body: Any = None, headers: dict[str,
     }
 
 
+def prewarm(step: dict[str, Any], *, run: bool) -> dict[str, Any] | None:
+    """The pre-read step's result: run now (no systemd started it) or as the boot's ExecStartPre left it."""
+    result = Path(step["result"])
+    if run:
+        subprocess.run(["sh", step["script"], str(result)], capture_output=True, check=False, timeout=3600)
+    try:
+        found = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {**found, "by": "vmcheck before the service" if run else "systemd at boot (ExecStartPre)"}
+
+
 def main(argv: list[str]) -> int:
     """Gather the facts; exit 1 when something could not run at all (the report says what)."""
     folder = Path(argv[1] if len(argv) > 1 else ".")
@@ -180,6 +192,8 @@ def main(argv: list[str]) -> int:
     service = None
     port = check.get("port")
     state = systemd_state(check["unit"]) if check.get("unit") and unit and unit.get("present") else None
+    if check.get("prewarm") and state is None:
+        report["prewarm"] = prewarm(check["prewarm"], run=True)
     if state is not None:
         report["service"] = {"started": None, "by": "systemd at boot", "state": state}
         if state not in RUNNING_STATES:
@@ -225,6 +239,8 @@ def main(argv: list[str]) -> int:
                 result["last_body"] = str(exc)
             time.sleep(float(health.get("interval", 1.0)))
         report["health"] = result
+    if check.get("prewarm") and state is not None:
+        report["prewarm"] = prewarm(check["prewarm"], run=False)  # the unit's ExecStartPre ran before the service
     smoke = check.get("smoke")
     if smoke and port and report.get("health", {"ready": True})["ready"]:
         try:

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-5e74a2d418803910-${var.build_id}"
+  ami_name      = "imagekit-tts-app-1b8531f956b47fbd-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
+    "imagekit:layer-hash"  = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:parent-hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "580"
@@ -61,9 +61,9 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
+    "imagekit:layer-hash"  = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:parent-hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "580"
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "5e74a2d418803910cf4fa5afb196629895dfc4105528aa3d18588b307d3950c9"
+      "layer_hash" = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     }
   }
 }

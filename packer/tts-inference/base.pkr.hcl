@@ -40,13 +40,13 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-ab82b80b980d1d15-${var.build_id}"
+  ami_name      = "imagekit-tts-base-c8260e137a3f3224-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:layer-hash"  = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
@@ -60,7 +60,7 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:layer-hash"  = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:parent-hash" = ""
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+      "layer_hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     }
   }
 }

@@ -39,16 +39,16 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-ca26e9c803fe5384-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-c05a004b9150e9df-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:layer-hash"  = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:parent-hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "580"
@@ -61,9 +61,9 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+    "imagekit:layer-hash"  = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "ab82b80b980d1d15a4c77f47e2ad3142883f012c681ff5cddfd470c75d0a2352"
+    "imagekit:parent-hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
     "imagekit:pin:driver"  = "580"
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "ca26e9c803fe53840f02e7017101ea21848bfe753720c4309518404f6b0404c4"
+      "layer_hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     }
   }
 }

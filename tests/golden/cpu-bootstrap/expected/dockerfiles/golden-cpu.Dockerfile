@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP_SVC=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="c44f9d7c31f4981a6db651b9a4eaa4894f2d75a757febb9f07d1cc8d7a814e21"
+LABEL dev.imagekit.layer.base.hash="045d5309e3f8762338f281cc3a209ce238116654ba7e674b7e8151dafd3d4a9b"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -17,24 +17,52 @@ RUN apt-get update -q \
 RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/base.sh system
 
+FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-lock
+# hadolint ignore=DL3002
+USER root
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,source=spec/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh lock-parts
+
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="5677331f1462626645f86b1b08c09bbcdd0d88c5944afbef3c1680d9efd262ae"
+LABEL dev.imagekit.layer.runtime.hash="4827afc7f9fda738a49e8291a5c893fbd20c7d8e7fe534c0766ac3726b907822"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh system
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
-    --mount=type=bind,source=spec/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy1,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
     --mount=type=bind,source=spec/wheels,target=/wheels \
     --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
-    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy1 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy2,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy2 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy3,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=light sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP_SVC} AS app-svc
-LABEL dev.imagekit.layer.app-svc.hash="75fe52df722ce90a7deed22b6b65f07feca20f705bbdbba199be9aaf48e13f0a"
+LABEL dev.imagekit.layer.app-svc.hash="09956f40ef12110160727fcb4609d7f4b8daffdaf0811b6380d1025489398094"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -60,6 +88,6 @@ LABEL dev.imagekit.image="golden-cpu" \
     dev.imagekit.spec="golden-cpu" \
     org.opencontainers.image.description="imagekit image golden-cpu of spec golden-cpu: layers base > runtime > app-svc" \
     org.opencontainers.image.title="golden-cpu" \
-    org.opencontainers.image.version="75fe52df722ce90a"
+    org.opencontainers.image.version="09956f40ef121101"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

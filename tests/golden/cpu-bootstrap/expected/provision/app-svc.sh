@@ -144,8 +144,8 @@ for phase in "$@"; do
         system) log "phase system"; phase_system ;;
         files) log "phase files"; phase_files ;;
         run) log "phase run"; phase_run ;;
-        cuda | build-deps | venv | install | drop-build-deps) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        cuda | build-deps | venv | install | drop-build-deps | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

@@ -72,8 +72,8 @@ if [ $# -eq 0 ]; then set -- system; fi
 for phase in "$@"; do
     case "$phase" in
         system) log "phase system"; phase_system ;;
-        cuda | build-deps | venv | install | drop-build-deps | files | run) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        cuda | build-deps | venv | install | drop-build-deps | files | run | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

@@ -210,8 +210,8 @@ for phase in "$@"; do
         venv) log "phase venv"; phase_venv ;;
         install) log "phase install"; phase_install ;;
         drop-build-deps) log "phase drop-build-deps"; phase_drop_build_deps ;;
-        cuda | files | run) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        cuda | files | run | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"

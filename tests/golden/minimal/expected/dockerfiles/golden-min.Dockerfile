@@ -5,7 +5,7 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS only
-LABEL dev.imagekit.layer.only.hash="3656a652165cf51f657033eb74ee4af821ca475f1d45498ccf3f5db79d1f85d4"
+LABEL dev.imagekit.layer.only.hash="fe907e6ab6dc5bd5069b552de05f6768d8c88b2377bf9749d45e13f4bef4913c"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -25,6 +25,6 @@ LABEL dev.imagekit.image="golden-min" \
     dev.imagekit.spec="golden-min" \
     org.opencontainers.image.description="imagekit image golden-min of spec golden-min: layers only" \
     org.opencontainers.image.title="golden-min" \
-    org.opencontainers.image.version="3656a652165cf51f"
+    org.opencontainers.image.version="fe907e6ab6dc5bd5"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

@@ -81,8 +81,8 @@ for phase in "$@"; do
     case "$phase" in
         system) log "phase system"; phase_system ;;
         run) log "phase run"; phase_run ;;
-        cuda | build-deps | venv | install | drop-build-deps | files) ;;
-        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run)" ;;
+        cuda | build-deps | venv | install | drop-build-deps | files | lock-parts) ;;
+        *) die "unknown phase $phase (phases: system cuda build-deps venv install drop-build-deps files run lock-parts)" ;;
     esac
 done
 log "done"
