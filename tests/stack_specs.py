@@ -16,6 +16,30 @@ GPU_SPEC = EXAMPLES / "tts" / "imagekit.yaml"
 
 # the GPU example image as it was built on 2026-12-01 (tests/fixtures/probe-tts-cpu-host.json): torch 2.5.1+cu124
 CU124 = {"cuda": "12.4", "cudnn": "9", "driver": "550", "python": "3.11", "torch": "2.5.1"}
+# ... and its lock then (examples/tts/requirements.lock at commit 9b1d764: torch 2.5.1's cu124 closure)
+CU124_LOCK = """\
+filelock==4.2.11
+fsspec==2026.9.0
+jinja2==3.1.6
+markupsafe==3.0.4
+mpmath==1.3.0
+networkx==3.6.1
+nvidia-cublas-cu12==12.4.5.8
+nvidia-cuda-cupti-cu12==12.4.127
+nvidia-cuda-nvrtc-cu12==12.4.127
+nvidia-cuda-runtime-cu12==12.4.127
+nvidia-cudnn-cu12==9.1.0.70
+nvidia-cufft-cu12==11.2.1.3
+nvidia-curand-cu12==10.3.5.147
+nvidia-cusolver-cu12==11.6.1.9
+nvidia-cusparse-cu12==12.3.1.170
+nvidia-nccl-cu12==2.21.5
+nvidia-nvjitlink-cu12==12.4.127
+nvidia-nvtx-cu12==12.4.127
+sympy==1.13.1
+triton==3.1.0
+typing-extensions==4.16.0
+"""
 
 
 def spec_on_stack(folder: Path, pins: dict[str, str], lock: str | None = None) -> Path:

@@ -49,7 +49,7 @@ layers:
     parent: base
     python: "3.12"
     torch: "TORCH"
-    pip: ["nvidia-cuda-runtime==13.0.96", "nvidia-cublas==13.1.0.3", "nvidia-cudnn-cu13==9.19.0.56"]
+    requirements: requirements.lock
 images:
   tts-inference: {leaf: runtime, targets: [docker]}
 verify: {gpu: required}
@@ -57,6 +57,10 @@ verify: {gpu: required}
 
 
 def _spec(folder: Path, torch: str = "2.11.0") -> Path:
+    # that host's Python environment as the lock: every package its probe listed, torch pinned by `torch:`
+    packages = _probe(HEALTHY)["pip"]["packages"]
+    lock = "".join(f"{name}=={version}\n" for name, version in sorted(packages.items()) if name != "torch")
+    (folder / "requirements.lock").write_text(lock, encoding="utf-8")
     path = folder / "imagekit.yaml"
     path.write_text(H200_SPEC.replace("TORCH", torch), encoding="utf-8")
     return path

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from stack_specs import CU124, spec_on_stack
+from stack_specs import CU124, CU124_LOCK, spec_on_stack
 
 from imagekit.spec import load_spec
 from imagekit.verify.policy import (
@@ -45,7 +45,7 @@ GPU_SPEC = Path("/nonexistent")
 @pytest.fixture(autouse=True, scope="module")
 def _cu124_spec(tmp_path_factory: pytest.TempPathFactory) -> None:
     global GPU_SPEC  # noqa: PLW0603 (module constant of every test here, written once)
-    GPU_SPEC = spec_on_stack(tmp_path_factory.mktemp("cu124"), CU124)
+    GPU_SPEC = spec_on_stack(tmp_path_factory.mktemp("cu124"), CU124, CU124_LOCK)
 
 
 # torch.cuda.get_arch_list() of the torch 2.5.1 cu124 wheels, as PyTorch builds them (TORCH_CUDA_ARCH_LIST)

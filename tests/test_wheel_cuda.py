@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, REPO
-from stack_specs import CU124, spec_on_stack
+from stack_specs import CU124, CU124_LOCK, spec_on_stack
 
 from imagekit.compat import pypi_build
 from imagekit.compat.check import check_spec, check_versions, notes
@@ -135,7 +135,7 @@ def test_a_moded_model_is_copied_owned_by_the_service_user(tmp_path: Path) -> No
 def _cu124_variant(folder: Path, old: str, new: str) -> LoadedSpec:
     """The spec of the stack the real CPU-host probe came from (torch 2.5.1+cu124), with one change."""
     folder.mkdir(parents=True, exist_ok=True)
-    spec = spec_on_stack(folder, CU124)
+    spec = spec_on_stack(folder, CU124, CU124_LOCK)
     text = spec.read_text(encoding="utf-8")
     assert old in text, old
     spec.write_text(text.replace(old, new), encoding="utf-8")
