@@ -132,15 +132,25 @@ def load_json(
     limit: int = MAX_INPUT_BYTES,
     max_depth: int = MAX_DEPTH,
     object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+    parse_int: Callable[[str], Any] | None = None,
+    parse_float: Callable[[str], Any] | None = None,
+    parse_constant: Callable[[str], Any] | None = None,
 ) -> Any:
     """json.loads with a size and a nesting bound; JsonInputError (a ValueError) on any problem. An error the
-    object_pairs_hook raises that is not a ValueError goes through as it is."""
+    object_pairs_hook raises that is not a ValueError goes through as it is. parse_int, parse_float and
+    parse_constant bound numbers."""
     if len(data) > limit:
         raise JsonInputError(f"{len(data)} bytes is over the limit of {limit} bytes")
     if not json_depth_ok(data, max_depth):
         raise JsonInputError(f"nested deeper than {max_depth} levels")
     try:
-        return json.loads(data, object_pairs_hook=object_pairs_hook)
+        return json.loads(
+            data,
+            object_pairs_hook=object_pairs_hook,
+            parse_int=parse_int,
+            parse_float=parse_float,
+            parse_constant=parse_constant,
+        )
     except RecursionError:
         raise JsonInputError(f"nested deeper than {max_depth} levels") from None
     except (ValueError, TypeError) as exc:

@@ -39,5 +39,13 @@ def log_dir() -> Path:
 
 
 def work_dir(spec_root: Path) -> Path:
-    """Per-spec scratch space next to the spec (git-ignored): renders for builds, reports."""
-    return spec_root / ".imagekit"
+    """Per-spec scratch space next to the spec (git-ignored): renders for builds, reports.
+
+    A committed `.imagekit` symlink would make every write and delete below it land elsewhere: refused (exit 2).
+    """
+    path = spec_root / ".imagekit"
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        from imagekit.errors import UsageError
+
+        raise UsageError(f"{path} is a symlink or a file: imagekit keeps its own files there; remove it")
+    return path

@@ -18,7 +18,7 @@ class Release:
     """The tags of one build and the git facts the OCI labels carry."""
 
     tags: tuple[str, ...]
-    revision: str  # the commit (org.opencontainers.image.revision), "" outside git
+    revision: str  # the commit (org.opencontainers.image.revision), "<sha>-dirty" on a changed tree, "" outside git
     source: str  # where the source is (org.opencontainers.image.source): the origin URL, else file://<work tree>
 
 
@@ -33,7 +33,7 @@ def expand_tags(tags: Sequence[str], commit: str | None, *, where: Path) -> tupl
                     f"--tag {raw!r}: {where} is not in a git work tree with a commit, so {GIT_SHA} is unknown"
                 )
             tag = tag.replace(GIT_SHA, commit)
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise UsageError(
                 f"--tag {raw!r}: not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting "
                 "with '.' or '-')"
@@ -50,6 +50,7 @@ def release_for(root: Path, tags: Sequence[str]) -> Release:
     from imagekit.manifest.record import git_source
 
     git = git_source(root)  # the same commit and credential-free remote the signed record names
-    commit = git.commit if git else ""
+    # a dirty tree is not HEAD: the tag and the label say so rather than name a commit that did not make the image
+    commit = (git.commit + ("-dirty" if git.dirty else "")) if git else ""
     source = (git.remote or git.toplevel.as_uri()) if git else ""
     return Release(expand_tags(tags, commit or None, where=root), commit, source)

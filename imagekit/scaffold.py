@@ -75,7 +75,7 @@ def spec_name(folder: Path) -> str:
     """A spec/image name from a folder name (lowercase letters, digits, '.', '_', '-')."""
     name = re.sub(r"[^a-z0-9._-]+", "-", folder.resolve().name.lower()).strip("-._")
     name = name[:63] or "app"
-    return name if NAME_RE.match(name) else f"app-{name}"[:63]
+    return name if NAME_RE.fullmatch(name) else f"app-{name}"[:63]
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from imagekit.errors import Problem, SpecError
 from imagekit.inputs import MAX_INPUT_BYTES, clip, read_regular
-from imagekit.spec_checks import check_store, check_text, loc_str, root_of, system_path
+from imagekit.spec_checks import check_store, check_text, copy_tree_problem, loc_str, root_of, system_path
 from imagekit.spec_model import (
     NAME_RE,
     SHA256_RE,
@@ -193,7 +193,7 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
     names = list(spec.layers)
     roots = []
     for name, layer in spec.layers.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problems.append(
                 Problem(
                     file,
@@ -268,7 +268,7 @@ def _check_graph(spec: Spec, file: str, located: Located) -> list[Problem]:
             cur = spec.layers[cur].parent
         done.update(order)
     for name, image in spec.images.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problems.append(
                 Problem(
                     file,
@@ -338,6 +338,8 @@ def _check_paths(spec: Spec, root: Path, file: str, located: Located) -> list[Pr
                     f"{item.src!r} escapes the spec's folder",
                     "keep sources next to imagekit.yaml",
                 )
+            elif (why := copy_tree_problem(root, item.src)) is not None:
+                bad((*base, "copy", i, "src"), why, "copy the file itself, or make the link in a `run:` step")
             if not item.dest.startswith("/"):
                 bad((*base, "copy", i, "dest"), f"destination {item.dest!r} is not absolute")
         for i, model in enumerate(layer.models):
@@ -383,7 +385,7 @@ def _check_partition(spec: Spec, file: str, located: Located) -> list[Problem]:
         return located.line_of(("aws", *key)) or located.line_of(("aws",)) or 1
 
     region_line = at("region")
-    if not partitions.REGION_RE.match(aws.region):
+    if not partitions.REGION_RE.fullmatch(aws.region):
         problems.append(Problem(file, region_line, "aws.region", f"{aws.region!r} is not an AWS region name"))
         return problems
     part = partitions.partition(aws.region)

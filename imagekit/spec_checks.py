@@ -152,3 +152,45 @@ _SYSTEM_FOLDERS = frozenset(
     {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
      "/tmp", "/usr", "/var"}  # noqa: S108 - refused, not used
 )  # fmt: skip
+
+
+MAX_COPY_ENTRIES = 200_000
+
+
+def copy_tree_problem(root: Path, rel: str) -> str | None:
+    """Why a `copy:` source cannot be copied the same way by both targets, or None.
+
+    Docker keeps a symlink as a link while Packer's upload follows it (a host file in the AMI), and a socket,
+    FIFO, device, dangling link or loop fails the build later: all are refused when the spec is read.
+    """
+    import os
+    import stat
+
+    start = root / rel
+    entries = 0
+
+    def check(path: Path) -> str | None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None  # a missing source is reported by the planner, with its line
+        except OSError as exc:
+            return f"{clip(str(path))}: {exc.strerror or exc}"
+        shown = clip(str(path.relative_to(root)) if path != root else ".")
+        if stat.S_ISLNK(mode):
+            return f"{shown} is a symlink; the docker target keeps links and the AMI target follows them"
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"{shown} is a socket, named pipe or device: only files and folders can be copied"
+        return None
+
+    if (why := check(start)) is not None or not start.is_dir():
+        return why
+    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d not in {"__pycache__", ".git"}]  # left out of every image
+        for name in sorted(dirnames + filenames):
+            entries += 1
+            if entries > MAX_COPY_ENTRIES:
+                return f"{clip(rel)} holds over {MAX_COPY_ENTRIES} entries"
+            if (why := check(Path(dirpath) / name)) is not None:
+                return why
+    return None

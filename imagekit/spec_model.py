@@ -99,7 +99,7 @@ class ModelFile(_Model):
     @field_validator("sha256", mode="before")
     @classmethod
     def _sha(cls, value: Any) -> Any:
-        if isinstance(value, str) and not SHA256_RE.match(value.lower()):
+        if isinstance(value, str) and not SHA256_RE.fullmatch(value.lower()):
             raise ValueError(f"sha256 must be 64 hex digits, got {len(value)} characters")
         return value.lower() if isinstance(value, str) else value
 
@@ -164,7 +164,7 @@ class Layer(_Model):
     @classmethod
     def _apt_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if not re.match(r"^[a-z0-9][a-z0-9.+-]*(=[A-Za-z0-9.+:~-]+)?$", name):
+            if not re.fullmatch(r"^[a-z0-9][a-z0-9.+-]*(=[A-Za-z0-9.+:~-]+)?$", name):
                 raise ValueError(f"{name!r} is not a Debian package name")
         return value
 
@@ -174,7 +174,7 @@ class Layer(_Model):
         if isinstance(value, dict):
             out = {}
             for key, val in value.items():
-                if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                if not isinstance(key, str) or not re.fullmatch(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                     raise ValueError(f"{key!r} is not an environment variable name")
                 if isinstance(val, bool) or not isinstance(val, str | int | float):
                     raise ValueError(f"env {key} must be a string")

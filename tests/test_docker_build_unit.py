@@ -256,7 +256,7 @@ def test_wheelhouse_is_mirrored_or_skipped(tmp_path: Path) -> None:
     loaded = load_spec(_spec(tmp_path))
     assert docker_target._stage_wheelhouse(loaded, "one", lambda _e: None) is None  # absent: pip uses the index
     (tmp_path / "wheels").mkdir()
-    (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"a")
+    (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"PK\x03\x04a")
     staged = tmp_path / ".imagekit" / "wheelhouse"
     staged.mkdir(parents=True)
     (staged / "stale.whl").write_bytes(b"old")

@@ -307,3 +307,27 @@ def test_json_depth_counts_brackets_outside_strings_only() -> None:
     assert not json_depth_ok("[" * 65 + "]" * 65) and json_depth_ok("[" * 64 + "]" * 64)
     # a long string (a record's base64 payload) is one token
     assert json_depth_ok(b'{"payload": "' + b"A" * 1_000_000 + b'"}', 1)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "oversized"])
+def test_probe_file_that_is_not_a_regular_bounded_file_exits_2(tmp_path: Path, kind: str) -> None:
+    """`verify --probe-file` reads through the same bounded reader as -f, --trust and --key (#21)."""
+    from imagekit.verify.probe_input import MAX_PROBE_BYTES
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "tts" / "imagekit-cpu.yaml"
+    if kind == "fifo":
+        target = tmp_path / "probe.json"
+        os.mkfifo(target)
+        expect = "named pipe"
+    elif kind == "devzero":
+        target = Path("/dev/zero")
+        expect = "is a device"
+    else:
+        target = tmp_path / "probe.json"
+        with target.open("wb") as fh:
+            fh.truncate(MAX_PROBE_BYTES + 1)
+        expect = "the limit is"
+    t0 = time.monotonic()
+    err = one_line_error(cli("verify", "--probe-file", str(target), "-f", str(spec)))
+    assert time.monotonic() - t0 < 5
+    assert expect in err

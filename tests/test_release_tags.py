@@ -141,3 +141,26 @@ def test_tag_expansion_and_refusals(tmp_path: Path) -> None:
     for bad in ("latest", "-x", "a/b", "x" * 129, "0123456789abcdef"):
         with pytest.raises(UsageError):
             expand_tags([bad], sha, where=tmp_path)
+
+
+def test_git_sha_on_a_dirty_tree_says_dirty(tmp_path: Path) -> None:
+    """{git_sha} and the OCI revision never name HEAD for a tree that is not HEAD (#21)."""
+    from imagekit.release import release_for
+
+    repo = tmp_path / "repo"
+    (repo / "spec").mkdir(parents=True)
+    (repo / "spec" / "app.py").write_text("print(1)\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "one")
+    sha = _git(repo, "rev-parse", "HEAD")
+    (repo / "spec" / ".imagekit" / "reports").mkdir(parents=True)  # imagekit's own work folder does not count
+    (repo / "spec" / ".imagekit" / "reports" / "r.json").write_text("{}")
+    clean = release_for(repo / "spec", ["{git_sha}"])
+    assert clean.revision == sha and clean.tags == (sha,)
+    (repo / "spec" / "app.py").write_text("print(2)\n")
+    dirty = release_for(repo / "spec", ["{git_sha}"])
+    assert dirty.revision == f"{sha}-dirty" and dirty.tags == (f"{sha}-dirty",)
+    (repo / "spec" / "app.py").write_text("print(1)\n")
+    (repo / "spec" / "new.py").write_text("x\n")  # an untracked file a copy: would take
+    assert release_for(repo / "spec", ["{git_sha}"]).revision == f"{sha}-dirty"

@@ -420,3 +420,162 @@ def test_store_readers_refuse_damage_cleanly(
         channels.HEAD_WAIT = wait
     # only a stray number that happens to be the next one, or a rewrite with identical bytes, can read clean
     assert damage in ("stray", "rewrite", "head-rewrite"), damage
+
+
+# --- the probe's output and the service's answers: the image under test is the author (#21) -------------------
+
+probe_sections = st.sampled_from(
+    ["os", "python", "user", "torch", "nvidia_smi", "pip", "dpkg", "models", "cuda_libs", "cuda_check", "x"]
+)
+hostile_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["\ud800", "\x1b[2J", "[/]", "\\[red]", "", "](http://x)", "<img src=x>", "9" * 5000]),
+)
+hostile_values = st.recursive(
+    st.one_of(scalars, hostile_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@pytest.fixture(scope="module")
+def probe_world() -> tuple[LoadedSpec, str, dict[str, Any]]:
+    from imagekit.spec import load_spec
+
+    loaded = load_spec(EXAMPLE)
+    sample = {
+        "probe_version": 2,
+        "python": {"version": "3.11.2"},
+        "torch": {"version": "2.5.1", "cuda": "12.4", "cuda_available": False},
+        "nvidia_smi": {"gpus": []},
+        "pip": {"packages": {"torch": "2.5.1"}},
+        "dpkg": {"packages": {"libc6": "2.36-9"}},
+    }
+    return loaded, sorted(loaded.spec.images)[0], sample
+
+
+def _judge_probe(world: tuple[LoadedSpec, str, dict[str, Any]], raw: bytes | str) -> None:
+    from imagekit.manifest.statement import canonical_json
+    from imagekit.verify.docker_host import judged
+    from imagekit.verify.policy import gpu_visible
+    from imagekit.verify.probe_input import ProbeInputError, parse_probe
+
+    loaded, image, _ = world
+    try:
+        probe, problems = parse_probe(raw, last_line=True)
+    except ProbeInputError:
+        return
+    # what comes out is valid, bounded, serializable data: a report and a record can hold it
+    json.dumps(probe, ensure_ascii=False).encode("utf-8")
+    canonical_json(probe)
+    assert all(isinstance(p, str) and "\n" not in p for p in problems)
+    gpu_visible(probe)
+    for failure in judged(probe, loaded, image, "optional"):
+        assert isinstance(failure, str)
+
+
+@SETTINGS
+@given(section=probe_sections, value=hostile_values)
+def test_probe_sections_of_any_shape_are_judged_never_crash(
+    probe_world: tuple[LoadedSpec, str, dict[str, Any]], section: str, value: Any
+) -> None:
+    doc = copy.deepcopy(probe_world[2])
+    doc[section] = value
+    _judge_probe(probe_world, json.dumps(doc, ensure_ascii=False))
+
+
+@SETTINGS
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.builds(lambda n: "[" * n + "]" * n, st.integers(0, 5000)),
+        st.builds(lambda n: '{"probe_version": ' + "1" * n + "}", st.integers(1, 6000)),
+        st.sampled_from(['{"a": NaN}', '{"a": 1e999}', '{"a": "\\ud800"}', "[]", "null", '"x"', "\n\n{}"]),
+    )
+)
+def test_probe_output_of_any_bytes_is_a_probe_or_refused(
+    probe_world: tuple[LoadedSpec, str, dict[str, Any]], raw: bytes | str
+) -> None:
+    _judge_probe(probe_world, raw)
+
+
+@SETTINGS
+@given(value=hostile_text)
+def test_hostile_text_is_inert_in_every_medium(value: str) -> None:
+    import io
+    import re
+    import xml.etree.ElementTree as ET
+
+    from imagekit.cli.console import SafeConsole, escape
+    from imagekit.nightly.report import md, xml_text
+
+    buf = io.StringIO()
+    SafeConsole(file=buf, force_terminal=True, highlight=False).print(f"[bold]x[/] {escape(value)}")
+    assert buf.getvalue().count("\x1b") == 2  # rich's own bold and reset only
+    assert "\n" not in md(value) and re.search(r"(?<!\\)[<>\[\]#!|`*]", md(value).replace("\\\\", "")) is None
+    ET.fromstring(f"<a>{xml_text(value).replace('&', '&amp;').replace('<', '&lt;')}</a>".encode("utf-8", "replace"))
+
+
+@pytest.fixture(scope="module")
+def raw_server() -> Any:
+    import socket
+    import threading
+
+    state: dict[str, bytes] = {"answer": b""}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    conn.recv(65536)
+                    conn.sendall(state["answer"])
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield state, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+http_status = st.one_of(
+    st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 302 Found", b"HTTP/1.0 999 X", b"HTTP/1.1 abc", b"SSH-2.0", b""]),
+    st.binary(max_size=20),
+)
+http_header = st.one_of(
+    st.sampled_from(
+        [
+            b"Location: http://169.254.169.254/latest/meta-data/",
+            b"Content-Length: 99999999999",
+            b"Content-Length: -1",
+            b"Transfer-Encoding: chunked",
+            b"Content-Type: [link=http://x]a\x1b[31m",
+        ]
+    ),
+    st.binary(max_size=40),
+)
+
+
+@SETTINGS
+@given(status=http_status, headers=st.lists(http_header, max_size=4), body=st.binary(max_size=300))
+def test_service_answers_of_any_shape_are_an_answer_or_an_oserror(
+    raw_server: Any, status: bytes, headers: list[bytes], body: bytes
+) -> None:
+    from imagekit.verify import http as service_http
+
+    state, base = raw_server
+    state["answer"] = b"\r\n".join([status, *headers, b"", body])
+    try:
+        code, got, data = service_http.request(base, "GET", "/ready", timeout=2, limit=256)
+    except OSError:
+        return
+    assert isinstance(code, int) and len(data) <= 256
+    assert all(len(v) <= service_http.HEADER_VALUE_LIMIT for v in got.values())

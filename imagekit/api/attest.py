@@ -79,7 +79,7 @@ def _bundle_notes(ledger: Ledger, e: Entry) -> list[str]:
 
 def _check_file_name(path: Path, checked: Checked) -> list[str]:
     """A stored-looking file name (<16 hex>.intoto.json) must be the payload's id; other names only get a note."""
-    m = ID_FILE_RE.match(path.name)
+    m = ID_FILE_RE.fullmatch(path.name)
     if m and m.group(1) != checked.build.id:
         raise SignatureError(
             f"{path}: the file is named for manifest {m.group(1)} but its payload hashes to id {checked.build.id} "

@@ -188,7 +188,7 @@ def diff_manifests(path: Path | str | None, old: str, new: str, trust: Path | No
 
 
 def _check_channel(channel: str) -> None:
-    if not NAME_RE.match(channel):
+    if not NAME_RE.fullmatch(channel):
         raise UsageError(f"channel {channel!r}: use lowercase letters, digits, '.', '_' or '-'")
 
 
@@ -292,22 +292,15 @@ def rollback(
     _check_channel(channel)
     loaded, ledger, signer = _context(path, trust, key)
     _check_image(loaded, image)
-    revoked = ledger.revocations
+    _ = ledger.revocations  # the revocation log is read (and checked) before the channel log is appended to
     chosen: dict[str, str] = {}
 
     def make(records: list[Record], seq: int) -> dict[str, Any]:
         stack = assignments(records)
         if not stack:
             raise UsageError(f"channel {channel} of {image} has no assignment to roll back")
-        current, earlier = stack[-1], stack[:-1]
-        target = None
-        for mid in reversed(earlier):
-            if mid == current:
-                continue  # promoted twice in a row: going "back" to it would record a move from X to X
-            b = ledger.entry(mid).build
-            if b is not None and not revoked.reason(b):
-                target = b
-                break
+        current = stack[-1]
+        target = ledger.rollback_target(image, stack)  # the one gc keeps for this channel
         if target is None:
             raise UsageError(
                 f"channel {channel} of {image} has no earlier, non-revoked build to roll back to (now {current})"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagekit.errors import UsageError
-from imagekit.fsutil import check_dir
+from imagekit.fsutil import check_dir, refuse_special
 from imagekit.inputs import clip
 from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
 from imagekit.render.packer import render_packer
@@ -94,6 +94,7 @@ def render(path: Path | str | None, out_dir: Path | str | None = None) -> list[R
         check_dir(dest.parent, "render -o: the folder")
         if dest.is_dir():
             raise UsageError(f"render -o: {clip(str(dest))} is a folder where a file is to be written; move it away")
+        refuse_special(dest, "render -o:")  # a committed link in the output folder is never written through
         data = text.encode("utf-8")
         same = dest.is_file() and dest.read_bytes() == data and (os.stat(dest).st_mode & 0o777) == mode
         plan.append((dest, data, mode, same))

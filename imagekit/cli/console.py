@@ -29,9 +29,38 @@ from rich.text import Text
 
 from imagekit.events import Event
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# C0 controls but newline and tab, DEL, C1 (a lone 0x9b is a CSI on some terminals), line/paragraph separators
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def no_controls(text: str) -> str:
+    """Text with every terminal control character shown as \\xNN: nothing read from a record, a report or the
+    image under test can move the cursor, recolour the screen or draw a line of its own."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+class SafeConsole(Console):
+    """A rich Console whose printed strings and Texts carry no control characters (the escape sequences rich
+    writes for its own styles are added after this, when rendering)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Console.print with the control characters of every str and Text made visible first."""
+        clean: list[Any] = []
+        for obj in objects:
+            if isinstance(obj, str):
+                clean.append(no_controls(obj))
+            elif isinstance(obj, Text) and _CONTROLS.search(obj.plain):
+                clean.append(Text(no_controls(obj.plain), style=obj.style))
+            else:
+                clean.append(obj)
+        super().print(*clean, **kwargs)
+
+
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 # Piped output is read by people too (CI logs): tables get room instead of rich's 80-column default; $COLUMNS wins.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+out = SafeConsole(
+    highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+)
 
 T = TypeVar("T")
 Key = tuple[str, str, str]  # (image, target, layer)
@@ -52,8 +81,17 @@ def print_line_json(doc: Any) -> None:
 
 
 def escape(text: str) -> str:
-    """Escape rich markup in text that came from outside (logs, messages)."""
-    return text.replace("[", "\\[")
+    """Text from outside (logs, messages, records, the image under test) made inert for rich: no control
+    characters, and every `[` that could open a tag escaped, backslashes before it included (turning `[` into
+    `\\[` alone is not enough: in `\\[red]` the doubled backslash escapes itself and the tag opens)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(no_controls(text))
+
+
+def cell(text: object) -> Text:
+    """A table cell from outside: plain Text, never read as markup (a str cell would be)."""
+    return Text(no_controls(str(text)))
 
 
 def in_ci() -> bool:
@@ -320,10 +358,14 @@ class LiveDisplay(Display):
                 if unit.state == "running" and unit.done is not None:
                     bar = ProgressBar(total=unit.total, completed=unit.done, width=24, pulse=not unit.total)
                     row = Table.grid()
-                    row.add_row(bar, Text(f" {unit.progress()}  {unit.step or unit.message}", overflow="ellipsis"))
+                    row.add_row(
+                        bar, Text(no_controls(f" {unit.progress()}  {unit.step or unit.message}"), overflow="ellipsis")
+                    )
                     detail = row
                 else:
-                    detail = Text(unit.doing() if unit.state == "running" else unit.message, overflow="ellipsis")
+                    detail = Text(
+                        no_controls(unit.doing() if unit.state == "running" else unit.message), overflow="ellipsis"
+                    )
                 took = duration(unit.elapsed(now)) if unit.timed else "-"
                 table.add_row(self.ICONS[unit.state], where(unit.key) or "-", took, detail)
             return table
@@ -336,8 +378,10 @@ class LiveDisplay(Display):
             style = {"done": "green", "cached": "dim", "fail": "bold red"}.get(unit.state, "yellow")
             result = "reused" if unit.state == "cached" else ("stopped" if unit.state == "running" else unit.state)
             took = duration(unit.elapsed(now)) if unit.timed else "-"
-            note = Text(unit.message, overflow="ellipsis", no_wrap=True)
-            table.add_row(unit.key[0], unit.key[1], unit.key[2] or "-", f"[{style}]{result}[/]", took, note)
+            note = Text(no_controls(unit.message), overflow="ellipsis", no_wrap=True)
+            table.add_row(
+                cell(unit.key[0]), cell(unit.key[1]), cell(unit.key[2] or "-"), f"[{style}]{result}[/]", took, note
+            )
         return table
 
     def start(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import err, escape, out, print_json
+from imagekit.cli.console import cell, err, escape, out, print_json
 
 manifest_app = typer.Typer(help="Signed build manifests: list, show, verify, sbom, attach, diff.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
@@ -59,8 +59,8 @@ def list_cmd(
             if s.startswith(("oci:", "aws:", LOCAL_IMAGE_PREFIX))
         )  # fmt: skip
         created = (r["created"] or "?").replace("T", " ")[:16]
-        table.add_row(r["id"], r["image"], r["target"] or "?", created, state, ", ".join(r["channels"]),
-                      escape(artifact))  # fmt: skip
+        table.add_row(cell(r["id"]), cell(r["image"]), cell(r["target"] or "?"), cell(created), state,
+                      cell(", ".join(r["channels"])), cell(artifact))  # fmt: skip
     out.print(table)
     if not rows:
         err.print("no manifests recorded yet")
@@ -117,21 +117,22 @@ def show(
         print_json(doc)
         return
     sig = "[green]ok[/]" if doc["signature"] == "ok" else f"[red]{escape(str(doc['signature']))}[/]"
-    out.print(f"[bold]manifest {doc['id']}[/]  {doc['image']} ({doc['target']})  {doc['location']}")
+    out.print(f"[bold]manifest {escape(doc['id'])}[/]  {escape(doc['image'])} ({escape(str(doc['target']))})  "
+              f"{escape(str(doc['location']))}")  # fmt: skip
     out.print(f"  signature     {sig}" + (f" (key {escape(doc['key'])})" if doc.get("key") else ""))
     verdict = "[green]passed[/]" if doc["verified"] else "[red]FAILED[/] " + escape("; ".join(doc["failures"]))
     out.print(f"  verification  {verdict}" + ("  [yellow]rehearsal[/]" if doc["rehearsal"] else ""))
     if doc["revoked"]:
         out.print(f"  [red]revoked[/]       {escape(doc['revoked'])}")
-    out.print(f"  built         {doc['started']} → {doc['created']}")
-    out.print(f"  channels      {', '.join(doc['channels']) or '—'}")
+    out.print(f"  built         {escape(str(doc['started']))} → {escape(str(doc['created']))}")
+    out.print(f"  channels      {escape(', '.join(doc['channels'])) or '—'}")
     for k, v in sorted(doc["artifact"].items()):
         out.print(f"  {k:<13} {escape(str(v))}")
     if doc["size_bytes"]:
         out.print(f"  size          {doc['size_bytes']:,} bytes")
     out.print("  layers")
     for layer in doc["layers"]:
-        out.print(f"    {layer['name']:<12} {layer['hash']}")
+        out.print(f"    {escape(str(layer['name'])):<12} {escape(str(layer['hash']))}")
     if doc["models"]:
         out.print("  weights")
         signers = doc.get("model_signers") or {}
@@ -140,7 +141,7 @@ def show(
             if name in signers:
                 s = signers[name]
                 out.print(f"      signed by {escape(s['signer'])} (signature sha256:{escape(s['signature_sha256'])})")
-    out.print("  builder       " + ", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items())))
+    out.print("  builder       " + escape(", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items()))))
     report = doc.get("report")
     if report:
         out.print("  verification figures")
@@ -263,7 +264,7 @@ def diff(
     if json_out:
         print_json(doc)
         return
-    out.print(f"[bold]{doc['old']} → {doc['new']}[/]")
+    out.print(f"[bold]{escape(str(doc['old']))} → {escape(str(doc['new']))}[/]")
     any_change = False
     for section in ("layers", "versions", "packages", "weights", "verification", "artifact", "builder"):
         changes = doc[section]
@@ -391,8 +392,9 @@ def history(
         print_json(rows)
         return
     for r in rows:
-        what = f"{r['from']} → {r['manifest']}" if r["action"] == "rollback" else r["manifest"]
+        what = f"{r['from']} → {r['manifest']}" if r["action"] == "rollback" else str(r["manifest"])
         why = f"  {r['why']}" if r.get("why") else ""
-        out.print(f"#{r['seq']:<4} {r['when']}  {r['action']:<8} {what}  by {escape(r['who'])}{escape(why)}")
+        line = f"#{r['seq']:<4} {r['when']}  {r['action']:<8} {what}  by {r['who']}{why}"
+        out.print(line, markup=False)  # every part of it comes from the log
     if not rows:
         err.print(f"channel {channel} of {image} has no records yet")

@@ -179,7 +179,7 @@ def matrix() -> Matrix:
 
 def cuda_key(version: str) -> str | None:
     """MAJOR.MINOR of a CUDA version ("12.4", "12.4.1" and "cu124" all give "12.4"); None when unreadable."""
-    m = CUDA_RE.match(version.strip())
+    m = CUDA_RE.fullmatch(version.strip())
     if m is None:
         return None
     if m["tag"]:
@@ -189,13 +189,13 @@ def cuda_key(version: str) -> str | None:
 
 def python_key(version: str) -> str | None:
     """MAJOR.MINOR of a Python version ("3.11", "3.11.9" give "3.11"); None when unreadable."""
-    m = PYTHON_RE.match(version.strip())
+    m = PYTHON_RE.fullmatch(version.strip())
     return f"3.{int(m['minor'])}" if m else None
 
 
 def driver_branch(version: str) -> int | None:
     """The branch of a driver version ("550", "550.54.15" give 550); None when unreadable."""
-    m = DRIVER_RE.match(version.strip())
+    m = DRIVER_RE.fullmatch(version.strip())
     return int(m["branch"]) if m else None
 
 
@@ -218,7 +218,7 @@ def min_driver_branch(cuda: str) -> int | None:
 
 def torch_releases(version: str) -> list[TorchRelease]:
     """Releases a torch pin matches: "2.5.1" (and "2.5.1+cu124") the release, "2.5" the whole minor line."""
-    m = TORCH_RE.match(version.strip())
+    m = TORCH_RE.fullmatch(version.strip())
     if m is None:
         return []
     minor = f"{int(m['major'])}.{int(m['minor'])}"
@@ -312,7 +312,7 @@ def gpu_problems(sm: str | int | float | tuple[int, int], cuda: str, torch: str 
         if row.max_cuda and vkey(key) > vkey(row.max_cuda):
             out.append(f"{row.sm} ({row.gpus}) is not supported after CUDA {row.max_cuda}, not {key}")
     if torch and cuda != "none":
-        m = TORCH_RE.match(torch)
+        m = TORCH_RE.fullmatch(torch)
         if row.min_torch is None:
             out.append(f"{row.sm} ({row.gpus}) has no PyTorch wheels ({row.note})")
         elif m and vkey(f"{m['major']}.{m['minor']}") < vkey(row.min_torch):

@@ -124,7 +124,7 @@ def _check_torch(
         found.append(Finding("python", f"{python!r} is not a Python version", 'write MAJOR.MINOR such as "3.11"'))
     if torch is None:
         return found
-    m = TORCH_RE.match(torch.strip())
+    m = TORCH_RE.fullmatch(torch.strip())
     if m is None:
         return [*found, Finding("torch", f"{torch!r} is not a torch version", 'write a release such as "2.5.1"')]
     first, last = torch_range()

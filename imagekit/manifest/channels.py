@@ -140,8 +140,10 @@ def _check_head(store: Store, log: str, head: bytes | None, entries: list[LogEnt
     if not isinstance(doc, dict) or doc.get("_type") != HEAD_TYPE or doc.get("log") != log:
         raise SignatureError(f"the head {where} is not the head of log {log} (copied?)")
     seq = doc.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise SignatureError(f"the head {where} names no record")
+    if seq == 0:
+        return  # a new log's first head, signed before its first record: any record after it is in flight
     if seq > len(entries):
         removed = _span(len(entries) + 1, seq)
         raise StoreError(
@@ -243,9 +245,19 @@ def append_signed(
         signed["doc"] = doc
         return envelope_bytes(sign_envelope(canonical_json(doc), signer, RECORD_PAYLOAD_TYPE))
 
+    if not store.read_log(log) and store.read_head(log) is None:
+        # a new log gets a signed head naming no record before its first record: killed between the record and
+        # the head that names it, the log still has a head (one behind, as any append in flight), never none
+        _sign_genesis(store, log, signer)
     entry = store.append(log, make)
     _sign_head(store, log, entry, signer)
     return Record(entry.seq, signed["doc"], signer.keyid, store.location(entry.key))
+
+
+def _sign_genesis(store: Store, log: str, signer: Signer) -> None:
+    head_doc = {"_type": HEAD_TYPE, "log": log, "seq": 0, "digest": None}
+    head = envelope_bytes(sign_envelope(canonical_json(head_doc), signer, RECORD_PAYLOAD_TYPE))
+    store.advance_head(log, 0, head, _head_seq)
 
 
 def _sign_head(store: Store, log: str, entry: LogEntry, signer: Signer) -> None:

@@ -150,6 +150,24 @@ class Ledger:
                 out[ch] = stack[-1]
         return out
 
+    def rollback_target(self, image: str, stack: list[str]) -> BuildRecord | None:
+        """The build `rollback` goes back to from a channel's stack: the newest earlier assignment that is not the
+        current one (promoted twice in a row) and verifies and is not revoked. gc keeps exactly this one, so the
+        two can never disagree about which build a rollback reaches."""
+        if not stack:
+            return None
+        current = stack[-1]
+        for mid in reversed(stack[:-1]):
+            if mid == current:
+                continue
+            try:
+                b = self.entry(mid, image).build
+            except StoreError:
+                continue
+            if b is not None and not self.revocations.reason(b):
+                return b
+        return None
+
     def read_entry(self, key: str) -> Entry:
         """One manifest: verify, parse, revocation."""
         entry = Entry(key, self.store.location(key), self.store.read(key))

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from imagekit import __version__
-from imagekit.errors import SignatureError, StoreError
+from imagekit.errors import ImagekitError, SignatureError, StoreError
 from imagekit.events import Event, Reporter, silent
-from imagekit.inputs import JsonInputError, load_json, read_text
+from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json, read_text
 from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
@@ -83,6 +83,7 @@ class GitSource:
     commit: str
     remote: str
     toplevel: Path
+    dirty: bool = False  # the work tree differs from the commit: HEAD alone does not name what was built
 
     @property
     def uri(self) -> str:
@@ -131,7 +132,10 @@ def git_source(root: Path) -> GitSource | None:
     if remotes:
         name = "origin" if "origin" in remotes else remotes[0]
         remote = _strip_credentials(git("remote", "get-url", name) or "")
-    return GitSource(sha, remote, Path(top))
+    # tracked changes and untracked files (what `copy:` would take), not ignored ones nor imagekit's own work
+    # folders (reports, staged wheels); unknown counts as dirty
+    status = git("status", "--porcelain", "--", ":(top,exclude,glob)**/.imagekit/**")
+    return GitSource(sha, remote, Path(top), dirty=status is None or bool(status))
 
 
 def _model_uri(loaded: LoadedSpec, src: str, is_remote: bool, git: GitSource | None) -> str:
@@ -287,6 +291,13 @@ def record_build(
     envelope = sign_envelope(payload, signer)
     mid = manifest_id_of(payload)
     store = store or spec_store(loaded)
+    # the readers refuse an object over MAX_RECORD_BYTES: never sign and store one they would refuse
+    sizes = {"the record": len(envelope_bytes(envelope))}
+    if sbom_envelope is not None:
+        sizes["its SBOM"] = len(envelope_bytes(sbom_envelope))
+    over = [f"{what} is {n} bytes" for what, n in sizes.items() if n > MAX_RECORD_BYTES]
+    if over:
+        raise RecordTooBig(f"{image}: {', '.join(over)}; readers take at most {MAX_RECORD_BYTES} bytes: nothing stored")
     sbom_location = None
     if sbom_envelope is not None:
         # before the record: a record that names an SBOM never lies in the store without it
@@ -307,6 +318,12 @@ def record_build(
         reporter(Event("warn", f"key {signer.ref} is not in the trust file; `manifest verify` will reject {mid}"))
     reporter(Event("done", f"manifest {mid} ({'verified' if ok else 'FAILED verification'}) -> {location}", image))
     return Recorded(mid, location, ok, signer.ref, signer.keyid, created, trusted, sbom_location, store)
+
+
+class RecordTooBig(ImagekitError):
+    """A record (or its SBOM) is over the size every reader refuses: a failed check, not a record."""
+
+    exit_code = 1
 
 
 def verified_builds(loaded: LoadedSpec, *, store: Store | None = None, rehearsal: bool = False) -> list[BuildRecord]:

@@ -41,14 +41,14 @@ def check_digest(mid: str, where: str, digest: Any) -> None:
         lengths = HEX_LENGTHS.get(algo)
         if lengths is None:
             raise _fail(mid, f"{where} uses digest algorithm {algo!r}", "well-formed digests")
-        if not isinstance(value, str) or len(value) not in lengths or not HEX_RE.match(value):
+        if not isinstance(value, str) or len(value) not in lengths or not HEX_RE.fullmatch(value):
             what = f"{where} has {algo} {str(value)[:20]!r}, not {lengths[0]} lowercase hex digits"
             raise _fail(mid, what, "well-formed digests")
 
 
 def is_rfc3339(text: Any) -> bool:
     """True for an RFC 3339 date-time such as 2026-11-21T06:30:00Z."""
-    if not isinstance(text, str) or not RFC3339_RE.match(text):
+    if not isinstance(text, str) or not RFC3339_RE.fullmatch(text):
         return False
     try:
         datetime.fromisoformat(text.replace("Z", "+00:00"))

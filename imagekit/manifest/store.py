@@ -24,6 +24,7 @@ from imagekit.inputs import MAX_RECORD_BYTES, InputError, clip, read_regular
 MANIFEST_SUFFIX = ".intoto.json"
 CHANNELS = "_channels"
 REVOCATIONS = "_revocations"
+IMAGE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # as the spec's NAME_RE; used with fullmatch
 SEQ_RE = re.compile(r"^(\d{10})\.json$")
 MAX_CLAIM_ATTEMPTS = 200
 # Each log's signed head (sequence number and digest of its newest record): the one object that is replaced.
@@ -137,6 +138,9 @@ class LocalBackend:
             raise StoreError(str(exc)) from None
 
     def keys(self, prefix: str) -> list[str]:
+        if prefix and (prefix.startswith("/") or any(p in ("", ".", "..") for p in prefix.rstrip("/").split("/"))):
+            # only the store's own folders are walked: `manifest list ../..` is no way to list the host
+            raise StoreError(f"store {self.root}: {clip(prefix)!r} is not a folder of the store")
         base = self.root / prefix if prefix else self.root
         self._check_parents(prefix.rstrip("/") + "/x" if prefix else "x")
         if not base.exists():
@@ -307,6 +311,10 @@ class Store:
 
     def manifest_keys(self, image: str | None = None) -> list[str]:
         """Keys of every manifest (of one image, or all); `<id>.sbom.dsse.json` and other sidecars are not."""
+        if image is not None and not IMAGE_NAME_RE.fullmatch(image):
+            from imagekit.errors import UsageError
+
+            raise UsageError(f"{clip(image)!r} is not an image name (lowercase letters, digits, '.', '_', '-')")
         keys = self.backend.keys(f"{image}/" if image else "")
         return [
             k
@@ -371,7 +379,7 @@ class Store:
         """Every record of a log, in sequence order."""
         out = []
         for key in self.backend.keys(log + "/"):
-            m = SEQ_RE.match(key.rsplit("/", 1)[-1])
+            m = SEQ_RE.fullmatch(key.rsplit("/", 1)[-1])
             if m and key.rsplit("/", 1)[0] == log:
                 out.append(LogEntry(int(m.group(1)), key, self.backend.read(key)))
         return sorted(out, key=lambda e: e.seq)

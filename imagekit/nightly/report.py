@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import printable
+
+# the marks that open something inline (emphasis, code, links and images, HTML, table cells, headings); a value
+# never starts a line here, so `.`, `-`, `+` and `(` stay as they are and versions stay readable
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]<>&|!#~])")  # `_` only emphasises at word edges: kept readable
+# what XML 1.0 cannot hold at all: C0 controls but tab/newline/CR, lone surrogates, U+FFFE/U+FFFF
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def md(value: object) -> str:
+    """A value from outside (a package name, a version, a message of the image under test) as inert Markdown:
+    one line, control characters visible, every mark escaped: no heading, link, image, table cell or HTML."""
+    text = " ".join(printable(str(value)).split())
+    # and no bare URL becomes a link (GFM autolinks http://, https://, www.)
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("://", "\\://").replace("www.", "www\\.")
+
+
+def xml_text(value: object) -> str:
+    """A value as XML 1.0 can hold it: the characters it refuses shown as \\xNN instead."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", str(value))
 
 
 @dataclass
@@ -129,12 +150,19 @@ def _change(new: int | None, old: int | None) -> str:
 
 
 def to_markdown(result: NightlyResult) -> str:
-    """report.md: what rebuilt and why, version changes, verification figures, sizes and their change."""
+    """report.md: what rebuilt and why, version changes, verification figures, sizes and their change.
+
+    Every value is escaped for Markdown (md): names, versions and messages come from the image under test.
+    """
     lines = [f"# imagekit nightly — {'FAILED' if result.failed else 'ok'}", ""]
-    lines += [f"- spec: `{result.spec}`", f"- started: {result.started}", f"- finished: {result.finished}"]
+    lines += [
+        f"- spec: {md(result.spec)}",
+        f"- started: {md(result.started)}",
+        f"- finished: {md(result.finished)}",
+    ]
     if result.matrix is not None:
         fix = f" — regenerate it: `{result.matrix['regenerate']}`" if result.matrix.get("missing") else ""
-        lines.append(f"- compatibility matrix: {result.matrix['summary']}{fix}")
+        lines.append(f"- compatibility matrix: {md(str(result.matrix['summary']))}{fix}")
     lines.append("")
     lines += ["| image | target | status | rebuilt | manifest | size | channels |", "|---|---|---|---|---|---|---|"]
     for r in result.runs:
@@ -142,39 +170,39 @@ def to_markdown(result: NightlyResult) -> str:
         rebuilt = ", ".join(b.layer for b in r.built) or "nothing"
         size = _size(r.size_bytes) + _change(r.size_bytes, r.previous_size_bytes)
         lines.append(
-            f"| {r.image} | {r.target} | {status} | {rebuilt} | {(r.manifest_id or '—')[:12]} | {size} | "
-            f"{', '.join(r.channels) or '—'} |"
+            f"| {md(r.image)} | {md(r.target)} | {md(status)} | {md(rebuilt)} | {md((r.manifest_id or '—')[:12])} | "
+            f"{md(size)} | {md(', '.join(r.channels) or '—')} |"
         )
     built = result.built()
     if built:
         lines += ["", "## Rebuilt layers", ""]
-        lines += [f"- {b.image}/{b.target}/{b.layer}: {b.reason}" for b in built]
+        lines += [f"- {md(f'{b.image}/{b.target}/{b.layer}')}: {md(b.reason)}" for b in built]
     for r in result.runs:
+        where = md(f"{r.image}/{r.target}")
         failed = [c for c in r.checks if not c.passed]
         if failed or r.error:
-            lines += ["", f"## Failures: {r.image}/{r.target}", ""]
+            lines += ["", f"## Failures: {where}", ""]
             if r.error:
-                lines.append(f"- {r.error}")
-            lines += [f"- {c.name}: {c.message}" for c in failed]
+                lines.append(f"- {md(r.error)}")
+            lines += [f"- {md(c.name)}: {md(c.message)}" for c in failed]
         if r.verification:
             figures = ", ".join(f"{k}: {v}" for k, v in sorted(r.verification.items()))
-            lines += ["", f"## Verification: {r.image}/{r.target}", "", f"- {figures}"]
+            lines += ["", f"## Verification: {where}", "", f"- {md(figures)}"]
         changed = version_changes(r)
         if changed:
-            lines += ["", f"## Package versions changed: {r.image}/{r.target} (against {r.previous_id})", ""]
-            lines += [f"- {c['manager']} {c['name']}: {c['old'] or '(new)'} -> {c['new'] or '(removed)'}"
-                      for c in changed]  # fmt: skip
+            lines += ["", f"## Package versions changed: {where} (against {md(r.previous_id)})", ""]
+            for c in changed:
+                lines.append(f"- {md(c['manager'])} {md(c['name'])}: {md(c['old'] or '(new)')} -> "
+                             f"{md(c['new'] or '(removed)')}")  # fmt: skip
         if r.diff:
-            lines += ["", f"## Changes since the previous build: {r.image}/{r.target}", ""]
+            lines += ["", f"## Changes since the previous build: {where}", ""]
             for key, value in sorted(r.diff.items()):
                 if value:
-                    lines.append(f"- {key}: {json.dumps(value, sort_keys=True, ensure_ascii=False)[:400]}")
-    from imagekit.nightly.rescan import rescan_markdown
-
-    lines += rescan_markdown(result.rescan)
+                    lines.append(f"- {md(key)}: {md(json.dumps(value, sort_keys=True, ensure_ascii=False)[:400])}")
+    lines += _rescan_markdown(result.rescan)
     if result.gc:
         lines += ["", "## Retention (gc)", ""]
-        lines += [f"- {json.dumps(g, sort_keys=True)}" for g in result.gc]
+        lines += [f"- {md(json.dumps(g, sort_keys=True))}" for g in result.gc]
     return "\n".join(lines) + "\n"
 
 
@@ -191,16 +219,20 @@ def to_junit(result: NightlyResult) -> str:
         failures=str(failures),
         errors="0",
         skipped="0",
-        timestamp=result.started,
+        timestamp=xml_text(result.started),
     )
     for r in result.runs:
         for c in r.checks:
             case = ET.SubElement(
-                suite, "testcase", classname=f"{r.image}.{r.target}", name=c.name, time=f"{c.seconds:.3f}"
+                suite,
+                "testcase",
+                classname=xml_text(f"{r.image}.{r.target}"),
+                name=xml_text(c.name),
+                time=f"{c.seconds:.3f}",
             )
             if not c.passed:
-                fail = ET.SubElement(case, "failure", message=c.message[:500], type="imagekit")
-                fail.text = c.message
+                fail = ET.SubElement(case, "failure", message=xml_text(c.message[:500]), type="imagekit")
+                fail.text = xml_text(c.message)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -212,3 +244,19 @@ def write_reports(result: NightlyResult, out_dir: Path) -> dict[str, Path]:
     atomic_write(paths["json"], json.dumps(to_json(result), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     atomic_write(paths["junit"], to_junit(result))
     return paths
+
+
+def _rescan_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """report.md lines: each channel build re-scanned, its new findings listed (package names escaped: the image's)."""
+    if not rows:
+        return []
+    lines = ["", "## Re-scan of the builds channels point at (no rebuild)", ""]
+    for r in rows:
+        where = md(f"{r.get('image', '?')} {str(r.get('manifest', ''))[:12]} ({', '.join(r.get('channels', []))})")
+        if r.get("error"):
+            lines.append(f"- {where}: could not re-scan: {md(r['error'])}")
+            continue
+        verdict = "gate passes" if r.get("gate_passes_now") else "gate would FAIL"
+        lines.append(f"- {where}: {md(r.get('findings', 0))} finding(s), {len(r.get('new', []))} new; {verdict}")
+        lines += [f"  - new: {md(line)}" for line in r.get("new", [])]
+    return lines

@@ -68,19 +68,3 @@ def rescan_channels(loaded: LoadedSpec, store: Store, reporter: Reporter = silen
             if new:
                 reporter(Event("warn", f"re-scan: {len(new)} new finding(s) in {mid[:12]}", image))
     return rows
-
-
-def rescan_markdown(rows: list[dict[str, Any]]) -> list[str]:
-    """report.md lines: each channel build re-scanned, its new findings listed."""
-    if not rows:
-        return []
-    lines = ["", "## Re-scan of the builds channels point at (no rebuild)", ""]
-    for r in rows:
-        where = f"{r.get('image', '?')} {r.get('manifest', '')[:12]} ({', '.join(r.get('channels', []))})"
-        if r.get("error"):
-            lines.append(f"- {where}: could not re-scan: {r['error']}")
-            continue
-        verdict = "gate passes" if r.get("gate_passes_now") else "gate would FAIL"
-        lines.append(f"- {where}: {r.get('findings', 0)} finding(s), {len(r.get('new', []))} new; {verdict}")
-        lines += [f"  - new: {line}" for line in r.get("new", [])]
-    return lines

@@ -103,7 +103,7 @@ def _health_cmd(port: int, path: str, python: str) -> str:
 def _check_stage_names(image: str, layers: list[str]) -> None:
     """Stage names BuildKit accepts."""
     for name in layers:
-        if not STAGE_NAME.match(name):
+        if not STAGE_NAME.fullmatch(name):
             raise UsageError(f"image {image}: layer {name!r} cannot name a Dockerfile stage (start it with a letter)")
 
 

@@ -222,8 +222,9 @@ def protected_amis(loaded: LoadedSpec, image: str | None) -> Protected:
     for name in [image] if image else sorted(loaded.spec.images):
         for ch in channel_names(ledger.store, name):
             stack = assignments(ledger.channel_records(name, ch))
-            if len(stack) >= 2:
-                rollback.setdefault(stack[-2], f"{name}@{ch} (rollback target)")
+            target = ledger.rollback_target(name, stack)  # past revoked and repeated ids, as rollback goes
+            if target is not None:
+                rollback.setdefault(target.id, f"{name}@{ch} (rollback target)")
     for e in ledger.entries(image):
         b = e.build
         if b is None or b.target != "ami":

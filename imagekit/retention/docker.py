@@ -59,13 +59,17 @@ def _tags(loaded: LoadedSpec, b: BuildRecord) -> list[str]:
 
 
 def protected_ids(ledger: Ledger, image: str) -> set[str]:
-    """Each channel's current build and the one a rollback would go back to."""
+    """Each channel's current build and the one a rollback would go back to (past revoked and repeated ids, as
+    rollback itself goes: with A -> B -> C and B revoked that is A, not B)."""
     from imagekit.manifest.channels import assignments, channel_names
 
     out: set[str] = set()
     for channel in channel_names(ledger.store, image):
         stack = assignments(ledger.channel_records(image, channel))
-        out.update(stack[-2:])
+        out.update(stack[-1:])
+        target = ledger.rollback_target(image, stack)
+        if target is not None:
+            out.add(target.id)
     return out
 
 

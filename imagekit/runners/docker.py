@@ -320,6 +320,27 @@ class Container:
             kwargs["tail"] = tail
         return str(self.sdk.logs(**kwargs).decode("utf-8", "replace"))
 
+    def output_bytes(self, *, stdout: bool = True, stderr: bool = False, limit: int) -> tuple[bytes, bool]:
+        """At most `limit` bytes of the output, read as a stream (never all of it at once); True when there was
+        more. The image under test may print without end: memory stays bounded by `limit`."""
+        got = self.sdk.logs(stdout=stdout, stderr=stderr, stream=True, follow=False)
+        if isinstance(got, bytes):  # a client that answers with the whole output
+            return got[:limit], len(got) > limit
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in got:
+                if total + len(chunk) > limit:
+                    chunks.append(chunk[: limit - total])
+                    return b"".join(chunks), True
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            close = getattr(got, "close", None)
+            if close is not None:
+                close()
+        return b"".join(chunks), False
+
     def running(self) -> bool:
         """Whether it is still running (False when the engine no longer knows it)."""
         try:

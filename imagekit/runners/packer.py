@@ -97,11 +97,17 @@ def init(info: PackerInfo, template: Path, *, env: Mapping[str, str] | None = No
         raise BuildFailed("packer init failed", log_tail=res.tail[-15:], log_path=str(log_path))
 
 
-def _vars_args(variables: Mapping[str, str]) -> list[str]:
-    args: list[str] = []
-    for key, value in sorted(variables.items()):
-        args += ["-var", f"{key}={value}"]
-    return args
+VARS_FILE = "imagekit.pkrvars.json"
+
+
+def _write_vars(folder: Path, variables: Mapping[str, str]) -> Path:
+    """The variables as a 0600 JSON var-file: a value (a pip index URL with a password) never stands in packer's
+    argv, where the process list and the logged command line would show it."""
+    from imagekit.fsutil import atomic_write
+
+    path = folder / VARS_FILE
+    atomic_write(path, json.dumps(dict(sorted(variables.items())), indent=1) + "\n", mode=0o600)
+    return path
 
 
 ProgressCallback = Callable[[str, str], None]
@@ -125,7 +131,8 @@ def build(
     its pid alone), waits for packer's cleanup (instance, security group, key pair) and raises Interrupted.
     """
     outcome = BuildOutcome(log_path=str(log_path))
-    argv = [info.path, "build", "-machine-readable", "-color=false", *_vars_args(variables), template.name]
+    vars_file = _write_vars(template.parent, variables)
+    argv = [info.path, "build", "-machine-readable", "-color=false", f"-var-file={VARS_FILE}", template.name]
 
     def on_line(line: str) -> None:
         parsed = parse_machine_line(line)
@@ -149,7 +156,10 @@ def build(
         proc = process.Process(argv, env=env, cwd=template.parent, on_line=on_line, log=log, tail_lines=200)
         if on_start is not None:
             on_start(proc)
-        result = _wait(proc, cancel_grace)
+        try:
+            result = _wait(proc, cancel_grace)
+        finally:
+            vars_file.unlink(missing_ok=True)
     outcome.returncode = result.returncode
     outcome.seconds = result.seconds
     outcome.tail = [_readable(line) for line in result.tail]

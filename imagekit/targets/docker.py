@@ -16,7 +16,8 @@ from typing import IO, TYPE_CHECKING, Any
 from imagekit.errors import BuildFailed, ImagekitError, Problem, SpecError, UsageError
 from imagekit.events import Event, Reporter
 from imagekit.fetch import fetch_model, stage
-from imagekit.fsutil import atomic_write
+from imagekit.fsutil import atomic_write, owned_dir, wheel_files
+from imagekit.inputs import clip
 from imagekit.names import (
     DEFAULT_CA_BUNDLE,
     LABEL_PREFIX,
@@ -35,6 +36,7 @@ from imagekit.runners.docker import DockerEngine, EngineSizes, is_error_line, pa
 from imagekit.spec import LoadedSpec
 from imagekit.targets.base import BuildOptions
 from imagekit.targets.docker_base import ensure_docker_base
+from imagekit.targets.docker_push import push, push_compressed
 from imagekit.targets.results import ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
 
@@ -133,11 +135,24 @@ class DockerTarget:
             force=force, log=st.log, log_path=st.log_path, reporter=self.reporter,
         )  # fmt: skip
 
+    def _keep_replaced(self, final: str, repo: str, leaf: LayerResult) -> None:
+        """A same-hash rebuild (--force, a refresh, a revoked layer rebuilt) moves the hash tag to the new image;
+        the image it replaces may be a channel's head or rollback target, and untagged it is what `docker image
+        prune` removes. It keeps a tag of its own: `<hash16>-replaced-<its id12>`."""
+        old = self.engine.inspect(final)
+        new = self.engine.inspect(leaf.tag)
+        if old is None or new is None or old.id == new.id:
+            return
+        short = old.id.split(":", 1)[-1][:12]
+        self.engine.tag(old.id, repo, f"{leaf.hash[:16]}-replaced-{short}")
+        self.reporter(Event("info", f"kept the replaced image {short} as {repo}:{leaf.hash[:16]}-replaced-{short}"))
+
     def finish(self, image: str, res: ImageResult) -> None:
         """Tag the leaf as `<repository>:<leaf hash16>` and `:latest`; push when asked."""
         leaf = res.layers[-1]
         repo = self.loaded.spec.images[image].repository or image
         final = image_tag(repo, leaf.hash)
+        self._keep_replaced(final, repo, leaf)
         self.engine.tag(leaf.tag, repo, leaf.hash[:16])
         self.engine.tag(leaf.tag, repo, "latest")
         res.ref, res.tags = final, [final, f"{repo}:latest"]
@@ -153,11 +168,11 @@ class DockerTarget:
         if self.options.push:
             log = self._state[image].log
             if self.options.compression:
-                res.repo_digest, res.pushed = _push_compressed(
+                res.repo_digest, res.pushed = push_compressed(
                     final, self.options.push, self.options, image=image, reporter=self.reporter, log=log
                 )
             else:
-                res.repo_digest, res.pushed = _push(
+                res.repo_digest, res.pushed = push(
                     self.engine, final, self.options.push, image=image, reporter=self.reporter, log=log
                 )
         res.finished = iso_utc()
@@ -354,12 +369,15 @@ def _stage_wheelhouse(loaded: LoadedSpec, image: str, reporter: Reporter) -> str
     if not src.is_dir():
         reporter(Event("info", f"wheelhouse {src} is not here; pip uses the index", image, "", "docker"))
         return None
-    dest = loaded.root / WHEELHOUSE_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p for p in src.iterdir() if p.is_file()}
+    dest = owned_dir(loaded.root, WHEELHOUSE_DIR)
+    wheels, skipped = wheel_files(src)
+    wanted = {p.name: p for p in wheels}
+    if skipped:
+        shown = ", ".join(clip(n, 60) for n in skipped[:5])
+        reporter(Event("info", f"wheelhouse {src}: not wheel files, left out: {shown}", image, "", "docker"))
     for old in dest.iterdir():
         if old.name not in wanted:
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             else:
                 old.unlink()
@@ -377,7 +395,7 @@ def _stage_models(loaded: LoadedSpec, image: str, reporter: Reporter) -> None:
             if not model.is_remote:
                 continue
             cached = fetch_model(model, ca_bundle=ca, reporter=reporter, image=image, layer=layer_name)
-            stage(cached, loaded.root / MODELS_DIR / model.sha256)
+            stage(cached, owned_dir(loaded.root, MODELS_DIR) / model.sha256)
 
 
 def _ca_bundle(loaded: LoadedSpec) -> Path | None:
@@ -441,49 +459,3 @@ def _secrets(loaded: LoadedSpec) -> Iterator[dict[str, Path]]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
-
-
-def _dest(final: str, dest: str) -> tuple[str, str]:
-    """REGISTRY/REPO[:TAG] -> (repo, tag); the tag defaults to the final image's."""
-    _repo, _, tag = final.rpartition(":")
-    last = dest.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = dest.rsplit(":", 1)
-        return repo, tag
-    return dest, tag
-
-
-def _push_compressed(
-    final: str, dest: str, options: BuildOptions, *, image: str, reporter: Reporter, log: IO[str]
-) -> tuple[str, str]:
-    """The image from the engine to the registry through skopeo, its layers compressed as asked; the digest
-    recorded is the one the registry stored (skopeo's --digestfile), which differs from a `docker push`'s."""
-    from imagekit.runners import skopeo
-
-    dest_repo, dest_tag = _dest(final, dest)
-    fmt = options.compression or "gzip"
-    # zstd layers have media types only OCI manifests name; gzip keeps Docker's manifest, as `docker push` writes
-    flags = ["--format", "v2s2" if fmt == "gzip" else "oci", "--dest-compress-format", fmt]
-    if options.compression_level is not None:
-        flags += ["--dest-compress-level", str(options.compression_level)]
-    if os.environ.get("DOCKER_HOST"):
-        flags += ["--src-daemon-host", os.environ["DOCKER_HOST"]]
-    reporter(Event("start", f"push {dest_repo}:{dest_tag} ({fmt}, skopeo)", image, "", "docker"))
-    digest = skopeo.copy(f"docker-daemon:{final}", f"docker://{dest_repo}:{dest_tag}", extra=flags, log=log)
-    reporter(Event("done", f"pushed {dest_repo}@{digest} ({fmt})", image, "", "docker"))
-    return digest, f"{dest_repo}@{digest}"
-
-
-def _push(
-    engine: DockerEngine, final: str, dest: str, *, image: str, reporter: Reporter, log: IO[str]
-) -> tuple[str, str]:
-    dest_repo, dest_tag = _dest(final, dest)
-    reporter(Event("start", f"push {dest_repo}:{dest_tag}", image, "", "docker"))
-    engine.tag(final, dest_repo, dest_tag)
-
-    def on_line(line: str) -> None:
-        log.write(f"push: {line}\n")
-
-    digest = engine.push(dest_repo, dest_tag, on_line=on_line)
-    reporter(Event("done", f"pushed {dest_repo}@{digest}", image, "", "docker"))
-    return digest, f"{dest_repo}@{digest}"

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from imagekit.errors import ImagekitError, Interrupted, UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
+from imagekit.inputs import clip
 from imagekit.paths import work_dir
 from imagekit.runners.docker import (
     Container,
@@ -37,7 +38,9 @@ from imagekit.runners.docker import (
 )
 from imagekit.runners.process import Process, check_cancel, forward_sigterm
 from imagekit.spec import LoadedSpec
+from imagekit.verify import http as service_http
 from imagekit.verify.policy import effective_gpu, service_device_failures
+from imagekit.verify.probe_input import MAX_PROBE_BYTES, ProbeInputError, parse_probe
 from imagekit.verify.report import (
     GPU_HINT,
     HealthResult,
@@ -70,6 +73,7 @@ class DockerHost:
 
     docker_host: str = field(default_factory=lambda: os.environ.get("DOCKER_HOST", ""))
     created: list[str] = field(default_factory=list)  # names of the containers this host started (all removed)
+    probe_problems: list[str] = field(default_factory=list)  # what the probe boundary dropped or cut (failures)
 
     @property
     def name(self) -> str:
@@ -127,14 +131,16 @@ class DockerHost:
                 code = made.wait(timeout=timeout)
             except engine_errors() as exc:
                 raise ProbeFailed(f"the probe did not finish within {timeout:g}s ({type(exc).__name__})") from None
-            out = made.output(stdout=True, stderr=False)
-            err = made.output(stdout=False, stderr=True)
+            out, more = made.output_bytes(stdout=True, limit=MAX_PROBE_BYTES)
+            err_raw, _ = made.output_bytes(stdout=False, stderr=True, limit=64 * 1024)
+        err = clip(err_raw.decode("utf-8", "replace").strip()[-800:], 800)
+        if more:
+            raise ProbeFailed(f"the probe printed over {MAX_PROBE_BYTES} bytes (exit {code}); imagekit reads no more")
         try:
-            data = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProbeFailed(f"the probe printed no JSON (exit {code}): {(err or out).strip()[-800:]}")
+            data, self.probe_problems = parse_probe(out, last_line=True)
+        except ProbeInputError as exc:
+            shown = err or clip(out[-800:].decode("utf-8", "replace"), 800)
+            raise ProbeFailed(f"the probe printed no probe JSON ({exc}; exit {code}): {shown}") from None
         return data
 
     @contextlib.contextmanager
@@ -207,6 +213,12 @@ class ProbeFailed(ImagekitError):
     exit_code = 1
 
 
+class ServiceDidNotStart(ImagekitError):
+    """The service container exited or never published its port."""
+
+    exit_code = 1
+
+
 @dataclass
 class ServiceHandle:
     """A started service container and where to reach it."""
@@ -235,19 +247,9 @@ def _published_port(made: Container, port: int, wait: float = 10.0) -> int:
         if host_port is not None:
             return host_port
         if time.monotonic() > deadline or made.status == "exited":
-            raise ImagekitError(f"the container did not publish port {port} (status {made.status})")
+            # the image under test decides whether its container lives: a failed check, not a crash
+            raise ServiceDidNotStart(f"the container did not publish port {port} (status {made.status})")
         time.sleep(0.1)
-
-
-def _http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
-) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310 (http to 127.0.0.1)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return int(resp.status), {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
 
 def wait_ready(
@@ -266,7 +268,12 @@ def wait_ready(
         # a cancelled run (nightly --jobs: the signal reached another thread) stops waiting; the container goes
         check_cancel("verify interrupted while waiting for health")
         try:
-            status, _, body = _http("GET", svc.base_url + path, timeout=max(1.0, min(10.0, interval * 5)))
+            # the whole answer within the poll's time and never past the deadline (+1 s): a service dripping a
+            # byte at a time is abandoned with the rest
+            per_poll = min(max(1.0, min(10.0, interval * 5)), max(1.0, deadline - clock() + 1.0))
+            status, _, body = service_http.request(
+                svc.base_url, "GET", path, timeout=per_poll, limit=service_http.HEALTH_BODY_LIMIT
+            )
             result.last_status = status
             result.last_body = body[:500].decode("utf-8", "replace")
             if status == 200:
@@ -274,7 +281,7 @@ def wait_ready(
                 result.seconds_to_ready = round(clock() - svc.started, 3)
                 reporter(Event("step", f"ready after {result.seconds_to_ready:.1f}s"))
                 return result
-        except (OSError, urllib.error.URLError) as exc:
+        except OSError as exc:
             result.last_body = f"{type(exc).__name__}: {exc}"
         if not svc.running():
             result.last_body = f"the container exited; last output: {' | '.join(svc.logs_tail(8))}"
@@ -293,8 +300,10 @@ def smoke(
     result = SmokeResult(method=method, path=path)
     t0 = time.monotonic()
     try:
-        status, resp_headers, data = _http(method, svc.base_url + path, body=body, headers=hdrs, timeout=120)
-    except (OSError, urllib.error.URLError) as exc:
+        status, resp_headers, data = service_http.request(
+            svc.base_url, method, path, body=body, headers=hdrs, timeout=120, limit=service_http.SMOKE_BODY_LIMIT
+        )
+    except OSError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result, b""
     result.latency_ms = round(1000 * (time.monotonic() - t0), 2)
@@ -314,6 +323,16 @@ def _probe_if_present(host: DockerHost, tag: str) -> dict[str, Any] | None:
         if local_image_id(host.client, tag) is not None:
             return host.probe(tag, [], gpu=False, timeout=300)
     return None
+
+
+def judged(
+    probe: dict[str, Any], loaded: LoadedSpec, name: str, gpu_rule: Any, *, target: str = "docker", layer_of: Any = None
+) -> list[str]:
+    """compare(), with a shape the boundary let through but a judge did not expect made a failure, not a crash."""
+    try:
+        return compare(probe, loaded, name, target=target, gpu=gpu_rule or None, layer_of=layer_of)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        return [f"probe: a value of an unexpected shape ({type(exc).__name__}: {clip(str(exc), 200)})"]
 
 
 class VerifyResult(NamedTuple):
@@ -399,10 +418,11 @@ def verify_docker(
                     report.failures.append(f"{GPU_HINT} (the engine said: {str(exc).strip()[:300]})")
                 else:
                     report.failures.append(f"probe: the engine could not run the probe container: {exc}")
+            report.failures += host.probe_problems
             if report.probe:
                 report.gpu_visible = gpu_visible(report.probe)
                 layer_of = layer_finder(loaded, name, lambda tag: _probe_if_present(host, tag))
-                report.failures += compare(report.probe, loaded, name, target="docker", gpu=gpu_rule, layer_of=layer_of)
+                report.failures += judged(report.probe, loaded, name, gpu_rule, layer_of=layer_of)
                 report.excepted_packages = excepted_packages(report.probe, loaded, name)
             if gpu_refused:
                 pass  # the service container would be refused the same way
@@ -448,7 +468,9 @@ def _serve_checks(
         with host.service(image_ref, port, gpu=gpu) as svc:
             _health_and_smoke(svc, loaded, name, report, reporter)
     except engine_errors() as exc:
-        report.failures.append(f"service: the container did not start: {str(exc).strip()[:500]}")
+        report.failures.append(f"service: the container did not start: {clip(str(exc).strip(), 500)}")
+    except ServiceDidNotStart as exc:
+        report.failures.append(f"service: {exc}")
 
 
 def _health_and_smoke(svc: ServiceHandle, loaded: LoadedSpec, name: str, report: Report, reporter: Reporter) -> None:

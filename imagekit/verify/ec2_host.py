@@ -17,12 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from imagekit.errors import VerifyFailed
+from imagekit.errors import UsageError, VerifyFailed
 from imagekit.fsutil import atomic_write
+from imagekit.inputs import clip, load_json, read_regular
 from imagekit.names import VENV, prewarm_paths, service_unit_path
 from imagekit.render.packer import STOP_EXIT, RehearsalRender, render_verify
 from imagekit.runners import packer as pk
 from imagekit.spec import LoadedSpec
+from imagekit.verify.docker_host import judged
+from imagekit.verify.probe_input import MAX_PROBE_BYTES, MAX_PROBE_DEPTH, ProbeInputError, parse_probe
 from imagekit.verify.report import (
     HealthResult,
     Report,
@@ -30,7 +33,6 @@ from imagekit.verify.report import (
     check_health,
     check_service_unit,
     check_smoke,
-    compare,
     gpu_visible,
 )
 
@@ -96,7 +98,13 @@ def verify_on_ec2(host: PackerHost, loaded: LoadedSpec, image: str, leaf_ami: st
         host.event("fail", "verification FAILED", image)
         why = f"verification run failed (exit {outcome.returncode}): {tail}; log {log_path}"
         raise VerifyFailed(failed, failures=[why])  # no report: nothing came back to judge
-    raw = json.loads(report_path.read_text(encoding="utf-8"))
+    try:  # what the instance wrote is the image's word: bounded and parsed like a probe
+        raw = load_json(read_regular(report_path, what="instance report", limit=2 * MAX_PROBE_BYTES),
+                        limit=2 * MAX_PROBE_BYTES, max_depth=MAX_PROBE_DEPTH + 2)  # fmt: skip
+    except (ValueError, UsageError) as exc:
+        raise VerifyFailed(failed, failures=[f"the instance's report cannot be read: {clip(str(exc), 300)}"]) from None
+    if not isinstance(raw, dict):
+        raise VerifyFailed(failed, failures=["the instance's report is not a JSON object"])
     where = f"rehearsal container ({itype})" if host.rehearsing else f"ec2 {itype}"
     report = vm_report(raw, loaded, image, image_ref=f"aws:{host.region}:{leaf_ami}", host=where, started=started)
     report.seconds = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
@@ -163,9 +171,13 @@ def vm_report(
             report.failures.append("prewarm: aws.prewarm is on but no pre-read result came back from the instance")
     probe = raw.get("probe")
     if isinstance(probe, dict):
+        try:
+            probe, problems = parse_probe(json.dumps(probe, ensure_ascii=True))
+        except (ProbeInputError, ValueError) as exc:
+            probe, problems = {}, [f"probe: {clip(str(exc), 300)}"]
         report.probe = probe
         report.gpu_visible = gpu_visible(probe)
-        report.failures += compare(probe, loaded, image, target=TARGET)
+        report.failures += problems + judged(probe, loaded, image, "", target=TARGET)
     health = raw.get("health")
     if policy.health and isinstance(health, dict):
         report.health = HealthResult.model_validate(health)

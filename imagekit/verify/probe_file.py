@@ -7,7 +7,6 @@ not part of it.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,32 +14,36 @@ from typing import Any
 
 from imagekit.errors import UsageError, VerifyFailed
 from imagekit.events import Event, Reporter, silent
+from imagekit.inputs import clip, read_regular
 from imagekit.spec import LoadedSpec
-from imagekit.verify.docker_host import VerifyResult, pick_image, report_path_for
+from imagekit.verify.docker_host import VerifyResult, judged, pick_image, report_path_for
 from imagekit.verify.policy import effective_gpu, gpu_visible, looks_like_probe
-from imagekit.verify.report import Report, compare
+from imagekit.verify.probe_input import MAX_PROBE_BYTES, ProbeInputError, parse_probe
+from imagekit.verify.report import Report
 
 HOW = "write one with `python -m imagekit.verify.probe MODEL_FILE... > probe.json`"
 
 
-def read_probe(probe_file: Path | str) -> dict[str, Any]:
-    """A saved probe's JSON; UsageError (exit 2) when the file is missing, not JSON or not a probe."""
+def read_probe(probe_file: Path | str) -> tuple[dict[str, Any], list[str]]:
+    """A saved probe through the probe boundary: (probe, problems). UsageError (exit 2) when the file is missing,
+    not a regular file (a FIFO, /dev/zero), over the size bound, not JSON or not a probe."""
     where = Path(probe_file)
     try:
-        text = where.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--probe-file {where}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--probe-file {where}: not a probe (not UTF-8 text); {HOW}") from None
+        raw = read_regular(where, what="--probe-file", limit=MAX_PROBE_BYTES)
+    except FileNotFoundError:
+        raise UsageError(f"--probe-file {clip(str(where))}: cannot read it (No such file or directory)") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--probe-file {where}:{exc.lineno}: not a probe (not JSON: {exc.msg}); {HOW}") from None
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--probe-file {clip(str(where))}: not a probe (not UTF-8 text); {HOW}") from None
+    try:
+        data, problems = parse_probe(raw)
+    except ProbeInputError as exc:
+        raise UsageError(f"--probe-file {clip(str(where))}: not a probe ({exc}); {HOW}") from None
     why = looks_like_probe(data)
     if why:
-        raise UsageError(f"--probe-file {where}: not a probe ({why}); {HOW}")
-    assert isinstance(data, dict)
-    return data
+        raise UsageError(f"--probe-file {clip(str(where))}: not a probe ({why}); {HOW}")
+    return data, problems
 
 
 def verify_probe_file(
@@ -54,7 +57,7 @@ def verify_probe_file(
     """Judge a saved probe against the spec's image; raises VerifyFailed (after writing the report) on failures."""
     name = pick_image(loaded, image)
     gpu_rule = effective_gpu(loaded.verify_for(name).gpu, gpu)
-    probe = read_probe(probe_file)
+    probe, problems = read_probe(probe_file)
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     source = Path(probe_file).resolve()
@@ -71,7 +74,7 @@ def verify_probe_file(
     )
     report.gpu_visible = gpu_visible(probe)
     # a probe on a host is judged as on Docker: the driver is the host's, checked against the image's CUDA build
-    report.failures += compare(probe, loaded, name, target="docker", gpu=gpu_rule)
+    report.failures += problems + judged(probe, loaded, name, gpu_rule)
     report.ok = not report.failures
     report.finished_at = datetime.now(timezone.utc).isoformat()
     report.seconds = round(time.monotonic() - t0, 3)

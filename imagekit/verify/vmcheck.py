@@ -142,6 +142,17 @@ def _listening(port: int) -> bool:
         return False
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx from the service is its answer: never followed (on EC2 it could point at 169.254.169.254)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+_BODY_LIMIT = 64 * 1024 * 1024  # as the docker verify host reads at most
+
+
 def _request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))  # noqa: S310
@@ -149,11 +160,11 @@ def _request(url: str, method: str = "GET", body: Any = None, headers: dict[str,
         req.add_header("Content-Type", "application/json")
     t0 = time.monotonic()
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - the service on localhost
-            payload = resp.read()
+        with _OPENER.open(req, timeout=120) as resp:
+            payload = resp.read(_BODY_LIMIT + 1)
             status, ctype = resp.status, resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
-        payload, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+        payload, status, ctype = exc.read(_BODY_LIMIT + 1), exc.code, exc.headers.get("Content-Type", "")
     return {
         "status": status,
         "bytes": len(payload),

@@ -18,7 +18,7 @@ from typing import Any
 
 from imagekit.errors import BuildFailed, ImagekitError, UsageError
 from imagekit.events import Event, Reporter
-from imagekit.fsutil import atomic_write
+from imagekit.fsutil import atomic_write, owned_dir, wheel_files
 from imagekit.names import DEFAULT_CA_BUNDLE
 from imagekit.paths import log_dir, work_dir
 from imagekit.plan import LayerPlan
@@ -109,7 +109,8 @@ class AmiTarget:
 
     def folder(self, image: str) -> Path:
         """Where an image's templates, scripts and verification files are written."""
-        return work_dir(self.loaded.root) / "ami" / image
+        work_dir(self.loaded.root)  # refuses a symlinked .imagekit
+        return owned_dir(self.loaded.root, f".imagekit/ami/{image}")
 
     # --- the Target operations ----------------------------------------------------------------------------
 
@@ -299,7 +300,9 @@ class AmiTarget:
         A rehearsal's instances sit behind this machine's network, so they also get this machine's CA bundle.
         """
         extra = folder / "build-extra"
-        if extra.exists():
+        if extra.is_symlink():
+            extra.unlink()  # the link itself, never what it points at
+        elif extra.exists():
             shutil.rmtree(extra)
         extra.mkdir(parents=True)
         env: list[str] = []
@@ -309,9 +312,8 @@ class AmiTarget:
             src = configured if configured.is_absolute() else self.loaded.local(build.wheelhouse)
             if src.is_dir():
                 (extra / "wheels").mkdir()
-                for whl in sorted(src.iterdir()):
-                    if whl.is_file():
-                        _link_or_copy(whl, extra / "wheels" / whl.name)
+                for whl in wheel_files(src)[0]:  # wheel files only, as the docker target stages them
+                    _link_or_copy(whl, extra / "wheels" / whl.name)
                 env.append(f"PIP_FIND_LINKS={BUILD_DIR}/wheels")
         ca = self.loaded.local(build.ca_bundle) if build.ca_bundle else None
         if ca is None and self.ec2 is not None and DEFAULT_CA_BUNDLE.exists():
