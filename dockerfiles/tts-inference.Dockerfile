@@ -7,7 +7,7 @@ ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
 
 FROM ${BASE_IMAGE} AS base
-LABEL dev.imagekit.layer.base.hash="6ed872a4f142f59a45756e93a68fd9fdf114fa525854c6f21137871d20a4678f"
+LABEL dev.imagekit.layer.base.hash="c8b1a5cd96e0f552ed1f06048b5b6b551a8ed24c94cdca1c3b8dafd844a5e90f"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -25,7 +25,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh lock-parts
 
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime
-LABEL dev.imagekit.layer.runtime.hash="b1d71037b3e36e78134583bc5732bf684e19d11b5a80933ee652094b93db33a7"
+LABEL dev.imagekit.layer.runtime.hash="1a429fc56ba842e84b45388387f7513ef96edc0f3f0fe4e0a01be09244bb1636"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -58,7 +58,7 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
 ENV VIRTUAL_ENV=/opt/venv PATH="/opt/venv/bin:$PATH"
 
 FROM ${IMAGEKIT_PARENT_APP} AS app
-LABEL dev.imagekit.layer.app.hash="c4ba85aff93b0c5c208eb46ac062f5c2037e00f25acd6d4b724d1b122ba176ed"
+LABEL dev.imagekit.layer.app.hash="4f6482c8fab8ca8406ca22e2333579484748f56097ab7807e58aaddbff69bb36"
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
@@ -68,6 +68,7 @@ RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
 COPY examples/tts/app/ /opt/app/app
 ENV MODEL_PATH="/opt/models/tts.pt" PYTHONPATH="/opt/app"
 WORKDIR /opt/app
+ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 USER app
 EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/ready', timeout=5)"]
@@ -75,14 +76,13 @@ CMD ["python", "-m", "app.server", "--port", "7860"]
 ARG IMAGEKIT_REVISION=""
 ARG IMAGEKIT_SOURCE=""
 LABEL dev.imagekit.image="tts-inference" \
-    dev.imagekit.pin.cuda="12.4" \
+    dev.imagekit.pin.cuda="13.0" \
     dev.imagekit.pin.cudnn="9" \
-    dev.imagekit.pin.driver="550" \
     dev.imagekit.pin.python="3.11" \
-    dev.imagekit.pin.torch="2.5.1" \
+    dev.imagekit.pin.torch="2.14.1" \
     dev.imagekit.spec="tts" \
     org.opencontainers.image.description="imagekit image tts-inference of spec tts: layers base > runtime > app" \
     org.opencontainers.image.title="tts-inference" \
-    org.opencontainers.image.version="c4ba85aff93b0c5c"
+    org.opencontainers.image.version="4f6482c8fab8ca84"
 LABEL org.opencontainers.image.revision="${IMAGEKIT_REVISION}" \
     org.opencontainers.image.source="${IMAGEKIT_SOURCE}"

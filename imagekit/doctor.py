@@ -14,11 +14,13 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagekit.errors import ImagekitError, ToolMissing
+from imagekit.doctor_report import Check, Report
+from imagekit.errors import ImagekitError
+from imagekit.nightly.staleness import matrix_news
 from imagekit.runners import process
 
 if TYPE_CHECKING:
@@ -31,60 +33,6 @@ Which = Callable[[str], str | None]
 DEBIAN_DOCKER = "/usr/bin/docker"
 PROBE_TIMEOUT = 15.0
 BUILD_TIMEOUT = 120.0  # the BuildKit probe; a busy shared engine can take a while to start a build
-
-
-@dataclass(frozen=True)
-class Check:
-    """One thing doctor looked at: whether it is usable, what was found, and how to fix it when not."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    needed_for: str = ""
-    needed: bool = False  # what was asked for (the spec's targets, --push) cannot work without it
-
-
-@dataclass(frozen=True)
-class Report:
-    """Every check, in a stable order, and the spec they were judged against (empty: this machine in general)."""
-
-    checks: list[Check] = field(default_factory=list)
-    spec: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing needed is missing."""
-        return not self.missing
-
-    @property
-    def missing(self) -> list[Check]:
-        """The needed checks that failed."""
-        return [c for c in self.checks if c.needed and not c.ok]
-
-    def to_json(self) -> dict[str, Any]:
-        """The --json document."""
-        return {
-            "ok": self.ok,
-            "spec": self.spec,
-            "missing": [c.name for c in self.missing],
-            "checks": [asdict(c) for c in self.checks],
-        }
-
-    def require_needed(self) -> None:
-        """Raise ToolMissing (exit 1) naming each needed check that failed."""
-        if self.missing:
-            what = f"for {self.spec}" if self.spec else "for docker builds"
-            names = ", ".join(c.name for c in self.missing)
-            raise ToolMissing(f"missing {what}: {names} (each fix is above; --json lists them)")
-
-    def require_all(self) -> None:
-        """Raise ToolMissing naming what is missing (doctor --strict)."""
-        missing = [c for c in self.checks if not c.ok]
-        if missing:
-            raise ToolMissing(
-                "missing: " + ", ".join(c.name for c in missing) + " (see the fix lines above, or run without --strict)"
-            )
 
 
 def _probe(
@@ -304,6 +252,13 @@ def check_remote_gpu(capture: Capture, docker: str, host: str) -> Check:
     return Check("gpu", False, f"{host}: the engine has no nvidia runtime", fix, "GPU verification")
 
 
+def check_matrix(lookup: Callable[[], tuple[list[str] | None, str]] | None = None) -> Check:
+    """Torch releases the package index has that the compatibility matrix lacks (one cached look-up, never raises)."""
+    news = matrix_news(lookup)  # the same words as the nightly report
+    fix = f"regenerate it: {news['regenerate']}" if news["missing"] else ""
+    return Check("compat matrix", not news["missing"], news["summary"], fix, "torch pins newer than the matrix")
+
+
 def check_extra(name: str, extra: str, what: str) -> Check:
     """An optional Python dependency (imagekit.extras), with the pip line that installs it."""
     from imagekit.extras import install_line, missing
@@ -454,6 +409,7 @@ def diagnose(
     build: bool = True,
     engine: str | None = None,
     extra: Sequence[Check] = (),
+    index_lookup: Callable[[], tuple[list[str] | None, str]] | None = None,
 ) -> Report:
     """Look at every tool imagekit drives and mark what the spec needs; missing tools are reported, never raised."""
     # engine buildah (default: the spec's build.engine): `extra` holds doctor_daemonless's checks, no engine needed
@@ -485,6 +441,7 @@ def diagnose(
         deboot,
         check_extra("moto", "rehearsal", "--rehearse (local moto EC2)"),
         check_extra("paramiko", "ssh", "DOCKER_HOST=ssh://..."),
+        check_matrix(index_lookup),  # never needed: a stale matrix is news, not a missing tool
     ]
     if push:
         checks.append(check_registry_login(push))

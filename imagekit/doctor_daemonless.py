@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from imagekit.doctor import Capture, Check, Which, _first_line, _probe
+from imagekit.doctor import Capture, Which, _first_line, _probe
+from imagekit.doctor_report import Check
 
 BUILD_TIMEOUT = 120.0
 POD_FIX = (

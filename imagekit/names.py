@@ -125,3 +125,11 @@ SCRIPTS_PREFIX = f"{RENDER_DIR}/provision"
 WHEELHOUSE_DIR = ".imagekit/wheelhouse"
 # Fetched remote weights sit in the build context under this folder, named by their sha256.
 MODELS_DIR = ".imagekit/models"
+
+
+def nvidia_require_cuda(cuda: str | None) -> str | None:
+    """The NVIDIA_REQUIRE_CUDA a GPU image carries (`cuda>=13.0`), as NVIDIA's own CUDA images do: the NVIDIA
+    container runtime then refuses to start it on a host driver too old for that CUDA. None for CPU images."""
+    if not cuda or cuda.strip().lower() == "none":
+        return None
+    return "cuda>=" + ".".join(cuda.strip().split(".")[:2])

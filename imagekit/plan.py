@@ -10,6 +10,7 @@ from typing import Literal
 
 from imagekit.digests import DigestCache, tree_digest
 from imagekit.errors import Problem, SpecError
+from imagekit.names import nvidia_require_cuda
 from imagekit.spec import Layer, LoadedSpec
 
 # Bump when what a layer's build does changes for the same spec (new provisioning steps), so builds redo.
@@ -144,6 +145,10 @@ def layer_hash(
         model.pop("signature", None)
     if dumped.get("venv_layers") is None:
         dumped.pop("venv_layers", None)
+    if target == "docker":
+        # the driver is the host's (an AMI installs it; a container only states the CUDA floor it needs): a new
+        # driver pin must not rebuild docker layers. Hashed as unset, so layers without one keep their hashes.
+        dumped["driver"] = None
     doc: dict[str, object] = {
         "recipe": RECIPE_VERSION,
         "target": target,
@@ -190,6 +195,11 @@ def plan_image(
             unit = render_service_unit(loaded, image)
             if unit is not None:
                 inputs["service-unit"] = hashlib.sha256(unit.encode()).hexdigest()
+        if target == "docker" and name == chain[-1][0]:
+            # a GPU image's leaf states its CUDA floor for the NVIDIA container runtime (NVIDIA_REQUIRE_CUDA)
+            require = nvidia_require_cuda(loaded.resolved(image).cuda)
+            if require:
+                inputs["nvidia-require-cuda"] = require
         digest = layer_hash(layer, parent_hash, target, inputs, settings)
         status: Literal["stale", "cached"] = "stale"
         reason = "not built yet"

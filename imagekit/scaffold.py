@@ -115,7 +115,10 @@ def _torch_from(pins: dict[str, str], index_lines: str, facts: AppFacts, source:
         facts.torch, facts.torch_source = release, source
         if local:
             facts.torch_build = local.lower()
-    runtime = next((v for k, v in pins.items() if re.fullmatch(r"nvidia-cuda-runtime-cu\d+", k)), None)
+    # CUDA 11/12: nvidia-cuda-runtime-cu12==12.4.127; CUDA 13 wheels have no suffix (nvidia-cuda-runtime==13.0.96)
+    # and come with the cuda-toolkit metapackage (cuda-toolkit==13.0.3.0), either of which says the CUDA build
+    runtime = next((v for k, v in pins.items() if re.fullmatch(r"nvidia-cuda-runtime(?:-cu\d+)?", k)), None)
+    runtime = runtime or pins.get("cuda-toolkit")
     if runtime:
         m = re.match(r"(\d+)\.(\d+)", runtime)
         if m:
@@ -395,11 +398,11 @@ def render_spec(facts: AppFacts, pins: Pins) -> str:
             '    cuda: "none"',
         ]
     elif facts.cuda_from_lock and pins.torch:
-        # the lock pins torch and NVIDIA's CUDA wheels (nvidia-cuda-runtime-cu12, cuDNN, cuBLAS, ...): the container
+        # the lock pins torch and NVIDIA's CUDA wheels (nvidia-cuda-runtime[-cu12], cuDNN, cuBLAS, ...): the container
         # needs no CUDA image, only the host's driver, as the GPU example does
         out += [
             "    # a Debian bookworm base made with debootstrap: no registry needed (as root, once, about a minute);",
-            "    # CUDA's user space comes from the nvidia-*-cu* wheels the lock pins, the driver from the host",
+            "    # CUDA's user space comes from the NVIDIA wheels the lock pins (nvidia-*), the driver from the host",
             "    from:",
             "      bootstrap: {distro: debian, suite: bookworm}",
             *_AMI_HINT,

@@ -70,7 +70,7 @@ phase_system() {
 
 phase_cuda() {
     if [ "$IMAGEKIT_TARGET" = docker ]; then
-        log 'cuda: a container takes CUDA 12.4 user space from the nvidia-* wheels torch depends on (the lock pins them); nothing to install'
+        log 'cuda: a container takes CUDA 13.0 user space from the nvidia-* wheels torch depends on (the lock pins them); nothing to install'
         return 0
     fi
     # shellcheck disable=SC1091
@@ -93,8 +93,8 @@ phase_cuda() {
         rm -f /tmp/cuda-keyring.deb
         APT_UPDATED=
     fi
-    log 'cuda: cuda-drivers-550 cuda-libraries-12-4 libcudnn9-cuda-12'
-    apt_install "linux-headers-$(uname -r)" cuda-drivers-550 cuda-libraries-12-4 libcudnn9-cuda-12
+    log 'cuda: cuda-drivers-580 cuda-libraries-13-0 libcudnn9-cuda-13'
+    apt_install "linux-headers-$(uname -r)" cuda-drivers-580 cuda-libraries-13-0 libcudnn9-cuda-13
     apt_clean
 }
 

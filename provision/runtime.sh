@@ -228,9 +228,9 @@ phase_install() {
             # shellcheck disable=SC2086
             pkg_install_or_build $extra --require-hashes --no-deps -r "$2"
         elif [ "$1" = heavy1 ]; then
-            log "install: $1 (lock, no deps) + torch==2.5.1"
+            log "install: $1 (lock, no deps) + torch==2.14.1"
             # shellcheck disable=SC2086
-            pkg_install_or_build $extra --no-deps -r "$2" torch==2.5.1
+            pkg_install_or_build $extra --no-deps -r "$2" torch==2.14.1
         else
             log "install: $1 (lock, no deps)"
             # shellcheck disable=SC2086
@@ -242,7 +242,7 @@ phase_install() {
     # the Dockerfile mounts one part's lines at $lock and names it in IMAGEKIT_PART; a VM has the whole lock
     if [ -z "${IMAGEKIT_PART:-}" ]; then
         if grep -q -- '--hash=' "$lock" && ! grep -qiE '^torch==' "$lock"; then
-            die 'a hashed lock must pin torch==2.5.1'
+            die 'a hashed lock must pin torch==2.14.1'
         fi
         :
     fi
@@ -257,7 +257,7 @@ phase_install() {
     done
     rm -rf "$parts"
     case " ${IMAGEKIT_PART:-light} " in *" light "*)
-        "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.5.1 || die "torch in $VENV is not 2.5.1"
+        "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__.partition(chr(43))[0] != sys.argv[1])' 2.14.1 || die "torch in $VENV is not 2.14.1"
         ;;
     esac
 }
@@ -275,7 +275,7 @@ phase_lock_parts() {
     lock="$IMAGEKIT_SRC/requirements.lock"
     [ -f "$lock" ] || die "requirements lock $lock is missing"
     if grep -q -- '--hash=' "$lock" && ! grep -qiE '^torch==' "$lock"; then
-        die 'a hashed lock must pin torch==2.5.1'
+        die 'a hashed lock must pin torch==2.14.1'
     fi
     mkdir -p /imagekit-lock
     for part in heavy1 heavy2 heavy3 light; do

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, require_docker, require_packer, require_tool
 from typer.testing import CliRunner
 
-from imagekit import doctor
+from imagekit import doctor, doctor_report
 from imagekit.cli import app
 from imagekit.runners import process
 from imagekit.spec import load_spec
@@ -32,6 +32,7 @@ NAMES = [
     "debootstrap",
     "moto",
     "paramiko",
+    "compat matrix",
     "pull (docker)",
     "pull (podman)",
     "unpigz",
@@ -52,7 +53,7 @@ def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def by_name(report: doctor.Report) -> dict[str, doctor.Check]:
+def by_name(report: doctor_report.Report) -> dict[str, doctor_report.Check]:
     return {c.name: c for c in report.checks}
 
 
@@ -93,7 +94,7 @@ def test_aws_from_environment(no_aws: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     checks = {c.name: c for c in doctor.check_aws()}
     assert checks["aws credentials"].ok and checks["aws credentials"].detail == "found via env"
-    assert checks["aws region"] == doctor.Check("aws region", True, "eu-west-1", "", "AMI builds")
+    assert checks["aws region"] == doctor_report.Check("aws region", True, "eu-west-1", "", "AMI builds")
     # The key itself is never shown.
     assert "AKIA" not in json.dumps([c.detail for c in checks.values()])
 

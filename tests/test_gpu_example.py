@@ -1,6 +1,7 @@
-"""The GPU example (examples/tts/imagekit.yaml: torch 2.5.1+cu124) built and verified for real on this CPU host.
+"""The GPU example (examples/tts/imagekit.yaml: torch 2.14.1+cu130) built and verified for real on this CPU host.
 
-Its container base is bootstrapped Debian (no registry), its CUDA user space the lock's nvidia-* wheels. From an
+Its container base is bootstrapped Debian (no registry), its CUDA user space the lock's NVIDIA CUDA 13 wheels
+(nvidia-cuda-runtime, nvidia-cublas, ... without a suffix, installed in site-packages/nvidia/cu13/lib). From an
 empty engine this is a ~6 GB image and minutes of pip; its layers are tagged by hash, so later runs reuse them.
 `--gpu optional` verifies everything but the GPU; without it the spec's `gpu: required` fails naming the GPU.
 """
@@ -44,23 +45,36 @@ def test_the_gpu_example_builds_and_verifies_here_with_gpu_optional(built: dict[
     assert report["gpu_policy"] == "optional"
     assert report["gpu_visible"] is False
     torch = report["probe"]["torch"]
-    assert torch["version"] == "2.5.1+cu124"
-    assert torch["cuda"] == "12.4"  # torch built for CUDA 12.4
+    assert torch["version"] == "2.14.1+cu130"
+    assert torch["cuda"] == "13.0"  # torch built for CUDA 13.0
     assert torch["cudnn"] // 10000 == 9
     assert [lr["name"] for lr in built["image"]["layers"]] == ["base", "runtime", "app"]
     assert built["image"]["base"]["kind"] == "bootstrap"
 
 
-def test_cudnn_9_and_cuda_12_4_are_loaded_from_the_images_wheels(built: dict[str, Any]) -> None:
+def test_cudnn_9_and_cuda_13_are_loaded_from_the_images_wheels(built: dict[str, Any]) -> None:
     libs = built["report"]["probe"]["cuda_libs"]
     cudnn, cudart, cublas = libs["cudnn"], libs["cudart"], libs["cublas"]
     # what the libraries themselves report once loaded (cudnnGetVersion, cudaRuntimeGetVersion), not torch's word
     assert cudnn["version"] // 10000 == 9, cudnn
     assert cudnn["from_wheel"] and "/site-packages/nvidia/cudnn/lib/libcudnn.so.9" in cudnn["path"]
     assert cudnn["loaded_by_torch"] is True
-    assert cudart["version"] == 12040 and cudart["from_wheel"], cudart
+    assert cudnn["wheel"]["name"] == "nvidia-cudnn-cu13"
+    # CUDA 13's wheel layout: one folder for the toolkit's libraries, the wheel named without a suffix
+    assert cudart["version"] == 13000 and cudart["from_wheel"], cudart
+    assert "/site-packages/nvidia/cu13/lib/libcudart.so.13" in cudart["path"]
+    assert cudart["wheel"]["name"] == "nvidia-cuda-runtime"
     assert cudart["driver_cuda"] == 0  # no NVIDIA driver on this host
-    assert str(cublas["version"]).startswith("12.4."), cublas
+    assert str(cublas["version"]).startswith("13.") and cublas["from_wheel"], cublas
+    assert cublas["wheel"]["name"] == "nvidia-cublas"
+
+
+def test_the_image_carries_its_cuda_floor_for_the_nvidia_runtime(built: dict[str, Any]) -> None:
+    env = subprocess.run(
+        ["docker", "image", "inspect", built["image"]["ref"], "--format", "{{json .Config.Env}}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "NVIDIA_REQUIRE_CUDA=cuda>=13.0" in json.loads(env)
 
 
 def test_without_the_flag_the_specs_gpu_required_exits_1_naming_the_gpu(built: dict[str, Any]) -> None:

@@ -115,8 +115,9 @@ def test_init_on_the_example_app_finds_its_cuda_from_the_lock(tmp_path: Path) ->
     assert code == 0, output
     loaded = validate(folder / "imagekit.yaml")
     resolved = loaded.resolved("tts")
-    # the lock pins no torch, but nvidia-cuda-runtime-cu12==12.4.127 and nvidia-cudnn-cu12==9.1.0.70
-    assert (resolved.cuda, resolved.cudnn, resolved.python) == ("12.4", "9", "3.11")
+    # the lock pins no torch, but NVIDIA's CUDA 13 wheels: nvidia-cuda-runtime==13.0.96 (no -cu13 suffix since
+    # CUDA 13) and nvidia-cudnn-cu13==9.24.0.43
+    assert (resolved.cuda, resolved.cudnn, resolved.python) == ("13.0", "9", "3.11")
     models = {m.src: m.sha256 for m in loaded.spec.layers["app"].models}
     assert models["models/tts.pt"] == "4bfe58c56b295277295388d9bef54cab32932c8f79d9f20b987a3fb65289319e"
     assert resolved.port == 7860 and resolved.command is not None and "app.server" in resolved.command
@@ -134,6 +135,36 @@ def test_a_lock_with_torch_and_the_cuda_wheels_starts_from_a_bootstrap_base(tmp_
     base = loaded.spec.layers["base"].from_
     assert base is not None and base.bootstrap is not None and base.docker is None
     assert resolved.driver is not None  # the AMI still gets the driver branch CUDA 12.4 needs
+
+
+# torch 2.14.1's closure for its PyPI (CUDA 13.0) build, as the index resolved it on 2026-12-04 (a part of it)
+CU13_LOCK = """\
+torch==2.14.1
+cuda-toolkit==13.0.3.0
+nvidia-cublas==13.1.1.3
+nvidia-cuda-runtime==13.0.96
+nvidia-cudnn-cu13==9.24.0.43
+nvidia-nccl-cu13==2.30.7
+filelock==4.3.2
+"""
+
+
+@pytest.mark.parametrize(
+    "lock",
+    [CU13_LOCK, CU13_LOCK.replace("nvidia-cuda-runtime==13.0.96\n", "")],
+    ids=["cuda-runtime-wheel", "cuda-toolkit-metapackage-only"],
+)
+def test_a_cuda13_torch_lock_writes_a_spec_that_validates_with_cuda_13(tmp_path: Path, lock: str) -> None:
+    folder = _app(tmp_path / "cu13-svc", lock=lock)
+    code, output = _init(str(folder))
+    assert code == 0, output
+    loaded = validate(folder / "imagekit.yaml")
+    resolved = loaded.resolved("cu13-svc")
+    assert (resolved.torch, resolved.cuda, resolved.cudnn) == ("2.14.1", "13.0", "9")
+    assert 'cuda: "13.0"' in (folder / "imagekit.yaml").read_text()
+    base = loaded.spec.layers["base"].from_
+    assert base is not None and base.bootstrap is not None  # CUDA from the wheels: a bootstrapped base
+    assert resolved.driver == "580"  # the driver branch CUDA 13.0 needs (for the AMI)
 
 
 def test_a_uv_lock_gives_the_torch_build_and_says_how_to_export(tmp_path: Path) -> None:
@@ -165,10 +196,10 @@ def test_loose_requirements_go_under_pip(tmp_path: Path) -> None:
 
 
 def test_a_torch_the_matrix_does_not_know_for_cuda_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    folder = _app(tmp_path / "new", lock="torch==2.13.0\n")
+    folder = _app(tmp_path / "new", lock="torch==2.16.0\n")
     code, output = _init(str(folder))
     assert code == 2, output
-    assert "torch 2.13.0" in output and "--cpu" in output
+    assert "torch 2.16.0" in output and "--cpu" in output
     assert not (folder / "imagekit.yaml").exists()
 
 

@@ -93,6 +93,37 @@ def test_targets_hash_apart_and_pycache_does_not_count(tmp_path: Path) -> None:
     assert _hashes(spec, cache) == docker
 
 
+def test_the_driver_pin_moves_ami_hashes_only(tmp_path: Path) -> None:
+    # the driver is the host's on docker (an AMI installs it): a driver pin must leave docker layers cached
+    spec = _spec(tmp_path)
+    cpu = spec.read_text()
+    spec.write_text(cpu.replace('cuda: "none"', 'cuda: "13.0"\n    driver: "580"'))
+    cache = DigestCache(tmp_path / "digests.json")
+    docker, ami = _hashes(spec, cache, "docker"), _hashes(spec, cache, "ami")
+    spec.write_text(cpu.replace('cuda: "none"', 'cuda: "13.0"\n    driver: "590"'))
+    assert _hashes(spec, cache, "docker") == docker
+    assert all(_hashes(spec, cache, "ami")[k] != ami[k] for k in ami)
+    # no driver at all hashes the same on docker too, and a CPU spec keeps the hashes it had before this rule
+    spec.write_text(cpu.replace('cuda: "none"', 'cuda: "13.0"'))
+    assert _hashes(spec, cache, "docker") == docker
+
+
+def test_a_gpu_leaf_hash_covers_nvidia_require_cuda(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    cpu = spec.read_text()
+    cache = DigestCache(tmp_path / "digests.json")
+    spec.write_text(cpu.replace('cuda: "none"', 'cuda: "12.8"'))
+    cu128 = plan_image(load_spec(spec), "plantest", "docker", cache=cache)
+    spec.write_text(cpu.replace('cuda: "none"', 'cuda: "13.0"'))
+    cu130 = plan_image(load_spec(spec), "plantest", "docker", cache=cache)
+    # every layer moves with the CUDA pin; the leaf also carries the image's NVIDIA_REQUIRE_CUDA (cuda>=13.0)
+    assert all(a.hash != b.hash for a, b in zip(cu128.layers, cu130.layers, strict=True))
+    from imagekit.names import nvidia_require_cuda
+
+    assert nvidia_require_cuda("13.0") == "cuda>=13.0" and nvidia_require_cuda("12.4.1") == "cuda>=12.4"
+    assert nvidia_require_cuda("none") is None and nvidia_require_cuda(None) is None
+
+
 def test_big_weights_are_read_once_then_served_from_the_cache(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     cache_file = tmp_path / "cache" / "digests.json"

@@ -173,8 +173,11 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^USER app$", text, re.M)
     assert "HEALTHCHECK " in text and "http://127.0.0.1:7860/ready" in text
     assert "EXPOSE 7860" in text
-    for pin in ('cuda="12.4"', 'cudnn="9"', 'torch="2.5.1"', 'python="3.11"', 'driver="550"'):
+    for pin in ('cuda="13.0"', 'cudnn="9"', 'torch="2.14.1"', 'python="3.11"'):
         assert f"dev.imagekit.pin.{pin}" in text
+    # the driver is the host's: no driver label (an AMI-only pin), but the CUDA floor for the NVIDIA runtime
+    assert "dev.imagekit.pin.driver" not in text
+    assert 'ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in text
     for lp in ("base", "runtime", "app"):
         assert f"dev.imagekit.layer.{lp}.hash=" in text
     for key in ("title", "version", "revision", "source", "description"):

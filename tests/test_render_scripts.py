@@ -41,9 +41,9 @@ def test_phases_per_layer() -> None:
 
 def test_cuda_step_differs_by_target_at_run_time() -> None:
     text = render_scripts(load_spec(GPU), "tts-inference", "ami")["base"]
-    assert "cuda-drivers-550" in text
-    assert "cuda-libraries-12-4" in text
-    assert "libcudnn9-cuda-12" in text
+    assert "cuda-drivers-580" in text
+    assert "cuda-libraries-13-0" in text
+    assert "libcudnn9-cuda-13" in text
     assert "cuda-keyring_1.1-1_all.deb" in text
     assert 'if [ "$IMAGEKIT_TARGET" = docker ]; then' in text
 
@@ -51,24 +51,24 @@ def test_cuda_step_differs_by_target_at_run_time() -> None:
 def test_install_uses_lock_without_deps_plus_torch_pin() -> None:
     text = render_scripts(load_spec(GPU), "tts-inference", "ami")["runtime"]
     # torch's own part (heavy1) adds the pin; every part of a hashed lock installs with --require-hashes
-    assert 'pkg_install_or_build $extra --no-deps -r "$2" torch==2.5.1' in text
+    assert 'pkg_install_or_build $extra --no-deps -r "$2" torch==2.14.1' in text
     assert 'elif [ "$1" = heavy1 ]; then' in text
     assert 'pkg_install_or_build $extra --require-hashes --no-deps -r "$2"' in text
     assert "/run/secrets/ca" in text
-    # PyPI's torch 2.5.1 is the cu124 build and the base brings no CUDA: PyPI alone, no second index
+    # PyPI's torch 2.14.1 is the CUDA 13.0 build and the base brings no CUDA: PyPI alone, no second index
     assert 'default_index=""' in text
     assert "download.pytorch.org" not in text
 
 
 def test_a_cuda_build_pypi_does_not_serve_asks_pytorchs_index(tmp_path: Path) -> None:
-    text = GPU.read_text(encoding="utf-8").replace('cuda: "12.4"', 'cuda: "12.1"')
+    text = GPU.read_text(encoding="utf-8").replace('cuda: "13.0"', 'cuda: "12.8"')
     spec = tmp_path / "imagekit.yaml"
     spec.write_text(text, encoding="utf-8")
     (tmp_path / "requirements.lock").write_bytes((GPU.parent / "requirements.lock").read_bytes())
     runtime = render_scripts(parse_spec(text, spec), "tts-inference", "ami")["runtime"]
-    assert 'default_index="https://download.pytorch.org/whl/cu121"' in runtime
+    assert 'default_index="https://download.pytorch.org/whl/cu128"' in runtime
     base = render_scripts(parse_spec(text, spec), "tts-inference", "ami")["base"]
-    assert "CUDA 12.1 user space from the nvidia-* wheels" in base
+    assert "CUDA 12.8 user space from the nvidia-* wheels" in base
 
 
 def test_models_are_root_owned_read_only() -> None:

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imagekit.cli import app
+from imagekit.compat import matrix
 from imagekit.spec import load_spec
 
 WEIGHTS = b"not really a model, but pinned like one"
@@ -93,7 +94,7 @@ def test_the_example_shape_validates(spec_dir: Path) -> None:
 
 @pytest.mark.parametrize("name", ["imagekit.yaml", "imagekit-cpu.yaml"])
 def test_the_committed_examples_validate(name: str) -> None:
-    # The GPU example (CUDA 12.4, torch 2.5.1) and the CPU one (torch 2.13.0 CPU, the observed row) pass the matrix
+    # The GPU example (CUDA 13.0, torch 2.14.1) and the CPU one (torch 2.13.0 CPU) pass the matrix
     # and their files match their pins.
     from imagekit.api.spec import validate as api_validate
     from imagekit.compat.check import notes
@@ -103,6 +104,7 @@ def test_the_committed_examples_validate(name: str) -> None:
     assert notes(loaded) == []
 
 
+GENERATED = f"{matrix().generated['date']} from {matrix().generated['index']}"  # when and where the matrix was read
 # (what the issue names, old text, new text, needle for the line, expected message after "bad.yaml:LINE: ")
 CASES = [
     (
@@ -251,15 +253,23 @@ CASES = [
         'cuda: "12.7"',
         '"12.7"',
         "layers.base.cuda: unknown CUDA version 12.7 (known: 10.2, 11.3, 11.4, 11.5, 11.6, 11.7, 11.8, 12.0, 12.1, 12.2, "
-        '12.3, 12.4, 12.5, 12.6, 12.8, 12.9, 13.0, or "none" for CPU)',
+        '12.3, 12.4, 12.5, 12.6, 12.8, 12.9, 13.0, 13.2, or "none" for CPU)',
     ),
     (
         "unknown torch version with a CUDA build",
         'torch: "2.5.1"',
-        'torch: "2.11.0"',
+        'torch: "2.9.7"',
         "torch:",
-        "layers.runtime.torch: unknown torch version 2.11.0 for CUDA 12.4 "
-        "(the matrix knows torch 1.12.0 to 2.9.1 (and 2.13.0 CPU, observed))",
+        "layers.runtime.torch: unknown torch version 2.9.7 for CUDA 12.4 (the matrix knows torch 1.12.0 to 2.15.0)",
+    ),
+    (
+        "torch newer than the matrix",
+        'torch: "2.5.1"',
+        'torch: "2.16.0"',
+        "torch:",
+        "layers.runtime.torch: torch 2.16.0 is newer than the compatibility matrix (newest known: torch 2.15.0, "
+        f"generated {GENERATED}) (regenerate the matrix from the package index: "
+        "`python scripts/gen_compat.py --from-index` (review and commit the diff), or pin torch 2.15.0 or older)",
     ),
 ]
 
@@ -311,7 +321,7 @@ def test_compat_problem_is_at_the_layer_that_sets_the_key(spec_dir: Path) -> Non
     assert code == 2
     assert output.splitlines() == [
         "bad.yaml:9: layers.base.cudnn: cuDNN 9 is not shipped for CUDA 11.6; it has cuDNN 8 "
-        "(CUDA versions with cuDNN 9: 11.8, 12.0, 12.1, 12.2, 12.3, 12.4, 12.5, 12.6, 12.8, 12.9, 13.0)",
+        "(CUDA versions with cuDNN 9: 11.8, 12.0, 12.1, 12.2, 12.3, 12.4, 12.5, 12.6, 12.8, 12.9, 13.0, 13.2)",
         "bad.yaml:15: layers.runtime.torch: torch 2.5.1 is built for CUDA 11.8, 12.1, 12.4, not CUDA 11.6 "
         "(torch releases built for CUDA 11.6: 1.12.x, 1.13.x)",
     ]
@@ -337,7 +347,7 @@ def test_compat_problem_is_at_the_layer_that_sets_the_key(spec_dir: Path) -> Non
         'version: 1\nname: seed\nlayers: {a: {from: {docker: "x"}, cuda: "11.6", torch: "1.13.1"}}\n'
         "images: {s: {leaf: a}}\n",
     ],
-    ids=["torch-2.13-cpu-observed", "newer-cpu-torch-note-only", "seed-cu117", "seed-cu116"],
+    ids=["torch-2.13-cpu", "torch-2.14-cpu-from-the-index", "seed-cu117", "seed-cu116"],
 )
 def test_cpu_and_seed_specs_are_accepted(spec_dir: Path, text: str) -> None:
     (spec_dir / "ok.yaml").write_text(text)
@@ -345,17 +355,15 @@ def test_cpu_and_seed_specs_are_accepted(spec_dir: Path, text: str) -> None:
     assert code == 0, output
 
 
-def test_newer_cpu_torch_is_a_note(spec_dir: Path) -> None:
-    from imagekit.compat.check import check_spec, notes
-
-    (spec_dir / "ok.yaml").write_text(
-        'version: 1\nname: cpu\nlayers: {a: {from: {docker: "x"}, torch: "2.14.0"}}\nimages: {cpu: {leaf: a}}\n'
+def test_a_torch_newer_than_the_matrix_exits_2_with_the_regenerate_command(spec_dir: Path) -> None:
+    # CPU builds too: a stale matrix is a clear word (which release it knows last, how to regenerate it)
+    (spec_dir / "new.yaml").write_text(
+        'version: 1\nname: cpu\nlayers: {a: {from: {docker: "x"}, torch: "2.16.0"}}\nimages: {cpu: {leaf: a}}\n'
     )
-    loaded = load_spec(spec_dir / "ok.yaml")
-    assert check_spec(loaded) == []
-    [note] = notes(loaded)
-    assert note.path == "layers.a.torch"
-    assert "newer than the compatibility matrix" in note.message
+    code, output = validate("-f", "new.yaml")
+    assert code == 2, output
+    assert "layers.a.torch: torch 2.16.0 is newer than the compatibility matrix (newest known: torch 2.15.0" in output
+    assert "python scripts/gen_compat.py --from-index" in output
 
 
 GARBAGE: list[bytes] = [

@@ -132,10 +132,10 @@ def test_gpu_required_on_a_host_without_gpu_says_so_and_how_to_fix(probe: dict[s
 
 def test_gpu_spec_against_the_cpu_image_lists_every_mismatch(probe: dict[str, Any]) -> None:
     failures = compare(probe, load_spec(EXAMPLES / "tts" / "imagekit.yaml"), "tts-inference")
-    assert failures[0] == "torch: expected 2.5.1, found 2.13.0+cpu"
-    assert "torch CUDA build: expected CUDA 12.4, found a CPU-only build" in failures
-    assert "pip sympy: expected 1.13.1 (requirements.lock), found 1.14.0" in failures
-    assert "pip nvidia-cudnn-cu12: expected 9.1.0.70 (requirements.lock), found not installed" in failures
+    assert failures[0] == "torch: expected 2.14.1, found 2.13.0+cpu"
+    assert "torch CUDA build: expected CUDA 13.0, found a CPU-only build" in failures
+    assert "pip nvidia-cudnn-cu13: expected 9.24.0.43 (requirements.lock), found not installed" in failures
+    assert "pip nvidia-cuda-runtime: expected 13.0.96 (requirements.lock), found not installed" in failures
     assert "apt ffmpeg: expected installed, found not installed" in failures
     assert failures[-1] == GPU_HINT
 
@@ -148,7 +148,7 @@ def test_driver_branch_is_checked_on_ami_only(probe: dict[str, Any]) -> None:
     docker_failures = compare(probe, loaded, "tts-inference", target="docker")
     ami_failures = compare(probe, loaded, "tts-inference", target="ami")
     assert not any(f.startswith("driver:") for f in docker_failures)
-    assert "driver: expected branch 550, found 535.183.01" in ami_failures
+    assert "driver: expected branch 580, found 535.183.01" in ami_failures
     assert GPU_HINT not in ami_failures
 
 

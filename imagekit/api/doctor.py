@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from imagekit.doctor import Report, diagnose
+from imagekit.doctor import diagnose
+from imagekit.doctor_report import Report
 from imagekit.spec import find_spec, load_spec
 
 

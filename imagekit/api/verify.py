@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from imagekit.errors import SpecError
 from imagekit.events import Reporter, silent
 from imagekit.spec import load_spec
 from imagekit.verify import docker_host, probe_file
@@ -43,5 +44,15 @@ def verify_probe_file(
     *,
     gpu: str | None = None,
 ) -> VerifyResult:
-    """Judge a saved probe JSON against the spec, with no container: exit 0 pass, 1 failed checks, 2 not a probe."""
-    return probe_file.verify_probe_file(load_spec(path), probe, image, reporter, gpu=gpu)
+    """Judge a saved probe JSON against the spec, with no container: exit 0 pass, 1 failed checks, 2 not a probe.
+
+    The spec's pins go through the same compatibility check as `validate` first (exit 2 when it refuses them): a
+    probe never makes a spec good that validate would refuse.
+    """
+    from imagekit.compat.check import check_spec
+
+    loaded = load_spec(path)
+    problems = check_spec(loaded)
+    if problems:
+        raise SpecError(problems)
+    return probe_file.verify_probe_file(loaded, probe, image, reporter, gpu=gpu)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class PypiBuild:
     cudnn: str
     confidence: str
     source: str
+    cudnn_version: str | None = None  # the nvidia-cudnn pin, e.g. 9.19.0.56
+    wheels: tuple[str, ...] = ()  # the NVIDIA distributions it pins (nvidia-cublas, cuda-toolkit, nvidia-cudnn-cu13)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TorchRelease:
     source: str
     note: str = ""
     pypi: PypiBuild | None = None  # the build `pip install torch==X` gets from PyPI on manylinux x86_64
+    pythons_complete: bool = True  # False for a row known only from observed wheels
 
     @property
     def minor(self) -> str:
@@ -89,6 +93,7 @@ class Matrix:
     cuda: dict[str, CudaRow]
     cudnn: dict[str, tuple[str, ...]]
     gpus: dict[str, GpuRow]
+    generated: dict[str, str] = dataclasses.field(default_factory=dict)  # date and index of the torch rows
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ def _read(name: str) -> Any:
 @functools.cache
 def matrix() -> Matrix:
     """The matrix from the package data (read once)."""
+    torch_doc = _read("torch.yaml")
     torch = tuple(
         TorchRelease(
             version=str(r["version"]),
@@ -131,9 +137,12 @@ def matrix() -> Matrix:
                 cudnn=str(r["pypi"]["cudnn"]),
                 confidence=str(r["pypi"]["confidence"]),
                 source=str(r["pypi"]["source"]),
+                cudnn_version=None if r["pypi"].get("cudnn_version") is None else str(r["pypi"]["cudnn_version"]),
+                wheels=tuple(str(w) for w in r["pypi"].get("wheels") or ()),
             ),
+            pythons_complete=bool(r.get("pythons_complete", True)),
         )
-        for r in _read("torch.yaml")["releases"]
+        for r in torch_doc["releases"]
     )
     cuda = {
         str(r["version"]): CudaRow(
@@ -161,7 +170,8 @@ def matrix() -> Matrix:
         )
         for r in _read("gpus.yaml")["gpus"]
     }
-    return Matrix(torch=torch, cuda=cuda, cudnn=cudnn, gpus=gpus)
+    generated = {str(k): str(v) for k, v in (torch_doc.get("generated") or {}).items()}
+    return Matrix(torch=torch, cuda=cuda, cudnn=cudnn, gpus=gpus, generated=generated)
 
 
 # --- pure lookups -----------------------------------------------------------------------------------------------
@@ -245,9 +255,28 @@ def curated_releases() -> list[TorchRelease]:
 
 
 def torch_range() -> tuple[str, str]:
-    """Oldest and newest release of the curated (complete) torch rows."""
-    rows = sorted(curated_releases(), key=lambda r: vkey(r.version))
+    """Oldest and newest torch release the matrix knows."""
+    rows = sorted(matrix().torch, key=lambda r: vkey(r.version))
     return rows[0].version, rows[-1].version
+
+
+REGENERATE = "python scripts/gen_compat.py --from-index"
+
+
+def newer_than_matrix(version: str) -> bool:
+    """True when a torch pin is a release after the newest one the matrix knows (the matrix is stale)."""
+    m = TORCH_RE.match(version.strip())
+    if m is None:
+        return False
+    pin = (int(m["major"]), int(m["minor"]), int(m["patch"] or 0))
+    return pin > vkey(torch_range()[1]) and not torch_releases(version)
+
+
+def missing_releases(index_versions: list[str]) -> list[str]:
+    """Torch releases the index serves (since the matrix's oldest) that the matrix lacks."""
+    known = {r.version for r in matrix().torch}
+    first = vkey(torch_range()[0])
+    return [v for v in index_versions if v not in known and vkey(v) >= first]
 
 
 def version_lines(versions: list[str]) -> str:
@@ -293,3 +322,69 @@ def gpu_problems(sm: str | int | float | tuple[int, int], cuda: str, torch: str 
                 f"torch's CUDA {key} builds carry no {row.sm} code; use a CUDA {row.max_torch_cuda} or older build"
             )
     return out
+
+
+# NVIDIA's CUDA wheels: nvidia-cuda-runtime-cu11/-cu12 up to CUDA 12; from CUDA 13 nvidia-cuda-runtime (no suffix)
+# under the cuda-toolkit metapackage, installed in site-packages/nvidia/cu13/lib. cuDNN keeps a suffix (-cu13).
+CUDA_WHEEL_RE = re.compile(r"^(?:nvidia-cuda-runtime(?:-cu\d+)?|cuda-toolkit)$")
+CUDNN_WHEEL_RE = re.compile(r"^nvidia-cudnn-cu\d+$")
+LOCK_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*===?\s*([0-9][^\s;#\\]*)")
+
+
+def wheel_pins(text: str) -> dict[str, str]:
+    """The name==version pins of a requirements lock (names normalized), for the CUDA wheel checks."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        m = LOCK_PIN_RE.match(raw.strip())
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def cuda_of_wheels(pins: dict[str, str]) -> tuple[str, str] | None:
+    """(CUDA MAJOR.MINOR, "name==version") of the CUDA runtime a lock's NVIDIA wheels bring, if it pins one."""
+    for name in sorted(pins, key=lambda n: n == "cuda-toolkit"):  # the runtime wheel first, the metapackage after
+        if CUDA_WHEEL_RE.match(name):
+            key = cuda_key(pins[name])
+            if key:
+                return key, f"{name}=={pins[name]}"
+    return None
+
+
+def cudnn_of_wheels(pins: dict[str, str]) -> tuple[str, str] | None:
+    """(cuDNN major, "name==version") of the nvidia-cudnn wheel a lock pins, if any."""
+    for name, version in sorted(pins.items()):
+        if CUDNN_WHEEL_RE.match(name) and version.split(".")[0].isdigit():
+            return str(int(version.split(".")[0])), f"{name}=={version}"
+    return None
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How the matrix compares with the index: the torch releases it lacks, or why that is unknown."""
+
+    missing: tuple[str, ...]
+    newest_known: str
+    source: str  # the index (and whether the answer was cached), or why it could not be asked
+    checked: bool
+
+    def summary(self) -> str:
+        """One line for doctor and the nightly report."""
+        made = matrix().generated
+        when = f" (generated {made['date']})" if made.get("date") else ""
+        if not self.checked:
+            return f"newest known torch {self.newest_known}{when}; not compared with the index: {self.source}"
+        if not self.missing:
+            return f"up to date with {self.source}: newest torch {self.newest_known}{when}"
+        return (
+            f"{len(self.missing)} torch release(s) on {self.source} missing from the matrix "
+            f"({', '.join(self.missing)}); newest known {self.newest_known}{when}"
+        )
+
+
+def freshness(index_versions: list[str] | None, source: str) -> Freshness:
+    """Compare the index's torch releases (None: not reachable) with the matrix. Pure."""
+    newest = torch_range()[1]
+    if index_versions is None:
+        return Freshness((), newest, source, checked=False)
+    return Freshness(tuple(missing_releases(index_versions)), newest, source, checked=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from imagekit.compat import (
+    REGENERATE,
     TORCH_RE,
     Finding,
     cuda_key,
+    cuda_of_wheels,
     cuda_versions,
+    cudnn_of_wheels,
     curated_releases,
     driver_branch,
     matrix,
+    newer_than_matrix,
     pypi_build,
     python_key,
     torch_cuda_builds,
@@ -19,6 +23,7 @@ from imagekit.compat import (
     torch_releases,
     version_lines,
     vkey,
+    wheel_pins,
 )
 from imagekit.errors import Problem
 from imagekit.spec import Layer, LoadedSpec
@@ -51,7 +56,7 @@ def check_versions(
         elif ckey not in matrix().cuda:
             found.append(Finding("cuda", f"unknown CUDA version {cuda}", f'known: {known_cuda}, or "none" for CPU'))
             ckey = None
-    found += _check_torch(cuda, cpu, ckey, python, torch)
+    found += _check_torch(cuda, cpu, ckey, python, torch, wheels=wheels)
     if driver is not None:
         found += _check_driver(driver, ckey)
     if cudnn is not None:
@@ -98,7 +103,21 @@ def _check_wheel_cuda(ckey: str, cudnn: str | None, torch: str | None) -> list[F
     return []
 
 
-def _check_torch(cuda: str, cpu: bool, ckey: str | None, python: str | None, torch: str | None) -> list[Finding]:
+def _stale(torch: str) -> Finding:
+    """A release newer than the matrix: say so, with the newest known release and the command that regenerates it."""
+    made = matrix().generated
+    when = f", generated {made['date']} from {made['index']}" if made.get("date") else ""
+    return Finding(
+        "torch",
+        f"torch {torch} is newer than the compatibility matrix (newest known: torch {torch_range()[1]}{when})",
+        f"regenerate the matrix from the package index: `{REGENERATE}` (review and commit the diff), "
+        f"or pin torch {torch_range()[1]} or older",
+    )
+
+
+def _check_torch(
+    cuda: str, cpu: bool, ckey: str | None, python: str | None, torch: str | None, *, wheels: bool = False
+) -> list[Finding]:
     found: list[Finding] = []
     pkey = python_key(python) if python is not None else None
     if python is not None and pkey is None:
@@ -111,14 +130,12 @@ def _check_torch(cuda: str, cpu: bool, ckey: str | None, python: str | None, tor
     first, last = torch_range()
     releases = torch_releases(torch)
     if not releases:
-        pin = (int(m["major"]), int(m["minor"]), int(m["patch"] or 0))
-        observed = [r.version for r in matrix().torch if not r.complete]
+        if newer_than_matrix(torch):
+            return [*found, _stale(torch)]
+        observed = [r.version for r in matrix().torch if r.confidence == "observed"]
         known = f"the matrix knows torch {first} to {last}" + (
             f" (and {', '.join(observed)} CPU, observed)" if observed else ""
         )
-        if cpu and pin > vkey(last):
-            note = f"torch {torch} is newer than the compatibility matrix ({first} to {last}); CPU build not checked"
-            return [*found, Finding("torch", note, "run scripts/gen_compat.py to extend it", "note")]
         what = f"unknown torch version {torch}" if cpu else f"unknown torch version {torch} for CUDA {cuda}"
         return [*found, Finding("torch", what, known)]
     complete = all(r.complete for r in releases)
@@ -147,14 +164,30 @@ def _check_torch(cuda: str, cpu: bool, ckey: str | None, python: str | None, tor
                 if others
                 else f"no torch release in the matrix is built for CUDA {ckey}"
             )
-            if builds:
+            pypi = pypi_build(torch)
+            if not complete and pypi is not None:
+                # PyTorch's own index has more CUDA variants than the sourced table lists for this release
+                if not wheels:  # (on a bootstrapped base _check_wheel_cuda says the same)
+                    index = f"https://download.pytorch.org/whl/cu{ckey.replace('.', '')}"
+                    found.append(
+                        Finding(
+                            "cuda",
+                            f"torch {torch} on PyPI is the CUDA {pypi.cuda} build; a CUDA {ckey} build would come "
+                            f"from PyTorch's index {index}, whose variants the matrix does not list (not checked)",
+                            f'make sure that index serves it, or set cuda: "{pypi.cuda}"',
+                            "note",
+                        )
+                    )
+                msg = ""
+            elif builds:
                 msg = f"torch {torch} is built for CUDA {', '.join(builds)}, not CUDA {ckey}"
             elif complete:
                 msg = f"torch {torch} has no CUDA builds in the matrix, not CUDA {ckey}"
             else:
                 msg = f"torch {torch} is known only as a CPU build (observed); CUDA {ckey} builds are not in the matrix"
                 alt = f"the matrix knows CUDA builds of torch {first} to {last}"
-            found.append(Finding("torch", msg, alt))
+            if msg:
+                found.append(Finding("torch", msg, alt))
     if pkey is not None:
         pythons = torch_pythons(torch)
         if pkey not in pythons:
@@ -165,7 +198,7 @@ def _check_torch(cuda: str, cpu: bool, ckey: str | None, python: str | None, tor
                 else f"no torch release in the matrix has Python {pkey} wheels"
             )
             msg = f"Python {pkey} has no torch {torch} wheels; torch {torch} supports Python {', '.join(pythons)}"
-            if complete:
+            if all(r.pythons_complete for r in releases):
                 found.append(Finding("python", msg, hint))
             else:
                 found.append(
@@ -223,6 +256,42 @@ def _check_cudnn(cudnn: str, cpu: bool, ckey: str | None) -> list[Finding]:
 # --- checking a loaded spec -------------------------------------------------------------------------------------
 
 
+def _check_lock_wheels(
+    loaded: LoadedSpec, chain: list[tuple[str, Layer]], cuda: str, cudnn: str | None
+) -> list[Finding]:
+    """A bootstrapped base takes CUDA from the lock's NVIDIA wheels: they must be the spec's CUDA (and cuDNN)."""
+    ckey = None if cuda.strip().lower() == "none" else cuda_key(cuda)
+    out: list[Finding] = []
+    for _name, layer in chain:
+        if not layer.requirements:
+            continue
+        try:
+            text = loaded.local(layer.requirements).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # check_files names a missing lock
+        pins = wheel_pins(text)
+        runtime = cuda_of_wheels(pins)
+        if runtime and ckey and runtime[0] != ckey:
+            out.append(
+                Finding(
+                    "cuda",
+                    f"{layer.requirements} pins {runtime[1]} (CUDA {runtime[0]}), but the spec says CUDA {ckey}",
+                    f'set cuda: "{runtime[0]}", or regenerate the lock for torch\'s CUDA {ckey} build',
+                )
+            )
+        dnn = cudnn_of_wheels(pins)
+        want = (cudnn or "").strip().split(".")[0]
+        if dnn and want.isdigit() and dnn[0] != str(int(want)):
+            out.append(
+                Finding(
+                    "cudnn",
+                    f"{layer.requirements} pins {dnn[1]} (cuDNN {dnn[0]}), but the spec says cuDNN {int(want)}",
+                    f'set cudnn: "{dnn[0]}"',
+                )
+            )
+    return out
+
+
 def _setter(chain: list[tuple[str, Layer]], key: str) -> str | None:
     """The layer whose value for `key` wins in the chain (the last one, root first, that sets it)."""
     name = None
@@ -241,7 +310,10 @@ def _located(loaded: LoadedSpec) -> list[tuple[Finding, Problem]]:
         root = chain[0][1].from_
         wheels = root is not None and root.bootstrap is not None
         pins = {"cudnn": r.cudnn, "driver": r.driver, "python": r.python, "torch": r.torch}
-        for f in check_versions(cuda=r.cuda, **pins, wheels=wheels):
+        found = check_versions(cuda=r.cuda, **pins, wheels=wheels)
+        if wheels:
+            found += _check_lock_wheels(loaded, chain, r.cuda, r.cudnn)
+        for f in found:
             layer = _setter(chain, f.key)
             if layer is None:
                 line, path = loaded.line_of("images", image, "leaf"), f"images.{image}"

@@ -22,7 +22,7 @@ from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, NightlyResult, Rebuilt, write_reports
 from imagekit.nightly.run import NIGHTLY_CHANNEL, LayerLocks, _Context, _figures, _gc, _promote, _Task, night_plans
-from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, parse_time, utc_now
+from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, matrix_news, parse_time, utc_now
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
 
@@ -62,6 +62,7 @@ def collect_nightly(
     loaded = validate(path)
     store = spec_store(loaded)
     result = NightlyResult(spec=str(loaded.path), started=iso_utc(since))
+    result.matrix = matrix_news()
     cut = iso_utc(since)
     with store_lock(store.url, reporter=reporter, what=f"imagekit nightly --collect {loaded.path}"):
         builds = verified_builds(loaded, store=store, rehearsal=rehearse)

@@ -85,6 +85,7 @@ class NightlyResult:
     finished: str = ""
     runs: list[ImageRun] = field(default_factory=list)
     gc: list[dict[str, Any]] = field(default_factory=list)
+    matrix: dict[str, Any] | None = None  # torch releases the index has that the compat matrix lacks (news only)
     # the builds channels point at, scanned again (nightly/rescan.py): new findings are reported, not failed
     rescan: list[dict[str, Any]] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ def to_json(result: NightlyResult) -> dict[str, Any]:
         ],
         "runs": [{**asdict(r), "failed": r.failed} for r in result.runs],
         "gc": result.gc,
+        "compat_matrix": result.matrix,
         "rescan": result.rescan,
     }
 
@@ -157,8 +159,11 @@ def to_markdown(result: NightlyResult) -> str:
         f"- spec: {md(result.spec)}",
         f"- started: {md(result.started)}",
         f"- finished: {md(result.finished)}",
-        "",
     ]
+    if result.matrix is not None:
+        fix = f" — regenerate it: `{result.matrix['regenerate']}`" if result.matrix.get("missing") else ""
+        lines.append(f"- compatibility matrix: {md(str(result.matrix['summary']))}{fix}")
+    lines.append("")
     lines += ["| image | target | status | rebuilt | manifest | size | channels |", "|---|---|---|---|---|---|---|"]
     for r in result.runs:
         status = "FAILED" if r.failed else r.status

@@ -31,7 +31,7 @@ from imagekit.manifest.record import lookup_from, revoked_layers, settings_from,
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, ImageRun, NightlyResult, Rebuilt, write_reports
-from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, utc_now
+from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, StaleChecker, matrix_news, utc_now
 from imagekit.plan import ImagePlan, plan
 from imagekit.runners import process
 from imagekit.spec import LoadedSpec
@@ -155,6 +155,7 @@ def run_nightly(
     store = spec_store(loaded)
     started = clock()
     result = NightlyResult(spec=str(loaded.path), started=iso_utc(started))
+    result.matrix = matrix_news()
     with store_lock(store.url, reporter=reporter, what=f"imagekit nightly {loaded.path}"):
         # the default key is created on first use: do it once here, not from several threads at once
         from imagekit.manifest.keys import load_signer

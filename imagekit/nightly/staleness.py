@@ -210,3 +210,23 @@ class Ec2Resolver:
             aws = self._aws = Aws()
         result: str | None = aws.newest_ami(region, name, owners, architecture)
         return result
+
+
+def matrix_news(lookup: Callable[[], tuple[list[str] | None, str]] | None = None) -> dict[str, Any]:
+    """For the nightly report: torch releases the index has that the compatibility matrix lacks.
+
+    One look-up of the index (cached for a day, see runners/pypi.py); an unreachable index is said, never raised.
+    """
+    from imagekit import compat
+    from imagekit.runners import pypi
+
+    versions, source = (lookup or pypi.torch_versions_cached)()
+    fresh = compat.freshness(versions, source)
+    return {
+        "checked": fresh.checked,
+        "missing": list(fresh.missing),
+        "newest_known": fresh.newest_known,
+        "source": fresh.source,
+        "summary": fresh.summary(),
+        "regenerate": compat.REGENERATE,
+    }

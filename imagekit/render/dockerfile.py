@@ -21,7 +21,7 @@ import posixpath
 import re
 
 from imagekit.errors import UsageError
-from imagekit.names import LABEL_PREFIX, MODELS_DIR, REBUILD_ARG, SRC_DIR, VENV, base_tag
+from imagekit.names import LABEL_PREFIX, MODELS_DIR, REBUILD_ARG, SRC_DIR, VENV, base_tag, nvidia_require_cuda
 from imagekit.plan import plan_image
 from imagekit.render.install import LOCK_PARTS_DIR, lock_parts
 from imagekit.render.scripts import layer_steps, model_owner
@@ -238,7 +238,12 @@ def _final(loaded: LoadedSpec, image: str, *, resolved_python: str, hashes: dict
     spec = loaded.spec
     res = loaded.resolved(image)
     leaf = spec.images[image].leaf
-    out = [f"USER {res.user or NONROOT_UID}"]
+    out = []
+    require = nvidia_require_cuda(res.cuda)
+    if require:
+        # the CUDA floor travels with the image: the NVIDIA container runtime checks it against the host's driver
+        out.append(f"ENV NVIDIA_REQUIRE_CUDA={_env_value(require)}")
+    out.append(f"USER {res.user or NONROOT_UID}")
     if res.port:
         out.append(f"EXPOSE {res.port}")
     health = loaded.verify_for(image).health
@@ -250,7 +255,8 @@ def _final(loaded: LoadedSpec, image: str, *, resolved_python: str, hashes: dict
         )
     if res.command:
         out.append(f"CMD {json.dumps(list(res.command), ensure_ascii=False)}")
-    pins = {"cuda": res.cuda, "cudnn": res.cudnn, "driver": res.driver, "python": res.python, "torch": res.torch}
+    # no driver pin: the driver is the host's (AMI-only), and a changed pin must not change the docker image
+    pins = {"cuda": res.cuda, "cudnn": res.cudnn, "python": res.python, "torch": res.torch}
     labels = {
         f"{OCI}.title": image,
         f"{OCI}.version": hashes[leaf][:16],

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -259,6 +260,15 @@ def _lib_version(lib: Any, name: str, func: str) -> int | str:
     return int(value.value)
 
 
+def _in_wheel_dir(path: str, wheel_dir: str) -> bool:
+    """A library under an NVIDIA wheel's folder: nvidia/<lib>/lib (CUDA 11/12) or nvidia/cu13/lib (CUDA 13 on)."""
+    parts = os.path.normpath(path).split(os.sep)
+    for i, part in enumerate(parts[:-2]):
+        if part == "nvidia" and (parts[i + 1] == wheel_dir or re.fullmatch(r"cu\d+", parts[i + 1])):
+            return parts[i + 2] in ("lib", "lib64")
+    return False
+
+
 def _wheel_of(path: str) -> dict[str, str] | None:
     """The installed distribution (name, version) whose files include `path`, e.g. nvidia-cuda-runtime-cu11."""
     try:
@@ -299,7 +309,7 @@ def cuda_libs() -> dict[str, Any]:
             continue
         path = candidates[0]
         entry["loaded_by_torch"] = bool(in_process)
-        entry["from_wheel"] = f"{os.sep}nvidia{os.sep}{wheel_dir}{os.sep}" in path
+        entry["from_wheel"] = _in_wheel_dir(path, wheel_dir)
         if entry["from_wheel"]:
             # the wheel's own version: CUDA 11's cudart reports nothing without a driver (status 35)
             entry["wheel"] = _wheel_of(path)

@@ -39,21 +39,21 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "app" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-app-5c479ec904deef79-${var.build_id}"
+  ami_name      = "imagekit-tts-app-1b8531f956b47fbd-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
+    "imagekit:layer-hash"  = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -61,14 +61,14 @@ source "amazon-ebs" "app" {
     "Name"                 = "imagekit tts/app"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "app"
-    "imagekit:layer-hash"  = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
+    "imagekit:layer-hash"  = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -166,7 +166,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "app"
-      "layer_hash" = "5c479ec904deef79a676573a862eaa6351442c8046fe9183c9fcb5f4f57afb03"
+      "layer_hash" = "1b8531f956b47fbd0280c64a1cb9fcaf7c0b76d036ed2f3c73d8788a9cffbbab"
     }
   }
 }

@@ -40,19 +40,19 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "base" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-base-d02f96e1d1bc18b9-${var.build_id}"
+  ami_name      = "imagekit-tts-base-c8260e137a3f3224-${var.build_id}"
   ssh_username  = "ubuntu"
   tags = {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
+    "imagekit:layer-hash"  = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:parent-hash" = ""
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -60,13 +60,13 @@ source "amazon-ebs" "base" {
     "Name"                 = "imagekit tts/base"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "base"
-    "imagekit:layer-hash"  = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
+    "imagekit:layer-hash"  = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     "imagekit:parent-hash" = ""
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -119,7 +119,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "base"
-      "layer_hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
+      "layer_hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
     }
   }
 }

@@ -39,21 +39,21 @@ variable "ec2_endpoint" {
 source "amazon-ebs" "runtime" {
   region        = "us-east-1"
   instance_type = "g5.xlarge"
-  ami_name      = "imagekit-tts-runtime-0aaae99dc29f30eb-${var.build_id}"
+  ami_name      = "imagekit-tts-runtime-c05a004b9150e9df-${var.build_id}"
   ssh_username  = "ubuntu"
   source_ami    = var.parent_ami
   tags = {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
+    "imagekit:layer-hash"  = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -61,14 +61,14 @@ source "amazon-ebs" "runtime" {
     "Name"                 = "imagekit tts/runtime"
     "imagekit:image"       = "tts-inference"
     "imagekit:layer"       = "runtime"
-    "imagekit:layer-hash"  = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
+    "imagekit:layer-hash"  = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     "imagekit:parent-ami"  = "${var.parent_ami}"
-    "imagekit:parent-hash" = "d02f96e1d1bc18b9f0c9ed2bc32736af1a2e37450a59004451f3c51c7d1f0e87"
-    "imagekit:pin:cuda"    = "12.4"
+    "imagekit:parent-hash" = "c8260e137a3f3224d9be3a684d386008b8e6e24e050284fad7262f34deff95dc"
+    "imagekit:pin:cuda"    = "13.0"
     "imagekit:pin:cudnn"   = "9"
-    "imagekit:pin:driver"  = "550"
+    "imagekit:pin:driver"  = "580"
     "imagekit:pin:python"  = "3.11"
-    "imagekit:pin:torch"   = "2.5.1"
+    "imagekit:pin:torch"   = "2.14.1"
     "imagekit:spec"        = "tts"
     "team"                 = "speech"
   }
@@ -131,7 +131,7 @@ build {
     strip_path = true
     custom_data = {
       "layer"      = "runtime"
-      "layer_hash" = "0aaae99dc29f30eb39d886a1d92692a282dcf2b27eacf0b271f85e290057f14b"
+      "layer_hash" = "c05a004b9150e9df26c271213e3f179b847176a6c7f859a4fece4c71373389a7"
     }
   }
 }
