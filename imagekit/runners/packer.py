@@ -100,9 +100,10 @@ def init(info: PackerInfo, template: Path, *, env: Mapping[str, str] | None = No
 VARS_FILE = "imagekit.pkrvars.json"
 
 
-def _write_vars(folder: Path, variables: Mapping[str, str]) -> Path:
+def _write_vars(folder: Path, variables: Mapping[str, str | list[str]]) -> Path:
     """The variables as a 0600 JSON var-file: a value (a pip index URL with a password) never stands in packer's
-    argv, where the process list and the logged command line would show it."""
+    argv, where the process list and the logged command line would show it. A list variable is a JSON list here
+    (on the command line it was an HCL expression)."""
     from imagekit.fsutil import atomic_write
 
     path = folder / VARS_FILE
@@ -117,7 +118,7 @@ def build(
     info: PackerInfo,
     template: Path,
     *,
-    variables: Mapping[str, str],
+    variables: Mapping[str, str | list[str]],
     env: Mapping[str, str] | None = None,
     log_path: Path,
     on_progress: ProgressCallback | None = None,

@@ -58,7 +58,7 @@ class PackerHost(Protocol):
         ...
 
     def run_packer(
-        self, image: str, layer: str, template: Path, variables: dict[str, str], log_path: Path
+        self, image: str, layer: str, template: Path, variables: dict[str, str | list[str]], log_path: Path
     ) -> pk.BuildOutcome:
         """`packer build` of one template, progress reported."""
         ...

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import uuid
@@ -161,13 +160,13 @@ class AmiTarget:
         log_path = self.logs / f"{self.loaded.spec.name}-{image}-{lp.name}-{self.stamp}.log"
         build_id = uuid.uuid4().hex[:12]
         extra_dir, extra_env = self._build_extras(folder)
-        variables = {
+        variables: dict[str, str | list[str]] = {
             "build_id": build_id,
             "parent_ami": parent_ami,
             "script_dir": str(folder / "provision"),
             "src_dir": str(self.loaded.root),
             "build_dir": str(extra_dir),
-            "build_env": json.dumps(extra_env),
+            "build_env": extra_env,
         }
         from_what = parent_ami or "the from.ami filter"
         self.event("start", f"packer build {lp.name} ({lp.hash[:12]}) from {from_what}", image, lp.name)
@@ -260,7 +259,7 @@ class AmiTarget:
         return {"PACKER_NO_COLOR": "1"}
 
     def run_packer(
-        self, image: str, layer: str, template: Path, variables: dict[str, str], log_path: Path
+        self, image: str, layer: str, template: Path, variables: dict[str, str | list[str]], log_path: Path
     ) -> pk.BuildOutcome:
         """`packer init` (when plugins are needed) and `packer build`, progress as events."""
 
