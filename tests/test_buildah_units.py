@@ -138,3 +138,22 @@ def test_doctor_with_buildah_needs_no_docker_engine_for_a_docker_only_spec(tmp_p
     assert "docker engine" not in needs.why and "buildkit" not in needs.why
     assert {"buildah", "podman", "skopeo", "seccomp", "storage driver", "buildah build"} <= set(needs.why)
     assert {"docker engine", "buildkit"} <= set(needs_of(loaded).why)
+
+
+def test_the_podman_log_is_read_bounded_per_stream(tmp_path: Path) -> None:
+    """The probe's stdout from a k8s-file log: partial lines joined, stderr apart, never more than `limit` bytes."""
+    from imagekit.runners.podman import read_k8s_log_bytes
+
+    log = tmp_path / "container.log"
+    log.write_bytes(
+        b'2026-12-04T20:00:00Z stdout P {"a": \n'
+        b"2026-12-04T20:00:00Z stderr F warning\n"
+        b"2026-12-04T20:00:00Z stdout F 1}\n"
+        b"2026-12-04T20:00:01Z stdout F " + b"x" * 5000 + b"\n"
+    )
+    out, more = read_k8s_log_bytes(log, stdout=True, limit=1 << 20)
+    assert (out.split(b"\n")[0], more) == (b'{"a": 1}', False)
+    assert read_k8s_log_bytes(log, stdout=False, stderr=True, limit=100) == (b"warning\n", False)
+    cut, more = read_k8s_log_bytes(log, stdout=True, limit=100)
+    assert len(cut) == 100 and more is True
+    assert read_k8s_log_bytes(tmp_path / "none.log", limit=10) == (b"", False)

@@ -203,3 +203,28 @@ def test_real_aws_templates_pass_full_validate(loaded: LoadedSpec, tmp_path: Pat
     ]
     res = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, f"{res.stdout}{res.stderr}"
+
+
+@pytest.mark.packer
+def test_a_prewarm_app_template_is_syntax_valid(tmp_path: Path) -> None:
+    """aws.prewarm writes its script through the app's inline provisioner: Packer must still parse it (a `"${` in
+    the script once came out as `\\$${` and every prewarm AMI build failed at parse time)."""
+    import shutil
+
+    from imagekit.spec import load_spec
+
+    packer = require_packer()
+    root = tmp_path / "tts"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "tts", root)
+    spec = root / "imagekit-cpu.yaml"
+    text = spec.read_text().replace("targets: [docker]", "targets: [docker, ami]")
+    spec.write_text(text + "aws: {prewarm: true}\n")
+    loaded = load_spec(spec)
+    for name, body in render_packer(loaded, "tts-cpu").items():
+        path = tmp_path / name
+        path.write_text(body)
+        res = subprocess.run(
+            [packer, "validate", "-syntax-only", str(path)], check=False, capture_output=True, text=True
+        )
+        assert res.returncode == 0, f"{name}:\n{res.stdout}{res.stderr}"
+    assert "prewarm-tts-cpu.sh" in render_packer(loaded, "tts-cpu")["app.pkr.hcl"]

@@ -105,6 +105,26 @@ def read_k8s_log(path: Path, *, stdout: bool = True, stderr: bool = True) -> str
     return "\n".join(out) + ("\n" if out else "")
 
 
+def read_k8s_log_bytes(path: Path, *, stdout: bool = True, stderr: bool = False, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the wanted streams, read line by line (the image under test may print without end:
+    memory stays bounded by `limit`); True when there was more."""
+    out = bytearray()
+    try:
+        with path.open("rb") as fh:
+            while raw := fh.readline(1 << 20):
+                parts = raw.rstrip(b"\n").split(b" ", 3)
+                if len(parts) < 3:
+                    continue
+                if (parts[1] == b"stdout" and not stdout) or (parts[1] == b"stderr" and not stderr):
+                    continue
+                out += (parts[3] if len(parts) > 3 else b"") + (b"" if parts[2] == b"P" else b"\n")
+                if len(out) > limit:
+                    return bytes(out[:limit]), True
+    except OSError:
+        return b"", False
+    return bytes(out), False
+
+
 class PodmanContainer:
     """A created podman container with the operations the verify host uses (as runners/docker.Container)."""
 
@@ -145,6 +165,10 @@ class PodmanContainer:
         if tail is not None:
             text = "\n".join(text.splitlines()[-tail:])
         return text
+
+    def output_bytes(self, *, stdout: bool = True, stderr: bool = False, limit: int) -> tuple[bytes, bool]:
+        """At most `limit` bytes of what it printed, and whether there was more (as runners/docker.Container)."""
+        return read_k8s_log_bytes(self.log_path, stdout=stdout, stderr=stderr, limit=limit)
 
     def running(self) -> bool:
         """Whether it is still running (False when podman no longer knows it)."""
