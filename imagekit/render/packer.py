@@ -50,7 +50,10 @@ class RehearsalRender:
 
 def _s(text: str) -> str:
     """An HCL string literal whose content is taken as is (no interpolation)."""
-    return json.dumps(text.replace("${", "$${").replace("%{", "%%{"), ensure_ascii=False)
+    literal = json.dumps(text.replace("${", "$${").replace("%{", "%%{"), ensure_ascii=False)
+    # python-hcl2's writer drops the quote of an escaped `"` before `$${`/`%%{` (`\"$${` came out as `\$${`, which
+    # Packer refuses); the same quote as a \u escape passes through it unchanged
+    return literal.replace('\\"$${', "\\u0022$${").replace('\\"%%{', "\\u0022%%{")
 
 
 def _t(template: str) -> str:

@@ -124,8 +124,7 @@ def render_prewarm_script(loaded: LoadedSpec, image: str) -> str | None:
             "# An EBS volume made from a snapshot fetches each block from S3 on its first read: read the weights and",
             "# the venv's large libraries once, many at a time, so the first model load reads from a warm volume.",
             "set -u",
-            # unquoted on purpose: an assignment is never split, and the HCL writer mangles a `"${` (it became `\$${`)
-            f"out=${{1:-{result}}}",
+            f'out="${{1:-{result}}}"',
             'list="$(mktemp)"',
             "t0=$(date +%s%N)",
             f'find {" ".join(_q(p) for p in paths)} -type f -size +{PREWARM_MIN_SIZE} 2>/dev/null >"$list"',
