@@ -88,3 +88,14 @@ def test_the_layer_it_appeared_in_is_the_first_layer_image_holding_it(probe: dic
     failures = compare(_with(probe, "evil_pkg", "1", SITE), loaded, "tts-cpu", layer_of=layer_of)
     assert f"it appeared in layer {layers[1].name}" in failures[0]
     assert len(asked) == 2  # root, then the runtime layer: found, no more probing
+
+
+def test_debians_pkg_resources_seed_is_excepted_and_only_that_version(probe: dict[str, Any]) -> None:
+    """Debian's setuptools in a bullseye venv records `pkg_resources 0.0.0` (the indextts2 image has it)."""
+    seed = _with(probe, "pkg_resources", "0.0.0", SITE)
+    assert compare(seed, load_spec(CPU_SPEC), "tts-cpu") == []
+    assert any(
+        x.startswith("pkg_resources 0.0.0 (seeded") for x in excepted_packages(seed, load_spec(CPU_SPEC), "tts-cpu")
+    )
+    other = _with(probe, "pkg_resources", "1.0", SITE)
+    assert [f.split(":")[0] for f in compare(other, load_spec(CPU_SPEC), "tts-cpu")] == ["pip pkg_resources 1.0"]

@@ -24,6 +24,9 @@ from imagekit.spec import LoadedSpec
 SYSTEM_SITE = re.compile(r"^/usr/lib/python3(\.\d+)?/(dist|site)-packages/?$")
 # what `python -m venv` puts in a new venv (ensurepip); python >= 3.12 seeds pip alone
 VENV_SEEDS = frozenset({"pip", "setuptools"})
+# Debian's patched setuptools seeds a `pkg_resources 0.0.0` record beside it (seen in the indextts2 image: bullseye,
+# Python 3.9); that exact entry is part of the seed, any other version of the name is not
+DEBIAN_SEED = ("pkg-resources", "0.0.0")
 MAX_PACKAGES = 20000
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
 
@@ -76,7 +79,9 @@ def find_unasked(probe: Mapping[str, Any], asked: set[str]) -> Unasked:
             continue
         if SYSTEM_SITE.match(location):
             excepted.append(f"{name} {version} (the base's system package, {clip(location, 120)})")
-        elif key in VENV_SEEDS and (not prefix or location.startswith(prefix.rstrip("/") + "/")):
+        elif (key in VENV_SEEDS or (key, version) == DEBIAN_SEED) and (
+            not prefix or location.startswith(prefix.rstrip("/") + "/")
+        ):
             excepted.append(f"{name} {version} (seeded by python -m venv into {clip(prefix or location, 120)})")
         else:
             found.append((name, version, clip(location, 200)))
