@@ -45,11 +45,11 @@ def expand_tags(tags: Sequence[str], commit: str | None, *, where: Path) -> tupl
     return tuple(out)
 
 
-def release_for(root: Path, tags: Sequence[str]) -> Release:
+def release_for(root: Path, tags: Sequence[str], store: str = "") -> Release:
     """The release of a build from the spec folder `root`: its tags and the git revision and source."""
     from imagekit.manifest.record import git_source
 
-    git = git_source(root)  # the same commit and credential-free remote the signed record names
+    git = git_source(root, store)  # the same commit and credential-free remote the signed record names
     # a dirty tree is not HEAD: the tag and the label say so rather than name a commit that did not make the image
     commit = (git.commit + ("-dirty" if git.dirty else "")) if git else ""
     source = (git.remote or git.toplevel.as_uri()) if git else ""

@@ -156,8 +156,11 @@ def test_git_sha_on_a_dirty_tree_says_dirty(tmp_path: Path) -> None:
     sha = _git(repo, "rev-parse", "HEAD")
     (repo / "spec" / ".imagekit" / "reports").mkdir(parents=True)  # imagekit's own work folder does not count
     (repo / "spec" / ".imagekit" / "reports" / "r.json").write_text("{}")
-    clean = release_for(repo / "spec", ["{git_sha}"])
+    (repo / "spec" / "manifests" / "app").mkdir(parents=True)  # nor the spec's local store, imagekit's output
+    (repo / "spec" / "manifests" / "app" / "m.intoto.json").write_text("{}")
+    clean = release_for(repo / "spec", ["{git_sha}"], "manifests")
     assert clean.revision == sha and clean.tags == (sha,)
+    assert release_for(repo / "spec", ["{git_sha}"]).revision == f"{sha}-dirty"  # the same files, not a store
     (repo / "spec" / "app.py").write_text("print(2)\n")
     dirty = release_for(repo / "spec", ["{git_sha}"])
     assert dirty.revision == f"{sha}-dirty" and dirty.tags == (f"{sha}-dirty",)

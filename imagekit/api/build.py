@@ -104,7 +104,7 @@ def build(  # noqa: PLR0917 (the shared contract: build(path, target, images, fo
         require("rehearsal", "--rehearse")
     from imagekit.manifest.record import revoked_layers
 
-    release = release_for(loaded.root, tags) if info.tag is None else None
+    release = release_for(loaded.root, tags, loaded.spec.store) if info.tag is None else None
     options = BuildOptions(
         force,
         force_layers,

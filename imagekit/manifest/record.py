@@ -110,8 +110,9 @@ def _strip_credentials(url: str) -> str:
     return url
 
 
-def git_source(root: Path) -> GitSource | None:
-    """The commit and remote (credentials stripped) of the git work tree holding `root`; None outside git."""
+def git_source(root: Path, store: str = "") -> GitSource | None:
+    """The commit and remote (credentials stripped) of the git work tree holding `root`; None outside git. A local
+    store (`store`, relative to `root`) is imagekit's own output: new records there leave the tree clean."""
     from imagekit.errors import ImagekitError
     from imagekit.runners.process import capture
 
@@ -134,7 +135,10 @@ def git_source(root: Path) -> GitSource | None:
         remote = _strip_credentials(git("remote", "get-url", name) or "")
     # tracked changes and untracked files (what `copy:` would take), not ignored ones nor imagekit's own work
     # folders (reports, staged wheels); unknown counts as dirty
-    status = git("status", "--porcelain", "--", ":(top,exclude,glob)**/.imagekit/**")
+    spec = [":(top,exclude,glob)**/.imagekit/**"]
+    if store and "://" not in store:
+        spec.append(f":(exclude){(root / store).resolve()}")
+    status = git("status", "--porcelain", "--", *spec)
     return GitSource(sha, remote, Path(top), dirty=status is None or bool(status))
 
 
@@ -231,7 +235,7 @@ def record_build(
         kind, _, rel = k.partition(":")
         if kind != "model" and loaded.local(rel).exists():
             input_digests[k] = real_digest(loaded.local(rel), cache)
-    git = git_source(loaded.root)
+    git = git_source(loaded.root, loaded.spec.store)
     signed = model_signatures or {}
     models = [
         {"name": m.dest, "src": m.src, "sha256": m.sha256, "uri": _model_uri(loaded, m.src, m.is_remote, git)}
