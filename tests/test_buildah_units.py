@@ -157,3 +157,28 @@ def test_the_podman_log_is_read_bounded_per_stream(tmp_path: Path) -> None:
     cut, more = read_k8s_log_bytes(log, stdout=True, limit=100)
     assert len(cut) == 100 and more is True
     assert read_k8s_log_bytes(tmp_path / "none.log", limit=10) == (b"", False)
+
+
+def test_a_service_in_the_pods_network_is_reached_on_its_own_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a pod (containers.conf netns = "host") podman publishes nothing: the port is the service's own."""
+    from imagekit.runners import podman as podman_mod
+    from imagekit.runners.process import Result
+
+    answers: dict[str, Result] = {}
+
+    def fake(*args: str, **_kw: object) -> Result:
+        return answers[args[0]]
+
+    monkeypatch.setattr(podman_mod, "podman", fake)
+    made = podman_mod.PodmanContainer("svc", tmp_path / "log")
+    answers["port"] = Result(["podman", "port"], 0, output="127.0.0.1:41234\n")
+    assert made.published_port(8000) == 41234
+    answers["port"] = Result(["podman", "port"], 0, output="")
+    answers["inspect"] = Result(["podman", "inspect"], 0, output="host\n")
+    assert made.published_port(8000) == 8000
+    answers["inspect"] = Result(["podman", "inspect"], 0, output="bridge\n")
+    assert made.published_port(8000) is None  # not bound yet
+    answers["inspect"] = Result(["podman", "inspect"], 125, output="Error: no such container\n")
+    assert made.published_port(8000) is None

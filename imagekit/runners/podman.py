@@ -177,10 +177,16 @@ class PodmanContainer:
         return self._status == "running"
 
     def published_port(self, port: int) -> int | None:
-        """The host port `port/tcp` is published on (None until bound)."""
+        """The host port `port/tcp` is published on (None until bound).
+
+        In a pod podman runs containers in the pod's own network namespace (containers.conf `netns = "host"`:
+        a bridge needs sysctls a pod cannot write), where nothing is published: the service listens on `port`
+        itself.
+        """
         res = podman("port", self.name, f"{port}/tcp")
         if not res.ok or not res.output.strip():
-            return None
+            mode = podman("inspect", "--format", "{{.HostConfig.NetworkMode}}", self.name)
+            return port if mode.ok and mode.output.strip() == "host" else None
         try:
             return int(res.output.strip().splitlines()[0].rsplit(":", 1)[1])
         except (ValueError, IndexError):
