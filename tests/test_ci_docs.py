@@ -141,11 +141,75 @@ def test_the_tekton_pipeline_builds_through_a_matrix_with_no_privileged_containe
     for task in tasks.values():
         for step in task["taskSpec"]["steps"]:
             assert not (step.get("securityContext") or {}).get("privileged"), step["name"]
-            assert "dind" not in step["image"]
+            # the task image made by docs/ci/task-image/build.sh: imagekit, buildah, podman, skopeo
+            assert step["image"] == "$(params.task-image)", step["name"]
+            assert "pip install" not in step["script"]
+
+
+def test_the_tekton_build_step_is_daemonless_and_unprivileged() -> None:
+    doc = _doc("tekton.yml")
+    text = (CI_DIR / "tekton.yml").read_text(encoding="utf-8")
+    assert "DOCKER_HOST" not in text and "python:3.11" not in text  # no remote engine, no image without buildah
+    build = next(t for t in doc["spec"]["tasks"] if t["name"] == "build")
+    assert {w["name"] for w in build["taskSpec"]["workspaces"]} == {"source", "containers"}
     (step,) = build["taskSpec"]["steps"]
+    sc = step["securityContext"]
+    assert sc["privileged"] is False and sc["runAsUser"] == 0  # buildah as non-root fails on uid maps in a pod
+    assert set(sc["capabilities"]["add"]) == {"SYS_ADMIN", "NET_ADMIN"} and "drop" not in sc["capabilities"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"} and "allowPrivilegeEscalation" not in sc
     env = {e["name"]: e["value"] for e in step["env"]}
-    assert env["DOCKER_HOST"] == "$(params.docker-host)" and env["DOCKER_BUILDKIT"] == "1"
-    assert step["securityContext"]["runAsNonRoot"] is True
+    assert env["STORAGE_DRIVER"] == "vfs" and env["BUILDAH_ISOLATION"] == "chroot"
+    assert step["computeResources"]["limits"]["nvidia.com/gpu"] == "1"  # verification boots on this GPU node
+    (command,) = [c for c in imagekit_commands(step["script"]) if c[0] == "build"]
+    assert command[command.index("--engine") + 1] == "buildah" and "--push" in command
+    for var in ("IMAGEKIT_STORAGE_ROOT", "TMPDIR", "$(workspaces.containers.path)"):
+        assert var in step["script"], var
+    assert "store: s3://" in text and "awskms:" in text and "imagekit.trust.yaml" in text
+
+
+def test_the_task_image_has_what_the_steps_run() -> None:
+    from test_render import lint
+
+    folder = CI_DIR / "task-image"
+    dockerfile = (folder / "Dockerfile").read_text(encoding="utf-8")
+    for package in ("buildah", "podman", "skopeo", "crun", "debootstrap", "python3-venv"):
+        assert re.search(rf"\b{package}\b", dockerfile), package
+    assert "COPY containers.conf storage.conf /etc/containers/" in dockerfile
+    conf = (folder / "containers.conf").read_text(encoding="utf-8")
+    for line in ('netns = "host"', 'cgroups = "disabled"', "keyring = false", "default_sysctls = []",
+                 "no_pivot_root = true"):  # fmt: skip
+        assert line in conf, line
+    assert 'driver = "vfs"' in (folder / "storage.conf").read_text(encoding="utf-8")
+    lint(folder / "Dockerfile")
+
+
+def _scripts() -> list[tuple[str, str]]:
+    """Every Tekton step's script and Concourse task's bash, with Tekton's variables as plain words."""
+    out = []
+    for task in _doc("tekton.yml")["spec"]["tasks"] + _doc("tekton.yml")["spec"]["finally"]:
+        for step in task["taskSpec"]["steps"]:
+            out.append((f"tekton-{task['name']}", re.sub(r"\$\(([a-z.-]+)\)", r"/tekton/\1", step["script"])))
+    for entry in _doc("concourse.yml")["jobs"][0]["plan"]:
+        task = entry.get("try", entry)
+        if "config" in task:
+            out.append((f"concourse-{task['task']}", "#!/usr/bin/env bash\n" + task["config"]["run"]["args"][1]))
+    return out
+
+
+def test_the_task_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
+    import subprocess
+
+    from test_render_scripts import _shellcheck
+
+    files = []
+    for name, script in _scripts():
+        files.append(tmp_path / f"{name}.sh")
+        files[-1].write_text(script)
+    files.append(CI_DIR / "task-image" / "build.sh")
+    assert len(files) == 7
+    proc = subprocess.run([_shellcheck(), "--shell=bash", "--severity=info", *map(str, files)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
 
 
 def test_the_concourse_pipeline_builds_across_the_plan() -> None:
@@ -158,3 +222,12 @@ def test_the_concourse_pipeline_builds_across_the_plan() -> None:
     build = steps[5]["try"]
     assert build["across"][0]["values"] == "((.:jobs))" and build["tags"] == ["gpu"]
     assert build["config"]["params"]["IMAGE"] == "((.:job.image))"
+    text = (CI_DIR / "concourse.yml").read_text(encoding="utf-8")
+    assert "DOCKER_HOST" not in text and "python" not in str([s.get("config", {}).get("image_resource") for s in steps])
+    # Concourse grants capabilities only through `privileged` (see the file's comment): the build task alone
+    assert [s.get("try", s).get("task") for s in steps if s.get("try", s).get("privileged")] == ["build"]
+    params = build["config"]["params"]
+    assert params["STORAGE_DRIVER"] == "vfs" and params["BUILDAH_ISOLATION"] == "chroot"
+    assert build["config"]["caches"] == [{"path": "containers"}]
+    (command,) = [c for c in imagekit_commands(build["config"]["run"]["args"][1]) if c[0] == "build"]
+    assert command[command.index("--engine") + 1] == "buildah" and "--push" in command
