@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,11 +105,15 @@ def grown_rows(sizes: SizeSource, tag: str, parent_tag: str | None, top: int = 3
 
 
 def _weights_step(row: dict[str, Any], models: list[tuple[str, str, int | None]]) -> bool:
-    """A history row that is one weights file (named in the step, or of its size): one file cannot be split."""
+    """A history row that is one weights file: one file cannot be split. Known by its dest or tar in the step, or,
+    where the step names no path (buildah writes `ADD file:<digest> in /`), by its size."""
     step = str(row.get("CreatedBy", ""))
     size = int(row.get("Size", 0) or 0)
+    anonymous = re.search(r"\b(ADD|COPY) (--\S+ )*file:[0-9a-f]+ in ", step) is not None
     for dest, tar, nbytes in models:
-        if dest in step or tar in step or (nbytes is not None and nbytes <= size <= nbytes + (1 << 20)):
+        if dest in step or tar in step:
+            return True
+        if anonymous and nbytes is not None and nbytes <= size <= nbytes + (1 << 20):
             return True
     return False
 
