@@ -51,6 +51,18 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
     IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy4,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy4 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy5,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy5 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \

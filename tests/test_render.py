@@ -156,11 +156,11 @@ def test_dockerfile_contract() -> None:
     # package cache and only its own part of the lock mounted), not copied in
     assert "COPY --from=" not in text
     runtime = text[text.index("AS runtime\n") : text.index("AS app\n")]
-    assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 4
+    assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 6
     parts = re.findall(
         r"from=runtime-lock,source=/imagekit-lock/(\w+),target=/tmp/imagekit/src/requirements.lock", runtime
     )
-    assert parts == ["heavy1", "heavy2", "heavy3", "light"]
+    assert parts == ["heavy1", "heavy2", "heavy3", "heavy4", "heavy5", "light"]
     assert "source=examples/tts/requirements.lock" not in runtime  # the whole lock only in the lock stage
     assert (
         re.findall(r"IMAGEKIT_PART=(\w+) sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps", runtime)

@@ -59,13 +59,13 @@ def _lock_part(tmp_path: Path, layer: Layer, part: str) -> str:
 
 def test_lock_is_cut_by_group_with_hashes_and_options(tmp_path: Path) -> None:
     layer = Layer()
-    assert lock_parts(layer) == ["heavy1", "heavy2", "heavy3", "light"]
+    assert lock_parts(layer) == ["heavy1", "heavy2", "heavy3", "heavy4", "heavy5", "light"]
     opt = "--index-url https://pypi.org/simple\n"
     assert _lock_part(tmp_path, layer, "heavy1") == opt + "Torch==2.5.1 \\\n    --hash=sha256:cc\n"
-    assert _lock_part(tmp_path, layer, "heavy2") == (
-        opt + "nvidia_cudnn.cu12==9.1.0.70 \\\n    --hash=sha256:dd\ntriton==3.1.0  # via torch\n"
-    )
-    assert _lock_part(tmp_path, layer, "heavy3") == opt + "nvidia-nccl-cu12==2.21.5 \\\n    --hash=sha256:ee\n"
+    assert _lock_part(tmp_path, layer, "heavy2") == opt + "triton==3.1.0  # via torch\n"
+    assert _lock_part(tmp_path, layer, "heavy3") == opt + "nvidia_cudnn.cu12==9.1.0.70 \\\n    --hash=sha256:dd\n"
+    assert _lock_part(tmp_path, layer, "heavy4") == opt  # no cuBLAS, cuFFT or cuSOLVER in this lock
+    assert _lock_part(tmp_path, layer, "heavy5") == opt + "nvidia-nccl-cu12==2.21.5 \\\n    --hash=sha256:ee\n"
     # the rest, and the nested file, once (not in every part); comments go
     light = _lock_part(tmp_path, layer, "light")
     assert light == opt + "fastapi==0.115.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n-r extra.txt\n"
@@ -80,7 +80,8 @@ def test_groups_are_configurable(tmp_path: Path) -> None:
     assert lock_parts(layer) == ["heavy1", "light"]
     assert part_of(layer, "nvidia-nccl-cu12") == "heavy1" and part_of(layer, "torch") == "light"
     assert "fastapi" in _lock_part(tmp_path, layer, "heavy1") and "torch" in _lock_part(tmp_path, layer, "light")
-    assert part_of(Layer(), "nvidia-cudnn-cu13") == "heavy2" and part_of(Layer(), "cuda-toolkit") == "heavy3"
+    assert part_of(Layer(), "nvidia-cudnn-cu13") == "heavy3" and part_of(Layer(), "cuda-toolkit") == "heavy5"
+    assert part_of(Layer(), "nvidia-cublas") == "heavy4" and part_of(Layer(), "nvidia-cusparselt-cu13") == "heavy5"
     assert DEFAULT_VENV_LAYERS[0] == ("torch",)
 
 
@@ -137,13 +138,14 @@ IMAGEKIT_SRC={tmp_path}/src
 
 def test_a_vm_installs_every_part_heavy_first(tmp_path: Path) -> None:
     calls = _phase_install(tmp_path, {})
-    assert [part for part, _ in calls] == ["heavy1", "heavy2", "heavy3", "light"]
-    assert "Torch==2.5.1" in calls[0][1] and "fastapi" in calls[3][1]
+    # heavy4 (cuBLAS, cuFFT, cuSOLVER) matches nothing in this lock: a VM skips it
+    assert [part for part, _ in calls] == ["heavy1", "heavy2", "heavy3", "heavy5", "light"]
+    assert "Torch==2.5.1" in calls[0][1] and "fastapi" in calls[-1][1]
 
 
 def test_a_docker_run_installs_only_its_part(tmp_path: Path) -> None:
-    calls = _phase_install(tmp_path, {"IMAGEKIT_PART": "heavy3"})
-    assert calls == [("heavy3", "nvidia-nccl-cu12==2.21.5 \\\n")]
+    calls = _phase_install(tmp_path, {"IMAGEKIT_PART": "heavy5"})
+    assert calls == [("heavy5", "nvidia-nccl-cu12==2.21.5 \\\n")]
 
 
 # --- on the real engine --------------------------------------------------------------------------------------
