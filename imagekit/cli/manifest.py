@@ -141,6 +141,8 @@ def show(
             if name in signers:
                 s = signers[name]
                 out.print(f"      signed by {escape(s['signer'])} (signature sha256:{escape(s['signature_sha256'])})")
+    if doc.get("source"):
+        out.print(f"  git commit    {escape(str(doc['source']))}")
     out.print("  builder       " + escape(", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items()))))
     report = doc.get("report")
     if report:

@@ -267,6 +267,7 @@ def record_build(
         input_digests=input_digests,
         git_commit=git.commit if git else None,
         git_uri=git.uri if git else None,
+        git_dirty=git.dirty if git else False,
         builder_id=builder_id(socket.gethostname(), signer.keyid),
         report=report,
         passed=ok,
