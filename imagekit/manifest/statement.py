@@ -449,7 +449,7 @@ class BuildRecord:
         if sha256_hex(raw) != bp.get("digest", {}).get("sha256"):
             raise SignatureError(f"manifest {self.id}: the embedded verification report does not match its digest")
         try:
-            doc = load_json(raw)
+            doc = load_json(raw, limit=MAX_RECORD_BYTES)  # inside a record the writer bounded
         except JsonInputError as exc:
             raise SignatureError(f"manifest {self.id}: the embedded verification report is unreadable: {exc}") from None
         return doc if isinstance(doc, dict) else None
