@@ -3,8 +3,9 @@
 Split from scripts.py, which assembles the phases and imports this module (never the other way round); this module
 owns how Python packages get installed and in which parts.
 
-The lock is installed in parts, heavy first: each group of `venv_layers` (package-name globs; by default the torch
-stack in five: torch; triton; cuDNN; cuBLAS, cuFFT and cuSOLVER; the other NVIDIA and CUDA wheels), then the rest of the lock.
+The lock is installed in parts, heavy first: each group of `venv_layers` (package-name globs; by default the
+torch stack in five: torch; triton; cuDNN; cuBLAS, cuFFT and cuSOLVER; the other NVIDIA and CUDA wheels), then the
+rest of the lock.
 The Dockerfile runs one RUN per part with only that part's lines mounted, so a changed light pin leaves the heavy
 RUNs cached and their image layers (and registry blobs) as they were, and no layer is one 5 GB stream; a VM installs
 the same parts in the same order from one script run.
