@@ -24,6 +24,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -258,14 +259,26 @@ def _skopeo_push(ref: str, dest: str, fmt: str, level: int = 3) -> float:
     return time.perf_counter() - t0
 
 
+def _previous_release(name: str, current: str) -> str | None:
+    """The release the index lists right after `current` (pip's own index, newest first), read off the index."""
+    out = _sh([sys.executable, "-m", "pip", "index", "versions", name])
+    listed = next((ln.split(":", 1)[1] for ln in out.splitlines() if ln.startswith("Available versions:")), "")
+    versions = [v.strip() for v in listed.split(",") if v.strip()]
+    return versions[versions.index(current) + 1] if current in versions[:-1] else None
+
+
 def _light_pin(seed: Any, registry: str, repo: str, data: Path, first: dict[str, Any]) -> dict[str, Any]:
-    """Change filelock's pin in the workspace's lock (a copy), rebuild, push again: what moved."""
+    """Change filelock's pin in the workspace's lock (a copy) to the index's previous release, rebuild, push
+    again: what moved. filelock is a light pin (no venv_layers group matches it) that torch depends on."""
     lock = seed.spec.parent / "requirements.lock"
     text = lock.read_text()
-    new = re.sub(r"(?m)^filelock==4\.2\.11$", "filelock==4.2.10", text)
-    if new == text:
-        return {"error": "the lock has no filelock==4.2.11 line to change"}
-    lock.write_text(new)
+    pinned = re.search(r"(?m)^filelock==(\S+)$", text)
+    if pinned is None:
+        return {"error": "the lock has no filelock==VERSION line to change"}
+    other = _previous_release("filelock", pinned.group(1))
+    if other is None:
+        return {"error": f"the index serves no filelock release before {pinned.group(1)}"}
+    lock.write_text(text.replace(pinned.group(0), f"filelock=={other}"))
     before = seed_bench._blob_bytes(data)
     res, wall = seed_bench._build(seed, images=[seed.image])
     img = res.image(seed.image)
