@@ -200,8 +200,13 @@ class BuildahEngine:
             raise BuildFailed(f"buildah tag {source} {repository}:{tag} failed: {_why(res)}")
 
     def remove_image(self, ref: str) -> None:
-        """Untag one reference (the image goes when no other name holds it)."""
-        self._run("rmi", ref, timeout=120)
+        """Untag one reference (the image goes when no other name holds it); BuildFailed when buildah refuses (an
+        image a container uses), nothing when the reference is not there, as the docker engine does."""
+        res = self._run("rmi", ref, timeout=120)
+        if not res.ok and not any("image not known" in line for line in res.tail):
+            # buildah lists each reason as "\t* REF: why" under "Error: 1 error occurred:"
+            reasons = [ln.strip().lstrip("* ") for ln in res.tail if ln.strip().startswith("*")]
+            raise BuildFailed(f"buildah rmi {ref} failed: {(reasons[-1] if reasons else _why(res))[:300]}")
 
     def version(self) -> str:
         """buildah's version ("" when it cannot say)."""
