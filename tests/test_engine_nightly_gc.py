@@ -4,7 +4,11 @@ and one gc decides over the store's records whichever engine holds the images (f
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,7 +132,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]
     """A containers-storage of this test's own (vfs: no mounts), as imagekit's buildah, podman and skopeo see it;
     yields the buildah argv prefix for it. Everything in it goes with the test."""
     buildah = require_tool("buildah")
-    root, runroot = tmp_path / "storage", tmp_path / "run"
+    # podman refuses a runroot longer than 50 characters (pytest's tmp_path is longer)
+    runroot = Path(tempfile.mkdtemp(prefix="ik-run-"))
+    root = tmp_path / "storage"
     monkeypatch.setenv("STORAGE_DRIVER", "vfs")
     monkeypatch.setenv("IMAGEKIT_STORAGE_ROOT", str(root))
     monkeypatch.setenv("IMAGEKIT_STORAGE_RUNROOT", str(runroot))
@@ -136,6 +142,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]
     yield argv
     subprocess.run([*argv, "rm", "--all"], capture_output=True, check=False, timeout=120)
     subprocess.run([*argv, "rmi", "--all", "--force"], capture_output=True, check=False, timeout=120)
+    shutil.rmtree(runroot, ignore_errors=True)
 
 
 def _buildah(argv: list[str], *args: str) -> str:
@@ -213,3 +220,95 @@ def test_gc_in_containers_storage_keeps_channel_heads_and_rollback_targets(tmp_p
     assert img.removed_tags == [held] and not img.errors and not _has(store, held)
     img = gc(root / "imagekit.yaml", target="docker", engine="buildah", keep=1, image="app").images[0]  # type: ignore[attr-defined]
     assert img.removed_tags == [] and img.errors == []
+
+
+NIGHT_REAL = """\
+version: 1
+name: {name}
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+    cuda: "none"
+  app:
+    parent: base
+    copy: [{{src: app/, dest: /opt/app}}]
+images:
+  svc: {{leaf: app, repository: imagekit-test/{name}}}
+verify: {{gpu: optional}}
+retention: {{keep: 1}}
+"""
+
+
+def _seed_base(spec: Path) -> None:
+    """The shared bootstrapped base copied into the test's store when the host has it (else imagekit makes it)."""
+    from imagekit.names import base_hash, base_repository
+    from imagekit.spec import load_spec
+
+    boot = load_spec(spec).spec.layers["base"].from_.bootstrap  # type: ignore[union-attr]
+    assert boot is not None
+    ref = f"{base_repository('base')}:{base_hash(boot)[:16]}"
+    dest = (f"containers-storage:[vfs@{os.environ['IMAGEKIT_STORAGE_ROOT']}+{os.environ['IMAGEKIT_STORAGE_RUNROOT']}]"
+            f"localhost/{ref}")  # fmt: skip
+    for src in (f"containers-storage:localhost/{ref}", f"docker-daemon:{ref}"):
+        res = subprocess.run([require_tool("skopeo"), "copy", "--quiet", src, dest], capture_output=True, check=False,
+                             timeout=900)  # fmt: skip
+        if res.returncode == 0:
+            return
+
+
+@pytest.mark.buildah
+@pytest.mark.slow
+def test_nightly_with_buildah_builds_verifies_with_podman_and_gcs_with_no_docker(
+    tmp_path: Path, store: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagekit.api.nightly import nightly
+
+    require_tool("podman")
+    name = f"night-bah-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "app").mkdir()
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(NIGHT_REAL.format(name=name))
+    _seed_base(spec)
+    # no Docker Engine to reach: everything goes through buildah, podman and skopeo
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-such-docker.sock'}")
+    runs = []
+    for version in range(3):
+        (tmp_path / "app" / "hello.txt").write_text(f"v{version}\n")
+        res = nightly(spec, target="docker", engine="buildah", report_dir=tmp_path / f"r{version}")
+        assert not res.failed, [(c.name, c.message) for r in res.runs for c in r.checks]
+        runs.append(res)
+    first, *_, last = runs
+    (run,) = first.runs
+    checks = {c.name: c for c in run.checks}
+    assert checks["verify"].passed and checks["promote nightly"].passed
+    report = json.loads(Path(checks["verify"].message.removeprefix("report ")).read_text())
+    # booted by podman (its verify containers are named in the report, and gone: see the end)
+    assert report["ok"] is True and report["failures"] == [] and report["host"].startswith("podman")
+    assert [b.layer for b in run.built] == ["base", "app"] and [b.layer for b in last.runs[0].built] == ["app"]
+    # keep 1: the first build is neither the newest nor nightly's head nor its rollback target (the second)
+    (row,) = last.gc
+    assert row["engine"] == "buildah" and row["removed_builds"] == [run.manifest_id]
+    assert row["removed_tags"] and not any(_has(store, t) for t in row["removed_tags"])
+    for later in runs[1:]:
+        assert _has(store, f"imagekit-test/{name}:latest") and later.runs[0].manifest_id in row["kept"]
+    assert _buildah(store, "containers", "--all", "--quiet") == ""  # no working container left
+    podman = [require_tool("podman"), *store[1:], "ps", "--all", "--quiet"]
+    assert subprocess.run(podman, capture_output=True, text=True, check=True, timeout=120).stdout.strip() == ""
+
+
+@pytest.mark.buildah
+def test_podman_failing_is_said_not_taken_for_a_missing_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagekit.runners.podman import PodmanError, PodmanRuntime
+
+    require_tool("podman")
+    monkeypatch.setenv("STORAGE_DRIVER", "vfs")
+    monkeypatch.setenv("IMAGEKIT_STORAGE_ROOT", str(tmp_path / "storage"))
+    short = Path(tempfile.mkdtemp(prefix="ik-run-"))
+    try:
+        monkeypatch.setenv("IMAGEKIT_STORAGE_RUNROOT", str(short))
+        assert PodmanRuntime().image_id("imagekit-test/no-such-image:1") is None  # not there: None, as before
+        monkeypatch.setenv("IMAGEKIT_STORAGE_RUNROOT", str(tmp_path / ("r" * 60)))
+        with pytest.raises(PodmanError, match="runroot is longer than 50 characters"):
+            PodmanRuntime().image_id("imagekit-test/no-such-image:1")
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
