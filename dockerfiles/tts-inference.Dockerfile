@@ -2,6 +2,7 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
+# Weights tars (ADD .imagekit/weights/*.tar) are written by `imagekit render` and `imagekit build`.
 ARG BASE_IMAGE=imagekit-base-base:5cfde49b17fa3779
 ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP=runtime
@@ -50,6 +51,18 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
     IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy4,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy4 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy5,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy5 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
@@ -62,7 +75,7 @@ LABEL dev.imagekit.layer.app.hash="4f6482c8fab8ca8406ca22e2333579484748f56097ab7
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
-COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt
+ADD examples/tts/.imagekit/weights/dd54db47f8d897fc4f8bbfb2c008c95f.tar /
 RUN --mount=type=bind,source=provision/app.sh,target=/tmp/imagekit/app.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app.sh system
 COPY examples/tts/app/ /opt/app/app

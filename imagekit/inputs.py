@@ -180,6 +180,20 @@ def clip(text: str, limit: int = MAX_MESSAGE_VALUE) -> str:
     return shown
 
 
+# What a report and a record keep of a list of findings: enough for a person, bounded for the record's readers.
+MAX_LINES = 200
+MAX_LINE_CHARS = 2000
+
+
+def bound_lines(lines: list[str], *, limit: int = MAX_LINES, width: int = MAX_LINE_CHARS) -> list[str]:
+    """At most `limit` lines of at most `width` characters each, the cut named in a last line."""
+    out = [line if len(line) <= width else f"{line[:width]}… ({len(line) - width} more characters)" for line in
+           lines[:limit]]  # fmt: skip
+    if len(lines) > limit:
+        out.append(f"… and {len(lines) - limit} more")
+    return out
+
+
 def is_file(path: Path) -> bool:
     """Path.is_file() that answers False for a name the kernel refuses (over 255 bytes) instead of raising."""
     try:

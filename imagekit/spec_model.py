@@ -116,10 +116,14 @@ class Refresh(_Model):
 
 
 class Budget(_Model):
-    """A size gate: growth against the last verified build, and/or an absolute size."""
+    """A size gate: growth against the last verified build, and/or an absolute size, and/or the biggest image layer
+    (one build step: one blob, downloaded and unpacked as one stream on one core) that may be split."""
 
     max_growth_pct: Num | None = Field(default=None, ge=0)
     max_bytes: Int | None = Field(default=None, ge=1)
+    # no build step of the image (or of this layer) over this many bytes, unpacked; a weights file is one step
+    # that cannot be split and is left out
+    max_layer_bytes: Int | None = Field(default=None, ge=1)
 
 
 class Layer(_Model):

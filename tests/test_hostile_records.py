@@ -44,6 +44,12 @@ class Engine:
     def remove_image(self, ref: str) -> None:
         self.removed.append(ref)
 
+    def repo_tags(self, _repository: str) -> list[str]:
+        return []
+
+    def inspect(self, _ref: str) -> None:
+        return None
+
 
 def test_gc_keeps_the_build_rollback_reaches_past_a_revoked_one(tmp_path: Path) -> None:
     a, b, c = _three_builds(tmp_path)
@@ -208,3 +214,59 @@ def test_the_store_backend_refuses_a_prefix_outside_it(tmp_path: Path) -> None:
     (tmp_path / "secret" / "key.json").write_text("{}")
     with pytest.raises(StoreError, match="not a folder of the store"):
         LocalBackend(tmp_path / "store").keys("../secret/")
+
+
+@pytest.mark.docker
+def test_gc_removes_a_replaced_tag_once_no_kept_build_is_that_image(tmp_path: Path) -> None:
+    """The `<hash16>-replaced-<id12>` tags a same-hash rebuild leaves go as old builds' tags go: kept while a kept
+    build (here the rollback target) is that image, removed by the gc after it is not."""
+    from imagekit.manifest.record import record_build
+    from imagekit.plan import plan_image
+    from imagekit.runners.bootstrap import ensure_base
+    from imagekit.runners.docker import DockerEngine
+    from imagekit.spec import Bootstrap
+
+    docker = require_docker()
+    engine = DockerEngine()
+    base = ensure_base(engine, "base", Bootstrap(distro="debian", suite="bookworm")).tag
+    repo = f"imagekit-test-i21r-{uuid.uuid4().hex[:8]}"
+    made: list[str] = []
+    try:
+        ids, mids = [], []
+        for n in ("1", "2", "3"):
+            tag = f"{repo}:build{n}"
+            subprocess.run([docker, "build", "-q", "--label", "imagekit.test=1", "-t", tag, "-"],
+                           input=f"FROM {base}\nLABEL i21r={n}\n", text=True, check=True, capture_output=True)  # fmt: skip
+            made.append(tag)
+            ids.append(engine.inspect(tag).id)  # type: ignore[union-attr]
+            make_spec(tmp_path, app=n)
+            spec = tmp_path / "imagekit.yaml"
+            spec.write_text(spec.read_text().replace("app: {leaf: app}", f"app: {{leaf: app, repository: {repo}}}"))
+            loaded = load_spec(spec)
+            layers = plan_image(loaded, "app", "docker").layers
+            mids.append(record_build(loaded, "app", "docker", layers, started="2026-11-21T01:00:00Z",
+                                     finished=f"2026-11-21T01:0{n}:00Z", image_ref=tag, image_digest=ids[-1],
+                                     report={"passed": True, "failures": []}).id)  # fmt: skip
+        # build 1's image was replaced by a same-hash rebuild: only its -replaced- tag holds it
+        replaced = f"{repo}:{'ab' * 8}-replaced-{ids[0].split(':')[1][:12]}"
+        subprocess.run([docker, "tag", made[0], replaced], check=True)
+        subprocess.run([docker, "rmi", made[0]], check=True, capture_output=True)
+        made.append(replaced)
+        stranger = f"{repo}:{'cd' * 8}-replaced-{'0' * 12}"  # an image no build is
+        subprocess.run([docker, "build", "-q", "--label", "imagekit.test=1", "-t", stranger, "-"],
+                       input=f"FROM {base}\nLABEL i21r=x\n", text=True, check=True, capture_output=True)  # fmt: skip
+        made.append(stranger)
+        for mid in mids[:2]:
+            api.promote(tmp_path, "app", mid, "stable", who="t", why="t")
+        loaded = load_spec(tmp_path / "imagekit.yaml")
+        (res,) = docker_gc(loaded, open_ledger(loaded), engine, images=["app"], keep=1)
+        assert engine.exists(replaced), res  # build 1 is stable's rollback target
+        assert not engine.exists(stranger) and stranger in res.removed_tags  # nothing kept is that image
+        assert engine.exists(made[1])  # the tag went, build 2's image and tag stay
+        api.promote(tmp_path, "app", mids[2], "stable", who="t", why="t")  # 1 -> 2 -> 3: 1 is out of reach
+        (res,) = docker_gc(loaded, open_ledger(loaded), engine, images=["app"], keep=1)
+        assert not engine.exists(replaced) and replaced in res.removed_tags, res
+        assert engine.inspect(ids[0]) is None  # the replaced image itself is gone with its last tag
+    finally:
+        for tag in made:
+            subprocess.run([docker, "rmi", "-f", tag], capture_output=True, check=False)

@@ -123,12 +123,33 @@ def test_dependencies_carry_digests_anyone_can_recompute(tmp_path: Path) -> None
     assert model["digest"] == {"sha256": hashlib.sha256(WEIGHTS).hexdigest()}
     assert model["uri"] == f"git+https://git.example.com/org/fmt.git@{commit}#models/w.pt"
     assert deps["git"] == {"name": "git", "uri": "git+https://git.example.com/org/fmt.git",
-                           "digest": {"gitCommit": commit}}  # fmt: skip
+                           "digest": {"gitCommit": commit}, "annotations": {"dirty": False}}  # fmt: skip
     assert "s3cret" not in json.dumps(st)
     base = deps["base"]
     assert base["digest"] == {"sha256": "b" * 64}  # the imported image's ID, not the recipe hash
     assert base["annotations"] == {"source": "bootstrap", "localTag": "imagekit-base-base:feedfacefeedface",
                                    "recipeSha256": "d" * 64}  # fmt: skip
+
+
+def test_a_dirty_work_tree_is_in_the_signed_record(tmp_path: Path) -> None:
+    loaded = make_repo(tmp_path)
+    commit = git(tmp_path, "rev-parse", "HEAD")
+    clean, st = record(loaded)
+    assert deps_by_name(st)["git"]["annotations"] == {"dirty": False}  # the store's own new records do not count
+    assert api.show_manifest(tmp_path, clean.id)["source"] == commit
+    (tmp_path / "app" / "server.py").write_text("print('changed, not committed')\n")
+    dirty, st = record(loaded)
+    dep = deps_by_name(st)["git"]
+    assert dep["digest"] == {"gitCommit": commit} and dep["annotations"] == {"dirty": True}
+    assert api.show_manifest(tmp_path, dirty.id)["source"] == f"{commit}-dirty"
+    from typer.testing import CliRunner
+
+    from imagekit.cli import app
+
+    shown = CliRunner().invoke(app, ["manifest", "show", dirty.id, "-f", str(tmp_path / "imagekit.yaml")])
+    assert shown.exit_code == 0 and f"git commit    {commit}-dirty" in shown.stdout, shown.output
+    checked = CliRunner().invoke(app, ["manifest", "verify", dirty.id, "-f", str(tmp_path / "imagekit.yaml")])
+    assert checked.exit_code == 0, checked.output  # the strict rules take the annotation
 
 
 def test_registry_base_keeps_its_repo_digest(tmp_path: Path) -> None:

@@ -252,6 +252,33 @@ def test_size_budget_breach_fails_the_gate_and_names_the_layer(tmp_path: Path, s
     assert next(r for r in third.runs if r.image == "two").failed
 
 
+def test_a_step_over_max_layer_bytes_fails_the_build_and_weights_are_left_out(tmp_path: Path, spec_name: str) -> None:
+    import hashlib
+
+    spec = write_spec(tmp_path, spec_name)
+    weights = os.urandom(24 << 20)  # one file: over the limit too, but it cannot be split
+    (tmp_path / "w.bin").write_bytes(weights)
+    (tmp_path / "app2" / "blob.bin").write_bytes(os.urandom(24 << 20))  # the copy step: 24 MB in one blob
+    model = f"{{src: w.bin, dest: /opt/models/w.bin, sha256: {hashlib.sha256(weights).hexdigest()}}}"
+    text = spec.read_text().replace(
+        "    copy: [{src: app2/, dest: /opt/app2}]\n",
+        f"    copy: [{{src: app2/, dest: /opt/app2}}]\n    models: [{model}]\n"
+        "    budget: {max_layer_bytes: 20000000}\n",
+    )
+    spec.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagekit", "build", "-f", str(spec), "--target", "docker", "--image", "two"],
+        capture_output=True, text=True, check=False, timeout=1200, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "max_layer_bytes" in x)
+    problem = line.split("; grew most")[0]
+    assert "layer app2: a step of 25.2 MB is over max_layer_bytes 20.0 MB" in problem
+    assert "/opt/app2" in problem and "w.bin" not in problem and problem.count("over max_layer_bytes") == 1
+    assert "recorded as failed" in line
+
+
 def test_concurrent_runs_wait_for_the_lock_and_build_each_layer_once(tmp_path: Path, spec_name: str) -> None:
     # app1 sleeps while it builds, so the first run surely holds the lock when the second starts
     spec = write_spec(tmp_path, spec_name, app1_run="'sleep 3'")

@@ -184,6 +184,43 @@ def test_budget_max_bytes_on_a_layer(loaded: LoadedSpec) -> None:
     assert ok.passed and ok.message == "within budget"
 
 
+def test_max_layer_bytes_names_the_step_and_leaves_weights_out(tmp_path: Path) -> None:
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w" * 3_000_000)
+    import hashlib
+
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    text = SPEC.replace(
+        "    budget: {max_bytes: 5000000}",
+        f"    models: [{{src: w.bin, dest: /opt/models/w.bin, sha256: {sha}}}]",
+    ).replace("budget: {max_growth_pct: 10}", "budget: {max_layer_bytes: 2000000}")
+    (tmp_path / "imagekit.yaml").write_text(text)
+    loaded = load_spec(tmp_path / "imagekit.yaml")
+    base_rows = [{"CreatedBy": "debootstrap", "Size": 1_500_000}]
+    app_rows = [
+        {"CreatedBy": "COPY app/ /opt/app", "Size": 100_000},
+        # the weights file: over the limit, but one file cannot be split (buildah names no path: its size says it)
+        {"CreatedBy": "/bin/sh -c #(nop) ADD file:0f3c in / ", "Size": 3_000_512},
+        {"CreatedBy": "RUN |2 IMAGEKIT_PART=heavy1 sh /tmp/imagekit/app.sh install", "Size": 2_500_000},
+        *base_rows,
+    ]
+    sizes = FakeSizes({}, {"base:h1": base_rows, "app:h2": app_rows})
+    tags = {"base": "base:h1", "app": "app:h2"}
+    per_layer = [LayerSize("base", "h1", 1_500_000), LayerSize("app", "h2", 5_600_512)]
+    out = check_budget(loaded, "svc", size=None, previous_size=None, layers=per_layer, layer_tags=tags, sizes=sizes)
+    assert not out.passed and out.blamed == "app"
+    assert out.message.startswith("layer app: a step of 2.5 MB is over max_layer_bytes 2.0 MB")
+    problems = out.message.split("; grew most")[0]
+    assert "IMAGEKIT_PART=heavy1" in problems and "ADD file" not in problems and "debootstrap" not in problems
+    assert problems.count("over max_layer_bytes") == 1
+    # the base's own step is under the limit; with a bigger limit every step passes
+    roomy = text.replace("max_layer_bytes: 2000000", "max_layer_bytes: 2600000")
+    (tmp_path / "imagekit.yaml").write_text(roomy)
+    ok = check_budget(load_spec(tmp_path / "imagekit.yaml"), "svc", size=None, previous_size=None, layers=per_layer,
+                      layer_tags=tags, sizes=sizes)  # fmt: skip
+    assert ok.passed and ok.checked and ok.message == "within budget"
+
+
 def test_package_changes_lists_added_and_changed() -> None:
     old = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9", "gcc": "12"}}}}
     new = {"probe": {"dpkg": {"packages": {"libc6": "2.36-9+deb12u1", "gcc": "12", "cmake": "3.25"}}}}

@@ -156,11 +156,11 @@ def test_dockerfile_contract() -> None:
     # package cache and only its own part of the lock mounted), not copied in
     assert "COPY --from=" not in text
     runtime = text[text.index("AS runtime\n") : text.index("AS app\n")]
-    assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 4
+    assert runtime.count("--mount=type=cache,id=imagekit-pkgs-tts,target=/root/.cache/imagekit") == 6
     parts = re.findall(
         r"from=runtime-lock,source=/imagekit-lock/(\w+),target=/tmp/imagekit/src/requirements.lock", runtime
     )
-    assert parts == ["heavy1", "heavy2", "heavy3", "light"]
+    assert parts == ["heavy1", "heavy2", "heavy3", "heavy4", "heavy5", "light"]
     assert "source=examples/tts/requirements.lock" not in runtime  # the whole lock only in the lock stage
     assert (
         re.findall(r"IMAGEKIT_PART=(\w+) sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps", runtime)
@@ -169,7 +169,10 @@ def test_dockerfile_contract() -> None:
     lock_stage = text[text.index("AS runtime-lock\n") : text.index("AS runtime\n")]
     assert "source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock" in lock_stage
     assert "runtime.sh lock-parts" in lock_stage
-    assert "COPY --chmod=0444 examples/tts/models/tts.pt /opt/models/tts.pt" in text
+    # root-owned weights under /opt: a reproducible tar (imagekit/weights_tar.py), first thing on the parent
+    app = text[text.index("AS app\n") :]
+    assert re.search(r"^ADD examples/tts/\.imagekit/weights/[0-9a-f]{32}\.tar /$", app, re.M)
+    assert "tts.pt" not in app.split("ADD ")[0] and "COPY --chmod=0444" not in text
     assert re.search(r"^USER app$", text, re.M)
     assert "HEALTHCHECK " in text and "http://127.0.0.1:7860/ready" in text
     assert "EXPOSE 7860" in text

@@ -6,9 +6,12 @@ and pushes both builds to a local registry: a changed light pin moves only the l
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -56,13 +59,13 @@ def _lock_part(tmp_path: Path, layer: Layer, part: str) -> str:
 
 def test_lock_is_cut_by_group_with_hashes_and_options(tmp_path: Path) -> None:
     layer = Layer()
-    assert lock_parts(layer) == ["heavy1", "heavy2", "heavy3", "light"]
+    assert lock_parts(layer) == ["heavy1", "heavy2", "heavy3", "heavy4", "heavy5", "light"]
     opt = "--index-url https://pypi.org/simple\n"
     assert _lock_part(tmp_path, layer, "heavy1") == opt + "Torch==2.5.1 \\\n    --hash=sha256:cc\n"
-    assert _lock_part(tmp_path, layer, "heavy2") == (
-        opt + "nvidia_cudnn.cu12==9.1.0.70 \\\n    --hash=sha256:dd\ntriton==3.1.0  # via torch\n"
-    )
-    assert _lock_part(tmp_path, layer, "heavy3") == opt + "nvidia-nccl-cu12==2.21.5 \\\n    --hash=sha256:ee\n"
+    assert _lock_part(tmp_path, layer, "heavy2") == opt + "triton==3.1.0  # via torch\n"
+    assert _lock_part(tmp_path, layer, "heavy3") == opt + "nvidia_cudnn.cu12==9.1.0.70 \\\n    --hash=sha256:dd\n"
+    assert _lock_part(tmp_path, layer, "heavy4") == opt  # no cuBLAS, cuFFT or cuSOLVER in this lock
+    assert _lock_part(tmp_path, layer, "heavy5") == opt + "nvidia-nccl-cu12==2.21.5 \\\n    --hash=sha256:ee\n"
     # the rest, and the nested file, once (not in every part); comments go
     light = _lock_part(tmp_path, layer, "light")
     assert light == opt + "fastapi==0.115.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n-r extra.txt\n"
@@ -77,7 +80,8 @@ def test_groups_are_configurable(tmp_path: Path) -> None:
     assert lock_parts(layer) == ["heavy1", "light"]
     assert part_of(layer, "nvidia-nccl-cu12") == "heavy1" and part_of(layer, "torch") == "light"
     assert "fastapi" in _lock_part(tmp_path, layer, "heavy1") and "torch" in _lock_part(tmp_path, layer, "light")
-    assert part_of(Layer(), "nvidia-cudnn-cu13") == "heavy2" and part_of(Layer(), "cuda-toolkit") == "heavy3"
+    assert part_of(Layer(), "nvidia-cudnn-cu13") == "heavy3" and part_of(Layer(), "cuda-toolkit") == "heavy5"
+    assert part_of(Layer(), "nvidia-cublas") == "heavy4" and part_of(Layer(), "nvidia-cusparselt-cu13") == "heavy5"
     assert DEFAULT_VENV_LAYERS[0] == ("torch",)
 
 
@@ -134,13 +138,14 @@ IMAGEKIT_SRC={tmp_path}/src
 
 def test_a_vm_installs_every_part_heavy_first(tmp_path: Path) -> None:
     calls = _phase_install(tmp_path, {})
-    assert [part for part, _ in calls] == ["heavy1", "heavy2", "heavy3", "light"]
-    assert "Torch==2.5.1" in calls[0][1] and "fastapi" in calls[3][1]
+    # heavy4 (cuBLAS, cuFFT, cuSOLVER) matches nothing in this lock: a VM skips it
+    assert [part for part, _ in calls] == ["heavy1", "heavy2", "heavy3", "heavy5", "light"]
+    assert "Torch==2.5.1" in calls[0][1] and "fastapi" in calls[-1][1]
 
 
 def test_a_docker_run_installs_only_its_part(tmp_path: Path) -> None:
-    calls = _phase_install(tmp_path, {"IMAGEKIT_PART": "heavy3"})
-    assert calls == [("heavy3", "nvidia-nccl-cu12==2.21.5 \\\n")]
+    calls = _phase_install(tmp_path, {"IMAGEKIT_PART": "heavy5"})
+    assert calls == [("heavy5", "nvidia-nccl-cu12==2.21.5 \\\n")]
 
 
 # --- on the real engine --------------------------------------------------------------------------------------
@@ -155,9 +160,13 @@ layers:
     parent: base
     requirements: req.lock
     venv_layers: [["six"]]
+  app:
+    parent: runtime
+    models: [{{src: w.bin, dest: /opt/models/w.bin, sha256: "{weights_sha}"}}]
+    copy: [{{src: app/, dest: /opt/app/}}]
 images:
   venv:
-    leaf: runtime
+    leaf: app
     repository: imagekit-test/{name}
 build:
   ca_bundle: ca.pem
@@ -180,12 +189,17 @@ def _manifest(registry: str, repo: str, tag: str) -> dict[str, object]:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_light_pin_change_moves_only_the_light_layer(tmp_path: Path) -> None:
+def test_a_light_pin_change_moves_only_the_light_layer_and_keeps_the_weights(tmp_path: Path) -> None:
     from imagekit.api.build import build
 
     require_docker()
     name = f"ikv-{uuid.uuid4().hex[:8]}"
-    (tmp_path / "imagekit.yaml").write_text(SPEC.format(name=name))
+    weights = os.urandom(16 << 20)  # incompressible, so that uploading it again would be far over 5%
+    (tmp_path / "w.bin").write_bytes(weights)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('hi')\n")
+    spec = SPEC.format(name=name, weights_sha=hashlib.sha256(weights).hexdigest())
+    (tmp_path / "imagekit.yaml").write_text(spec)
     (tmp_path / "ca.pem").write_text(HOST_CA.read_text() if HOST_CA.is_file() else "")
     lock = tmp_path / "req.lock"
     lock.write_text("six==1.17.0\nidna==3.10\n")
@@ -194,25 +208,32 @@ def test_a_light_pin_change_moves_only_the_light_layer(tmp_path: Path) -> None:
         with running_registry(tmp_path / "reg") as (registry, _proc):
             dest = f"{registry}/imagekit-test/{name}"
             first = build(tmp_path / "imagekit.yaml", "docker", push=dest, verify=False).image("venv")
+            time.sleep(1.1)  # a second later: a folder stamped with the build's time would differ
             lock.write_text("six==1.17.0\nidna==3.9\n")
             second = build(tmp_path / "imagekit.yaml", "docker", push=dest, verify=False).image("venv")
-            assert [lr.status for lr in second.layers] == ["reused", "built"]
+            assert [lr.status for lr in second.layers] == ["reused", "built", "built"]
             before = json.loads(_docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", first.ref))
             after = json.loads(_docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", second.ref))
             base = json.loads(_docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", first.layers[0].tag))
-            # base, then runtime: system RUN, heavy1 (six), light (idna)
-            assert len(before) == len(after) == len(base) + 3
-            assert before[: len(base) + 2] == after[: len(base) + 2]
-            assert before[-1] != after[-1]
+            # base, then runtime: system RUN, heavy1 (six), light (idna); then the app: the weights first
+            light, weights_at = len(base) + 2, len(base) + 3
+            assert len(before) == len(after) > weights_at
+            assert before[:light] == after[:light]
+            assert before[light] != after[light]
+            # the weights' layer is the same on the new runtime (a reproducible tar, imagekit/weights_tar.py)
+            assert before[weights_at] == after[weights_at]
             six = "six-1.17.0.dist-info"
             ls = _docker("run", "--rm", "--entrypoint", "sh", second.ref, "-c", "ls /opt/venv/lib/*/site-packages")
             assert six in ls and "idna-3.9.dist-info" in ls and "idna-3.10" not in ls
-            # at the registry: the same blobs for every layer below the light one, which alone is new
+            stat = _docker("run", "--rm", "--entrypoint", "stat", second.ref, "-c", "%a %U %s", "/opt/models/w.bin")
+            assert stat.split() == ["444", "root", str(16 << 20)]
+            # at the registry: the same blobs for every layer below the light one and for the weights
             m1 = _manifest(registry, f"imagekit-test/{name}", first.ref.rsplit(":", 1)[1])
             m2 = _manifest(registry, f"imagekit-test/{name}", second.ref.rsplit(":", 1)[1])
             l1, l2 = m1["layers"], m2["layers"]
             assert isinstance(l1, list) and isinstance(l2, list)
-            assert [x["digest"] for x in l1[:-1]] == [x["digest"] for x in l2[:-1]]
+            assert [x["digest"] for x in l1[:light]] == [x["digest"] for x in l2[:light]]
+            assert l1[weights_at]["digest"] == l2[weights_at]["digest"]
             moved = sum(int(x["size"]) for x in l2 if x["digest"] not in {y["digest"] for y in l1})
             total = sum(int(x["size"]) for x in l2)
             print(f"light pin change: {moved} of {total} compressed bytes are new ({100 * moved / total:.2f}%)")

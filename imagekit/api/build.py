@@ -223,11 +223,12 @@ def scan_gate(loaded: LoadedSpec, res: ImageResult, reporter: Reporter) -> str |
     """verify.scan over what verification saw: the failure naming each blocking finding, or None."""
     if loaded.verify_for(res.image).scan is None or not res.verify_report:
         return None
-    from imagekit.inputs import JsonInputError, load_json, read_text
+    from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json, read_text
     from imagekit.scan.gate import scan_report
 
     try:
-        report = load_json(read_text(Path(res.verify_report), what="verification report"))
+        text = read_text(Path(res.verify_report), what="verification report", limit=MAX_RECORD_BYTES)
+        report = load_json(text, limit=MAX_RECORD_BYTES)
     except (OSError, JsonInputError) as exc:
         return f"scan gate: cannot read the verification report {res.verify_report}: {exc}"
     done = scan_report(loaded, res.image, report if isinstance(report, dict) else {}, reporter)

@@ -86,6 +86,7 @@ def show_manifest(path: Path | str | None, ref: str, trust: Path | None = None) 
         size_bytes=b.size_bytes,
         dependencies=b.predicate.get("buildDefinition", {}).get("resolvedDependencies", []),
         spec=b.params.get("spec"),
+        source=b.source,
         report=b.report(),
         key=(e.key_used.source if e.key_used else None),
     )

@@ -15,6 +15,7 @@ from imagekit.render.dockerfile import render_dockerfile, render_dockerignore
 from imagekit.render.packer import render_packer
 from imagekit.render.scripts import render_scripts
 from imagekit.spec import LoadedSpec
+from imagekit.weights_tar import stage_weight_tars
 
 DOCKERFILES = "dockerfiles"
 PROVISION = "provision"
@@ -118,4 +119,9 @@ def render(path: Path | str | None, out_dir: Path | str | None = None) -> list[R
             raise UsageError(f"render -o {clip(str(out))}: cannot write: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+    # the Dockerfiles ADD root-owned weights as tars from the context (imagekit/weights_tar.py): stage them, so a
+    # plain `docker build` of what was rendered finds them (remote weights only once `build` has fetched them)
+    for image, img in loaded.spec.images.items():
+        if "docker" in img.targets:
+            stage_weight_tars(loaded, image, present_only=True)
     return [Rendered(dest, not same) for dest, _data, _mode, same in plan]

@@ -43,5 +43,5 @@ def sign_model(
     from imagekit.api.manifest import sign_model_file
 
     dest, signer = run(lambda: sign_model_file(path, key, out))
-    err.print(f"[green]ok[/] {escape(str(dest))} (signer {signer})")
+    err.print(f"[green]ok[/] {escape(str(dest))} (signer {escape(str(signer))})")
     err.print(f"   in imagekit.yaml: signature: {{bundle: {escape(dest.name)}, key: <the matching public key>}}")

@@ -97,9 +97,9 @@ def seal_heads_cmd(
         print_json(res)
         return
     for where in res["sealed"]:
-        err.print(f"[green]ok[/] sealed {where}")
+        err.print(f"[green]ok[/] sealed {escape(str(where))}")
     if not res["sealed"]:
-        err.print(f"every log of {res['store']} has a signed head already")
+        err.print(f"every log of {escape(str(res['store']))} has a signed head already")
 
 
 @manifest_app.command("show")
@@ -141,6 +141,8 @@ def show(
             if name in signers:
                 s = signers[name]
                 out.print(f"      signed by {escape(s['signer'])} (signature sha256:{escape(s['signature_sha256'])})")
+    if doc.get("source"):
+        out.print(f"  git commit    {escape(str(doc['source']))}")
     out.print("  builder       " + escape(", ".join(f"{k} {v}" for k, v in sorted(doc["builder"].items()))))
     report = doc.get("report")
     if report:
@@ -179,14 +181,14 @@ def verify(  # noqa: PLR0917 (typer options)
     if json_out:
         print_json({"ok": True, **asdict(res)})
         return
-    err.print(f"[green]ok[/] manifest {res.id} ({res.image}) signed by {escape(res.key_source)} "
+    err.print(f"[green]ok[/] manifest {escape(res.id)} ({escape(res.image)}) signed by {escape(res.key_source)} "
               f"(keyid {res.keyid[:16]}…)" + ("; not revoked" if res.revocation_checked else ""))  # fmt: skip
     for note in res.notes:
         label = "" if note.startswith("warning:") else "note: "
         err.print(f"[yellow]{label}[/]{escape(note)}")
     if res.cosign:
         err.print("the same check with cosign:")
-        out.print(res.cosign)
+        out.print(res.cosign, markup=False)
 
 
 def _verify_policy(file: Path | None, image: str | None, policy: Path, trust: Path | None, json_out: bool) -> None:
@@ -304,7 +306,7 @@ def promote(  # noqa: PLR0917 - typer maps each parameter to an option
     if json_out:
         print_json(res)
     else:
-        err.print(f"[green]ok[/] {image} {channel} → {res['manifest']} (record #{res['seq']})")
+        err.print("[green]ok[/] " + escape(f"{image} {channel} → {res['manifest']} (record #{res['seq']})"))
 
 
 @app.command()
@@ -325,7 +327,8 @@ def rollback(  # noqa: PLR0917 - typer maps each parameter to an option
     if json_out:
         print_json(res)
     else:
-        err.print(f"[green]ok[/] {image} {channel}: {res['from']} → {res['manifest']} (record #{res['seq']})")
+        moved = f"{image} {channel}: {res['from']} → {res['manifest']} (record #{res['seq']})"
+        err.print("[green]ok[/] " + escape(moved))
 
 
 @app.command()
@@ -346,8 +349,8 @@ def revoke(  # noqa: PLR0917 - typer maps each parameter to an option
     if json_out:
         print_json(res)
         return
-    err.print(f"[green]ok[/] revoked layer {res['layer']} ({res['hash'][:12]}) of {res['manifest']}")
-    err.print(f"   builds revoked now: {', '.join(res['revoked'])}")
+    err.print("[green]ok[/] " + escape(f"revoked layer {res['layer']} ({res['hash'][:12]}) of {res['manifest']}"))
+    err.print(f"   builds revoked now: {', '.join(res['revoked'])}", markup=False)
 
 
 @app.command()
@@ -367,13 +370,13 @@ def resolve(  # noqa: PLR0917 - typer maps each parameter to an option
         print_json(res)
         return
     if "image" in res:
-        out.print(res["image"])
+        out.print(res["image"], markup=False)
     elif "image_id" in res:
         # not pushed: only the engine that built it can run this ID; say so on stderr, keep stdout the value
         err.print(f"[yellow]note:[/] {escape(res['local_ref'])} was not pushed; this image ID is local to its engine")
-        out.print(res["image_id"])
+        out.print(res["image_id"], markup=False)
     for region, ami in sorted(res.get("amis", {}).items()):
-        out.print(f"{region} {ami}")
+        out.print(f"{region} {ami}", markup=False)
 
 
 @app.command()
@@ -397,4 +400,4 @@ def history(
         line = f"#{r['seq']:<4} {r['when']}  {r['action']:<8} {what}  by {r['who']}{why}"
         out.print(line, markup=False)  # every part of it comes from the log
     if not rows:
-        err.print(f"channel {channel} of {image} has no records yet")
+        err.print(f"channel {channel} of {image} has no records yet", markup=False)

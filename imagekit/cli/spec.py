@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from imagekit.cli import app, run
-from imagekit.cli.console import err, escape, out, print_json
+from imagekit.cli.console import cell, err, escape, out, print_json
 
 SpecOpt = typer.Option(None, "-f", "--file", help="The spec file (default: ./imagekit.yaml).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
@@ -27,7 +27,10 @@ def validate(file: Path | None = SpecOpt, json_out: bool = JsonOpt) -> None:
     else:
         for note in found:
             err.print(f"[cyan]note:[/] {escape(note)}")
-        err.print(f"[green]ok[/] {loaded.path}: {len(loaded.spec.layers)} layers, {len(loaded.spec.images)} images")
+        err.print(
+            f"[green]ok[/] {escape(str(loaded.path))}: {len(loaded.spec.layers)} layers, "
+            f"{len(loaded.spec.images)} images"
+        )
 
 
 @app.command()
@@ -77,7 +80,9 @@ def plan(  # noqa: PLR0917 (typer options)
     for p in plans:
         for lp in p.layers:
             style = "green" if lp.status == "cached" else "yellow"
-            table.add_row(p.name, p.target, lp.name, lp.hash[:12], f"[{style}]{lp.status}[/]", lp.reason)
+            # a reason can quote the store (a revocation's --reason) or an upstream: cells are text, not markup
+            table.add_row(cell(p.name), cell(p.target), cell(lp.name), cell(lp.hash[:12]), f"[{style}]{lp.status}[/]",
+                          cell(lp.reason))  # fmt: skip
     out.print(table)
 
 

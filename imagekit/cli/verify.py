@@ -70,4 +70,4 @@ def verify(  # noqa: PLR0917 (typer options)
         said = f"smoke: {smoke.status} {smoke.content_type} {smoke.bytes} bytes in {smoke.latency_ms} ms"
         err.print(said, markup=False)  # the content type is the service's
     err.print(f"[green]verified[/] {escape(report.image_ref)} ({report.image}, gpu {report.gpu_policy})")
-    err.print(f"report: {path}")
+    err.print(f"report: {path}", markup=False)

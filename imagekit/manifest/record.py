@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from imagekit import __version__
 from imagekit.errors import ImagekitError, SignatureError, StoreError
 from imagekit.events import Event, Reporter, silent
-from imagekit.inputs import MAX_RECORD_BYTES, JsonInputError, load_json, read_text
+from imagekit.inputs import MAX_LINES, MAX_RECORD_BYTES, JsonInputError, bound_lines, load_json, read_text
 from imagekit.manifest.bundle import BUNDLE_SUFFIX, bundle_bytes, sigstore_bundle
 from imagekit.manifest.dsse import envelope_bytes, sign_envelope
 from imagekit.manifest.keys import load_signer
@@ -155,7 +155,9 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
         return None
     if isinstance(report, str | Path):
         try:
-            doc = load_json(read_text(Path(report), what="verification report"))
+            # imagekit's own report, as big as the probe it embeds allows (Report.to_json keeps it under this)
+            text = read_text(Path(report), what="verification report", limit=MAX_RECORD_BYTES)
+            doc = load_json(text, limit=MAX_RECORD_BYTES)
         except FileNotFoundError:
             raise StoreError(f"cannot read the verification report {report}: it does not exist") from None
         except JsonInputError as exc:
@@ -172,12 +174,13 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
 def _report_passed(report: Mapping[str, Any] | None, failure: str | None) -> tuple[bool, list[str]]:
     failures: list[str] = [failure] if failure else []
     if report is None:
-        return False, failures or ["not verified"]
+        return False, bound_lines(failures) or ["not verified"]
     listed = report.get("failures")
     if isinstance(listed, list):
         failures += [str(f) for f in listed]
     flag = report.get("passed", report.get("ok"))
-    return (not failures and flag is not False), failures
+    # bounded as the report bounds them (Report.write): the record's readers take at most MAX_RECORD_BYTES
+    return (not failures and flag is not False), bound_lines(failures, limit=MAX_LINES + 2)
 
 
 def record_build(
@@ -267,6 +270,7 @@ def record_build(
         input_digests=input_digests,
         git_commit=git.commit if git else None,
         git_uri=git.uri if git else None,
+        git_dirty=git.dirty if git else False,
         builder_id=builder_id(socket.gethostname(), signer.keyid),
         report=report,
         passed=ok,

@@ -114,6 +114,7 @@ class BuildFacts:
     input_digests: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     git_commit: str | None = None
     git_uri: str | None = None
+    git_dirty: bool = False  # the work tree differed from git_commit (tracked changes or untracked files)
     builder_id: str = BUILDER_ID
     sbom_sha256: str | None = None
     vuln_sha256: str | None = None
@@ -194,7 +195,9 @@ def build_statement(f: BuildFacts) -> dict[str, Any]:
             dep["uri"] = m["uri"]
         deps.append(dep)
     if f.git_commit:
-        deps.append({"name": "git", "uri": f.git_uri or "git+file:.", "digest": {"gitCommit": f.git_commit}})
+        # gitCommit stays the commit's hex; `dirty` says whether that commit alone names what was built
+        deps.append({"name": "git", "uri": f.git_uri or "git+file:.", "digest": {"gitCommit": f.git_commit},
+                     "annotations": {"dirty": f.git_dirty}})  # fmt: skip
 
     byproducts: list[dict[str, Any]] = [
         {
@@ -378,6 +381,14 @@ class BuildRecord:
         return [d for d in deps if isinstance(d, dict)]
 
     @property
+    def source(self) -> str | None:
+        """The git commit built from, `<sha>-dirty` when the work tree had changes; None outside git."""
+        dep = next((d for d in self.dependencies if d.get("name") == "git"), None)
+        sha = str(((dep or {}).get("digest") or {}).get("gitCommit") or "")
+        notes = (dep or {}).get("annotations")
+        return (sha + ("-dirty" if isinstance(notes, dict) and notes.get("dirty") is True else "")) or None
+
+    @property
     def sbom_sha256(self) -> str | None:
         """The sha256 of the CycloneDX document the SBOM statement beside this one must carry, when there is one."""
         value = self._byproduct(SBOM_NAME).get("digest", {}).get("sha256")
@@ -438,7 +449,7 @@ class BuildRecord:
         if sha256_hex(raw) != bp.get("digest", {}).get("sha256"):
             raise SignatureError(f"manifest {self.id}: the embedded verification report does not match its digest")
         try:
-            doc = load_json(raw)
+            doc = load_json(raw, limit=MAX_RECORD_BYTES)  # inside a record the writer bounded
         except JsonInputError as exc:
             raise SignatureError(f"manifest {self.id}: the embedded verification report is unreadable: {exc}") from None
         return doc if isinstance(doc, dict) else None

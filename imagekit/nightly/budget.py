@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,6 +104,66 @@ def grown_rows(sizes: SizeSource, tag: str, parent_tag: str | None, top: int = 3
     return out
 
 
+def _weights_step(row: dict[str, Any], models: list[tuple[str, str, int | None]]) -> bool:
+    """A history row that is one weights file: one file cannot be split. Known by its dest or tar in the step, or,
+    where the step names no path (buildah writes `ADD file:<digest> in /`), by its size."""
+    step = str(row.get("CreatedBy", ""))
+    size = int(row.get("Size", 0) or 0)
+    anonymous = re.search(r"\b(ADD|COPY) (--\S+ )*file:[0-9a-f]+ in ", step) is not None
+    for dest, tar, nbytes in models:
+        if dest in step or tar in step:
+            return True
+        if anonymous and nbytes is not None and nbytes <= size <= nbytes + (1 << 20):
+            return True
+    return False
+
+
+def _model_sizes(loaded: LoadedSpec, layer: str) -> list[tuple[str, str, int | None]]:
+    from imagekit.names import MODELS_DIR
+    from imagekit.weights_tar import tar_name
+
+    out: list[tuple[str, str, int | None]] = []
+    for model in loaded.spec.layers[layer].models:
+        path = loaded.root / MODELS_DIR / model.sha256 if model.is_remote else loaded.local(model.src)
+        try:
+            nbytes: int | None = path.stat().st_size
+        except OSError:
+            nbytes = None
+        out.append((model.dest, tar_name(model), nbytes))
+    return out
+
+
+def big_steps(
+    loaded: LoadedSpec, image: str, names: list[str], layer_tags: dict[str, str], sizes: SizeSource
+) -> tuple[list[tuple[str | None, str]], bool]:
+    """(layer, why) for every build step over its max_layer_bytes (the image's budget and the layer's own, the
+    smaller wins), weights files left out; and whether any limit applied."""
+    img_budget = loaded.spec.images[image].budget
+    img_limit = img_budget.max_layer_bytes if img_budget else None
+    out: list[tuple[str | None, str]] = []
+    checked = False
+    for i, name in enumerate(names):
+        budget = loaded.spec.layers[name].budget
+        limits = [x for x in (img_limit, budget.max_layer_bytes if budget else None) if x is not None]
+        tag = layer_tags.get(name)
+        if not limits or tag is None:
+            continue
+        checked = True
+        limit = min(limits)
+        parent_tag = layer_tags.get(names[i - 1]) if i > 0 else None
+        rows = sizes.history(tag)
+        own = rows[: max(0, len(rows) - (len(sizes.history(parent_tag)) if parent_tag else 0))]
+        models = _model_sizes(loaded, name)
+        for row in own:
+            size = int(row.get("Size", 0) or 0)
+            if size > limit and not _weights_step(row, models):
+                step = " ".join(str(row.get("CreatedBy", "")).split())[:160]
+                why = f"a step of {_mb(size)} is over max_layer_bytes {_mb(limit)}"
+                how = "one blob, unpacked on one core; split it, e.g. with narrower venv_layers"
+                out.append((name, f"layer {name}: {why} ({how}): {step}"))
+    return out, checked
+
+
 def package_changes(old: dict[str, Any] | None, new: dict[str, Any] | None, top: int = 8) -> list[str]:
     """Packages added or changed between two verification reports' probes (pip and dpkg)."""
     out: list[str] = []
@@ -144,6 +205,9 @@ def check_budget(
         why = _over(budget, ls.size, ls.previous)
         if why:
             problems.append((ls.name, f"layer {ls.name}: {why}"))
+    big, steps_checked = big_steps(loaded, image, [ls.name for ls in layers], layer_tags, sizes)
+    checked = checked or steps_checked
+    problems += big
     if not problems:
         msg = "within budget" if checked else "no budget set"
         return BudgetOutcome(True, msg, layers, checked=checked)

@@ -27,6 +27,7 @@ from imagekit.render.install import LOCK_PARTS_DIR, lock_parts
 from imagekit.render.scripts import layer_steps, model_owner
 from imagekit.render.upgrade import UPGRADE_RUN
 from imagekit.spec import LoadedSpec
+from imagekit.weights_tar import as_tar, tar_name
 
 OCI = "org.opencontainers.image"
 WHEELS_DIR = "/wheels"
@@ -62,8 +63,8 @@ def _ctx(prefix: str, rel: str) -> str:
     return norm + ("/" if rel.endswith("/") and norm != "." else "")
 
 
-def _copy(src: str, dest: str, *flags: str) -> str:
-    pre = " ".join(("COPY", *flags))
+def _copy(src: str, dest: str, *flags: str, verb: str = "COPY") -> str:
+    pre = " ".join((verb, *flags))
     if re.search(r"\s", src + dest):
         return f"{pre} {json.dumps([src, dest], ensure_ascii=False)}"
     return f"{pre} {src} {dest}"
@@ -157,6 +158,7 @@ def render_dockerfile(
         "# Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and",
         "# `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.",
         "# Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].",
+        "# Weights tars (ADD .imagekit/weights/*.tar) are written by `imagekit render` and `imagekit build`.",
         f"ARG BASE_IMAGE={base_default}",
         *(f"ARG {arg}={parent}" for arg, parent in args.items()),
     ]
@@ -178,12 +180,16 @@ def render_dockerfile(
         # Provisioning needs root; the start image may end with a non-root USER (a base image's own, or a parent
         # layer that is some other image's leaf), so each stage says so. The final stage switches back below.
         out += ["# hadolint ignore=DL3002", "USER root", f"ARG {REBUILD_ARG}"]
-        # Weights first, one COPY (one image layer) each, straight on the parent: a change to anything else in the
-        # layer (code, apt, user, venv) leaves their layers and digests as they were, so a rebuild re-copies and a
-        # push re-uploads nothing of them (as cog's --separate-weights). A changed model rebuilds from its own COPY.
+        # Weights first, one ADD/COPY (one image layer) each, straight on the parent: a change to anything else in
+        # the layer (code, apt, user, venv) leaves their layers and digests as they were, so a rebuild re-copies and a
+        # push re-uploads nothing of them (as cog's --separate-weights). A changed model rebuilds from its own step.
         for model in layer.models:
             if model.mode:
                 continue  # owned by the service user: copied once the system phase made that user (below)
+            if as_tar(model):
+                # a tar with fixed times, owner and modes (imagekit/weights_tar.py): the same layer on any parent
+                out.append(_copy(_ctx(src_prefix, tar_name(model)), "/", verb="ADD"))
+                continue
             rel = f"{MODELS_DIR}/{model.sha256}" if model.is_remote else model.src
             out.append(_copy(_ctx(src_prefix, rel), model.dest, "--chmod=0444"))
         if layer.parent is None:

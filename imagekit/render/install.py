@@ -3,8 +3,9 @@
 Split from scripts.py, which assembles the phases and imports this module (never the other way round); this module
 owns how Python packages get installed and in which parts.
 
-The lock is installed in parts, heavy first: each group of `venv_layers` (package-name globs; by default the torch
-stack in three: torch; triton with cuDNN and cuBLAS; the other NVIDIA and CUDA wheels), then the rest of the lock.
+The lock is installed in parts, heavy first: each group of `venv_layers` (package-name globs; by default the
+torch stack in five: torch; triton; cuDNN; cuBLAS, cuFFT and cuSOLVER; the other NVIDIA and CUDA wheels), then the
+rest of the lock.
 The Dockerfile runs one RUN per part with only that part's lines mounted, so a changed light pin leaves the heavy
 RUNs cached and their image layers (and registry blobs) as they were, and no layer is one 5 GB stream; a VM installs
 the same parts in the same order from one script run.
@@ -19,9 +20,14 @@ from fnmatch import fnmatchcase
 from imagekit.spec import Layer
 
 BUILD_DEPS = ("build-essential",)
+# Sized on the GPU example (torch 2.14.1+cu130, unpacked, read off its image's `docker history`): torch 1.23 GB;
+# triton 0.9 GB; cuDNN 0.92 GB; cuBLAS, cuFFT and cuSOLVER 1.1 GB; the other NVIDIA and CUDA wheels ~1.1 GB. In three
+# groups the second was 2.5 GB; five keep every step near 1 GB, so none is one long stream (budget.max_layer_bytes).
 DEFAULT_VENV_LAYERS: tuple[tuple[str, ...], ...] = (
     ("torch",),
-    ("triton", "pytorch-triton*", "nvidia-cudnn*", "nvidia-cublas*"),
+    ("triton", "pytorch-triton*"),
+    ("nvidia-cudnn*",),
+    ("nvidia-cublas*", "nvidia-cufft*", "nvidia-cusolver*"),
     ("nvidia-*", "cuda-*"),
 )
 LIGHT_PART = "light"

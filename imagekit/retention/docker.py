@@ -12,6 +12,7 @@ frees the layers once nothing else uses them. Manifests are never deleted: the s
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +29,14 @@ class Untagger(Protocol):
     def exists(self, ref: str) -> bool: ...
 
     def remove_image(self, ref: str) -> None: ...
+
+    def repo_tags(self, repository: str) -> list[str]: ...
+
+    def inspect(self, ref: str) -> Any: ...
+
+
+# what a same-hash rebuild leaves on the image it replaced (targets/docker.py: DockerTarget._keep_replaced)
+REPLACED_TAG = re.compile(r"[0-9a-f]{16}-replaced-[0-9a-f]{12}")
 
 
 @dataclass
@@ -121,10 +130,40 @@ def docker_gc(
                 res.removed_tags.append(tag)
             if len(res.removed_tags) > before:
                 res.removed_builds.append(b.id)
+        _replaced(loaded, engine, name, [b for b in builds if b.id in kept_ids], res)
         if res.removed_tags and not dry_run:
             what = f"gc: untagged {len(res.removed_tags)} image(s) of old builds ({kind})"
             reporter(Event("done", what, name, "", "docker"))
     return [results[n] for n in images]
+
+
+def _replaced(loaded: LoadedSpec, engine: Untagger, image: str, kept: list[BuildRecord], res: DockerGc) -> None:
+    """The `<hash16>-replaced-<id12>` tags of an image's repository go as any old build's tags go: kept while a
+    kept build (the newest, a channel's head, a rollback target) is that image, by local ID or registry digest,
+    removed once none is (they would pile up with every --force, refresh and revoked-layer rebuild)."""
+    img = loaded.spec.images.get(image)
+    if img is None:
+        return
+    repo = img.repository or image
+    if getattr(engine, "repo_tags", None) is None:
+        return  # an engine that cannot list a repository's tags (a test's fake) has made none
+    wanted = {"sha256:" + str((s.get("digest") or {}).get("sha256", "")) for b in kept for s in b.subjects}
+    for ref in engine.repo_tags(repo):
+        if not REPLACED_TAG.fullmatch(ref.rsplit(":", 1)[1]) or ref in res.removed_tags:
+            continue
+        info = engine.inspect(ref)
+        if info is None:
+            continue
+        ids = {info.id, *(d.rsplit("@", 1)[-1] for d in info.repo_digests)}
+        if ids & wanted:
+            continue
+        if not res.dry_run:
+            try:
+                engine.remove_image(ref)
+            except Exception as exc:  # as for the build tags: an engine refusal is reported, not fatal
+                res.errors.append(f"{ref}: {str(exc).strip()[:200]}")
+                continue
+        res.removed_tags.append(ref)
 
 
 @dataclass

@@ -192,6 +192,11 @@ class DockerEngine:
             raise BuildFailed(f"docker import of {tarball} did not produce {repository}:{tag}")
         return info.id
 
+    def repo_tags(self, repository: str) -> list[str]:
+        """Every `repository:tag` the engine holds for this repository."""
+        found = self.client.api.images(name=repository) or []
+        return sorted({t for img in found for t in (img.get("RepoTags") or []) if t.rsplit(":", 1)[0] == repository})
+
     def tag(self, source: str, repository: str, tag: str) -> None:
         """Add a tag to a local image."""
         self.client.api.tag(source, repository, tag=tag, force=True)

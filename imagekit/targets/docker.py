@@ -39,6 +39,7 @@ from imagekit.targets.docker_push import push, push_compressed
 from imagekit.targets.engines import VERIFY_RUNTIME, ImageEngine, open_engine
 from imagekit.targets.results import ImageResult, LayerResult
 from imagekit.timefmt import iso_utc
+from imagekit.weights_tar import stage_weight_tars
 
 if TYPE_CHECKING:
     from imagekit.nightly.budget import SizeSource
@@ -56,6 +57,7 @@ def open_docker(loaded: LoadedSpec, images: list[str], options: BuildOptions) ->
         raise UsageError(f"--push takes one image; pick it with --image ({', '.join(images)})")
     for name in images:
         _stage_models(loaded, name, options.reporter)
+        stage_weight_tars(loaded, name)
     yield DockerTarget(loaded, options, options.engine or open_engine(options.engine_kind))
 
 

@@ -10,6 +10,7 @@ package manager could have installed. What does not fit is dropped and named as 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -17,8 +18,19 @@ from typing import Any
 from imagekit.inputs import JsonInputError, clip, load_json
 
 # A full probe (a few thousand dpkg and pip packages) is well under 1 MB; a record embeds it (base64 in a DSSE
-# envelope) and must stay under the readers' MAX_RECORD_BYTES (16 MiB), with its SBOM beside it.
+# envelope) and must stay under the readers' MAX_RECORD_BYTES (16 MiB), with its SBOM beside it. The bound holds
+# for the probe as imagekit writes it again (1e15 comes back as 1000000000000000.0), not only as it was read.
 MAX_PROBE_BYTES = 4 * 1024 * 1024
+# The SBOM lists every package (its purl three times: purl, bom-ref, the dependency graph; a `+` becomes `%2B`):
+# at most ~200 bytes and 10 bytes per character of name and version each. The inventory is bounded so that the
+# SBOM's envelope (base64: 4/3) stays well under MAX_RECORD_BYTES; a real image (a desktop has ~2,500 dpkg
+# packages, a CUDA image ~500 pip and dpkg ones) needs a small part of it.
+MAX_PACKAGES = 20_000  # per section (pip, dpkg)
+MAX_SBOM_BYTES = 8 * 1024 * 1024
+SBOM_ENTRY_BYTES = 256
+SBOM_CHAR_BYTES = 10
+# os-release(5): ID and VERSION_ID are lower-case 0-9, a-z, '.', '_', '-'; both go into every dpkg purl
+OS_TOKEN = re.compile(r"[a-z0-9._-]{1,64}")
 MAX_PROBE_DEPTH = 16
 MAX_STRING = 4096
 MAX_ITEMS = 50_000  # entries of one list or object
@@ -102,6 +114,35 @@ def _packages(section: dict[str, Any], name_re: re.Pattern[str], what: str, prob
     section["packages"] = kept
 
 
+def sbom_cost(packages: dict[str, str]) -> int:
+    """An upper bound of what these packages add to the SBOM document, in bytes."""
+    return sum(SBOM_ENTRY_BYTES + SBOM_CHAR_BYTES * (len(k) + len(v)) for k, v in packages.items())
+
+
+def _inventory(probe: dict[str, Any], problems: list[str]) -> None:
+    """Bound the package lists the SBOM is made of: a section over MAX_PACKAGES, or an inventory whose SBOM would
+    pass MAX_SBOM_BYTES, is dropped (a failed check) rather than signed into a record no reader takes."""
+    sections = {name: probe[name] for name in ("pip", "dpkg") if isinstance(probe.get(name), dict)}
+    for name, section in sections.items():
+        packages = section.get("packages")
+        if isinstance(packages, dict) and len(packages) > MAX_PACKAGES:
+            problems.append(f"{name}.packages: {len(packages)} packages, more than {MAX_PACKAGES}; not listed")
+            section["packages"] = {}
+    costs = {n: sbom_cost(s.get("packages") or {}) for n, s in sections.items()}
+    if sum(costs.values()) > MAX_SBOM_BYTES:
+        counts = " and ".join(f"{len(sections[n].get('packages') or {})} {n}" for n in costs)
+        problems.append(f"packages: {counts} packages would make an SBOM over {MAX_SBOM_BYTES} bytes; not listed")
+        for section in sections.values():
+            section["packages"] = {}
+    os_info = probe.get("os")
+    if isinstance(os_info, dict):
+        for key in ("id", "version_id"):
+            value = os_info.get(key)
+            if value is not None and not (isinstance(value, str) and OS_TOKEN.fullmatch(value)):
+                problems.append(f"os.{key}: {clip(str(value), 80)!r} is not an os-release token")
+                del os_info[key]
+
+
 def _list_of_dicts(section: dict[str, Any], key: str, what: str, problems: list[str]) -> None:
     items = section.get(key)
     if items is None:
@@ -136,12 +177,16 @@ def parse_probe(raw: bytes | str, *, last_line: bool = False) -> tuple[dict[str,
         raise ProbeInputError(f"expected a JSON object, found {type(data).__name__}")
     problems: list[str] = []
     probe: dict[str, Any] = _bound(data, problems, "")
+    written = len(json.dumps(probe, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
+    if written > MAX_PROBE_BYTES:
+        raise ProbeInputError(f"{written} bytes once parsed (numbers written out); the limit is {MAX_PROBE_BYTES}")
     for name in DICT_SECTIONS:
         if name in probe and not isinstance(probe[name], dict):
             problems.append(f"{name}: expected an object, found {type(probe[name]).__name__}")
             probe[name] = {"error": f"not an object ({type(probe[name]).__name__})"}
     _packages(probe.get("pip") or {}, PIP_NAME, "pip", problems)
     _packages(probe.get("dpkg") or {}, DEB_NAME, "dpkg", problems)
+    _inventory(probe, problems)
     _list_of_dicts(probe.get("nvidia_smi") or {}, "gpus", "nvidia_smi", problems)
     _list_of_dicts(probe.get("torch") or {}, "devices", "torch", problems)
     _list_of_dicts(probe.get("cuda_check") or {}, "devices", "cuda_check", problems)

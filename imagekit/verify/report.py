@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagekit.fsutil import atomic_write
-from imagekit.inputs import clip
+from imagekit.inputs import bound_lines, clip
 from imagekit.names import service_unit_path
 from imagekit.spec import Health, LoadedSpec, Smoke
 from imagekit.verify.policy import GPU_HINT, GpuPolicy, gpu_failures, gpu_visible
@@ -56,6 +56,10 @@ class SmokeResult(BaseModel):
     error: str = ""
 
 
+# a report's file stays well under what the record writer reads back (MAX_RECORD_BYTES); compact past this
+MAX_PRETTY_BYTES = 8 * 1024 * 1024
+
+
 class Report(BaseModel):
     """One boot-and-verify run of an image on a host."""
 
@@ -87,11 +91,22 @@ class Report(BaseModel):
     prewarm: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        """The report as pretty JSON with sorted keys."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True, ensure_ascii=False)
+        """The report as pretty JSON with sorted keys; compact when indenting would take it past MAX_PRETTY_BYTES
+        (a probe of many small values grows many times over), so the record writer can always read it back."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        pretty = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
+        if len(pretty) <= MAX_PRETTY_BYTES // 4:  # characters: at most 4 bytes each
+            return pretty
+        if len(pretty.encode("utf-8")) <= MAX_PRETTY_BYTES:
+            return pretty
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def write(self, path: Path) -> Path:
-        """Write the report atomically and return its path."""
+        """Write the report atomically and return its path; its lists of findings are bounded first (a probe of
+        20,000 unasked packages is 20,000 failures: the report, and the record that embeds it, keep the first)."""
+        self.failures = bound_lines(self.failures)
+        self.excepted_packages = bound_lines(self.excepted_packages, limit=2000, width=400)
+        self.containers = bound_lines(self.containers)
         atomic_write(path, self.to_json() + "\n")
         return path
 

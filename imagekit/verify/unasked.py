@@ -19,6 +19,7 @@ from typing import Any
 from imagekit.errors import ImagekitError
 from imagekit.inputs import clip
 from imagekit.spec import LoadedSpec
+from imagekit.verify.probe_input import MAX_PACKAGES  # one bound for the inventory
 
 # Debian's python3-* packages live here (dpkg owns them); /usr/local and the venv are pip's
 SYSTEM_SITE = re.compile(r"^/usr/lib/python3(\.\d+)?/(dist|site)-packages/?$")
@@ -27,7 +28,6 @@ VENV_SEEDS = frozenset({"pip", "setuptools"})
 # Debian's patched setuptools seeds a `pkg_resources 0.0.0` record beside it (seen in the indextts2 image: bullseye,
 # Python 3.9); that exact entry is part of the seed, any other version of the name is not
 DEBIAN_SEED = ("pkg-resources", "0.0.0")
-MAX_PACKAGES = 20000
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
 
 

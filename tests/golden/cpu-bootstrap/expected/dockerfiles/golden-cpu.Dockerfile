@@ -2,6 +2,7 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
+# Weights tars (ADD .imagekit/weights/*.tar) are written by `imagekit render` and `imagekit build`.
 ARG BASE_IMAGE=imagekit-base-base:5cfde49b17fa3779
 ARG IMAGEKIT_PARENT_RUNTIME=base
 ARG IMAGEKIT_PARENT_APP_SVC=runtime
@@ -53,6 +54,20 @@ RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.s
     --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
     IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy3 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy4,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy4 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
+    --mount=type=bind,from=runtime-lock,source=/imagekit-lock/heavy5,target=/tmp/imagekit/src/requirements.lock \
+    --mount=type=secret,id=ca \
+    --mount=type=secret,id=pipconf,required=false \
+    --mount=type=bind,source=spec/wheels,target=/wheels \
+    --mount=type=cache,id=imagekit-pkgs-golden-cpu,target=/root/.cache/imagekit \
+    IMAGEKIT_TARGET=docker PIP_FIND_LINKS=/wheels IMAGEKIT_CACHE=/root/.cache/imagekit IMAGEKIT_PART=heavy5 sh /tmp/imagekit/runtime.sh build-deps venv install drop-build-deps
+RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,from=runtime-lock,source=/imagekit-lock/light,target=/tmp/imagekit/src/requirements.lock \
     --mount=type=secret,id=ca \
     --mount=type=secret,id=pipconf,required=false \
@@ -66,8 +81,8 @@ LABEL dev.imagekit.layer.app-svc.hash="09956f40ef12110160727fcb4609d7f4b8daffdaf
 # hadolint ignore=DL3002
 USER root
 ARG IMAGEKIT_REBUILD
-COPY --chmod=0444 spec/models/w.bin /opt/models/w.bin
-COPY --chmod=0444 spec/.imagekit/models/0000000000000000000000000000000000000000000000000000000000000001 /opt/models/v2.bin
+ADD spec/.imagekit/weights/a9ba67ec56d2f4a3a2eed1e521468c0d.tar /
+ADD spec/.imagekit/weights/cde97e400476df78fec3e3720494071e.tar /
 RUN --mount=type=bind,source=provision/app-svc.sh,target=/tmp/imagekit/app-svc.sh \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/app-svc.sh system
 COPY spec/app/ /opt/app

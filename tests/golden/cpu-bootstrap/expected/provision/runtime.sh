@@ -154,7 +154,7 @@ pkg_install_or_build() {
 # lock_part PART LOCK: the entries of LOCK (backslash-continued, hashes and all) whose normalized name is in PART;
 # options (--index-url, --find-links, ...) go to every part, nested files and editables (-r, -c, -e) to light only
 lock_part() {
-    awk -v part="$1" -v groups='^(torch)$ ^(triton|pytorch-triton.*|nvidia-cudnn.*|nvidia-cublas.*)$ ^(nvidia-.*|cuda-.*)$' '
+    awk -v part="$1" -v groups='^(torch)$ ^(triton|pytorch-triton.*)$ ^(nvidia-cudnn.*)$ ^(nvidia-cublas.*|nvidia-cufft.*|nvidia-cusolver.*)$ ^(nvidia-.*|cuda-.*)$' '
     function emit(entry, first, name, nested, p, i) {
         first = entry
         sub(/^[ \t]+/, "", first)
@@ -247,7 +247,7 @@ phase_install() {
         :
     fi
     parts="$(mktemp -d)"
-    for part in ${IMAGEKIT_PART:-heavy1 heavy2 heavy3 light}; do
+    for part in ${IMAGEKIT_PART:-heavy1 heavy2 heavy3 heavy4 heavy5 light}; do
         lock_part "$part" "$lock" >"$parts/$part"
         if has_requirements "$parts/$part" || [ "$part" = heavy1 ]; then
             install_part "$part" "$parts/$part"
@@ -282,7 +282,7 @@ phase_lock_parts() {
         die 'a hashed lock must pin torch==2.13.0'
     fi
     mkdir -p /imagekit-lock
-    for part in heavy1 heavy2 heavy3 light; do
+    for part in heavy1 heavy2 heavy3 heavy4 heavy5 light; do
         lock_part "$part" "$lock" >"/imagekit-lock/$part"
         count="$(grep -cE '^[[:space:]]*[A-Za-z0-9]' "/imagekit-lock/$part" || true)"
         log "lock-parts: $part: $count packages"

@@ -2,6 +2,7 @@
 # Build with BuildKit (DOCKER_BUILDKIT=1). One stage per layer: `--target <layer>` builds a layer, and
 # `--build-arg IMAGEKIT_PARENT_<LAYER>=<image>` starts it from its parent's built image instead of the stage.
 # Secrets only as BuildKit secrets: `--secret id=ca,src=<CA bundle>` [`--secret id=pipconf,src=<pip.conf>`].
+# Weights tars (ADD .imagekit/weights/*.tar) are written by `imagekit render` and `imagekit build`.
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS only
