@@ -222,6 +222,27 @@ def test_gc_in_containers_storage_keeps_channel_heads_and_rollback_targets(tmp_p
     assert img.removed_tags == [] and img.errors == []
 
 
+@pytest.mark.buildah
+def test_gc_in_containers_storage_removes_replaced_tags_no_kept_build_is(tmp_path: Path, store: list[str]) -> None:
+    """repo_tags lists a repository's tags as the spec names them (containers-storage keeps `localhost/` ones), so
+    the `<hash16>-replaced-<id12>` tags a same-hash rebuild leaves go with buildah as they go with docker."""
+    from imagekit.runners.buildah import BuildahEngine
+
+    root = tmp_path / "spec"
+    loaded = make_spec(root, app="1")
+    fake_build(loaded, seed="1")
+    repo = loaded.spec.images["app"].repository or "app"
+    replaced, other = f"{repo}:0123456789abcdef-replaced-0123456789ab", f"{repo}:keep-me"
+    _image(store, replaced, "app", "", loaded.spec.name)
+    _image(store, other, "app", "", loaded.spec.name)
+    _image(store, "elsewhere:0123456789abcdef-replaced-0123456789ab", "app", "", loaded.spec.name)
+    assert BuildahEngine().repo_tags(repo) == sorted([replaced, other])
+    img = gc(root / "imagekit.yaml", target="docker", engine="buildah", keep=1, image="app").images[0]  # type: ignore[attr-defined]
+    assert replaced in img.removed_tags and other not in img.removed_tags and not img.errors
+    assert not _has(store, replaced) and _has(store, other)
+    assert _has(store, "elsewhere:0123456789abcdef-replaced-0123456789ab")  # another repository is not gc's
+
+
 NIGHT_REAL = """\
 version: 1
 name: {name}

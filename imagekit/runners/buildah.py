@@ -193,6 +193,25 @@ class BuildahEngine:
             raise BuildFailed(f"buildah import of {tarball} did not produce {ref}")
         return info.id
 
+    def repo_tags(self, repository: str) -> list[str]:
+        """Every `repository:tag` containers-storage holds for this repository, named as the caller names it
+        (containers-storage keeps a short name under `localhost/`)."""
+        res = self._run("images", "--json", timeout=120)
+        if not res.ok:
+            raise BuildFailed(f"buildah images failed: {_why(res)}")
+        try:
+            found = json.loads(res.output or "[]")
+        except json.JSONDecodeError as exc:
+            raise BuildFailed(f"buildah images printed no JSON: {exc}") from None
+        stored = local_name(repository)
+        tags = set()
+        for img in found if isinstance(found, list) else []:
+            for name in (img.get("names") or []) if isinstance(img, dict) else []:
+                repo, _, tag = str(name).rpartition(":")
+                if repo == stored and tag:
+                    tags.add(f"{repository}:{tag}")
+        return sorted(tags)
+
     def tag(self, source: str, repository: str, tag: str) -> None:
         """Add a tag to an image in containers-storage."""
         res = self._run("tag", source, f"{repository}:{tag}", timeout=120)
