@@ -3,7 +3,8 @@
     python bench/run.py [--quick] [--json] [--only NAME ...]
 
 The CPU-example ones are here; the seed-scale ones (the GPU example with 4 GiB of weights, a hand-tuned Dockerfile
-side by side) are in seed_bench.py, the store ones in store_bench.py, a new node's cold start in cold_start.py.
+side by side) are in seed_bench.py, the store ones in store_bench.py, a new node's cold start in cold_start.py,
+buildah against BuildKit on the CPU example in engine_bench.py.
 They run in the order listed in BENCHES
 whatever the order of --only, because the seed ones share one workspace and one cold build. --quick skips the
 seed-scale ones (each needs the ~6 GB CUDA build) and shrinks the rest.
@@ -387,6 +388,12 @@ def _store(name: str) -> Callable[[bool], dict[str, Any]]:
     return run
 
 
+def _buildah_engine(quick: bool) -> dict[str, Any]:
+    import engine_bench
+
+    return engine_bench.bench_buildah_engine(quick)
+
+
 def _cold_start(quick: bool) -> dict[str, Any]:
     import cold_start
 
@@ -408,6 +415,7 @@ BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "store_list_growth": _store("store_list_growth"),
     **{name: _seed(name) for name in SEED_BENCHES},
     "cold_start": _cold_start,
+    "buildah_engine": _buildah_engine,
 }
 
 

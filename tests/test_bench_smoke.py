@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO
+import pytest
+from conftest import REPO, require_tool
 
 
 def test_bench_quick_noop_plan_prints_json_lines() -> None:
@@ -48,3 +50,34 @@ def test_bench_rejects_an_unknown_name() -> None:
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
     )  # fmt: skip
     assert res.returncode == 2 and "unknown benchmark no_such_bench" in res.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.buildah
+@pytest.mark.slow
+def test_bench_quick_buildah_engine_row_and_nothing_left_behind() -> None:
+    require_tool("buildah")
+    require_tool("skopeo")
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", "--only", "buildah_engine"],
+        capture_output=True, text=True, timeout=1800, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (row,) = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    assert row["name"] == "buildah_engine" and "error" not in row, row
+    for kind in ("buildkit", "buildah"):
+        side = row[kind]
+        assert side["cold_status"] == ["base:built", "runtime:built", "app:built"]
+        # the app-only change rebuilds only the app layer
+        assert side["app_status"] == ["base:reused", "runtime:reused", "app:built"]
+        assert side["cold_s"] > side["app_s"] > 0
+    # the tiny spec installs no packages: no cache mount anywhere (the CPU example's is in the run's own TMPDIR)
+    assert row["buildah"]["cache_mount_in_var_tmp"] is False
+    assert row["ratio"] == row["buildah"]["cold_s"] / row["buildkit"]["cold_s"]
+    names = [row[k]["spec_name"] for k in ("buildkit", "buildah")]
+    images = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    assert not any(n in images or n in listed for n in names)
+    assert not any(Path("/var/tmp").glob("imagekit-bench-engine-*"))

@@ -17,9 +17,17 @@ def gc(
     image: str | None = None,
     dry_run: bool = False,
     rehearse: bool = False,
+    engine: str | None = None,
     reporter: Reporter = silent,
 ) -> GcOutcome:
-    """Remove a spec's old builds for one target (channel targets, the newest and what they need are kept)."""
+    """Remove a spec's old builds for one target (channel targets, the newest and what they need are kept).
+
+    engine (docker | buildah, docker target only): where the images are, a Docker Engine or containers-storage
+    (default: the spec's build.engine)."""
+    from imagekit.targets.engines import check_engine
+
+    if engine is not None:
+        check_engine(engine)  # a usage error before the spec is read, as build says it
     from imagekit.api.spec import validate
 
     loaded = validate(path)
@@ -27,4 +35,5 @@ def gc(
         raise UsageError(f"unknown image {image!r}; images: {', '.join(loaded.spec.images)}")
     if keep is not None and keep < 1:
         raise UsageError("--keep must be at least 1")
-    return gc_for(loaded, target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=reporter)
+    return gc_for(loaded, target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, engine_kind=engine,
+                  reporter=reporter)  # fmt: skip

@@ -20,8 +20,12 @@ def nightly(
     rehearse: bool = False,
     reporter: Reporter = silent,
     clock: Clock = utc_now,
+    engine: str | None = None,
 ) -> NightlyResult:
-    """Run the nightly job over every image and target of a spec; the result says what failed (exit 1 if any)."""
+    """Run the nightly job over every image and target of a spec; the result says what failed (exit 1 if any).
+
+    engine (docker | buildah): the docker target's image engine (buildah builds, podman verifies; default: the
+    spec's build.engine)."""
     if rehearse and target in ("ami", "all"):
         from imagekit.extras import require
 
@@ -35,6 +39,7 @@ def nightly(
         rehearse=rehearse,
         reporter=reporter,
         clock=clock,
+        engine_kind=engine,
     )
 
 
@@ -47,11 +52,12 @@ def collect(
     report_dir: Path | None = None,
     rehearse: bool = False,
     reporter: Reporter = silent,
+    engine: str | None = None,
 ) -> NightlyResult:
     """The last job of a fanned-out nightly: promote the jobs whose records verified, gc, and write the reports."""
     from imagekit.nightly.collect import collect_nightly, parse_since
 
     return collect_nightly(
         path, since=parse_since(since), target=target, promote=promote, report_dir=report_dir, rehearse=rehearse,
-        reporter=reporter,
+        reporter=reporter, engine_kind=engine,
     )  # fmt: skip

@@ -19,6 +19,12 @@ def gc(  # noqa: PLR0917 (typer options)
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed; remove nothing."),
     rehearse: bool = typer.Option(False, "--rehearse", help="Act on the local rehearsal's AMIs (moto), not AWS."),
     json_out: bool = typer.Option(False, "--json", help="Print the decisions as JSON on stdout."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="With --target docker: docker (DOCKER_HOST's engine) or buildah (containers-storage, no daemon); "
+        "default: the spec's build.engine.",
+    ),
 ) -> None:
     """Remove old builds: untag docker images, or deregister AMIs and their snapshots (channel targets kept)."""
     from imagekit.api.gc import gc as api_gc
@@ -27,7 +33,14 @@ def gc(  # noqa: PLR0917 (typer options)
     result = run(
         lambda: show.run(
             lambda: api_gc(
-                file, target=target, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, reporter=show
+                file,
+                target=target,
+                keep=keep,
+                image=image,
+                dry_run=dry_run,
+                rehearse=rehearse,
+                engine=engine,
+                reporter=show,
             )
         )
     )

@@ -30,6 +30,12 @@ def nightly(  # noqa: PLR0917 (typer options)
     since: str | None = typer.Option(
         None, "--since", help="With --collect: when the plan job started (ISO 8601 UTC, `date -u +%Y-%m-%dT%H:%M:%SZ`)."
     ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="The docker target's engine: docker (BuildKit on DOCKER_HOST) or buildah (buildah builds, podman "
+        "verifies, gc in containers-storage; no daemon); default: the spec's build.engine.",
+    ),
 ) -> None:
     """The scheduled job: rebuild only what changed or is due, verify, sign, move `nightly`, gc, report.
 
@@ -49,11 +55,18 @@ def nightly(  # noqa: PLR0917 (typer options)
             if jobs != 1:
                 raise UsageError("--collect builds nothing, so --jobs does not apply")
             return api_collect(file, since=since, target=target, promote=promote, report_dir=report,
-                               rehearse=rehearse, reporter=show)  # fmt: skip
+                               rehearse=rehearse, reporter=show, engine=engine)  # fmt: skip
         if since is not None:
             raise UsageError("--since goes with --collect")
         return api_nightly(
-            file, target=target, jobs=jobs, promote=promote, report_dir=report, rehearse=rehearse, reporter=show
+            file,
+            target=target,
+            jobs=jobs,
+            promote=promote,
+            report_dir=report,
+            rehearse=rehearse,
+            reporter=show,
+            engine=engine,
         )
 
     result = run(lambda: show.run(go))

@@ -21,7 +21,17 @@ from imagekit.manifest.record import verified_builds
 from imagekit.manifest.statement import BuildRecord
 from imagekit.manifest.store import Store
 from imagekit.nightly.report import Check, NightlyResult, Rebuilt, write_reports
-from imagekit.nightly.run import NIGHTLY_CHANNEL, LayerLocks, _Context, _figures, _gc, _promote, _Task, night_plans
+from imagekit.nightly.run import (
+    NIGHTLY_CHANNEL,
+    LayerLocks,
+    _Context,
+    _figures,
+    _gc,
+    _promote,
+    _Task,
+    check_night_engine,
+    night_plans,
+)
 from imagekit.nightly.staleness import AmiResolver, Clock, DockerResolver, matrix_news, parse_time, utc_now
 from imagekit.spec import LoadedSpec
 from imagekit.timefmt import iso_utc
@@ -48,13 +58,16 @@ def collect_nightly(
     docker_resolver: DockerResolver | None = None,
     ami_resolver: AmiResolver | None = None,
     engine: object = None,
+    engine_kind: str | None = None,
 ) -> NightlyResult:
-    """Promote, gc and report the jobs of a fanned-out nightly run from their records in the store."""
+    """Promote, gc and report the jobs of a fanned-out nightly run from their records in the store (engine_kind:
+    the engine the jobs built with, whose drift checks and gc this run does)."""
     from imagekit.api.manifest import _check_channel
     from imagekit.api.spec import validate
 
     if target not in ("docker", "ami", "all"):
         raise UsageError(f"--target must be docker, ami or all, not {target!r}")
+    check_night_engine(engine_kind, target)
     if promote:
         _check_channel(promote)
     if since.tzinfo is None:
@@ -70,12 +83,12 @@ def collect_nightly(
         # the plan job's view: what was verified before it started, refresh due as of then
         plans = night_plans(
             loaded, store, before, target=target, clock=lambda: since, reporter=reporter, rehearse=rehearse,
-            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine,
+            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine, engine_kind=engine_kind,
         )  # fmt: skip
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         this_run = _records_since(loaded, store, cut, rehearse)
-        ctx = _Context(loaded, store, reporter, promote, rehearse, since, LayerLocks(), engine)
+        ctx = _Context(loaded, store, reporter, promote, rehearse, since, LayerLocks(), engine, engine_kind=engine_kind)
         tasks: list[_Task] = []
         attributed: set[tuple[str, str]] = set()  # (target, layer hash): a layer shared by jobs is built once
         for p in plans:

@@ -87,6 +87,7 @@ class _Context:
     engine: Any = None
     builder: Callable[..., Any] | None = None
     clock: Clock = utc_now
+    engine_kind: str | None = None  # --engine: the docker target's image engine (None: the spec's build.engine)
 
 
 def night_plans(
@@ -102,6 +103,7 @@ def night_plans(
     docker_resolver: DockerResolver | None = None,
     ami_resolver: AmiResolver | None = None,
     engine: Any = None,
+    engine_kind: str | None = None,
 ) -> list[ImagePlan]:
     """The plans a nightly run acts on, from these verified builds: stale layers, refresh due as of clock(),
     upstream drift and revoked layers. `nightly`, `plan --matrix` and `nightly --collect` all plan here, so a
@@ -110,7 +112,7 @@ def night_plans(
     if docker_resolver is None and target in ("docker", "all"):
         from imagekit.nightly.staleness import EngineResolver
 
-        docker_resolver = EngineResolver(engine)
+        docker_resolver = EngineResolver(engine, engine_kind or loaded.spec.build.engine)
     if ami_resolver is None and target in ("ami", "all") and not rehearse:  # a rehearsal has no real EC2 to ask
         from imagekit.nightly.staleness import Ec2Resolver
 
@@ -137,13 +139,18 @@ def run_nightly(
     ami_resolver: AmiResolver | None = None,
     engine: Any = None,
     builder: Callable[..., Any] | None = None,
+    engine_kind: str | None = None,
 ) -> NightlyResult:
-    """Plan, build what is stale, verify, record, gate, promote and gc every image and target of a spec."""
+    """Plan, build what is stale, verify, record, gate, promote and gc every image and target of a spec.
+
+    engine_kind (docker | buildah): the docker target's image engine for the builds, their verification (docker
+    or podman), the drift checks and gc (default: the spec's build.engine)."""
     from imagekit.api.manifest import _check_channel
     from imagekit.api.spec import validate
 
     if target not in (*TARGETS, "all"):
         raise UsageError(f"--target must be docker, ami or all, not {target!r}")
+    check_night_engine(engine_kind, target)
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if promote:
@@ -166,13 +173,13 @@ def run_nightly(
         builds = verified_builds(loaded, store=store, rehearsal=rehearse)
         plans = night_plans(
             loaded, store, builds, target=target, clock=clock, reporter=reporter, rehearse=rehearse,
-            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine,
+            docker_resolver=docker_resolver, ami_resolver=ami_resolver, engine=engine, engine_kind=engine_kind,
         )  # fmt: skip
         if not plans:
             raise UsageError(f"no image in {loaded.file} builds for target {target}")
         # the wall clock, not `clock`: it finds the manifests this run's builds write
         ctx = _Context(loaded, store, reporter, promote, rehearse, datetime.now(timezone.utc), LayerLocks(), engine,
-                       builder, clock)  # fmt: skip
+                       builder, clock, engine_kind)  # fmt: skip
         tasks = []
         for p in plans:
             previous = next((b for b in reversed(builds) if b.image == p.name and b.target == p.target), None)
@@ -212,6 +219,17 @@ def run_nightly(
         # a bug (not a build or verify failure): the other images finished and the reports are written; exit 3
         raise crashed[0]
     return result
+
+
+def check_night_engine(engine_kind: str | None, target: str) -> None:
+    """--engine names an engine and goes with a run that builds docker images (UsageError otherwise)."""
+    if engine_kind is None:
+        return
+    from imagekit.targets.engines import check_engine
+
+    check_engine(engine_kind)
+    if target == "ami":
+        raise UsageError(TARGETS["ami"].engine or "--engine applies to --target docker")
 
 
 def _run_units(units: list[Callable[[], None]], jobs: int, crashed: list[BaseException], reporter: Reporter) -> None:
@@ -357,6 +375,8 @@ def _build(ctx: _Context, task: _Task, forced: set[str]) -> ImageResult:
     kwargs: dict[str, Any] = {}
     if ctx.engine is not None:
         kwargs["engine"] = ctx.engine
+    if ctx.engine_kind is not None and TARGETS[task.target].engine is None:  # --target all: AMIs are packer's
+        kwargs["engine_kind"] = ctx.engine_kind
     # a rehearsal concerns the targets that have one (the others build as they always do)
     rehearse = ctx.rehearse and TARGETS[task.target].rehearse is None
     out = builder(
@@ -427,9 +447,11 @@ def _gc(ctx: _Context, tasks: list[_Task]) -> list[dict[str, Any]]:
             keep = ctx.loaded.spec.images[name].keep or ctx.loaded.spec.retention.keep
             try:
                 rehearse = ctx.rehearse and TARGETS[target].rehearse is None
+                kind = ctx.engine_kind if TARGETS[target].engine is None else None
                 res = gc_for(
-                    ctx.loaded, target, image=name, rehearse=rehearse, engine=ctx.engine, reporter=ctx.reporter
-                )
+                    ctx.loaded, target, image=name, rehearse=rehearse, engine=ctx.engine, engine_kind=kind,
+                    reporter=ctx.reporter,
+                )  # fmt: skip
             except ImagekitError as exc:
                 out.append({"image": name, "target": target, "keep": keep, "error": str(exc)})
                 continue

@@ -181,17 +181,19 @@ def _short(exc: BaseException) -> str:
 
 
 class EngineResolver:
-    """Registry digests through the Docker Engine (the registry is asked; nothing is pulled)."""
+    """Registry digests through the image engine a build uses (the Docker Engine, or skopeo for buildah): the
+    registry is asked, nothing is pulled."""
 
-    def __init__(self, engine: Any = None) -> None:
+    def __init__(self, engine: Any = None, kind: str = "docker") -> None:
         self._engine = engine
+        self._kind = kind
 
     def registry_digest(self, ref: str) -> str:
         """The manifest digest `ref` resolves to at its registry now."""
         if self._engine is None:
-            from imagekit.runners.docker import DockerEngine
+            from imagekit.targets.engines import open_engine
 
-            self._engine = DockerEngine()
+            self._engine = open_engine(self._kind)
         return str(self._engine.registry_digest(ref))
 
 

@@ -27,21 +27,22 @@ class GcOutcome(Protocol):
 
 def _docker(
     loaded: LoadedSpec, *, keep: int | None, image: str | None, dry_run: bool, rehearse: bool, engine: Any,
-    reporter: Reporter,
+    engine_kind: str | None, reporter: Reporter,
 ) -> GcOutcome:  # fmt: skip
     from imagekit.retention.docker import gc_spec
 
     del rehearse  # docker images live in the engine, rehearsal or not
-    return gc_spec(loaded, keep=keep, image=image, dry_run=dry_run, engine=engine, reporter=reporter)
+    return gc_spec(loaded, keep=keep, image=image, dry_run=dry_run, engine=engine, engine_kind=engine_kind,
+                   reporter=reporter)  # fmt: skip
 
 
 def _ami(
     loaded: LoadedSpec, *, keep: int | None, image: str | None, dry_run: bool, rehearse: bool, engine: Any,
-    reporter: Reporter,
+    engine_kind: str | None, reporter: Reporter,
 ) -> GcOutcome:  # fmt: skip
     from imagekit.retention.ami import gc_spec
 
-    del engine  # AMIs live in EC2 (a rehearsal's also in the engine, which the rehearsal finds itself)
+    del engine, engine_kind  # AMIs live in EC2 (a rehearsal's also in the engine, which the rehearsal finds itself)
     n = keep or (loaded.spec.images[image].keep if image else None) or loaded.spec.retention.keep
     return gc_spec(loaded, keep=n, image=image, dry_run=dry_run, rehearse=rehearse, reporter=reporter)
 
@@ -59,13 +60,20 @@ def gc_for(
     dry_run: bool = False,
     rehearse: bool = False,
     engine: Any = None,
+    engine_kind: str | None = None,
     reporter: Reporter = silent,
 ) -> GcOutcome:
-    """Run one target's retention over a spec (one image, or all)."""
+    """Run one target's retention over a spec (one image, or all); engine_kind (docker | buildah) picks where the
+    docker target's images are (default: the spec's build.engine)."""
     from imagekit.errors import UsageError
     from imagekit.targets import target_info
+    from imagekit.targets.engines import check_engine
 
     info = target_info(target)  # the same UsageError for an unknown name as `build`
+    if engine_kind is not None:
+        check_engine(engine_kind)
+        if info.engine:
+            raise UsageError(info.engine)
     if rehearse and info.rehearse:
         raise UsageError(info.rehearse)
     if rehearse:
@@ -74,5 +82,12 @@ def gc_for(
         # before the store is read, as build and nightly do: a missing extra is the first thing to say
         require("rehearsal", "--rehearse")
     return RETENTION[target](
-        loaded, keep=keep, image=image, dry_run=dry_run, rehearse=rehearse, engine=engine, reporter=reporter
+        loaded,
+        keep=keep,
+        image=image,
+        dry_run=dry_run,
+        rehearse=rehearse,
+        engine=engine,
+        engine_kind=engine_kind,
+        reporter=reporter,
     )

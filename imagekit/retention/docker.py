@@ -1,5 +1,9 @@
 """Retention for the docker target: untag the images of builds that fell out of `keep`, never one still in use.
 
+One decision over the store's records, whichever engine holds the images: a Docker Engine, or containers-storage
+through buildah (`--engine buildah`, build.engine). Tags are named by layer hash, the same in both engines, so
+the newest `keep` builds are counted over every engine's records and each engine keeps the tags those need.
+
 Kept, whatever `keep` says: the newest `keep` builds of each image, the build each channel points at and the one
 before it (a rollback's target), and every layer hash any kept build of any image of the spec uses. Only this
 spec's own tags are touched (`imagekit/<spec>-<layer>:<hash16>` and `<repository>:<leaf hash16>`); removing a tag
@@ -41,6 +45,7 @@ class DockerGc:
 
     image: str
     keep: int
+    engine: str = "docker"
     kept: list[str] = field(default_factory=list)
     removed_builds: list[str] = field(default_factory=list)
     removed_tags: list[str] = field(default_factory=list)
@@ -91,8 +96,10 @@ def docker_gc(
     keep: int | None = None,
     dry_run: bool = False,
     reporter: Reporter = silent,
+    kind: str = "docker",
 ) -> list[DockerGc]:
-    """Untag the docker images of builds beyond each image's `keep` (images.<name>.keep, else retention.keep)."""
+    """Untag the docker images of builds beyond each image's `keep` (images.<name>.keep, else retention.keep) in
+    one engine (`kind` names it in the report)."""
     entries = [e for e in ledger.entries(with_channels=False) if e.build is not None]
     builds = [e.build for e in entries if e.build is not None and e.build.target == "docker"]
     kept_ids: set[str] = set()
@@ -103,7 +110,7 @@ def docker_gc(
         protected = protected_ids(ledger, name)
         kept = {b.id for b in mine[-n:]} | protected
         kept_ids |= kept
-        results[name] = DockerGc(name, n, kept=[b.id for b in mine if b.id in kept], dry_run=dry_run)
+        results[name] = DockerGc(name, n, kind, kept=[b.id for b in mine if b.id in kept], dry_run=dry_run)
     in_use = {tag for b in builds if b.id in kept_ids for tag in _tags(loaded, b)}
     for name in images:
         res = results[name]
@@ -125,7 +132,8 @@ def docker_gc(
                 res.removed_builds.append(b.id)
         _replaced(loaded, engine, name, [b for b in builds if b.id in kept_ids], res)
         if res.removed_tags and not dry_run:
-            reporter(Event("done", f"gc: untagged {len(res.removed_tags)} image(s) of old builds", name, "", "docker"))
+            what = f"gc: untagged {len(res.removed_tags)} image(s) of old builds ({kind})"
+            reporter(Event("done", what, name, "", "docker"))
     return [results[n] for n in images]
 
 
@@ -166,10 +174,12 @@ class DockerGcResult:
     dry_run: bool
     images: list[DockerGc] = field(default_factory=list)
     record: str = ""  # docker gc writes no record: the manifests already say what each tag was
+    engine: str = "docker"
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able data."""
-        return {"target": "docker", "spec": self.spec, "dry_run": self.dry_run, "images": self.rows()}
+        return {"target": "docker", "engine": self.engine, "spec": self.spec, "dry_run": self.dry_run,
+                "images": self.rows()}  # fmt: skip
 
     def rows(self) -> list[dict[str, Any]]:
         """One report.json row per image."""
@@ -187,15 +197,18 @@ def gc_spec(
     image: str | None = None,
     dry_run: bool = False,
     engine: Untagger | None = None,
+    engine_kind: str | None = None,
     reporter: Reporter = silent,
 ) -> DockerGcResult:
-    """Untag the images of a spec's docker builds beyond `keep` (all images, or one)."""
+    """Untag the images of a spec's docker builds beyond `keep` (all images, or one) in the engine `engine_kind`
+    names (docker | buildah; default the spec's build.engine), or in `engine` when given (a test's fake)."""
     from imagekit.manifest.ledger import open_ledger
-    from imagekit.runners.docker import DockerEngine
+    from imagekit.targets.engines import open_engine
 
+    kind = getattr(engine, "kind", None) or engine_kind or loaded.spec.build.engine
     images = [image] if image else [n for n, img in loaded.spec.images.items() if "docker" in img.targets]
     done = docker_gc(
-        loaded, open_ledger(loaded), engine or DockerEngine(), images=images, keep=keep, dry_run=dry_run,
-        reporter=reporter,
+        loaded, open_ledger(loaded), engine or open_engine(kind), images=images, keep=keep, dry_run=dry_run,
+        reporter=reporter, kind=kind,
     )  # fmt: skip
-    return DockerGcResult(str(loaded.path), dry_run, done)
+    return DockerGcResult(str(loaded.path), dry_run, done, engine=kind)

@@ -193,6 +193,25 @@ class BuildahEngine:
             raise BuildFailed(f"buildah import of {tarball} did not produce {ref}")
         return info.id
 
+    def repo_tags(self, repository: str) -> list[str]:
+        """Every `repository:tag` containers-storage holds for this repository, named as the caller names it
+        (containers-storage keeps a short name under `localhost/`)."""
+        res = self._run("images", "--json", timeout=120)
+        if not res.ok:
+            raise BuildFailed(f"buildah images failed: {_why(res)}")
+        try:
+            found = json.loads(res.output or "[]")
+        except json.JSONDecodeError as exc:
+            raise BuildFailed(f"buildah images printed no JSON: {exc}") from None
+        stored = local_name(repository)
+        tags = set()
+        for img in found if isinstance(found, list) else []:
+            for name in (img.get("names") or []) if isinstance(img, dict) else []:
+                repo, _, tag = str(name).rpartition(":")
+                if repo == stored and tag:
+                    tags.add(f"{repository}:{tag}")
+        return sorted(tags)
+
     def tag(self, source: str, repository: str, tag: str) -> None:
         """Add a tag to an image in containers-storage."""
         res = self._run("tag", source, f"{repository}:{tag}", timeout=120)
@@ -200,8 +219,13 @@ class BuildahEngine:
             raise BuildFailed(f"buildah tag {source} {repository}:{tag} failed: {_why(res)}")
 
     def remove_image(self, ref: str) -> None:
-        """Untag one reference (the image goes when no other name holds it)."""
-        self._run("rmi", ref, timeout=120)
+        """Untag one reference (the image goes when no other name holds it); BuildFailed when buildah refuses (an
+        image a container uses), nothing when the reference is not there, as the docker engine does."""
+        res = self._run("rmi", ref, timeout=120)
+        if not res.ok and not any("image not known" in line for line in res.tail):
+            # buildah lists each reason as "\t* REF: why" under "Error: 1 error occurred:"
+            reasons = [ln.strip().lstrip("* ") for ln in res.tail if ln.strip().startswith("*")]
+            raise BuildFailed(f"buildah rmi {ref} failed: {(reasons[-1] if reasons else _why(res))[:300]}")
 
     def version(self) -> str:
         """buildah's version ("" when it cannot say)."""

@@ -202,6 +202,10 @@ class PodmanRuntime:
     def image_id(self, ref: str) -> str | None:
         """The local image id of `ref`, or None when containers-storage does not have it."""
         res = podman("image", "inspect", "--format", "{{.Id}}", ref)
+        if not res.ok and not any("image not known" in line for line in res.tail):
+            # podman itself failed (a runroot over its 50-character limit, a storage it cannot open): say so, rather
+            # than "not on the podman host" with the cause hidden
+            raise _fail(f"image inspect {ref}", res)
         if not res.ok or not res.output.strip():
             return None
         found = res.output.strip().splitlines()[0]
