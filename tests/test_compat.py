@@ -246,6 +246,30 @@ def test_a_table_that_lost_rows_is_never_written(tmp_path: Path) -> None:
     assert (tmp_path / "torch.yaml").read_text() == before
 
 
+def test_an_unchanged_index_on_a_later_day_passes_the_check_and_leaves_no_diff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the index's answer stamped with another day: --check passed only on the day the data was generated
+    gen = _gen()
+    for name, text in gen.generate().items():
+        (tmp_path / name).write_text(text)
+    committed = json.loads((REPO / "scripts" / "compat_index.json").read_text())
+    later = {**committed, "date": "2099-01-01"}
+    monkeypatch.setattr(gen, "fetch_index", lambda *a, **k: json.loads(json.dumps(later)))
+    monkeypatch.setattr(gen, "INDEX_FILE", tmp_path / "compat_index.json")
+    assert gen.main(["--from-index", "--check", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert gen.main(["--from-index", "--out", str(tmp_path)]) == 0
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # nothing rewritten, no index file
+    # a release the committed data lacks still fails the check, naming it
+    newer = json.loads(json.dumps(later))
+    newer["releases"]["9.9.9"] = newer["releases"][max(newer["releases"], key=vkey)]
+    monkeypatch.setattr(gen, "fetch_index", lambda *a, **k: newer)
+    capsys.readouterr()
+    assert gen.main(["--from-index", "--check", "--out", str(tmp_path)]) == 1
+    assert "new: 9.9.9" in capsys.readouterr().err
+
+
 def test_the_generated_data_records_its_date_and_index() -> None:
     text = (DATA / "torch.yaml").read_text()
     assert "generated:\n  by: python scripts/gen_compat.py --from-index\n  date: '20" in text
