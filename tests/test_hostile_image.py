@@ -118,6 +118,7 @@ def test_a_probe_printing_1gib_keeps_memory_under_200mb(image: Callable[..., str
     code, err, peak_kb, _s = _verify(spec, image("probe-huge"))
     assert code == 1, err
     assert "over" in " ".join(str(f) for f in _report(spec)["failures"])
+    print(f"1 GiB probe: verify's peak RSS {peak_kb / 1024:.1f} MB")  # the figure, for the note (-rP)
     assert peak_kb < 200 * 1024, f"peak {peak_kb} KB"
 
 
@@ -152,6 +153,7 @@ def test_a_dripping_ready_is_abandoned_at_its_timeout(image: Callable[..., str],
     health = _report(spec)["health"]
     assert isinstance(health, dict) and not health["ready"] and "TimeoutError" in str(health["last_body"])
     # probe (~2 s) + container start + 6 s of health + at most 5 s more; before, it waited for the drip to end
+    print(f"dripping /ready, health.timeout 6 s: the whole verify took {seconds:.1f} s")
     assert seconds < 6 + 5 + 25, seconds
 
 
@@ -159,6 +161,7 @@ def test_a_1gib_ready_body_is_refused_with_bounded_memory(image: Callable[..., s
     spec = write_spec(tmp_path / "spec", timeout=4)
     code, err, peak_kb, _s = _verify(spec, image("ready-huge"))
     assert code == 1, err
+    print(f"1 GiB /ready body: verify's peak RSS {peak_kb / 1024:.1f} MB")
     assert peak_kb < 200 * 1024, f"peak {peak_kb} KB"
 
 
