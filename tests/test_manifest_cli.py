@@ -39,6 +39,10 @@ def test_flow_verify_promote_resolve_revoke(tmp_path: Path) -> None:
     r = cli("manifest", "verify", rec.id, "-f", spec)
     assert r.exit_code == 0, r.output
     assert "cosign verify-blob-attestation --bundle" in r.stdout and "--insecure-ignore-tlog" in r.stdout
+    # `--image "$(imagekit resolve ...)"` after a failed resolve: a usage error, not a pass without the image check
+    for empty in ("", "  "):
+        r = cli("manifest", "verify", rec.id, "-f", spec, "--image", empty)
+        assert r.exit_code == 2 and "--image is empty" in r.output and "Traceback" not in r.output, r.output
 
     lst = cli("manifest", "list", "-f", spec, "--json")
     assert lst.exit_code == 0 and json.loads(lst.stdout)[0]["id"] == rec.id

@@ -121,6 +121,9 @@ def verify_manifest(
 
     With image (REGISTRY/REPO:TAG), also online: the registry serves that subject for the reference now.
     """
+    if image is not None and not image.strip():
+        # `--image "$(imagekit resolve ...)"` with a resolve that failed: never pass without the check asked for
+        raise UsageError("--image is empty: name REGISTRY/REPO:TAG (or @sha256:...), or leave --image out")
     ref_path = Path(ref)
     loaded: LoadedSpec | None = None
     if path is not None or find_spec(None).exists():

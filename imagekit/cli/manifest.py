@@ -197,7 +197,7 @@ def _verify_policy(file: Path | None, image: str | None, policy: Path, trust: Pa
     from imagekit.api.policy import verify_policy
     from imagekit.errors import UsageError
 
-    if image is None:
+    if image is None or not image.strip():
         run(lambda: (_ for _ in ()).throw(UsageError("--policy needs --image REGISTRY/REPO:TAG (or @sha256:...)")))
         return
     res = run(lambda: verify_policy(file, image, policy, trust))
