@@ -23,26 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench_common import TINY, remove_tags
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "tts"
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 ENGINES = ("docker", "buildah")
-TINY = """\
-version: 1
-name: {name}
-layers:
-  base:
-    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
-    cuda: "none"
-  runtime:
-    parent: base
-    run: ["python3 -m venv /opt/venv", "/opt/venv/bin/python -m compileall -q /usr/lib/python3.11 > /dev/null"]
-  app:
-    parent: runtime
-    copy: [{{src: app/, dest: /opt/app}}]
-images:
-  svc: {{leaf: app, repository: imagekit-bench/{name}}}
-"""
 
 
 def _workspace(root: Path, name: str, quick: bool) -> tuple[Path, Path, str]:
@@ -159,7 +144,7 @@ def _engine_run(kind: str, quick: bool, tmp: Path) -> dict[str, Any]:
                 out["cache_mount_in_var_tmp"] = Path("/var/tmp/buildah-cache", f"imagekit-pkgs-{name}").exists()
     finally:
         if kind == "docker":
-            _remove_docker_tags(name)
+            remove_tags(name)
     version = open_engine(kind).version()
     out.update(
         version=version, cold_s=round(cold, 1), cold_layers_s=cold_layers, cold_status=cold_status,
@@ -173,15 +158,6 @@ def _windows() -> Any:
     import seed_bench
 
     return seed_bench._windowed
-
-
-def _remove_docker_tags(needle: str) -> None:
-    out = subprocess.run(
-        [DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    mine = [ref for ref in out if needle in ref]
-    if mine:
-        subprocess.run([DOCKER, "rmi", "-f", *mine], capture_output=True, check=False)
 
 
 def bench_buildah_engine(quick: bool) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_common import DOCKER, TINY, remove_tags
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "tts"
@@ -116,7 +118,6 @@ def _drop_page_cache(path: Path) -> bool:
     return True
 
 
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 NAIVE = Path(__file__).resolve().parent / "naive"
 
@@ -148,34 +149,6 @@ def _example_copy(dest: Path, name: str) -> Path:
     return spec
 
 
-def _remove_tags(needle: str) -> None:
-    """Remove the images this benchmark tagged (names carry `needle`; never anyone else's)."""
-    out = subprocess.run(
-        [DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    mine = [ref for ref in out if needle in ref]
-    if mine:
-        subprocess.run([DOCKER, "rmi", "-f", *mine], capture_output=True, check=False)
-
-
-TINY = """\
-version: 1
-name: {name}
-layers:
-  base:
-    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
-    cuda: "none"
-  runtime:
-    parent: base
-    run: ["python3 -m venv /opt/venv", "/opt/venv/bin/python -m compileall -q /usr/lib/python3.11 > /dev/null"]
-  app:
-    parent: runtime
-    copy: [{{src: app/, dest: /opt/app}}]
-images:
-  svc: {{leaf: app, repository: imagekit-bench/{name}}}
-"""
-
-
 def bench_app_rebuild_docker(quick: bool) -> dict[str, Any]:
     """Incremental build after one app file changed vs a full --force build (both without verify)."""
     name = f"bench-app-{uuid.uuid4().hex[:6]}"
@@ -197,7 +170,7 @@ def bench_app_rebuild_docker(quick: bool) -> dict[str, Any]:
             app_file.write_text(app_file.read_text() + "\n# benchmark: one changed line\n")
             incremental = _imagekit("build", "-f", str(spec), "--target", "docker", "--no-verify")
         finally:
-            _remove_tags(name)
+            remove_tags(name)
     return {
         "name": "app_rebuild_docker",
         "ratio": incremental / full,
@@ -248,7 +221,7 @@ def bench_app_rebuild_ami(quick: bool) -> dict[str, Any]:
             warm = build(root / "imagekit.yaml", "ami", ["svc"], rehearse=True, verify=False)
             warm_s = time.perf_counter() - t0
         finally:
-            _remove_tags(name)
+            remove_tags(name)
     layers = len(warm.images[0].layers)
     built = [lr.name for lr in warm.images[0].layers if lr.status == "built"]
     return {
@@ -294,7 +267,7 @@ def bench_image_size(quick: bool) -> dict[str, Any]:
             )  # fmt: skip
             naive = _image_size(f"imagekit-bench/{name}-naive:latest")
         finally:
-            _remove_tags(name)
+            remove_tags(name)
     return {
         "name": "image_size",
         "ratio": ours / naive,
@@ -360,7 +333,7 @@ def bench_jobs(quick: bool) -> dict[str, Any]:
                 times[jobs] = _imagekit("nightly", "-f", str(root / "imagekit.yaml"), "--target", "docker",
                                         "--jobs", str(jobs), "--json")  # fmt: skip
         finally:
-            _remove_tags(name)
+            remove_tags(name)
     return {"name": "jobs", "ratio": times[2] / times[1], "jobs1_s": times[1], "jobs2_s": times[2]}
 
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_common import DOCKER
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "tts"
 HANDTUNED = Path(__file__).resolve().parent / "handtuned"
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 GIB = 1 << 30
 TORCH = "2.5.1"
