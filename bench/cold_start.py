@@ -18,9 +18,11 @@ own (never --bridge none, which deleted the main engine's docker0 once) and touc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import seed_bench
+from bench_common import DOCKER
 from seed_bench import GIB, _docker, _start_registry
 
 PODMAN_ULIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=8192:8192"]
@@ -94,6 +97,19 @@ def _wait_ready(port: int, timeout: float = 600) -> float:
     raise RuntimeError(f"/ready did not answer 200 on port {port} within {timeout:.0f}s")
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's ended children and everything they waited for."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a running process plus its ended children (utime, stime, cutime, cstime of /proc/PID/stat):
+    a dockerd's pull, with the unpigz and docker-untar processes it ran for it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def _service(port: int) -> list[str]:
     return ["python", "-m", "app.server", "--port", str(port)]
 
@@ -114,14 +130,17 @@ def _untar_floor(ref: str, work: Path) -> dict[str, Any]:
     out = work / "rootfs"
     out.mkdir()
     subprocess.run(["sync"], check=False)
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     for layer in layers:
         _sh(["tar", "-xf", str(saved / layer), "-C", str(out)])
     seconds = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
     size = sum((saved / layer).stat().st_size for layer in layers)
     shutil.rmtree(saved, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    return {"row": "untar floor", "untar_s": round(seconds, 1), "uncompressed_bytes": size, "layers": len(layers)}
+    return {"row": "untar floor", "untar_s": round(seconds, 1), "cpu_s": round(cpu, 1), "uncompressed_bytes": size,
+            "layers": len(layers)}  # fmt: skip
 
 
 def _unmount_under(root: Path) -> None:
@@ -168,22 +187,17 @@ class EmptyDockerd:
         log = (self.root / "dockerd.log").open("wb")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
         for _ in range(300):
-            if (
-                subprocess.run(
-                    [seed_bench.DOCKER, "-H", self.host, "info"], capture_output=True, check=False
-                ).returncode
-                == 0
-            ):
+            if subprocess.run([DOCKER, "-H", self.host, "info"], capture_output=True, check=False).returncode == 0:
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"the empty dockerd did not start (log: {self.root / 'dockerd.log'})")
 
     def docker(self, *args: str, timeout: int = 3600) -> str:
-        return _sh([seed_bench.DOCKER, "-H", self.host, *args], timeout=timeout)
+        return _sh([DOCKER, "-H", self.host, *args], timeout=timeout)
 
     def __exit__(self, *_exc: object) -> None:
         if self.proc is not None:
-            subprocess.run([seed_bench.DOCKER, "-H", self.host, "rm", "-f", "ikcs"], capture_output=True, check=False)
+            subprocess.run([DOCKER, "-H", self.host, "rm", "-f", "ikcs"], capture_output=True, check=False)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=120)
@@ -198,14 +212,18 @@ class EmptyDockerd:
 def _docker_row(label: str, ref: str, work: Path, *, pigz: bool) -> dict[str, Any]:
     port = _free_port()
     with EmptyDockerd(work / f"dockerd-{uuid.uuid4().hex[:6]}", pigz=pigz) as node:
+        assert node.proc is not None
+        cpu0 = _proc_cpu(node.proc.pid)
         t0 = time.perf_counter()
         node.docker("pull", "-q", ref)
         pull = time.perf_counter() - t0
+        cpu = _proc_cpu(node.proc.pid) - cpu0
         t1 = time.perf_counter()
         node.docker("run", "-d", "--name", "ikcs", "--network", "host", ref, *_service(port))
         start = time.perf_counter() - t1
         ready = _wait_ready(port)
-    return {"row": label, "pull_s": round(pull, 1), "start_s": round(start, 1), "ready_s": round(ready, 1)}
+    return {"row": label, "pull_s": round(pull, 1), "pull_cpu_s": round(cpu, 1), "start_s": round(start, 1),
+            "ready_s": round(ready, 1)}  # fmt: skip
 
 
 # --- podman --------------------------------------------------------------------------------------------------------
@@ -225,9 +243,11 @@ def _podman_row(label: str, ref: str, work: Path, *, partial: bool = False) -> d
     pod = ["podman", "--root", str(root / "root"), "--runroot", str(run), "--storage-driver", "overlay"]
     port = _free_port()
     try:
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
         _sh([*pod, "pull", "-q", "--tls-verify=false", ref], env=env)
         pull = time.perf_counter() - t0
+        cpu = _children_cpu() - cpu0
         t1 = time.perf_counter()
         _sh([*pod, "run", "-d", "--name", "ikcs", "--network", "host", *PODMAN_ULIMITS, ref, *_service(port)],
             env=env)  # fmt: skip
@@ -239,7 +259,49 @@ def _podman_row(label: str, ref: str, work: Path, *, partial: bool = False) -> d
         for folder in (root, run):
             _unmount_under(folder)
             shutil.rmtree(folder, ignore_errors=True)
-    return {"row": label, "pull_s": round(pull, 1), "start_s": round(start, 1), "ready_s": round(ready, 1)}
+    return {"row": label, "pull_s": round(pull, 1), "pull_cpu_s": round(cpu, 1), "start_s": round(start, 1),
+            "ready_s": round(ready, 1)}  # fmt: skip
+
+
+# --- what the engines' hashing costs here -----------------------------------------------------------------------
+
+
+def _go_toolchains() -> list[Path]:
+    """GOROOTs to measure: IMAGEKIT_BENCH_GO (colon-separated) or Debian's /usr/lib/go-*."""
+    listed = os.environ.get("IMAGEKIT_BENCH_GO")
+    roots = [Path(x) for x in listed.split(":") if x] if listed else sorted(Path("/usr/lib").glob("go-*"))
+    return [r for r in roots if (r / "bin" / "go").is_file()]
+
+
+def hash_speed() -> dict[str, Any]:
+    """SHA-256 on one core, MB/s: Go's crypto/sha256 as each toolchain found builds it (bench/gohash), OpenSSL's
+    through hashlib; and the Go each engine here was built with (they hash every layer, compressed and not)."""
+    rows: list[dict[str, Any]] = []
+    program = Path(__file__).parent / "gohash" / "main.go"
+    for root in _go_toolchains():
+        with tempfile.TemporaryDirectory(prefix="ikgo-") as cache:
+            env = {"GOROOT": str(root), "GO111MODULE": "off", "GOTOOLCHAIN": "local", "GOCACHE": cache,
+                   "GOFLAGS": ""}  # fmt: skip
+            try:
+                rows.append(json.loads(_sh([str(root / "bin" / "go"), "run", str(program)], env=env)))
+            except (RuntimeError, ValueError) as exc:
+                rows.append({"go": str(root), "error": str(exc)[:300]})
+    buf = bytes(1 << 20)
+    digest = hashlib.sha256()
+    t0 = time.perf_counter()
+    for _ in range(2048):
+        digest.update(buf)
+    openssl = 2048 * len(buf) / (time.perf_counter() - t0) / 1e6
+    built: dict[str, str] = {}
+    for name, argv in {
+        "dockerd": [DOCKER, "version", "--format", "{{.Server.GoVersion}}"],
+        "podman": ["podman", "version", "--format", "{{.Client.GoVersion}}"],
+    }.items():
+        try:
+            built[name] = _sh(argv).strip()
+        except (RuntimeError, OSError) as exc:
+            built[name] = f"unknown ({str(exc)[:100]})"
+    return {"go": rows, "hashlib_sha256_mb_s": round(openssl), "engines_built_with": built}
 
 
 # --- pushes ---------------------------------------------------------------------------------------------------------
@@ -396,6 +458,8 @@ def bench_cold_start(quick: bool) -> dict[str, Any]:
         "ratio_vs_floor": round(zstd / floor["untar_s"], 2) if zstd else None,
         "rows": rows,
         "light_pin": light,
+        "hash_speed": hash_speed(),
+        "cores": os.cpu_count(),
         "image_bytes": cold["size_bytes"],
         "build_s": cold["build_s"],
         "weights_bytes": weights,
