@@ -402,7 +402,8 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)} (benchmarks: {', '.join(BENCHES)})")
     names = [name for name in BENCHES if args.only is None or name in args.only]
-    machine = f"{os.cpu_count()} CPUs, shared with other work (figures are wall times)"
+    load = os.getloadavg()[0]
+    machine = f"{os.cpu_count()} CPUs, load average {load:.2f} at start (figures are wall times unless named cpu_s)"
     try:
         for name in names:
             t0 = time.perf_counter()
