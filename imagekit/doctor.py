@@ -352,6 +352,10 @@ class Needs:
         self.why.setdefault(name, why)
 
 
+DAEMONLESS_CHECKS = ("buildah", "podman", "skopeo", "user namespaces", "seccomp", "storage driver", "container network",
+                     "buildah build")  # fmt: skip
+
+
 def needs_of(
     loaded: LoadedSpec | None, *, rehearse: bool = False, push: str | None = None, engine: str = "docker"
 ) -> Needs:
@@ -359,7 +363,7 @@ def needs_of(
     from imagekit.names import base_tag
 
     needs = Needs()
-    for check in ("buildah", "podman", "skopeo", "user namespaces", "seccomp", "storage driver", "buildah build"):
+    for check in DAEMONLESS_CHECKS:
         if engine == "buildah":  # images from buildah, booted on podman, pushed by skopeo: no Docker Engine
             needs.add(check, "--engine buildah")
     if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):

@@ -29,6 +29,21 @@ if ! /usr/bin/docker info >/dev/null 2>&1; then
   /usr/bin/docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/imagekit-dockerd.log" >&2; exit 1; }
 fi
 
+# buildah and podman pick a network backend per store: netavark for an empty one, CNI for one that holds images
+# before it first needs a network (a test's fresh store does). Both default bridges are 10.88.0.1/16, and once
+# cni-podman0 exists beside netavark's podman0 every RUN step there loses its network ("Temporary failure
+# resolving"): pin netavark, and remove a CNI bridge left behind when no CNI container holds an address on it.
+if command -v buildah >/dev/null 2>&1 && ! grep -qsE '^[[:space:]]*network_backend' \
+     /etc/containers/containers.conf /etc/containers/containers.conf.d/*.conf; then
+  mkdir -p /etc/containers/containers.conf.d
+  printf '# scripts/setup-host.sh (imagekit): one network backend for every store\n[network]\nnetwork_backend = "netavark"\n' \
+    > /etc/containers/containers.conf.d/50-imagekit-netavark.conf
+fi
+if ip link show cni-podman0 >/dev/null 2>&1 && ! ls /var/lib/cni/networks/podman/ 2>/dev/null | grep -qE '^[0-9]+\.'; then
+  echo "setup: removing cni-podman0, a CNI bridge on netavark's subnet" >&2
+  ip link delete cni-podman0
+fi
+
 if [ ! -x .venv/bin/imagekit ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: creating .venv" >&2
   python3 -m venv .venv
