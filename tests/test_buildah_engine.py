@@ -214,6 +214,37 @@ def test_an_app_rebuild_keeps_the_weights_layer(tiny: tuple[Path, str, BuildResu
     assert before[: len(parent) + 1] == after[: len(parent) + 1]  # the parent's layers and the weights' layer
 
 
+FAILING = """\
+version: 1
+name: {name}
+layers:
+  base:
+    from: {{bootstrap: {{distro: debian, suite: bookworm}}}}
+  broken:
+    parent: base
+    run: ["echo imagekit-failing-step", "exit 7"]
+images:
+  svc: {{leaf: broken, repository: imagekit-test/{name}}}
+"""
+
+
+def test_a_failing_step_leaves_no_working_container(tmp_path: Path) -> None:
+    """buildah keeps a failed step's working container (a mounted layer) unless told not to: the last CI's failed
+    builds left three behind on the machine. A failure is reported with the step's exit and leaves nothing."""
+    from imagekit.errors import BuildFailed
+
+    _tools()
+    name = f"ikb-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "imagekit.yaml"
+    spec.write_text(FAILING.format(name=name))
+    containers, mounts = _buildah_containers(), _storage_mounts()
+    with pytest.raises(BuildFailed, match=r"layer broken failed to build") as failed:
+        build(spec, "docker", verify=False, engine_kind="buildah")
+    assert "exit status 7" in str(failed.value) or any("exit status 7" in ln for ln in failed.value.log_tail)
+    assert _buildah_containers() <= containers
+    assert _storage_mounts() <= mounts
+
+
 def test_sigterm_during_a_buildah_build_leaves_nothing_behind(daemonless: dict[str, str], tmp_path: Path) -> None:
     name = f"ikb-{uuid.uuid4().hex[:8]}"
     spec = _write_spec(tmp_path / "t", name, "no-marker", extra_run="echo imagekit-sleeping; sleep 300")

@@ -267,9 +267,11 @@ class BuildahEngine:
     ) -> process.Result:
         """`buildah build --layers --format docker --target` on the rendered Dockerfile; streams `STEP i/n` lines.
 
+        A failing step leaves no working container (--force-rm).
         Interrupted (Ctrl-C, SIGTERM, a run-wide cancel): buildah gets SIGINT and removes its working containers
         and mounts itself; whatever it left (a kill) is removed by `cleanup_build` (see `build_cleanup`)."""
-        argv = command("build", "--layers", "--format", "docker", "--pull=never", "--target", target)
+        # --force-rm: a failing step's working container goes too (buildah keeps it by default, a mounted layer each)
+        argv = command("build", "--layers", "--force-rm", "--format", "docker", "--pull=never", "--target", target)
         argv += ["-f", str(dockerfile)]
         ignore = Path(f"{dockerfile}.dockerignore")
         if ignore.is_file():
