@@ -21,6 +21,7 @@ RUN --mount=type=bind,source=provision/base.sh,target=/tmp/imagekit/base.sh \
 FROM ${IMAGEKIT_PARENT_RUNTIME} AS runtime-lock
 # hadolint ignore=DL3002
 USER root
+ARG IMAGEKIT_LOCK_RUN
 RUN --mount=type=bind,source=provision/runtime.sh,target=/tmp/imagekit/runtime.sh \
     --mount=type=bind,source=examples/tts/requirements.lock,target=/tmp/imagekit/src/requirements.lock \
     IMAGEKIT_TARGET=docker sh /tmp/imagekit/runtime.sh lock-parts

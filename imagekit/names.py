@@ -99,6 +99,10 @@ VENV = "/opt/venv"
 # The build arg every Dockerfile stage declares: `--force` and a refresh pass a new value, so every RUN runs again
 # while the package cache mounts stay (BuildKit's --no-cache would empty them too: moby/buildkit#1213).
 REBUILD_ARG = "IMAGEKIT_REBUILD"
+# The build arg only a `<layer>-lock` stage declares. BuildKit gets no value (the stage is keyed by the lock's content);
+# the buildah engine passes a new one on every build, so the stage is never taken from buildah's cache: buildah 1.28
+# cannot bind-mount a cached stage (containers/buildah#4375) and keys no RUN by the content it mounts.
+LOCK_RUN_ARG = "IMAGEKIT_LOCK_RUN"
 # Where the spec's files (copy sources, requirements lock, local weights) are found while a script runs: the
 # Packer template uploads them there, the Dockerfile bind-mounts the lock there.
 SRC_DIR = "/tmp/imagekit/src"  # noqa: S108 - a path on the machine being provisioned

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_docker, running_registry
+from conftest import REPO, require_docker, require_tool, running_registry
 
 from imagekit.render.install import DEFAULT_VENV_LAYERS, lock_part_helper, lock_parts, part_of
 from imagekit.render.scripts import render_scripts
@@ -243,3 +243,54 @@ def test_a_light_pin_change_moves_only_the_light_layer_and_keeps_the_weights(tmp
         mine = [ref for ref in refs if name in ref.rsplit(":", 1)[0]]
         if mine:
             subprocess.run([require_docker(), "rmi", *mine], capture_output=True, check=False, timeout=300)
+
+
+def _buildah_ls(ref: str, path: str) -> str:
+    """`ls PATH` in a buildah image (a working container, removed after)."""
+    cid = subprocess.run(["buildah", "from", "--pull=never", ref], capture_output=True, text=True, check=True,
+                         timeout=300).stdout.strip()  # fmt: skip
+    try:
+        return subprocess.run(["buildah", "run", cid, "sh", "-c", f"ls {path}"], capture_output=True, text=True,
+                              check=True, timeout=300).stdout  # fmt: skip
+    finally:
+        subprocess.run(["buildah", "rm", cid], capture_output=True, check=False, timeout=300)
+
+
+@pytest.mark.buildah
+@pytest.mark.slow
+def test_the_lock_parts_with_buildah_are_fresh_and_mountable_when_the_lock_stage_is_cached(tmp_path: Path) -> None:
+    """buildah 1.28 cannot bind-mount a stage it took from its cache (`couldn't find .../merged/imagekit-lock/...`,
+    containers/buildah#4375) and keys no RUN by what it mounts: after a failed build, with --force-layer, or after a
+    lock change, the `<layer>-lock` stage came from cache and the part RUNs failed (the last CI) or could read the
+    old lock. The buildah engine reruns the lock stage on every build (IMAGEKIT_LOCK_RUN, a few seconds)."""
+    from imagekit.api.build import build
+
+    require_tool("buildah")
+    name = f"ikv-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "w.bin").write_bytes(b"weights\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('hi')\n")
+    (tmp_path / "imagekit.yaml").write_text(
+        SPEC.format(name=name, weights_sha=hashlib.sha256(b"weights\n").hexdigest())
+    )
+    (tmp_path / "ca.pem").write_text(HOST_CA.read_text() if HOST_CA.is_file() else "")
+    lock = tmp_path / "req.lock"
+    lock.write_text("six==1.17.0\nidna==3.10\n")
+    site = "/opt/venv/lib/*/site-packages"
+    try:
+        first = build(tmp_path / "imagekit.yaml", "docker", verify=False, engine_kind="buildah").image("venv")
+        assert "idna-3.10.dist-info" in _buildah_ls(first.ref, site)
+        # every RUN of the runtime stage again, its lock stage unchanged (from buildah's cache)
+        forced = build(tmp_path / "imagekit.yaml", "docker", verify=False, engine_kind="buildah",
+                       force_layers=["runtime"]).image("venv")  # fmt: skip
+        assert [lr.status for lr in forced.layers] == ["reused", "built", "built"]
+        lock.write_text("six==1.17.0\nidna==3.9\n")
+        second = build(tmp_path / "imagekit.yaml", "docker", verify=False, engine_kind="buildah").image("venv")
+        listing = _buildah_ls(second.ref, site)
+        assert "six-1.17.0.dist-info" in listing and "idna-3.9.dist-info" in listing and "idna-3.10" not in listing
+    finally:
+        refs = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True, text=True,
+                              check=False, timeout=300).stdout.split()  # fmt: skip
+        mine = [ref for ref in refs if name in ref]
+        if mine:
+            subprocess.run(["buildah", "rmi", *mine], capture_output=True, check=False, timeout=300)

@@ -11,7 +11,9 @@ A virtualenv is installed in its layer's own stage, not in a builder stage whose
 installed in parts (render/install.py), one RUN each, heavy first; each RUN also removes any compilers it needed (as
 the AMI's script does). A small `<layer>-lock` stage cuts the lock into its parts, and each RUN mounts only its own
 part from there: BuildKit keys a mount by its content, so a changed light pin leaves the heavy RUNs cached and their
-layers' digests unchanged.
+layers' digests unchanged. buildah 1.28 does neither (it cannot mount a stage it took from its cache, and keys a RUN
+by its text, not by what it mounts), so the buildah engine reruns the lock stage on every build (LOCK_RUN_ARG), and
+the stage's hash LABEL makes a changed layer rerun its RUNs there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import posixpath
 import re
 
 from imagekit.errors import UsageError
-from imagekit.names import LABEL_PREFIX, MODELS_DIR, REBUILD_ARG, SRC_DIR, VENV, base_tag, nvidia_require_cuda
+from imagekit.names import (
+    LABEL_PREFIX,
+    LOCK_RUN_ARG,
+    MODELS_DIR,
+    REBUILD_ARG,
+    SRC_DIR,
+    VENV,
+    base_tag,
+    nvidia_require_cuda,
+)
 from imagekit.plan import plan_image
 from imagekit.render.install import LOCK_PARTS_DIR, lock_parts
 from imagekit.render.scripts import layer_steps, model_owner
@@ -173,7 +184,8 @@ def render_dockerfile(
             lock_mount = (
                 f"--mount=type=bind,source={_ctx(src_prefix, layer.requirements)},target={SRC_DIR}/{layer.requirements}"
             )
-            out += ["", f"FROM {start} AS {name}-lock", "# hadolint ignore=DL3002", "USER root"]
+            # LOCK_RUN_ARG: buildah reruns this stage on every build (names.py says why); BuildKit keys it by the lock
+            out += ["", f"FROM {start} AS {name}-lock", "# hadolint ignore=DL3002", "USER root", f"ARG {LOCK_RUN_ARG}"]
             out.append(_run(script, name, ["lock-parts"], mounts=[lock_mount]))
         out.append("")
         out += [f"FROM {start} AS {name}", f"LABEL {_label(f'{LABEL_PREFIX}.layer.{name}.hash', hashes[name])}"]

@@ -19,12 +19,14 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from imagekit.errors import BuildFailed, ToolMissing
+from imagekit.names import LOCK_RUN_ARG
 from imagekit.runners import process, skopeo
 from imagekit.runners.docker import ImageInfo
 
@@ -278,7 +280,8 @@ class BuildahEngine:
             argv += ["--ignorefile", str(ignore)]
         for t in tags:
             argv += ["-t", t]
-        for key, value in sorted((build_args or {}).items()):
+        # a new value every build: the `<layer>-lock` stages run again, never taken from cache (names.LOCK_RUN_ARG)
+        for key, value in sorted({LOCK_RUN_ARG: uuid.uuid4().hex, **(build_args or {})}.items()):
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in sorted((labels or {}).items()):
             argv += ["--label", f"{key}={value}"]
