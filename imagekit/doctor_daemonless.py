@@ -152,6 +152,7 @@ def check_bridges(addr_json: str, backend: str = "", networks: Mapping[str, list
     backend's own bridge holds a subnet the backend gives its containers (a CNI bridge left beside netavark's, or a
     host network on 10.88/16): the host would route the containers' replies to the other interface."""
     why = "RUN steps that download"
+    networks = networks or {}
     found = _interfaces(addr_json)
     if found is None:
         return Check("container network", True, "`ip -j addr` gave nothing to read; not checked", "", why)
@@ -163,8 +164,8 @@ def check_bridges(addr_json: str, backend: str = "", networks: Mapping[str, list
     for net, names in sorted(by_net.items(), key=str):
         if len(names) > 1:
             problems.append(f"{' and '.join(sorted(names))} both hold {net}")
-            stale |= {n for n in names if n not in (networks or {})}
-    for bridge, subnets in sorted((networks or {}).items()):
+            stale |= {n for n in names if n not in networks}
+    for bridge, subnets in sorted(networks.items()):
         for sub in subnets:
             with contextlib.suppress(ValueError):
                 want = ipaddress.ip_network(sub, strict=False)
@@ -175,7 +176,7 @@ def check_bridges(addr_json: str, backend: str = "", networks: Mapping[str, list
     if not problems:
         detail = f"{len(by_net)} subnet(s), each on one interface"
         if backend:
-            own = ", ".join(f"{b} {s[0]}" for b, s in sorted((networks or {}).items()) if s)
+            own = ", ".join(f"{b} {s[0]}" for b, s in sorted(networks.items()) if s)
             detail += f"; {backend} bridges: {own}"
         return Check("container network", True, detail, "", why)
     cni = sorted(n for n in stale if n.startswith("cni-"))
@@ -253,8 +254,8 @@ def daemonless_checks(
         check_tool(capture, which, "skopeo", "--push with --engine buildah"),
         check_userns(root=os.geteuid() == 0),
         check_seccomp(container=inside, status=status),
+        network_check(capture, which),
     ]
-    checks.append(network_check(capture, which))
     buildah = which("buildah")
     built = try_buildah(capture, buildah, storage_flags()) if build and buildah else None
     in_use = driver_in_use(capture, buildah, storage_flags()) if buildah else ""

@@ -39,7 +39,11 @@ if command -v buildah >/dev/null 2>&1 && ! grep -qsE '^[[:space:]]*network_backe
   printf '# scripts/setup-host.sh (imagekit): one network backend for every store\n[network]\nnetwork_backend = "netavark"\n' \
     > /etc/containers/containers.conf.d/50-imagekit-netavark.conf
 fi
-if ip link show cni-podman0 >/dev/null 2>&1 && ! ls /var/lib/cni/networks/podman/ 2>/dev/null | grep -qE '^[0-9]+\.'; then
+# (only where netavark is the backend: a host that chose CNI itself keeps its bridge)
+if ip link show cni-podman0 >/dev/null 2>&1 \
+   && grep -qsE '^[[:space:]]*network_backend[[:space:]]*=[[:space:]]*"netavark"' \
+        /etc/containers/containers.conf /etc/containers/containers.conf.d/*.conf \
+   && ! ls /var/lib/cni/networks/podman/ 2>/dev/null | grep -qE '^[0-9]+\.'; then
   echo "setup: removing cni-podman0, a CNI bridge on netavark's subnet" >&2
   ip link delete cni-podman0
 fi
