@@ -53,6 +53,15 @@ def require_packer() -> str:
     return path
 
 
+def remove_buildah_images(name: str) -> None:
+    """Untag every containers-storage image whose name:tag holds `name` (a test's own unique spec name)."""
+    listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True, text=True,
+                            check=False, timeout=300).stdout.split()  # fmt: skip
+    mine = [ref for ref in listed if name in ref]
+    if mine:
+        subprocess.run(["buildah", "rmi", *mine], capture_output=True, check=False, timeout=300)
+
+
 def require_tool(name: str) -> str:
     """Any other binary on PATH; fails under CI, skips locally."""
     path = shutil.which(name)

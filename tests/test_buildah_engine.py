@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_example, require_tool, running_registry
+from conftest import REPO, copy_example, remove_buildah_images, require_tool, running_registry
 from test_docker_build import _write_spec
 
 from imagekit.api.build import BuildResult, build
@@ -154,11 +154,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, 
     try:
         yield spec, marker, build(spec, "docker", verify=False, engine_kind="buildah")
     finally:
-        names = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True,
-                               text=True, check=False).stdout.split()  # fmt: skip
-        mine = [ref for ref in names if name in ref]
-        if mine:
-            subprocess.run(["buildah", "rmi", *mine], capture_output=True, check=False)
+        remove_buildah_images(name)
 
 
 def _saved(ref: str, folder: Path) -> Path:
@@ -238,8 +234,11 @@ def test_a_failing_step_leaves_no_working_container(tmp_path: Path) -> None:
     spec = tmp_path / "imagekit.yaml"
     spec.write_text(FAILING.format(name=name))
     containers, mounts = _buildah_containers(), _storage_mounts()
-    with pytest.raises(BuildFailed, match=r"layer broken failed to build") as failed:
-        build(spec, "docker", verify=False, engine_kind="buildah")
+    try:
+        with pytest.raises(BuildFailed, match=r"layer broken failed to build") as failed:
+            build(spec, "docker", verify=False, engine_kind="buildah")
+    finally:
+        remove_buildah_images(name)  # the base layer's tag
     assert "exit status 7" in str(failed.value) or any("exit status 7" in ln for ln in failed.value.log_tail)
     assert _buildah_containers() <= containers
     assert _storage_mounts() <= mounts
@@ -270,7 +269,4 @@ def test_sigterm_during_a_buildah_build_leaves_nothing_behind(daemonless: dict[s
     assert _buildah_containers() <= containers
     assert _storage_mounts() <= mounts
     assert _temp_dirs() <= temps
-    leftover = subprocess.run(["buildah", "images", "--format", "{{.Name}}"], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
-    for ref in {r for r in leftover.split() if name in r}:
-        subprocess.run(["buildah", "rmi", ref], capture_output=True, check=False)
+    remove_buildah_images(name)  # the base layer's tag (a name alone would ask for :latest and miss it)

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_docker, require_tool, running_registry
+from conftest import REPO, remove_buildah_images, require_docker, require_tool, running_registry
 
 from imagekit.render.install import DEFAULT_VENV_LAYERS, lock_part_helper, lock_parts, part_of
 from imagekit.render.scripts import render_scripts
@@ -289,8 +289,4 @@ def test_the_lock_parts_with_buildah_are_fresh_and_mountable_when_the_lock_stage
         listing = _buildah_ls(second.ref, site)
         assert "six-1.17.0.dist-info" in listing and "idna-3.9.dist-info" in listing and "idna-3.10" not in listing
     finally:
-        refs = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True, text=True,
-                              check=False, timeout=300).stdout.split()  # fmt: skip
-        mine = [ref for ref in refs if name in ref]
-        if mine:
-            subprocess.run(["buildah", "rmi", *mine], capture_output=True, check=False, timeout=300)
+        remove_buildah_images(name)
